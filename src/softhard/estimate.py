@@ -1,0 +1,267 @@
+r"""The one streaming Monte Carlo / quasi-Monte Carlo reducer.
+
+A Monte Carlo quantity is a function ``terms(x) -> (N, ...)`` of per-sample terms; :func:`monte_carlo`
+averages it over ``n`` draws of a law in fixed-size blocks and returns an :class:`Estimate`
+``(value, stderr, n)``.
+
+Reproducibility: block ``b`` (``BLOCK`` samples) is drawn from its own generator seeded by
+``SeedSequence([seed, b])`` and reduced on its own (mean and centred sum of squares, in NumPy,
+single-threaded), and blocks are merged in order (Chan et al.). Hence the result depends on
+``(seed, n)`` only — not on ``chunk`` (how many blocks are evaluated per call), the thread count,
+or the device the terms are evaluated on (up to the device's float rounding). Memory is
+``O(chunk · (d + terms))``, flat in ``n``.
+
+Standard errors: plain MC uses the sample standard deviation over :math:`\sqrt n`; scrambled Sobol
+QMC uses ``R`` independent scramblings, value = mean of the ``R`` estimates, stderr = their standard
+deviation over :math:`\sqrt R`.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import dataclass, field
+from typing import Callable
+
+import numpy as np
+import torch
+
+from ._validate import check_float, check_int, check_seed, fail
+
+__all__ = ["Estimate", "monte_carlo", "mean_estimate", "draw", "resolve_seed", "BLOCK"]
+
+BLOCK = 1 << 14  # samples per RNG block: fixes the stream, so results depend on (seed, n) only
+
+
+@dataclass(frozen=True)
+class Estimate:
+    """A Monte Carlo estimate: ``value`` and ``stderr`` (floats, or arrays of one shape), ``n`` samples.
+
+    ``method`` names the estimator ("mc", "qmc", ...); ``seed`` is the integer seed used.
+    """
+
+    value: np.ndarray | float
+    stderr: np.ndarray | float
+    n: int
+    method: str = "mc"
+    seed: int | None = None
+    info: dict = field(default_factory=dict, compare=False, repr=False)
+
+    @property
+    def rel_error(self):
+        """``stderr / |value|`` (inf where the value is 0)."""
+        with np.errstate(divide="ignore", invalid="ignore"):
+            r = np.abs(np.asarray(self.stderr)) / np.abs(np.asarray(self.value))
+        r = np.where(np.asarray(self.stderr) == 0, 0.0, r)
+        return float(r) if np.ndim(r) == 0 else r
+
+    def __getitem__(self, idx) -> "Estimate":
+        """The estimate of one entry (or a slice) of an array-valued estimate."""
+        v, s = np.asarray(self.value)[idx], np.asarray(self.stderr)[idx]
+        return Estimate(_out(v), _out(s), self.n, self.method, self.seed)
+
+    def __len__(self):
+        return len(np.asarray(self.value))
+
+    def __format__(self, spec):
+        if np.ndim(self.value) == 0:
+            spec = spec or ".6g"
+            return f"{self.value:{spec}} ± {self.stderr:.2g} (n={self.n}, {self.method})"
+        return repr(self)
+
+    def as_dict(self) -> dict:
+        """JSON-ready dict (lists for arrays)."""
+        tolist = lambda a: np.asarray(a).tolist()  # noqa: E731
+        return {"value": tolist(self.value), "stderr": tolist(self.stderr), "n": self.n, "method": self.method,
+                "seed": self.seed}
+
+
+def _out(a):
+    a = np.asarray(a, dtype=np.float64)
+    return float(a) if a.ndim == 0 else a
+
+
+class _Moments:
+    """Ordered merge of per-block (count, mean, M2): deterministic, numerically stable."""
+
+    def __init__(self):
+        self.n, self.mean, self.m2 = 0, None, None
+
+    def add_block(self, t: np.ndarray) -> None:
+        nb = t.shape[0]
+        mb = t.mean(axis=0)
+        m2b = ((t - mb) ** 2).sum(axis=0)
+        if self.n == 0:
+            self.n, self.mean, self.m2 = nb, mb, m2b
+            return
+        n = self.n + nb
+        delta = mb - self.mean
+        self.mean = self.mean + delta * (nb / n)
+        self.m2 = self.m2 + m2b + delta ** 2 * (self.n * nb / n)
+        self.n = n
+
+    def stderr(self) -> np.ndarray:
+        if self.n < 2:
+            return np.full_like(self.mean, np.inf)
+        return np.sqrt(self.m2 / (self.n - 1) / self.n)
+
+
+def _to_numpy(t) -> np.ndarray:
+    if isinstance(t, torch.Tensor):
+        t = t.detach().to("cpu", torch.float64).numpy()
+    t = np.asarray(t, dtype=np.float64)
+    if t.ndim == 0:
+        fail("terms", "monte_carlo", "a function returning per-sample terms of shape (N, ...)", "a scalar")
+    return t
+
+
+def resolve_seed(seed, where: str = "monte_carlo") -> int:
+    """An integer seed from ``int | torch.Generator | None`` (None draws a fresh one, to be recorded)."""
+    check_seed(seed, where)
+    if seed is None:
+        return int(np.random.SeedSequence().generate_state(1, np.uint32)[0])
+    if isinstance(seed, torch.Generator):
+        return int(torch.randint(0, 2 ** 31 - 1, (1,), generator=seed))
+    return int(seed)
+
+
+def _block_generator(seed: int, b: int, stream: int = 0) -> torch.Generator:
+    s = np.random.SeedSequence([seed, stream, b]).generate_state(1, np.uint64)[0]
+    return torch.Generator().manual_seed(int(s))
+
+
+def _block_sizes(n: int, start: int = 0):
+    b = start
+    while b * BLOCK < n:
+        yield b, min(BLOCK, n - b * BLOCK)
+        b += 1
+
+
+def draw(law, n: int, seed=0, device=None) -> torch.Tensor:
+    """The exact inputs ``(n, d)`` that :func:`monte_carlo` averages over for ``(seed, n)``.
+
+    Use it for procedures that need one fixed sample (training on a fixed Monte Carlo sample).
+    """
+    n = check_int(n, "n", "draw")
+    seed = resolve_seed(seed, "draw")
+    x = torch.cat([law.sample(m, _block_generator(seed, b)) for b, m in _block_sizes(n)])
+    return x if device is None else x.to(device)
+
+
+def _progress(total: int, enabled: bool, desc: str):
+    if not enabled:
+        return None
+    from tqdm.auto import tqdm
+
+    return tqdm(total=total, desc=desc, unit="sample", unit_scale=True, leave=False)
+
+
+def monte_carlo(terms: Callable[[torch.Tensor], torch.Tensor], law, n: int, seed=0, *, method: str = "mc",
+                scrambles: int = 16, chunk: int = 1 << 16, device=None, target_rel_error: float | None = None,
+                min_n: int = 1 << 14, progress: bool = False, desc: str = "sampling") -> Estimate:
+    r"""Average per-sample terms over a law: :math:`\hat E[t(X)] = \frac1n\sum_i t(X_i)` with its standard error.
+
+    Args:
+        terms: ``x (N, d) -> (N, ...)`` per-sample terms (the trailing shape is the value's shape).
+        law: a :class:`softhard.laws.Law`.
+        n: number of samples (total over scramblings for QMC).
+        seed: ``int``, ``torch.Generator`` (one integer is drawn from it) or ``None`` (fresh, recorded).
+        method: ``"mc"`` (i.i.d. draws) or ``"qmc"`` (scrambled Sobol, ``scrambles`` independent copies).
+        chunk: samples evaluated per call of ``terms`` (rounded to whole blocks); changes speed and
+            memory, never the result.
+        device: where ``terms`` is evaluated (inputs are drawn on the CPU and moved there).
+        target_rel_error: (``"mc"`` only) stop once every entry has ``stderr <= target·|value|``, after at
+            least ``min_n`` samples; ``n`` is then the budget. The result depends on ``(seed, n_used)``.
+        progress: show a progress bar.
+
+    Returns:
+        :class:`Estimate` with ``value`` and ``stderr`` of the terms' trailing shape.
+    """
+    n = check_int(n, "n", "monte_carlo")
+    seed = resolve_seed(seed)
+    blocks_per_chunk = max(1, check_int(chunk, "chunk", "monte_carlo") // BLOCK)
+    if target_rel_error is not None:
+        target_rel_error = check_float(target_rel_error, "target_rel_error", "monte_carlo", 0.0, math.inf)
+    bar = _progress(n, progress, desc)
+    t0 = time.perf_counter()
+    try:
+        if method == "mc":
+            est = _mc(terms, law, n, seed, blocks_per_chunk, device, target_rel_error, min_n, bar)
+        elif method == "qmc":
+            est = _qmc(terms, law, n, seed, check_int(scrambles, "scrambles", "monte_carlo", low=2),
+                       blocks_per_chunk, device, bar)
+        else:
+            fail("method", "monte_carlo", "one of 'mc', 'qmc'", method)
+    finally:
+        if bar is not None:
+            bar.close()
+    est.info["seconds"] = time.perf_counter() - t0
+    return est
+
+
+def _eval(terms, x, device) -> np.ndarray:
+    if device is not None:
+        x = x.to(device)
+    with torch.no_grad():
+        t = _to_numpy(terms(x))
+    if t.shape[0] != x.shape[0]:
+        fail("terms", "monte_carlo", f"a function returning one row per sample ({x.shape[0]})",
+             f"{t.shape[0]} rows")
+    if not np.isfinite(t).all():
+        raise FloatingPointError("monte_carlo: the per-sample terms contain NaN or inf")
+    return t
+
+
+def _reduce_chunk(acc: _Moments, t: np.ndarray, sizes) -> None:
+    start = 0
+    for m in sizes:
+        acc.add_block(t[start:start + m])
+        start += m
+
+
+def _mc(terms, law, n, seed, bpc, device, target, min_n, bar) -> Estimate:
+    acc = _Moments()
+    blocks = list(_block_sizes(n))
+    for c in range(0, len(blocks), bpc):
+        part = blocks[c:c + bpc]
+        x = torch.cat([law.sample(m, _block_generator(seed, b)) for b, m in part])
+        _reduce_chunk(acc, _eval(terms, x, device), [m for _, m in part])
+        if bar is not None:
+            bar.update(x.shape[0])
+        if target is not None and acc.n >= min_n:
+            se = acc.stderr()
+            if np.all(se <= target * np.abs(acc.mean)):
+                break
+    return Estimate(_out(acc.mean), _out(acc.stderr()), acc.n, "mc", seed)
+
+
+def _qmc(terms, law, n, seed, R, bpc, device, bar) -> Estimate:
+    m_per = n // R
+    if m_per < 1:
+        fail("n", "monte_carlo", f"at least scrambles={R} for QMC", n)
+    means = []
+    for r in range(R):
+        s = int(np.random.SeedSequence([seed, 1, r]).generate_state(1, np.uint32)[0])
+        engine = torch.quasirandom.SobolEngine(law.qmc_dim, scramble=True, seed=s)
+        acc = _Moments()
+        blocks = list(_block_sizes(m_per))
+        for c in range(0, len(blocks), bpc):
+            part = blocks[c:c + bpc]
+            u = torch.cat([engine.draw(m, dtype=torch.float64) for _, m in part])
+            _reduce_chunk(acc, _eval(terms, law.from_uniform(u), device), [m for _, m in part])
+            if bar is not None:
+                bar.update(u.shape[0])
+        means.append(acc.mean)
+    means = np.stack(means)
+    return Estimate(_out(means.mean(0)), _out(means.std(0, ddof=1) / math.sqrt(R)), R * m_per, "qmc", seed)
+
+
+def mean_estimate(values) -> Estimate:
+    """Reduce given per-sample terms ``(N, ...)`` (e.g. on a fixed sample) to an :class:`Estimate`.
+
+    Uses the same block reducer as :func:`monte_carlo`.
+    """
+    t = _to_numpy(values)
+    acc = _Moments()
+    _reduce_chunk(acc, t, [m for _, m in _block_sizes(t.shape[0])])
+    return Estimate(_out(acc.mean), _out(acc.stderr()), acc.n, "sample")

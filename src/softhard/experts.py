@@ -1,0 +1,117 @@
+r"""Experts: maps ``x (N, d) -> expert outputs h(x) (N, K)`` (paper (2.2)), one scalar output per expert."""
+
+from __future__ import annotations
+
+from typing import Callable
+
+import torch
+from torch import nn
+
+from ._validate import DTYPE, as_tensor, check_finite, check_inputs, check_int, fail
+
+__all__ = ["Experts", "LinearExperts", "ConstantExperts", "MLPExperts", "as_experts"]
+
+
+class Experts(nn.Module):
+    """Base class: ``forward(x (N, d)) -> (N, K)``; attributes ``d`` and ``num_experts``."""
+
+    d: int | None
+    num_experts: int
+
+    def outputs(self, x) -> torch.Tensor:
+        x = check_inputs(x, self.d, f"{type(self).__name__}.outputs")
+        h = self(x)
+        if h.shape != (x.shape[0], self.num_experts):
+            fail("experts", "outputs", f"a map (N, d) -> (N, {self.num_experts})", f"output shape {tuple(h.shape)}")
+        return h
+
+
+class LinearExperts(Experts):
+    r"""Linear experts :math:`h_k(x) = w_k \cdot x + c_k`.
+
+    Args:
+        weight: shape ``(K, d)``; bias: shape ``(K,)`` (zeros if ``None``).
+    """
+
+    def __init__(self, weight, bias=None, *, trainable: bool = False):
+        super().__init__()
+        W = as_tensor(weight, "weight", "LinearExperts")
+        if W.ndim != 2 or W.shape[0] < 1:
+            fail("weight", "LinearExperts", "an array of shape (K, d)", f"shape {tuple(W.shape)}")
+        check_finite(W, "weight", "LinearExperts")
+        b = torch.zeros(W.shape[0], dtype=W.dtype) if bias is None else as_tensor(bias, "bias", "LinearExperts",
+                                                                                  dtype=W.dtype)
+        if b.shape != (W.shape[0],):
+            fail("bias", "LinearExperts", f"an array of shape ({W.shape[0]},)", f"shape {tuple(b.shape)}")
+        check_finite(b, "bias", "LinearExperts")
+        if trainable:
+            self.weight, self.bias = nn.Parameter(W.clone()), nn.Parameter(b.clone())
+        else:
+            self.register_buffer("weight", W.clone())
+            self.register_buffer("bias", b.clone())
+        self.num_experts, self.d = W.shape
+
+    def forward(self, x):
+        return x @ self.weight.T + self.bias
+
+
+class ConstantExperts(Experts):
+    """Constant experts ``h_k(x) = c_k``, ``values`` of shape ``(K,)``; any input dimension."""
+
+    def __init__(self, values, d: int | None = None):
+        super().__init__()
+        c = as_tensor(values, "values", "ConstantExperts").reshape(-1)
+        check_finite(c, "values", "ConstantExperts")
+        self.register_buffer("values", c.clone())
+        self.num_experts, self.d = c.numel(), d
+
+    def forward(self, x):
+        return self.values.to(x.dtype).expand(x.shape[0], -1)
+
+
+class MLPExperts(Experts):
+    """K independent MLPs ``d -> hidden -> 1`` (tanh), evaluated in one batched matmul; seeded init."""
+
+    def __init__(self, d: int, num_experts: int, hidden: int = 32, *, seed: int = 0):
+        super().__init__()
+        d = check_int(d, "d", "MLPExperts")
+        K = check_int(num_experts, "num_experts", "MLPExperts")
+        H = check_int(hidden, "hidden", "MLPExperts")
+        g = torch.Generator().manual_seed(check_int(seed, "seed", "MLPExperts", low=0))
+        u = lambda *s, b: (torch.rand(*s, generator=g, dtype=DTYPE) * 2 - 1) * b  # noqa: E731
+        self.W1 = nn.Parameter(u(K, H, d, b=d ** -0.5))
+        self.b1 = nn.Parameter(u(K, H, b=0.1))
+        self.W2 = nn.Parameter(u(K, H, b=H ** -0.5))
+        self.b2 = nn.Parameter(u(K, b=0.1))
+        self.d, self.num_experts = d, K
+
+    def forward(self, x):
+        z = torch.tanh(torch.einsum("khd,nd->nkh", self.W1, x) + self.b1)
+        return (z * self.W2).sum(-1) + self.b2
+
+
+class _CallableExperts(Experts):
+    def __init__(self, fn: Callable, num_experts: int, d: int | None):
+        super().__init__()
+        self.fn, self.num_experts, self.d = fn, num_experts, d
+        if isinstance(fn, nn.Module):
+            self.module = fn
+
+    def forward(self, x):
+        return self.fn(x)
+
+
+def as_experts(experts, d: int | None = None) -> Experts:
+    """Wrap an :class:`Experts`, an ``nn.Module`` or a callable ``(N, d) -> (N, K)``."""
+    if isinstance(experts, Experts):
+        return experts
+    if not callable(experts):
+        fail("experts", "as_experts", "an Experts, an nn.Module or a callable (N, d) -> (N, K)",
+             type(experts).__name__, TypeError)
+    if d is None:
+        fail("d", "as_experts", "given (the input dimension) for a plain callable", d)
+    with torch.no_grad():
+        out = experts(torch.zeros(2, d, dtype=DTYPE))
+    if not isinstance(out, torch.Tensor) or out.ndim != 2 or out.shape[0] != 2:
+        fail("experts", "as_experts", "a map (N, d) -> (N, K)", f"output {getattr(out, 'shape', out)}")
+    return _CallableExperts(experts, out.shape[1], d)

@@ -1,0 +1,103 @@
+r"""Boundary-mass profiles (paper (2.13)–(2.15), (5.4)–(5.5)) estimated from one sample.
+
+- top-two profile :math:`\beta(w) = \mu(\Delta(X) \le w)` (2.13),
+- pairwise profile :math:`\beta_{pair}(w) = \mu(\delta(X) \le w)` (2.14), :math:`\beta \le \beta_{pair}`,
+- ambiguity mass :math:`m_\varepsilon(\tau) = \mu(\max_k \pi_k^\tau(X) < 1-\varepsilon)` (5.5), with the
+  sandwich of Remark 5.4 (derived in ``docs/ambiguity_sandwich.md``):
+  :math:`\mu(\Delta < w_{\tau,\varepsilon}) \le m_\varepsilon(\tau) \le \mu(\Delta < w_{\tau,\varepsilon} + \tau\log(K-1))`.
+
+Every estimate is evaluated on the whole grid from the same draws, so a profile is monotone in ``w``.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+
+from ._validate import check_float, check_grid, fail
+from .estimate import Estimate, monte_carlo
+from .gates import pairwise_separation, top_two_margin, topk_margin
+from .laws import as_law
+from .routers import as_router
+
+__all__ = ["boundary_mass", "ambiguity_mass", "margin_function", "MARGINS"]
+
+MARGINS = ("top2", "pairwise")
+
+
+def margin_function(kind: str = "top2", k: int = 1, where: str = "boundary_mass"):
+    """The margin ``logits (N, K) -> (N,)`` named by ``kind``: "top2" (Δ, or the top-k margin if ``k > 1``)
+    or "pairwise" (δ)."""
+    if kind == "top2":
+        return top_two_margin if k == 1 else (lambda a: topk_margin(a, k))
+    if kind == "pairwise":
+        return pairwise_separation
+    fail("kind", where, f"one of {MARGINS}", kind)
+
+
+def boundary_mass(router, law, widths, kind: str = "top2", n: int = 1 << 20, seed=0, *, k: int = 1,
+                  method: str = "mc", **mc) -> Estimate:
+    r"""Boundary-mass profile on a grid of widths (2.13)/(2.14).
+
+    .. math:: \beta(w) = \mu(\Delta(X) \le w), \qquad \beta_{pair}(w) = \mu(\delta(X) \le w)
+
+    with :math:`\Delta = a_{(1)} - a_{(2)}` (2.6) and :math:`\delta = \min_{i<j}|a_i - a_j|` (2.12).
+
+    Args:
+        router: router ``(N, d) -> (N, K)`` (LinearRouter, MLPRouter, any module/callable).
+        law: input law μ on ℝ^d.
+        widths: widths ``w >= 0``, shape ``(W,)`` (or a float).
+        kind: ``"top2"`` or ``"pairwise"``.
+        n, seed: sample size and seed; the estimate depends on ``(seed, n)`` only.
+        k: with ``kind="top2"``, use the top-k margin :math:`a_{(k)} - a_{(k+1)}` instead [beyond].
+        method: ``"mc"`` or ``"qmc"``; further keywords go to :func:`softhard.estimate.monte_carlo`.
+
+    Returns:
+        :class:`Estimate` whose ``value``/``stderr`` have shape ``(W,)`` (floats for a float width).
+    """
+    r = as_router(router)
+    law = as_law(law, "boundary_mass")
+    w = check_grid(widths, "widths", "boundary_mass", low=0.0)
+    margin = margin_function(kind, k)
+    if r.d is not None and r.d != law.d:
+        fail("law", "boundary_mass", f"a law on R^{r.d} (the router's input dimension)", f"a law on R^{law.d}")
+
+    def terms(x):
+        m = margin(r(x.to(w.dtype)))
+        return (m[:, None] <= w.to(m)).to(torch.float64)
+
+    est = monte_carlo(terms, law, n, seed, method=method, **mc)
+    return est[0] if _is_scalar(widths) else est
+
+
+def ambiguity_mass(router, law, taus, eps: float = 1 / (1 + math.e ** 2), n: int = 1 << 20, seed=0,
+                   **mc) -> Estimate:
+    r"""Mass of the ambiguity region (5.4)–(5.5) on a grid of temperatures.
+
+    .. math:: m_\varepsilon(\tau) = \mu\big(\max_k \pi_k^\tau(X) < 1 - \varepsilon\big)
+
+    Args:
+        taus: temperatures, shape ``(T,)`` (or a float); eps: tolerance ε ∈ (0, 1/2).
+
+    Returns:
+        :class:`Estimate` over ``taus``.
+    """
+    r = as_router(router)
+    law = as_law(law, "ambiguity_mass")
+    t = check_grid(taus, "taus", "ambiguity_mass", low=0.0, low_open=True)
+    e = check_float(eps, "eps", "ambiguity_mass", 0.0, 0.5)
+
+    def terms(x):
+        a = r(x)
+        z = (a - a.max(-1, keepdim=True).values).unsqueeze(1) / t.to(a)[:, None]
+        # max_k π_k = 1 / Σ_j exp(z_j) since the top z is 0
+        pmax = 1.0 / torch.exp(z).sum(-1)
+        return (pmax < 1 - e).to(torch.float64)
+
+    est = monte_carlo(terms, law, n, seed, **mc)
+    return est[0] if _is_scalar(taus) else est
+
+
+def _is_scalar(v) -> bool:
+    return isinstance(v, (int, float)) or (hasattr(v, "ndim") and v.ndim == 0)

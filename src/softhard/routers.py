@@ -1,0 +1,161 @@
+r"""Routers: maps ``x (N, d) -> logits a(x) (N, K)`` (paper (2.2)), and pairwise scores (3.1).
+
+Any ``torch.nn.Module`` or callable with that signature is accepted through :func:`as_router`.
+"""
+
+from __future__ import annotations
+
+from typing import Callable
+
+import torch
+from torch import nn
+
+from ._validate import DTYPE, as_tensor, check_finite, check_inputs, check_int, fail
+
+__all__ = ["Router", "LinearRouter", "MLPRouter", "as_router", "score_difference", "score_gradient"]
+
+
+class Router(nn.Module):
+    """Base class: ``forward(x (N, d)) -> logits (N, K)``; attributes ``d`` and ``num_experts``."""
+
+    d: int | None
+    num_experts: int
+
+    def logits(self, x) -> torch.Tensor:
+        """Validated logits, shape ``(N, K)``."""
+        x = check_inputs(x, self.d, f"{type(self).__name__}.logits")
+        a = self(x)
+        if a.ndim != 2 or a.shape != (x.shape[0], self.num_experts):
+            fail("router", "logits", f"a map (N, d) -> (N, {self.num_experts})", f"output shape {tuple(a.shape)}")
+        return a
+
+
+class LinearRouter(Router):
+    r"""Linear router :math:`a(x) = W x + b` (``nn.Linear`` convention).
+
+    Args:
+        weight: ``W``, shape ``(K, d)``, ``K >= 2``.
+        bias: ``b``, shape ``(K,)`` (zeros if ``None``).
+        trainable: register ``W, b`` as parameters (else buffers).
+    """
+
+    def __init__(self, weight, bias=None, *, trainable: bool = False):
+        super().__init__()
+        W = as_tensor(weight, "weight", "LinearRouter")
+        if W.ndim != 2 or W.shape[0] < 2:
+            fail("weight", "LinearRouter", "an array of shape (K, d) with K >= 2", f"shape {tuple(W.shape)}")
+        check_finite(W, "weight", "LinearRouter")
+        b = torch.zeros(W.shape[0], dtype=W.dtype, device=W.device) if bias is None else as_tensor(
+            bias, "bias", "LinearRouter", dtype=W.dtype, device=W.device)
+        if b.shape != (W.shape[0],):
+            fail("bias", "LinearRouter", f"an array of shape ({W.shape[0]},)", f"shape {tuple(b.shape)}")
+        check_finite(b, "bias", "LinearRouter")
+        if trainable:
+            self.weight, self.bias = nn.Parameter(W.clone()), nn.Parameter(b.clone())
+        else:
+            self.register_buffer("weight", W.clone())
+            self.register_buffer("bias", b.clone())
+        self.num_experts, self.d = W.shape
+
+    def forward(self, x):
+        return x @ self.weight.T + self.bias
+
+    @classmethod
+    def binary(cls, v, b: float = 0.0, **kw) -> "LinearRouter":
+        r"""Binary router with :math:`g = a_1 - a_2 = v\cdot x + b` (scores ``±(v·x + b)/2``, gauge Σa = 0)."""
+        v = as_tensor(v, "v", "LinearRouter.binary").reshape(-1)
+        W = torch.stack([v / 2, -v / 2])
+        return cls(W, torch.tensor([b / 2, -b / 2], dtype=v.dtype), **kw)
+
+
+class MLPRouter(Router):
+    """One- or multi-hidden-layer MLP router ``d -> hidden -> ... -> K`` with ``tanh`` activations.
+
+    Initialised from ``seed`` (PyTorch default init, float64).
+    """
+
+    def __init__(self, d: int, num_experts: int, hidden=(64,), *, seed: int = 0, activation: str = "tanh"):
+        super().__init__()
+        d = check_int(d, "d", "MLPRouter")
+        K = check_int(num_experts, "num_experts", "MLPRouter", low=2)
+        hidden = (hidden,) if isinstance(hidden, int) else tuple(hidden)
+        acts = {"tanh": nn.Tanh, "relu": nn.ReLU, "gelu": nn.GELU, "silu": nn.SiLU}
+        if activation not in acts:
+            fail("activation", "MLPRouter", f"one of {sorted(acts)}", activation)
+        g = torch.Generator().manual_seed(check_int(seed, "seed", "MLPRouter", low=0))
+        layers, prev = [], d
+        for h in hidden:
+            layers += [nn.Linear(prev, check_int(h, "hidden", "MLPRouter")), acts[activation]()]
+            prev = h
+        layers.append(nn.Linear(prev, K))
+        self.net = nn.Sequential(*layers).to(DTYPE)
+        with torch.no_grad():
+            for p in self.net.parameters():  # deterministic, generator-only init
+                bound = 1.0 / max(1, p.shape[-1]) ** 0.5 if p.ndim == 2 else 0.1
+                p.uniform_(-bound, bound, generator=g)
+        self.d, self.num_experts = d, K
+
+    def forward(self, x):
+        return self.net(x)
+
+
+class _CallableRouter(Router):
+    def __init__(self, fn: Callable, num_experts: int, d: int | None):
+        super().__init__()
+        self.fn, self.num_experts, self.d = fn, num_experts, d
+        if isinstance(fn, nn.Module):
+            self.module = fn
+
+    def forward(self, x):
+        return self.fn(x)
+
+
+def as_router(router, d: int | None = None) -> Router:
+    """Wrap a ``Router``, an ``nn.Module`` or a callable ``(N, d) -> (N, K)`` as a :class:`Router`.
+
+    For a plain module or callable, ``K`` is found by calling it once on zeros of shape ``(2, d)``,
+    which needs ``d``.
+    """
+    if isinstance(router, Router):
+        return router
+    if not callable(router):
+        fail("router", "as_router", "a Router, an nn.Module or a callable (N, d) -> (N, K)", type(router).__name__,
+             TypeError)
+    if d is None:
+        d = getattr(router, "in_features", None)
+    if d is None:
+        fail("d", "as_router", "given (the input dimension) for a plain callable router", d)
+    with torch.no_grad():
+        out = router(torch.zeros(2, d, dtype=DTYPE))
+    if not isinstance(out, torch.Tensor) or out.ndim != 2 or out.shape[0] != 2 or out.shape[1] < 2:
+        fail("router", "as_router", "a map (N, d) -> (N, K) with K >= 2", f"output {getattr(out, 'shape', out)}")
+    return _CallableRouter(router, out.shape[1], d)
+
+
+def score_difference(router, x, pair=(0, 1)) -> torch.Tensor:
+    r"""Pairwise score difference :math:`g_{ij}(x) = a_i(x) - a_j(x)` (3.1), shape ``(N,)``."""
+    r = as_router(router)
+    i, j = _pair(pair, r.num_experts, "score_difference")
+    a = r.logits(x)
+    return a[:, i] - a[:, j]
+
+
+def score_gradient(router, x, pair=(0, 1)) -> torch.Tensor:
+    r"""Input gradient :math:`\nabla_x g_{ij}(x)` by autograd, shape ``(N, d)``."""
+    r = as_router(router)
+    i, j = _pair(pair, r.num_experts, "score_gradient")
+    x = check_inputs(x, r.d, "score_gradient").detach().requires_grad_(True)
+    with torch.enable_grad():
+        a = r(x)
+        (grad,) = torch.autograd.grad((a[:, i] - a[:, j]).sum(), x)
+    return grad
+
+
+def _pair(pair, K: int, where: str) -> tuple[int, int]:
+    try:
+        i, j = (int(p) for p in pair)
+    except (TypeError, ValueError):
+        fail("pair", where, "a pair of expert indices (i, j)", pair, TypeError)
+    if not (0 <= i < K and 0 <= j < K and i != j):
+        fail("pair", where, f"two distinct indices in [0, {K - 1}]", pair)
+    return i, j
