@@ -1,0 +1,149 @@
+r"""§7.1 Boundary-layer scaling (Table 1, Figure 1), plus two extensions [beyond].
+
+Design (paper §7.1): :math:`X \sim N(0, I_d)`, two experts, linear hard router :math:`g(x) = u\cdot x`
+with :math:`u = e_1`, linear experts :math:`h_{1,2}(x) = \pm x_2` whose contrast :math:`D = 2x_2` is
+tangent to the interface with :math:`|\nabla D| = 2`. The teacher is the hard model (:math:`L_0 = 0`);
+the student is the same experts with the gate :math:`\sigma(g/\tau)`. For each τ the table reports the
+boundary mass :math:`\beta(2\tau)` (2.13), the risk gap :math:`L_\tau - L_0` and gap/τ — Monte Carlo with
+standard errors, the exact values (3.11) and 1-d quadrature, and the first-order prediction
+:math:`G_1\tau` with :math:`G_1 = (2\ln2-1)\,\psi(0)\,E[D^2\mid g=0]` (paper.md §3 [beyond]).
+
+Extensions written beside it: ``table1_limit`` (τ down to 1e-4, exact and Monte Carlo: gap/τ → G_1 and
+β(2τ)/(4τ) → ψ(0)) and ``table1_multi`` (a K-expert linear router version: top-two mass exact via
+Gaussian orthant probabilities).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from .. import gap as _gap
+from ..estimate import Estimate
+from ..experts import LinearExperts
+from ..gaussian import boundary_mass_exact, pair_density_at_zero, risk_gap_exact
+from ..laws import Gaussian
+from ..mass import boundary_mass
+from ..moe import MoE
+from ..routers import LinearRouter
+from . import Table, loglog_fit
+
+__all__ = ["Config", "run", "design", "multi_design"]
+
+
+@dataclass(frozen=True)
+class Config:
+    """Design values of §7.1; ``samples`` and ``seed`` fix every Monte Carlo column."""
+
+    taus: tuple[float, ...] = (0.02, 0.05, 0.1, 0.2, 0.45, 0.6)
+    d: int = 2
+    contrast_gradient: float = 2.0  # |∇D|
+    width_factor: float = 2.0  # boundary mass at temperature τ is β(width_factor·τ)
+    samples: int = 1 << 20
+    seed: int = 71
+    limit_taus: tuple[float, ...] = (1e-1, 3e-2, 1e-2, 3e-3, 1e-3, 3e-4, 1e-4)
+    multi_K: int = 4
+    multi_taus: tuple[float, ...] = (0.02, 0.05, 0.1, 0.2, 0.45, 0.6)
+    slope_tau_max: float = 0.2  # log–log slopes are fitted on τ <= this
+
+
+def design(d: int = 2, offset: float = 0.0, contrast_gradient: float = 2.0) -> tuple[MoE, Gaussian]:
+    r"""The §7.1/§7.2 model: router :math:`g(x) = x_1 - o`, experts :math:`\pm(|\nabla D|/2)\,x_2`, law N(0, I_d)."""
+    if d < 2:
+        raise ValueError(f"The 'd' parameter of the 7.1 design must be an int >= 2. Got {d!r}.")
+    u = torch.zeros(d, dtype=torch.float64)
+    u[0] = 1.0
+    router = LinearRouter.binary(u, b=-offset)
+    t = torch.zeros(d, dtype=torch.float64)
+    t[1] = contrast_gradient / 2
+    return MoE(router, LinearExperts(torch.stack([t, -t]))), Gaussian.standard(d)
+
+
+def multi_design(K: int = 4, d: int = 3, contrast_gradient: float = 2.0) -> tuple[MoE, Gaussian]:
+    r"""K-expert version: router rows :math:`(\cos 2\pi k/K, \sin 2\pi k/K, 0, …)` (a Voronoi fan in the
+    :math:`(x_1, x_2)` plane), experts :math:`h_k(x) = c_k x_3` with slopes :math:`c_k` spread over
+    :math:`\pm|\nabla D|/2`, so every contrast is tangent to every interface; law N(0, I_d)."""
+    ang = 2 * math.pi * torch.arange(K, dtype=torch.float64) / K
+    W = torch.zeros(K, d, dtype=torch.float64)
+    W[:, 0], W[:, 1] = torch.cos(ang), torch.sin(ang)
+    E = torch.zeros(K, d, dtype=torch.float64)
+    E[:, 2] = torch.linspace(-contrast_gradient / 2, contrast_gradient / 2, K, dtype=torch.float64)
+    return MoE(LinearRouter(W), LinearExperts(E)), Gaussian.standard(d)
+
+
+def _mc_columns(prefix: str, est: Estimate, i: int) -> dict:
+    return {prefix: float(np.atleast_1d(est.value)[i]), f"{prefix}_stderr": float(np.atleast_1d(est.stderr)[i])}
+
+
+def _scaling_rows(moe, law, taus, cfg: Config, exact_gap: bool, desc: str, progress: bool) -> list[dict]:
+    t = np.asarray(taus, dtype=np.float64)
+    widths = cfg.width_factor * t
+    mass = boundary_mass(moe.router, law, widths, n=cfg.samples, seed=cfg.seed, progress=progress,
+                         desc=f"{desc}: mass")
+    gap = _gap.risk_gap(moe, law, t, n=cfg.samples, seed=cfg.seed, progress=progress, desc=f"{desc}: gap")
+    mass_exact = boundary_mass_exact(moe.router, law, widths)
+    gap_exact = risk_gap_exact(moe, law, t) if exact_gap else None
+    rows = []
+    for i, tau in enumerate(t):
+        row = {"tau": float(tau)}
+        row |= _mc_columns("boundary_mass", mass, i)
+        row["boundary_mass_exact"] = float(mass_exact[i])
+        row |= _mc_columns("risk_gap", gap, i)
+        if exact_gap:
+            row["risk_gap_exact"] = float(gap_exact[i])
+        row["gap_over_tau"] = row["risk_gap"] / tau
+        row["gap_over_tau_stderr"] = row["risk_gap_stderr"] / tau
+        if exact_gap:
+            row["gap_over_tau_exact"] = row["risk_gap_exact"] / tau
+        rows.append(row)
+    return rows
+
+
+def run(config: Config = Config(), progress: bool = False) -> Table:
+    """Compute Table 1 (and the extensions ``table1_limit``, ``table1_multi``) for ``config``."""
+    moe, law = design(config.d, 0.0, config.contrast_gradient)
+    g1 = float(_gap.gap_slope(moe, law))
+    psi0 = pair_density_at_zero(moe.router, law)
+    rows = _scaling_rows(moe, law, config.taus, config, True, "table1", progress)
+    for r in rows:
+        r["risk_gap_first_order"] = g1 * r["tau"]
+    cols = ["tau", "boundary_mass", "boundary_mass_stderr", "boundary_mass_exact", "risk_gap", "risk_gap_stderr",
+            "risk_gap_exact", "risk_gap_first_order", "gap_over_tau", "gap_over_tau_stderr", "gap_over_tau_exact"]
+    meta = {"design": {"law": f"N(0, I_{config.d})", "router": "g(x) = x_1 (u = e_1)",
+                       "experts": f"h_1,2(x) = ±{config.contrast_gradient / 2:g}·x_2 (D = h_1 − h_2 tangent, "
+                                  f"|∇D| = {config.contrast_gradient:g})",
+                       "teacher": "the hard-routed model itself (L_0 = 0)",
+                       "boundary_mass": f"β({config.width_factor:g}·τ)"},
+            "gap_slope_G1": g1, "coarea_constant_psi0": psi0}
+    small = [r for r in rows if r["tau"] <= config.slope_tau_max]
+    meta["slopes"] = {"tau_max": config.slope_tau_max}
+    for c in ("boundary_mass", "risk_gap"):
+        fit = loglog_fit([r["tau"] for r in small], [r[c] for r in small], [r[f"{c}_stderr"] for r in small])
+        meta["slopes"][c], meta["slopes"][f"{c}_stderr"] = fit["slope"], fit["slope_stderr"]
+    table = Table("table1", cols, rows, meta)
+
+    lim = _scaling_rows(moe, law, config.limit_taus, config, True, "table1_limit", progress)
+    for r in lim:
+        w = config.width_factor * r["tau"]
+        r["mass_over_2w"] = r["boundary_mass"] / (2 * w)
+        r["mass_over_2w_stderr"] = r["boundary_mass_stderr"] / (2 * w)
+        r["mass_over_2w_exact"] = r["boundary_mass_exact"] / (2 * w)
+        r["G1"], r["psi0"] = g1, psi0
+    table.extras["table1_limit"] = Table(
+        "table1_limit", ["tau", "gap_over_tau", "gap_over_tau_stderr", "gap_over_tau_exact", "G1", "mass_over_2w",
+                         "mass_over_2w_stderr", "mass_over_2w_exact", "psi0", "risk_gap", "risk_gap_stderr",
+                         "risk_gap_exact", "boundary_mass", "boundary_mass_stderr", "boundary_mass_exact"], lim,
+        {"note": "gap/τ → G_1 and β(w)/(2w) → ψ(0) as τ → 0 (w = 2τ)", "G1": g1, "psi0": psi0})
+
+    mmoe, mlaw = multi_design(config.multi_K, max(3, config.d), config.contrast_gradient)
+    multi = _scaling_rows(mmoe, mlaw, config.multi_taus, config, False, "table1_multi", progress)
+    table.extras["table1_multi"] = Table(
+        "table1_multi", ["tau", "boundary_mass", "boundary_mass_stderr", "boundary_mass_exact", "risk_gap",
+                         "risk_gap_stderr", "gap_over_tau", "gap_over_tau_stderr"], multi,
+        {"design": {"K": config.multi_K, "router": "rows (cos 2πk/K, sin 2πk/K, 0)",
+                    "experts": "h_k = c_k x_3, c_k evenly spaced in ±|∇D|/2", "law": f"N(0, I_{max(3, config.d)})",
+                    "boundary_mass_exact": "Gaussian orthant probabilities (Genz)"}})
+    return table
