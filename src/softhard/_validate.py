@@ -94,7 +94,11 @@ def check_logits(logits: Any, where: str, param: str = "logits") -> torch.Tensor
 
 def check_grid(values: Any, param: str, where: str, low: float = 0.0, low_open: bool = False) -> torch.Tensor:
     """A non-empty 1-d grid of finite reals ``>= low`` (or ``> low``)."""
-    t = as_tensor(values, param, where).reshape(-1) if np.ndim(values) <= 1 else None
+    try:
+        ndim = np.ndim(values)
+    except ValueError:  # ragged nested lists
+        ndim = None
+    t = as_tensor(values, param, where).reshape(-1) if ndim is not None and ndim <= 1 else None
     if t is None:
         fail(param, where, "a scalar or a 1-d array", values)
     if t.numel() == 0:
@@ -106,11 +110,11 @@ def check_grid(values: Any, param: str, where: str, low: float = 0.0, low_open: 
 
 
 def check_inputs(x: Any, d: int | None, where: str, param: str = "x") -> torch.Tensor:
-    """Inputs of shape ``(N, d)``."""
+    """Inputs of shape ``(N, d)``, finite."""
     t = as_tensor(x, param, where)
     if t.ndim != 2 or (d is not None and t.shape[1] != d):
         fail(param, where, f"an array of shape (N, {d if d is not None else 'd'})", f"shape {tuple(t.shape)}")
-    return t
+    return check_finite(t, param, where)
 
 
 def check_seed(seed: Any, where: str) -> None:

@@ -13,7 +13,8 @@ or the device the terms are evaluated on (up to the device's float rounding). Me
 
 Standard errors: plain MC uses the sample standard deviation over :math:`\sqrt n`; scrambled Sobol
 QMC uses ``R`` independent scramblings, value = mean of the ``R`` estimates, stderr = their standard
-deviation over :math:`\sqrt R`.
+deviation over :math:`\sqrt R`. Each scrambled Sobol point is exactly uniform on [0, 1)^s (torch's
+30-bit points get a uniform offset inside their grid cell), so every scrambling is unbiased.
 """
 
 from __future__ import annotations
@@ -27,6 +28,7 @@ import numpy as np
 import torch
 
 from ._validate import check_float, check_int, check_seed, fail
+from .laws import as_law
 
 __all__ = ["Estimate", "monte_carlo", "mean_estimate", "draw", "resolve_seed", "BLOCK"]
 
@@ -58,7 +60,7 @@ class Estimate:
     def __getitem__(self, idx) -> "Estimate":
         """The estimate of one entry (or a slice) of an array-valued estimate."""
         v, s = np.asarray(self.value)[idx], np.asarray(self.stderr)[idx]
-        return Estimate(_out(v), _out(s), self.n, self.method, self.seed)
+        return Estimate(_out(v), _out(s), self.n, self.method, self.seed, dict(self.info))
 
     def __len__(self):
         return len(np.asarray(self.value))
@@ -106,12 +108,17 @@ class _Moments:
         return np.sqrt(self.m2 / (self.n - 1) / self.n)
 
 
-def _to_numpy(t) -> np.ndarray:
+def _to_numpy(t, param: str = "terms", where: str = "monte_carlo") -> np.ndarray:
+    rule = "per-sample terms of shape (N, ...)" if param == "values" else \
+        "a function returning per-sample terms of shape (N, ...)"
     if isinstance(t, torch.Tensor):
         t = t.detach().to("cpu", torch.float64).numpy()
-    t = np.asarray(t, dtype=np.float64)
+    try:
+        t = np.asarray(t, dtype=np.float64)
+    except (TypeError, ValueError):
+        fail(param, where, rule, type(t).__name__, TypeError)
     if t.ndim == 0:
-        fail("terms", "monte_carlo", "a function returning per-sample terms of shape (N, ...)", "a scalar")
+        fail(param, where, rule, "a scalar")
     return t
 
 
@@ -130,18 +137,25 @@ def _block_generator(seed: int, b: int, stream: int = 0) -> torch.Generator:
     return torch.Generator().manual_seed(int(s))
 
 
-def _block_sizes(n: int, start: int = 0):
-    b = start
-    while b * BLOCK < n:
+def _block_sizes(n: int, start: int = 0, stop: int | None = None):
+    """``(block index, size)`` of the blocks ``start <= b < stop`` covering ``n`` samples (lazily)."""
+    last = -(-n // BLOCK)
+    for b in range(start, last if stop is None else min(stop, last)):
         yield b, min(BLOCK, n - b * BLOCK)
-        b += 1
+
+
+def _chunks(n: int, bpc: int):
+    """Lists of ``bpc`` consecutive blocks (the last one shorter), generated lazily: memory flat in ``n``."""
+    for start in range(0, -(-n // BLOCK), bpc):
+        yield list(_block_sizes(n, start, start + bpc))
 
 
 def draw(law, n: int, seed=0, device=None) -> torch.Tensor:
-    """The exact inputs ``(n, d)`` that :func:`monte_carlo` averages over for ``(seed, n)``.
+    """The exact inputs ``(n, d)`` that :func:`monte_carlo` averages over for ``(seed, n)`` (method "mc").
 
     Use it for procedures that need one fixed sample (training on a fixed Monte Carlo sample).
     """
+    law = as_law(law, "draw")
     n = check_int(n, "n", "draw")
     seed = resolve_seed(seed, "draw")
     x = torch.cat([law.sample(m, _block_generator(seed, b)) for b, m in _block_sizes(n)])
@@ -157,7 +171,7 @@ def _progress(total: int, enabled: bool, desc: str):
 
 
 def monte_carlo(terms: Callable[[torch.Tensor], torch.Tensor], law, n: int, seed=0, *, method: str = "mc",
-                scrambles: int = 16, chunk: int = 1 << 16, device=None, target_rel_error: float | None = None,
+                scrambles: int = 16, chunk: int | None = None, device=None, target_rel_error: float | None = None,
                 min_n: int = 1 << 14, progress: bool = False, desc: str = "sampling") -> Estimate:
     r"""Average per-sample terms over a law: :math:`\hat E[t(X)] = \frac1n\sum_i t(X_i)` with its standard error.
 
@@ -168,30 +182,48 @@ def monte_carlo(terms: Callable[[torch.Tensor], torch.Tensor], law, n: int, seed
         seed: ``int``, ``torch.Generator`` (one integer is drawn from it) or ``None`` (fresh, recorded).
         method: ``"mc"`` (i.i.d. draws) or ``"qmc"`` (scrambled Sobol, ``scrambles`` independent copies).
         chunk: samples evaluated per call of ``terms`` (rounded to whole blocks); changes speed and
-            memory, never the result.
+            memory, never the result. ``None``: one block (``BLOCK`` samples) per call on the CPU, which
+            avoids concatenating blocks, and 16 blocks per call on another ``device``.
         device: where ``terms`` is evaluated (inputs are drawn on the CPU and moved there).
         target_rel_error: (``"mc"`` only) stop once every entry has ``stderr <= target·|value|``, after at
-            least ``min_n`` samples; ``n`` is then the budget. The result depends on ``(seed, n_used)``.
+            least ``min_n`` samples; ``n`` is then the budget. The rule is checked after every block, so
+            the stopping point, and the result, depend on ``(seed, n)`` only, not on ``chunk``. An entry
+            whose terms are all 0 so far has ``stderr = 0`` and counts as converged.
+        min_n: (with ``target_rel_error``) the fewest samples before stopping.
         progress: show a progress bar.
 
     Returns:
         :class:`Estimate` with ``value`` and ``stderr`` of the terms' trailing shape.
     """
+    if not callable(terms):
+        fail("terms", "monte_carlo", "a callable x (N, d) -> per-sample terms (N, ...)", type(terms).__name__,
+             TypeError)
+    law = as_law(law, "monte_carlo")
     n = check_int(n, "n", "monte_carlo")
+    if method not in ("mc", "qmc"):
+        fail("method", "monte_carlo", "one of 'mc', 'qmc'", method)
     seed = resolve_seed(seed)
-    blocks_per_chunk = max(1, check_int(chunk, "chunk", "monte_carlo") // BLOCK)
+    if chunk is None:
+        blocks_per_chunk = 1 if device is None or torch.device(device).type == "cpu" else 16
+    else:
+        blocks_per_chunk = max(1, check_int(chunk, "chunk", "monte_carlo") // BLOCK)
     if target_rel_error is not None:
+        if method != "mc":
+            fail("target_rel_error", "monte_carlo", "None with method='qmc' (early stopping is for 'mc')",
+                 target_rel_error)
         target_rel_error = check_float(target_rel_error, "target_rel_error", "monte_carlo", 0.0, math.inf)
+        min_n = check_int(min_n, "min_n", "monte_carlo")
+    if method == "qmc":
+        scrambles = check_int(scrambles, "scrambles", "monte_carlo", low=2)
+        if n < scrambles:
+            fail("n", "monte_carlo", f"at least scrambles={scrambles} for QMC", n)
     bar = _progress(n, progress, desc)
     t0 = time.perf_counter()
     try:
         if method == "mc":
             est = _mc(terms, law, n, seed, blocks_per_chunk, device, target_rel_error, min_n, bar)
-        elif method == "qmc":
-            est = _qmc(terms, law, n, seed, check_int(scrambles, "scrambles", "monte_carlo", low=2),
-                       blocks_per_chunk, device, bar)
         else:
-            fail("method", "monte_carlo", "one of 'mc', 'qmc'", method)
+            est = _qmc(terms, law, n, seed, scrambles, blocks_per_chunk, device, bar)
     finally:
         if bar is not None:
             bar.close()
@@ -212,42 +244,54 @@ def _eval(terms, x, device) -> np.ndarray:
     return t
 
 
-def _reduce_chunk(acc: _Moments, t: np.ndarray, sizes) -> None:
+def _reduce_chunk(acc: _Moments, t: np.ndarray, sizes, converged: Callable[[_Moments], bool] | None = None) -> bool:
+    """Merge the blocks of one evaluated chunk in order; with ``converged``, stop after the first block
+    at which it holds (so early stopping does not depend on the chunk size). Returns whether it stopped."""
     start = 0
     for m in sizes:
         acc.add_block(t[start:start + m])
         start += m
+        if converged is not None and converged(acc):
+            return True
+    return False
+
+
+def _cat(xs: list[torch.Tensor]) -> torch.Tensor:
+    return xs[0] if len(xs) == 1 else torch.cat(xs)
 
 
 def _mc(terms, law, n, seed, bpc, device, target, min_n, bar) -> Estimate:
     acc = _Moments()
-    blocks = list(_block_sizes(n))
-    for c in range(0, len(blocks), bpc):
-        part = blocks[c:c + bpc]
-        x = torch.cat([law.sample(m, _block_generator(seed, b)) for b, m in part])
-        _reduce_chunk(acc, _eval(terms, x, device), [m for _, m in part])
+    converged = None if target is None else (
+        lambda a: a.n >= min_n and bool(np.all(a.stderr() <= target * np.abs(a.mean))))
+    for part in _chunks(n, bpc):
+        x = _cat([law.sample(m, _block_generator(seed, b)) for b, m in part])
+        stop = _reduce_chunk(acc, _eval(terms, x, device), [m for _, m in part], converged)
         if bar is not None:
             bar.update(x.shape[0])
-        if target is not None and acc.n >= min_n:
-            se = acc.stderr()
-            if np.all(se <= target * np.abs(acc.mean)):
-                break
+        if stop:
+            break
     return Estimate(_out(acc.mean), _out(acc.stderr()), acc.n, "mc", seed)
+
+
+def _sobol_block(engine, jitter: torch.Generator, m: int) -> torch.Tensor:
+    """``m`` scrambled Sobol points made exactly uniform on [0, 1): torch's points lie on the grid
+    ``k / 2**MAXBIT`` (mean ``1/2 - 2**-(MAXBIT+1)``, a bias visible at QMC accuracy), so each point gets an
+    independent uniform offset inside its grid cell, which keeps the low-discrepancy structure."""
+    u = engine.draw(m, dtype=torch.float64)
+    return u + torch.rand(u.shape, generator=jitter, dtype=torch.float64) * 2.0 ** -engine.MAXBIT
 
 
 def _qmc(terms, law, n, seed, R, bpc, device, bar) -> Estimate:
     m_per = n // R
-    if m_per < 1:
-        fail("n", "monte_carlo", f"at least scrambles={R} for QMC", n)
     means = []
     for r in range(R):
         s = int(np.random.SeedSequence([seed, 1, r]).generate_state(1, np.uint32)[0])
         engine = torch.quasirandom.SobolEngine(law.qmc_dim, scramble=True, seed=s)
+        jitter = _block_generator(seed, r, stream=2)
         acc = _Moments()
-        blocks = list(_block_sizes(m_per))
-        for c in range(0, len(blocks), bpc):
-            part = blocks[c:c + bpc]
-            u = torch.cat([engine.draw(m, dtype=torch.float64) for _, m in part])
+        for part in _chunks(m_per, bpc):
+            u = _cat([_sobol_block(engine, jitter, m) for _, m in part])
             _reduce_chunk(acc, _eval(terms, law.from_uniform(u), device), [m for _, m in part])
             if bar is not None:
                 bar.update(u.shape[0])
@@ -257,11 +301,18 @@ def _qmc(terms, law, n, seed, R, bpc, device, bar) -> Estimate:
 
 
 def mean_estimate(values) -> Estimate:
-    """Reduce given per-sample terms ``(N, ...)`` (e.g. on a fixed sample) to an :class:`Estimate`.
+    r"""Reduce given per-sample terms ``values (N, ...)`` (e.g. on a fixed sample) to an :class:`Estimate`.
 
-    Uses the same block reducer as :func:`monte_carlo`.
+    .. math:: \bar t = \frac1N\sum_{i=1}^N t_i, \qquad
+              \mathrm{se} = \sqrt{\frac{1}{N(N-1)}\sum_{i=1}^N (t_i - \bar t)^2}
+
+    entrywise over the trailing shape, with the same block reducer as :func:`monte_carlo`.
     """
-    t = _to_numpy(values)
+    t = _to_numpy(values, "values", "mean_estimate")
+    if t.shape[0] < 1:
+        fail("values", "mean_estimate", "an array of shape (N, ...) with N >= 1", f"shape {t.shape}")
+    if not np.isfinite(t).all():
+        fail("values", "mean_estimate", "finite (no NaN or inf)", t)
     acc = _Moments()
     _reduce_chunk(acc, t, [m for _, m in _block_sizes(t.shape[0])])
     return Estimate(_out(acc.mean), _out(acc.stderr()), acc.n, "sample")

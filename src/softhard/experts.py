@@ -8,6 +8,7 @@ import torch
 from torch import nn
 
 from ._validate import DTYPE, as_tensor, check_finite, check_inputs, check_int, fail
+from .routers import _cast, _probe
 
 __all__ = ["Experts", "LinearExperts", "ConstantExperts", "MLPExperts", "as_experts"]
 
@@ -19,7 +20,8 @@ class Experts(nn.Module):
     num_experts: int
 
     def outputs(self, x) -> torch.Tensor:
-        x = check_inputs(x, self.d, f"{type(self).__name__}.outputs")
+        """Validated expert outputs, shape ``(N, K)``; ``x`` is cast to the experts' floating dtype."""
+        x = _cast(self, check_inputs(x, self.d, f"{type(self).__name__}.outputs"))
         h = self(x)
         if h.shape != (x.shape[0], self.num_experts):
             fail("experts", "outputs", f"a map (N, d) -> (N, {self.num_experts})", f"output shape {tuple(h.shape)}")
@@ -36,11 +38,11 @@ class LinearExperts(Experts):
     def __init__(self, weight, bias=None, *, trainable: bool = False):
         super().__init__()
         W = as_tensor(weight, "weight", "LinearExperts")
-        if W.ndim != 2 or W.shape[0] < 1:
-            fail("weight", "LinearExperts", "an array of shape (K, d)", f"shape {tuple(W.shape)}")
+        if W.ndim != 2 or W.shape[0] < 1 or W.shape[1] < 1:
+            fail("weight", "LinearExperts", "an array of shape (K, d) with K, d >= 1", f"shape {tuple(W.shape)}")
         check_finite(W, "weight", "LinearExperts")
-        b = torch.zeros(W.shape[0], dtype=W.dtype) if bias is None else as_tensor(bias, "bias", "LinearExperts",
-                                                                                  dtype=W.dtype)
+        b = torch.zeros(W.shape[0], dtype=W.dtype, device=W.device) if bias is None else as_tensor(
+            bias, "bias", "LinearExperts", dtype=W.dtype, device=W.device)
         if b.shape != (W.shape[0],):
             fail("bias", "LinearExperts", f"an array of shape ({W.shape[0]},)", f"shape {tuple(b.shape)}")
         check_finite(b, "bias", "LinearExperts")
@@ -52,7 +54,7 @@ class LinearExperts(Experts):
         self.num_experts, self.d = W.shape
 
     def forward(self, x):
-        return x @ self.weight.T + self.bias
+        return x.to(self.weight.dtype) @ self.weight.T + self.bias
 
 
 class ConstantExperts(Experts):
@@ -60,13 +62,15 @@ class ConstantExperts(Experts):
 
     def __init__(self, values, d: int | None = None):
         super().__init__()
-        c = as_tensor(values, "values", "ConstantExperts").reshape(-1)
+        c = as_tensor(values, "values", "ConstantExperts")
+        if c.ndim != 1 or c.numel() < 1:
+            fail("values", "ConstantExperts", "a non-empty 1-d array of shape (K,)", f"shape {tuple(c.shape)}")
         check_finite(c, "values", "ConstantExperts")
         self.register_buffer("values", c.clone())
-        self.num_experts, self.d = c.numel(), d
+        self.num_experts, self.d = c.numel(), None if d is None else check_int(d, "d", "ConstantExperts")
 
     def forward(self, x):
-        return self.values.to(x.dtype).expand(x.shape[0], -1)
+        return self.values.to(x).expand(x.shape[0], -1)
 
 
 class MLPExperts(Experts):
@@ -93,12 +97,10 @@ class MLPExperts(Experts):
 class _CallableExperts(Experts):
     def __init__(self, fn: Callable, num_experts: int, d: int | None):
         super().__init__()
-        self.fn, self.num_experts, self.d = fn, num_experts, d
-        if isinstance(fn, nn.Module):
-            self.module = fn
+        self.fn, self.num_experts, self.d = fn, num_experts, d  # an nn.Module fn is registered as a submodule
 
     def forward(self, x):
-        return self.fn(x)
+        return self.fn(_cast(self.fn, x))
 
 
 def as_experts(experts, d: int | None = None) -> Experts:
@@ -109,9 +111,11 @@ def as_experts(experts, d: int | None = None) -> Experts:
         fail("experts", "as_experts", "an Experts, an nn.Module or a callable (N, d) -> (N, K)",
              type(experts).__name__, TypeError)
     if d is None:
+        d = getattr(experts, "in_features", None)
+    if d is None:
         fail("d", "as_experts", "given (the input dimension) for a plain callable", d)
-    with torch.no_grad():
-        out = experts(torch.zeros(2, d, dtype=DTYPE))
-    if not isinstance(out, torch.Tensor) or out.ndim != 2 or out.shape[0] != 2:
+    d = check_int(d, "d", "as_experts")
+    out = _probe(experts, d, "as_experts", "experts")
+    if not isinstance(out, torch.Tensor) or out.ndim != 2 or out.shape[0] != 2 or out.shape[1] < 1:
         fail("experts", "as_experts", "a map (N, d) -> (N, K)", f"output {getattr(out, 'shape', out)}")
     return _CallableExperts(experts, out.shape[1], d)

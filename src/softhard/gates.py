@@ -104,8 +104,10 @@ def tail_sum(logits, tau: float) -> torch.Tensor:
     """
     a = check_logits(logits, "tail_sum")
     t = _tau(tau, "tail_sum")
-    z = (a - a.max(dim=-1, keepdim=True).values) / t
-    return torch.exp(z).sum(dim=-1) - 1.0
+    top = a.max(dim=-1, keepdim=True)
+    e = torch.exp((a - top.values) / t)
+    # drop the winner's term exp(0) = 1 instead of subtracting 1, which would cancel a tiny tail to 0
+    return e.scatter(-1, top.indices, 0.0).sum(dim=-1)
 
 
 def concentration_bound(logits, tau: float) -> torch.Tensor:
@@ -135,12 +137,18 @@ def tolerance_width(tau, eps: float) -> torch.Tensor | float:
     return t * factor
 
 
-def binary_entropy(p: torch.Tensor) -> torch.Tensor:
-    r"""Binary entropy in nats :math:`H(p) = -p\log p - (1-p)\log(1-p)` with :math:`0\log 0 = 0`."""
+def binary_entropy(p) -> torch.Tensor:
+    r"""Binary entropy in nats :math:`H(p) = -p\log p - (1-p)\log(1-p)` with :math:`0\log 0 = 0`.
+
+    ``p``: probabilities in [0, 1], any shape; returns the same shape.
+    """
+    p = as_tensor(p, "p", "binary_entropy")
+    if not bool(((p >= 0) & (p <= 1)).all()):  # also catches NaN
+        fail("p", "binary_entropy", "an array of probabilities in [0, 1]", p)
     return -(torch.special.xlogy(p, p) + torch.special.xlogy(1.0 - p, 1.0 - p))
 
 
 def gate_entropy(logits, tau: float) -> torch.Tensor:
     r"""Routing entropy :math:`-\sum_k \pi_k^\tau \log \pi_k^\tau` in nats, shape ``(...)``."""
-    p = softmax_gate(logits, tau)
+    p = softmax_gate(check_logits(logits, "gate_entropy"), _tau(tau, "gate_entropy"))
     return -torch.special.xlogy(p, p).sum(dim=-1)

@@ -14,6 +14,8 @@ Everything is float64 on the CPU unless a ``device``/``dtype`` is given.
 from __future__ import annotations
 
 import math
+
+import numpy as np
 import torch
 
 from ._validate import DTYPE, as_tensor, check_finite, check_inputs, check_int, fail
@@ -100,17 +102,26 @@ class Gaussian(Law):
         d = check_int(d, "d", "Gaussian.standard")
         return cls(torch.zeros(d, dtype=kw.get("dtype", DTYPE)), None, **kw)
 
+    def _affine(self, z: torch.Tensor) -> torch.Tensor:
+        """``m + L z`` row-wise; for N(0, I) that map is the identity and is skipped (same numbers, O(d²) less work)."""
+        L = self.scale_tril
+        if bool((self.mean == 0).all()) and bool((L == torch.eye(self.d, dtype=L.dtype, device=L.device)).all()):
+            return z
+        return self.mean + z @ L.T
+
     def sample(self, n, generator=None):
         z = torch.randn(self._n(n), self.d, generator=generator, dtype=self.dtype, device="cpu").to(self.device)
-        return self.mean + z @ self.scale_tril.T
+        return self._affine(z)
 
     def from_uniform(self, u):
-        z = torch.special.ndtri(u.to(self.dtype).clamp(_U_EPS, 1 - _U_EPS))
-        return self.mean + z @ self.scale_tril.T
+        return self._affine(torch.special.ndtri(u.to(self.dtype).clamp(_U_EPS, 1 - _U_EPS)))
 
     def log_prob(self, x):
         x = check_inputs(x, self.d, "Gaussian.log_prob")
-        L = torch.linalg.cholesky(self.cov)
+        L, info = torch.linalg.cholesky_ex(self.cov)
+        if int(info) != 0:
+            fail("cov", "Gaussian.log_prob", "positive definite (a singular Gaussian has no density)",
+                 f"smallest eigenvalue {float(torch.linalg.eigvalsh(self.cov).min()):.3g}")
         r = torch.linalg.solve_triangular(L, (x - self.mean).T, upper=False)
         return -0.5 * (r * r).sum(0) - torch.log(torch.diagonal(L)).sum() - 0.5 * self.d * math.log(2 * math.pi)
 
@@ -120,8 +131,8 @@ class Gaussian(Law):
 
 def _is_vec(v) -> bool:
     try:
-        return len(getattr(v, "shape", (len(v),))) == 1
-    except TypeError:
+        return np.ndim(v) == 1
+    except ValueError:  # ragged nested lists
         return False
 
 
@@ -135,20 +146,25 @@ class GaussianMixture(Law):
     """
 
     def __init__(self, weights, means, covs=None, *, device=None, dtype: torch.dtype = DTYPE):
-        w = as_tensor(weights, "weights", "GaussianMixture", dtype=dtype, device=device).reshape(-1)
+        w = as_tensor(weights, "weights", "GaussianMixture", dtype=dtype, device=device)
         check_finite(w, "weights", "GaussianMixture")
-        if w.numel() < 1 or bool((w < 0).any()) or abs(float(w.sum()) - 1.0) > 1e-8:
+        if w.ndim != 1 or w.numel() < 1 or bool((w < 0).any()) or abs(float(w.sum()) - 1.0) > 1e-8:
             fail("weights", "GaussianMixture", "a non-empty vector of non-negative weights summing to 1", w)
         M = as_tensor(means, "means", "GaussianMixture", dtype=dtype, device=w.device)
         if M.ndim != 2 or M.shape[0] != w.numel():
             fail("means", "GaussianMixture", f"an array of shape ({w.numel()}, d)", f"shape {tuple(M.shape)}")
         C, d = M.shape
+        if d < 1:
+            fail("means", "GaussianMixture", "an array of shape (C, d) with d >= 1", f"shape {tuple(M.shape)}")
+        check_finite(M, "means", "GaussianMixture")
         if covs is None:
             S = [None] * C
         else:
             S = as_tensor(covs, "covs", "GaussianMixture", dtype=dtype, device=w.device)
             if S.shape != (C, d, d):
                 fail("covs", "GaussianMixture", f"an array of shape ({C}, {d}, {d})", f"shape {tuple(S.shape)}")
+            for c in range(C):
+                _check_cov(S[c], d, "GaussianMixture", f"covs[{c}]")
         self.weights = w / w.sum()
         self.components = [Gaussian(M[c], S[c], dtype=dtype, device=w.device) for c in range(C)]
         self.d, self.qmc_dim = d, d + 1
@@ -159,9 +175,12 @@ class GaussianMixture(Law):
         return torch.searchsorted(self._cum, u.contiguous().to(self.dtype), right=True).clamp_max(len(self.components) - 1)
 
     def _assemble(self, comp: torch.Tensor, z: torch.Tensor) -> torch.Tensor:
-        means = torch.stack([c.mean for c in self.components])
-        Ls = torch.stack([c.scale_tril for c in self.components])
-        return means[comp] + torch.einsum("nij,nj->ni", Ls[comp], z)
+        # one affine map per component (no (n, d, d) gather: memory stays O(n d))
+        x = torch.empty_like(z)
+        for c, g in enumerate(self.components):
+            mask = comp == c
+            x[mask] = g._affine(z[mask])
+        return x
 
     def sample(self, n, generator=None):
         n = self._n(n)
@@ -189,6 +208,8 @@ class Uniform(Law):
         hi = as_tensor(high, "high", "Uniform", dtype=dtype, device=lo.device).reshape(-1)
         check_finite(lo, "low", "Uniform")
         check_finite(hi, "high", "Uniform")
+        if lo.numel() < 1 or np.ndim(low) > 1:
+            fail("low", "Uniform", "a scalar or a non-empty 1-d array of shape (d,)", low)
         if hi.shape != lo.shape:
             fail("high", "Uniform", f"of the same shape as low {tuple(lo.shape)}", f"shape {tuple(hi.shape)}")
         if bool((hi <= lo).any()):

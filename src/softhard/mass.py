@@ -15,7 +15,7 @@ import math
 
 import torch
 
-from ._validate import check_float, check_grid, fail
+from ._validate import check_float, check_grid, check_int, check_logits, fail
 from .estimate import Estimate, monte_carlo
 from .gates import pairwise_separation, top_two_margin, topk_margin
 from .laws import as_law
@@ -56,15 +56,16 @@ def boundary_mass(router, law, widths, kind: str = "top2", n: int = 1 << 20, see
     Returns:
         :class:`Estimate` whose ``value``/``stderr`` have shape ``(W,)`` (floats for a float width).
     """
-    r = as_router(router)
     law = as_law(law, "boundary_mass")
+    r = _router(router, law, "boundary_mass")
     w = check_grid(widths, "widths", "boundary_mass", low=0.0)
-    margin = margin_function(kind, k)
-    if r.d is not None and r.d != law.d:
-        fail("law", "boundary_mass", f"a law on R^{r.d} (the router's input dimension)", f"a law on R^{law.d}")
+    n = check_int(n, "n", "boundary_mass")
+    if kind == "pairwise" and k != 1:
+        fail("k", "boundary_mass", "1 with kind='pairwise' (the top-k margin is for kind='top2')", k)
+    margin = margin_function(kind, check_int(k, "k", "boundary_mass", 1, r.num_experts - 1))
 
-    def terms(x):
-        m = margin(r(x.to(w.dtype)))
+    def terms(x):  # x comes from the law (finite, (N, d)); the margin validates the logits
+        m = margin(r(x))
         return (m[:, None] <= w.to(m)).to(torch.float64)
 
     est = monte_carlo(terms, law, n, seed, method=method, **mc)
@@ -77,19 +78,25 @@ def ambiguity_mass(router, law, taus, eps: float = 1 / (1 + math.e ** 2), n: int
 
     .. math:: m_\varepsilon(\tau) = \mu\big(\max_k \pi_k^\tau(X) < 1 - \varepsilon\big)
 
+    Remark 5.4 [recon] (derived in ``docs/ambiguity_sandwich.md``): with :math:`w = w_{\tau,\varepsilon}` (2.15),
+    :math:`\mu(\Delta < w) \le m_\varepsilon(\tau) \le \mu(\Delta < w + \tau\log(K-1))`, equality for K = 2.
+
     Args:
-        taus: temperatures, shape ``(T,)`` (or a float); eps: tolerance ε ∈ (0, 1/2).
+        router: router ``(N, d) -> (N, K)``; law: input law μ on ℝ^d.
+        taus: temperatures τ > 0, shape ``(T,)`` (or a float); eps: tolerance ε ∈ (0, 1/2).
+        n, seed: sample size and seed; further keywords go to :func:`softhard.estimate.monte_carlo`.
 
     Returns:
         :class:`Estimate` over ``taus``.
     """
-    r = as_router(router)
     law = as_law(law, "ambiguity_mass")
+    r = _router(router, law, "ambiguity_mass")
     t = check_grid(taus, "taus", "ambiguity_mass", low=0.0, low_open=True)
     e = check_float(eps, "eps", "ambiguity_mass", 0.0, 0.5)
+    n = check_int(n, "n", "ambiguity_mass")
 
     def terms(x):
-        a = r(x)
+        a = check_logits(r(x), "ambiguity_mass", "router logits")
         z = (a - a.max(-1, keepdim=True).values).unsqueeze(1) / t.to(a)[:, None]
         # max_k π_k = 1 / Σ_j exp(z_j) since the top z is 0
         pmax = 1.0 / torch.exp(z).sum(-1)
@@ -97,6 +104,14 @@ def ambiguity_mass(router, law, taus, eps: float = 1 / (1 + math.e ** 2), n: int
 
     est = monte_carlo(terms, law, n, seed, **mc)
     return est[0] if _is_scalar(taus) else est
+
+
+def _router(router, law, where: str):
+    """The router as a :class:`Router` on the law's dimension (a plain callable gets ``d`` from the law)."""
+    r = as_router(router, law.d)
+    if r.d is not None and r.d != law.d:
+        fail("law", where, f"a law on R^{r.d} (the router's input dimension)", f"a law on R^{law.d}")
+    return r
 
 
 def _is_scalar(v) -> bool:

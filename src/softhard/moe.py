@@ -12,7 +12,7 @@ from typing import Callable
 import torch
 from torch import nn
 
-from ._validate import as_tensor, check_float, check_grid, check_inputs, fail
+from ._validate import as_tensor, check_finite, check_float, check_grid, check_inputs, fail
 from .experts import as_experts
 from .routers import as_router
 
@@ -21,8 +21,8 @@ __all__ = ["MoE", "Teacher", "HardTeacher", "FunctionTeacher", "as_teacher"]
 
 def _taus(tau, where: str) -> tuple[torch.Tensor, bool]:
     """A temperature or a 1-d grid of them -> (tensor (T,), was_scalar)."""
-    if isinstance(tau, (int, float)) and not isinstance(tau, bool):
-        return torch.tensor([check_float(tau, "tau", where, 0.0, math.inf)]), True
+    if (isinstance(tau, (int, float)) and not isinstance(tau, bool)) or (isinstance(tau, torch.Tensor) and tau.ndim == 0):
+        return torch.tensor([check_float(tau, "tau", where, 0.0, math.inf)], dtype=torch.float64), True
     return check_grid(tau, "tau", where, low=0.0, low_open=True), False
 
 
@@ -77,6 +77,19 @@ class MoE(nn.Module):
     def forward(self, x, tau=None):
         """``soft(x, tau)``, or ``hard(x)`` when ``tau`` is ``None``."""
         return self.hard(x) if tau is None else self.soft(x, tau)
+
+    def loss(self, x, y, tau=None) -> torch.Tensor:
+        r"""Per-sample squared loss: :math:`(y - f_\tau(x))^2` (soft, (2.1) with (2.4)), or
+        :math:`(y - f_0(x))^2` when ``tau`` is ``None`` (hard, (2.10)–(2.11)).
+
+        Shapes: ``x (N, d)``, ``y (N,)``; returns ``(N,)``, or ``(N, T)`` for a grid of ``T`` temperatures.
+        """
+        f = self(x, tau)
+        y = as_tensor(y, "y", "MoE.loss", dtype=f.dtype, device=f.device)
+        if y.shape != (f.shape[0],):
+            fail("y", "MoE.loss", f"an array of shape ({f.shape[0]},) like x", f"shape {tuple(y.shape)}")
+        check_finite(y, "y", "MoE.loss")
+        return ((y.unsqueeze(-1) if f.ndim == 2 else y) - f) ** 2
 
 
 def soft_from(a: torch.Tensor, h: torch.Tensor, taus: torch.Tensor, scalar: bool = False) -> torch.Tensor:

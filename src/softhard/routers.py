@@ -9,8 +9,9 @@ from typing import Callable
 
 import torch
 from torch import nn
+from torch.nn.utils import skip_init
 
-from ._validate import DTYPE, as_tensor, check_finite, check_inputs, check_int, fail
+from ._validate import DTYPE, as_tensor, check_finite, check_float, check_inputs, check_int, fail
 
 __all__ = ["Router", "LinearRouter", "MLPRouter", "as_router", "score_difference", "score_gradient"]
 
@@ -22,8 +23,8 @@ class Router(nn.Module):
     num_experts: int
 
     def logits(self, x) -> torch.Tensor:
-        """Validated logits, shape ``(N, K)``."""
-        x = check_inputs(x, self.d, f"{type(self).__name__}.logits")
+        """Validated logits, shape ``(N, K)``; ``x`` is cast to the router's floating dtype."""
+        x = _cast(self, check_inputs(x, self.d, f"{type(self).__name__}.logits"))
         a = self(x)
         if a.ndim != 2 or a.shape != (x.shape[0], self.num_experts):
             fail("router", "logits", f"a map (N, d) -> (N, {self.num_experts})", f"output shape {tuple(a.shape)}")
@@ -42,8 +43,8 @@ class LinearRouter(Router):
     def __init__(self, weight, bias=None, *, trainable: bool = False):
         super().__init__()
         W = as_tensor(weight, "weight", "LinearRouter")
-        if W.ndim != 2 or W.shape[0] < 2:
-            fail("weight", "LinearRouter", "an array of shape (K, d) with K >= 2", f"shape {tuple(W.shape)}")
+        if W.ndim != 2 or W.shape[0] < 2 or W.shape[1] < 1:
+            fail("weight", "LinearRouter", "an array of shape (K, d) with K >= 2, d >= 1", f"shape {tuple(W.shape)}")
         check_finite(W, "weight", "LinearRouter")
         b = torch.zeros(W.shape[0], dtype=W.dtype, device=W.device) if bias is None else as_tensor(
             bias, "bias", "LinearRouter", dtype=W.dtype, device=W.device)
@@ -58,37 +59,44 @@ class LinearRouter(Router):
         self.num_experts, self.d = W.shape
 
     def forward(self, x):
-        return x @ self.weight.T + self.bias
+        return x.to(self.weight.dtype) @ self.weight.T + self.bias
 
     @classmethod
     def binary(cls, v, b: float = 0.0, **kw) -> "LinearRouter":
         r"""Binary router with :math:`g = a_1 - a_2 = v\cdot x + b` (scores ``±(v·x + b)/2``, gauge Σa = 0)."""
-        v = as_tensor(v, "v", "LinearRouter.binary").reshape(-1)
+        v = as_tensor(v, "v", "LinearRouter.binary")
+        if v.ndim != 1:
+            fail("v", "LinearRouter.binary", "a 1-d array of shape (d,)", f"shape {tuple(v.shape)}")
+        b = check_float(b, "b", "LinearRouter.binary")
         W = torch.stack([v / 2, -v / 2])
-        return cls(W, torch.tensor([b / 2, -b / 2], dtype=v.dtype), **kw)
+        return cls(W, torch.tensor([b / 2, -b / 2], dtype=v.dtype, device=v.device), **kw)
 
 
 class MLPRouter(Router):
-    """One- or multi-hidden-layer MLP router ``d -> hidden -> ... -> K`` with ``tanh`` activations.
+    r"""One- or multi-hidden-layer MLP router ``d -> hidden -> ... -> K`` (float64).
 
-    Initialised from ``seed`` (PyTorch default init, float64).
+    .. math:: a(x) = W_L\,\rho(\cdots \rho(W_1 x + b_1)\cdots) + b_L
+
+    with activation ρ (``tanh`` by default). Initialised from ``seed`` only (the global RNG is not
+    touched): weights uniform in :math:`\pm 1/\sqrt{\text{fan-in}}`, biases uniform in ±0.1.
     """
 
     def __init__(self, d: int, num_experts: int, hidden=(64,), *, seed: int = 0, activation: str = "tanh"):
         super().__init__()
         d = check_int(d, "d", "MLPRouter")
         K = check_int(num_experts, "num_experts", "MLPRouter", low=2)
-        hidden = (hidden,) if isinstance(hidden, int) else tuple(hidden)
+        hidden = tuple(hidden) if isinstance(hidden, (list, tuple)) else (hidden,)
         acts = {"tanh": nn.Tanh, "relu": nn.ReLU, "gelu": nn.GELU, "silu": nn.SiLU}
         if activation not in acts:
             fail("activation", "MLPRouter", f"one of {sorted(acts)}", activation)
         g = torch.Generator().manual_seed(check_int(seed, "seed", "MLPRouter", low=0))
         layers, prev = [], d
         for h in hidden:
-            layers += [nn.Linear(prev, check_int(h, "hidden", "MLPRouter")), acts[activation]()]
+            h = check_int(h, "hidden", "MLPRouter")
+            layers += [skip_init(nn.Linear, prev, h, dtype=DTYPE), acts[activation]()]
             prev = h
-        layers.append(nn.Linear(prev, K))
-        self.net = nn.Sequential(*layers).to(DTYPE)
+        layers.append(skip_init(nn.Linear, prev, K, dtype=DTYPE))
+        self.net = nn.Sequential(*layers)
         with torch.no_grad():
             for p in self.net.parameters():  # deterministic, generator-only init
                 bound = 1.0 / max(1, p.shape[-1]) ** 0.5 if p.ndim == 2 else 0.1
@@ -102,12 +110,28 @@ class MLPRouter(Router):
 class _CallableRouter(Router):
     def __init__(self, fn: Callable, num_experts: int, d: int | None):
         super().__init__()
-        self.fn, self.num_experts, self.d = fn, num_experts, d
-        if isinstance(fn, nn.Module):
-            self.module = fn
+        self.fn, self.num_experts, self.d = fn, num_experts, d  # an nn.Module fn is registered as a submodule
 
     def forward(self, x):
-        return self.fn(x)
+        return self.fn(_cast(self.fn, x))
+
+
+def _cast(module, x: torch.Tensor) -> torch.Tensor:
+    """``x`` in the dtype of ``module``'s first floating parameter or buffer (unchanged for plain callables)."""
+    if isinstance(module, nn.Module):
+        for t in (*module.parameters(), *module.buffers()):
+            if t.is_floating_point():
+                return x.to(t.dtype)
+    return x
+
+
+def _probe(fn, d: int, where: str, param: str) -> torch.Tensor:
+    """Call ``fn`` once on zeros ``(2, d)`` to learn its output shape; a user's error is reported as such."""
+    try:
+        with torch.no_grad():
+            return fn(_cast(fn, torch.zeros(2, d, dtype=DTYPE)))
+    except Exception as e:  # noqa: BLE001 - any failure of a user's callable
+        fail(param, where, f"callable on inputs of shape (N, {d})", f"{type(e).__name__}: {e}")
 
 
 def as_router(router, d: int | None = None) -> Router:
@@ -125,26 +149,28 @@ def as_router(router, d: int | None = None) -> Router:
         d = getattr(router, "in_features", None)
     if d is None:
         fail("d", "as_router", "given (the input dimension) for a plain callable router", d)
-    with torch.no_grad():
-        out = router(torch.zeros(2, d, dtype=DTYPE))
+    d = check_int(d, "d", "as_router")
+    out = _probe(router, d, "as_router", "router")
     if not isinstance(out, torch.Tensor) or out.ndim != 2 or out.shape[0] != 2 or out.shape[1] < 2:
         fail("router", "as_router", "a map (N, d) -> (N, K) with K >= 2", f"output {getattr(out, 'shape', out)}")
     return _CallableRouter(router, out.shape[1], d)
 
 
 def score_difference(router, x, pair=(0, 1)) -> torch.Tensor:
-    r"""Pairwise score difference :math:`g_{ij}(x) = a_i(x) - a_j(x)` (3.1), shape ``(N,)``."""
-    r = as_router(router)
+    r"""Pairwise score difference :math:`g_{ij}(x) = a_i(x) - a_j(x)` (3.1), shape ``(N,)``; ``x``: ``(N, d)``."""
+    x = check_inputs(x, None, "score_difference")
+    r = as_router(router, x.shape[1])
     i, j = _pair(pair, r.num_experts, "score_difference")
     a = r.logits(x)
     return a[:, i] - a[:, j]
 
 
 def score_gradient(router, x, pair=(0, 1)) -> torch.Tensor:
-    r"""Input gradient :math:`\nabla_x g_{ij}(x)` by autograd, shape ``(N, d)``."""
-    r = as_router(router)
+    r"""Input gradient :math:`\nabla_x g_{ij}(x)` by autograd, shape ``(N, d)``; ``x``: ``(N, d)``."""
+    x = check_inputs(x, None, "score_gradient")
+    r = as_router(router, x.shape[1])
     i, j = _pair(pair, r.num_experts, "score_gradient")
-    x = check_inputs(x, r.d, "score_gradient").detach().requires_grad_(True)
+    x = _cast(r, check_inputs(x, r.d, "score_gradient")).detach().requires_grad_(True)
     with torch.enable_grad():
         a = r(x)
         (grad,) = torch.autograd.grad((a[:, i] - a[:, j]).sum(), x)

@@ -1,0 +1,15 @@
+"""Shared test settings for a small shared machine.
+
+- a modest hypothesis profile;
+- one torch thread per process: ``make test`` runs ``pytest -n 2`` (two worker processes on two cores),
+  and several OpenMP threads per worker on an oversubscribed machine make tensor code 10–20× slower
+  (measured). Results do not depend on the thread count (tests/test_estimate.py checks it).
+"""
+
+import torch
+from hypothesis import HealthCheck, settings
+
+settings.register_profile("softhard", max_examples=40, deadline=None,
+                          suppress_health_check=[HealthCheck.too_slow])
+settings.load_profile("softhard")
+torch.set_num_threads(1)
