@@ -1,0 +1,254 @@
+r"""Theorem 4.5 and computable certificates for the soft–hard gap; the margin-tail fit (Assumption 4.2).
+
+The proof of Theorem 4.5 runs through the exact identity (:math:`E[\xi \mid X] = 0`)
+
+.. math:: L_\tau - L_0 = E\big[(f_0 - f_\tau)(2f^* - f_\tau - f_0)\big]
+
+and Lemma 4.1, :math:`|f_\tau - f_0| \le \max_k |h_k - h_{k^*}|\,(1 - \pi^\tau_{k^*})` with
+:math:`1 - \pi^\tau_{k^*} \le \min(1, \sum_{j\ge2} e^{-(a_{(1)} - a_{(j)})/\tau})`. Four bounds, from the
+coarsest to the sharpest:
+
+- :func:`theorem45_constant`: :math:`|L_\tau - L_0| \le C\tau^\alpha`,
+  :math:`C = 4B_h(B_Y + B_h)(K-1)C_\Delta\Gamma(\alpha+1)`;
+- :func:`gap_certificate`: :math:`4B_h(B_Y + B_h)\,E[\min(1, \sum_{j\ge2} e^{-(a_{(1)}-a_{(j)})/\tau})]`;
+- :func:`local_gap_certificate` (no bounds B needed, so it applies to unbounded linear experts under a
+  Gaussian law): :math:`E\big[R(X)\; 2\max_k|h_k - f^*|(X)\; \min(1, \sum_{j\ge2} e^{-(a_{(1)}-a_{(j)})/\tau})\big]`
+  with :math:`R = \max_k |h_k - h_{k^*}|` — the same chain of inequalities taken pointwise
+  (:math:`|2f^* - f_\tau - f_0| \le |f^* - f_\tau| + |f^* - f_0| \le 2\max_k |h_k - f^*|`, as
+  :math:`f_\tau, f_0` are convex combinations of the :math:`h_k`);
+- :func:`cauchy_schwarz_bound`: :math:`\sqrt{E(f_\tau - f_0)^2}\,\sqrt{E(2f^* - f_\tau - f_0)^2}`; it is
+  an equality for a realizable teacher (:math:`f^* = f_0`).
+
+Here :math:`B_Y` bounds :math:`|f^*| = |E[Y \mid X]|` (enough for the identity above) and :math:`B_h`
+bounds :math:`|h_k|`; :func:`gap_certificate` checks both on its sample.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from ._validate import as_tensor, check_finite, check_float, check_int, fail
+from .estimate import Estimate, draw, monte_carlo
+from .gates import tail_sum
+from .mass import margin_function
+from .coarea import _router
+from .gap import _model, _taus
+from .moe import as_teacher, hard_from, soft_from
+
+__all__ = ["theorem45_constant", "gap_certificate", "local_gap_certificate", "cauchy_schwarz_bound",
+           "MarginTail", "fit_margin_tail", "margin_tail"]
+
+
+def theorem45_constant(C_delta: float, alpha: float, B_Y: float, B_h: float, K: int) -> float:
+    r"""The constant of Theorem 4.5, :math:`|L_\tau - L_0| \le C\tau^\alpha`:
+
+    .. math:: C = 4 B_h (B_Y + B_h)(K - 1)\, C_\Delta\, \Gamma(\alpha + 1),
+
+    from :math:`E[(K-1)e^{-\Delta/\tau}] = (K-1)\int_0^\infty \tau^{-1}e^{-t/\tau}\mu(\Delta \le t)\,dt
+    \le (K-1)C_\Delta\Gamma(\alpha+1)\tau^\alpha` under Assumption 4.2 :math:`\mu(\Delta \le t) \le C_\Delta t^\alpha`
+    (for all t > 0; with a tail bound on :math:`(0, t_0]` only, add :math:`(K-1)e^{-t_0/\tau}`) and
+    Assumption 4.3 (:math:`|Y| \le B_Y`, :math:`|h_k| \le B_h`).
+    """
+    where = "theorem45_constant"
+    C_delta = check_float(C_delta, "C_delta", where, 0.0, math.inf, low_open=False)
+    alpha = check_float(alpha, "alpha", where, 0.0, math.inf)
+    B_Y = check_float(B_Y, "B_Y", where, 0.0, math.inf, low_open=False)
+    B_h = check_float(B_h, "B_h", where, 0.0, math.inf, low_open=False)
+    K = check_int(K, "K", where, low=2)
+    return 4 * B_h * (B_Y + B_h) * (K - 1) * C_delta * math.gamma(alpha + 1)
+
+
+def _setup(moe, law, taus, teacher, where):
+    law = _model(moe, law, where)
+    t, scalar = _taus(taus, where)
+    return law, t, scalar, as_teacher(teacher, moe)
+
+
+def _finish(est: Estimate, scalar: bool, method: str) -> Estimate:
+    est = Estimate(est.value, est.stderr, est.n, method, est.seed, est.info)
+    return est[0] if scalar else est
+
+
+def _lemma41(a: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+    r""":math:`\min(1, \sum_{j\ge2} e^{-(a_{(1)}-a_{(j)})/\tau})`, shape ``(N, T)``."""
+    return torch.stack([tail_sum(a, float(tau)).clamp(max=1.0) for tau in t], dim=-1)
+
+
+def gap_certificate(moe, law, taus, B_Y: float, B_h: float, teacher=None, n: int = 1 << 20, seed=0,
+                    **mc) -> Estimate:
+    r"""Sample certificate of Theorem 4.5 (its proof with the last step replaced by a sample mean):
+
+    .. math:: |L_\tau - L_0| \le 4B_h(B_Y + B_h)\;
+              E\Big[\min\Big(1, \sum_{j\ge 2} e^{-(a_{(1)}(X) - a_{(j)}(X))/\tau}\Big)\Big]
+
+    (Lemma 4.1, ``gates.tail_sum``). ``B_Y`` must bound :math:`|f^*|` (the teacher signal; ``None`` is the
+    hard-routed ``moe``) and ``B_h`` every :math:`|h_k|`: both are checked on every sample drawn, and a
+    violation raises a ``ValueError`` (the certificate would not be one).
+
+    Args:
+        moe: any MoE; law: any law; taus: temperatures ``(T,)`` or a float; n, seed: Monte Carlo.
+
+    Returns:
+        :class:`~softhard.estimate.Estimate` over ``taus`` (the bound, with its standard error).
+    """
+    where = "gap_certificate"
+    B_Y = check_float(B_Y, "B_Y", where, 0.0, math.inf, low_open=False)
+    B_h = check_float(B_h, "B_h", where, 0.0, math.inf, low_open=False)
+    law, t, scalar, teacher = _setup(moe, law, taus, teacher, where)
+
+    def terms(x):
+        h, fs = moe.expert_outputs(x), teacher.signal(x)
+        for name, val, bound, what in (("B_h", h, B_h, "|h_k(x)|"), ("B_Y", fs, B_Y, "|f*(x)|")):
+            val = val.abs().max()
+            if float(val) > bound:
+                fail(name, where, f"a bound on {what} over the law's support", f"{bound:g} with a sample at "
+                     f"{float(val):.4g}")
+        return 4 * B_h * (B_Y + B_h) * _lemma41(moe.logits(x), t)
+
+    return _finish(monte_carlo(terms, law, n, seed, **mc), scalar, "certificate")
+
+
+def local_gap_certificate(moe, law, taus, teacher=None, n: int = 1 << 20, seed=0, **mc) -> Estimate:
+    r"""Theorem 4.5's chain of inequalities taken pointwise (module docstring), needing no bounds B:
+
+    .. math:: |L_\tau - L_0| \le E\Big[\max_k |h_k - h_{k^*}|\cdot 2\max_k |h_k - f^*| \cdot
+              \min\Big(1, \sum_{j\ge 2} e^{-(a_{(1)} - a_{(j)})/\tau}\Big)\Big].
+
+    Returns:
+        :class:`~softhard.estimate.Estimate` over ``taus``.
+    """
+    law, t, scalar, teacher = _setup(moe, law, taus, teacher, "local_gap_certificate")
+
+    def terms(x):
+        a, h = moe.logits(x), moe.expert_outputs(x)
+        spread = (h - hard_from(a, h)[:, None]).abs().max(-1).values
+        reach = 2 * (h - teacher.signal(x)[:, None]).abs().max(-1).values
+        return (spread * reach)[:, None] * _lemma41(a, t)
+
+    return _finish(monte_carlo(terms, law, n, seed, **mc), scalar, "certificate")
+
+
+def cauchy_schwarz_bound(moe, law, taus, teacher=None, n: int = 1 << 20, seed=0, **mc) -> Estimate:
+    r"""Cauchy–Schwarz bound on the gap, finite for unbounded experts:
+
+    .. math:: |L_\tau - L_0| = \big|E[(f_0 - f_\tau)(2f^* - f_\tau - f_0)]\big|
+              \le \sqrt{E(f_\tau - f_0)^2}\;\sqrt{E(2f^* - f_\tau - f_0)^2} =: \sqrt{m_1 m_2}.
+
+    Both means come from one sample; the standard error is the delta method's,
+    :math:`\mathrm{se}^2 = \nabla b^\top \hat\Sigma \nabla b / n`,
+    :math:`\nabla b = \tfrac12(\sqrt{m_2/m_1}, \sqrt{m_1/m_2})` with :math:`\hat\Sigma` the sample
+    covariance of the two per-sample terms. An equality when the teacher is realizable (:math:`f^* = f_0`).
+
+    Returns:
+        :class:`~softhard.estimate.Estimate` over ``taus``.
+    """
+    law, t, scalar, teacher = _setup(moe, law, taus, teacher, "cauchy_schwarz_bound")
+
+    def terms(x):
+        a, h = moe.logits(x), moe.expert_outputs(x)
+        ft, f0 = soft_from(a, h, t), hard_from(a, h)[:, None]
+        t1, t2 = (ft - f0) ** 2, (2 * teacher.signal(x)[:, None] - ft - f0) ** 2
+        return torch.stack([t1, t2, t1 * t1, t2 * t2, t1 * t2], dim=1)  # (N, 5, T)
+
+    est = monte_carlo(terms, law, n, seed, **mc)
+    m1, m2, s11, s22, s12 = np.asarray(est.value)
+    c11, c22, c12 = s11 - m1 ** 2, s22 - m2 ** 2, s12 - m1 * m2
+    b = np.sqrt(m1 * m2)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        g1, g2 = 0.5 * np.sqrt(m2 / m1), 0.5 * np.sqrt(m1 / m2)
+        var = np.where(b > 0, g1 * g1 * c11 + g2 * g2 * c22 + 2 * g1 * g2 * c12, 0.0)
+    se = np.sqrt(np.clip(var, 0.0, None) / est.n)
+    return _finish(Estimate(b, se, est.n, "delta", est.seed, est.info), scalar, "delta")
+
+
+@dataclass(frozen=True)
+class MarginTail:
+    r"""Fitted margin tail :math:`\mu(\Delta \le t) \approx C t^\alpha` on :math:`(0, t_{max}]` (Assumption 4.2).
+
+    ``C``, ``alpha`` with standard errors ``C_stderr``, ``alpha_stderr``; ``n`` margins in all, ``n_tail``
+    of them in :math:`(0, t_{max}]`; ``n_zero`` exact ties dropped (``zeros="drop"``).
+    """
+
+    C: float
+    alpha: float
+    C_stderr: float
+    alpha_stderr: float
+    t_max: float
+    n: int
+    n_tail: int
+    n_zero: int = 0
+
+    def __call__(self, t):
+        """The fitted profile :math:`C t^\\alpha`."""
+        return self.C * np.asarray(t, dtype=np.float64) ** self.alpha
+
+
+def fit_margin_tail(margins, t_max: float | None = None, tail_fraction: float = 0.05,
+                    zeros: str = "raise") -> MarginTail:
+    r"""Fit :math:`\mu(\Delta \le t) \approx C t^\alpha` on :math:`(0, t_{max}]` from a sample of margins.
+
+    If the power law holds on :math:`(0, t_{max}]`, the k margins in that range are, given k, i.i.d. with
+    CDF :math:`(t/t_{max})^\alpha`, i.e. :math:`\log(t_{max}/\Delta_i) \sim \mathrm{Exp}(\alpha)`. Hence
+    (Hill-type estimator)
+
+    .. math:: \hat\alpha = \frac{k - 1}{\sum_{i:\,\Delta_i \le t_{max}} \log(t_{max}/\Delta_i)}, \quad
+              \mathrm{se}(\hat\alpha) = \hat\alpha/\sqrt{k}, \qquad
+              \hat C = \frac{k/n}{t_{max}^{\hat\alpha}}, \quad
+              \mathrm{se}(\log\hat C)^2 = \frac{1 - k/n}{k} + (\log t_{max})^2\,\mathrm{se}(\hat\alpha)^2
+
+    (:math:`\hat\alpha` unbiased; the count k/n and the conditional law are asymptotically independent).
+
+    Args:
+        margins: sample of margins Δ ≥ 0, shape ``(N,)``.
+        t_max: upper end of the fit; ``None``: the ``tail_fraction`` quantile of the margins.
+        zeros: exact ties Δ = 0 make :math:`\mu(\Delta \le t)` stay positive as t → 0, which no
+            :math:`Ct^\alpha` with α > 0 fits: ``"raise"`` (default) or ``"drop"`` them (counted in
+            ``n_zero``).
+
+    Returns:
+        :class:`MarginTail`.
+    """
+    where = "fit_margin_tail"
+    m = as_tensor(margins, "margins", where)
+    if m.ndim != 1 or m.shape[0] < 2:
+        fail("margins", where, "an array of shape (N,) with N >= 2", f"shape {tuple(m.shape)}")
+    check_finite(m, "margins", where)
+    m = m.cpu().numpy()
+    if (m < 0).any():
+        fail("margins", where, "non-negative (margins Δ >= 0)", f"minimum {m.min():.3g}")
+    if zeros not in ("raise", "drop"):
+        fail("zeros", where, "one of ('raise', 'drop')", zeros)
+    n_zero = int((m == 0).sum())
+    if n_zero and zeros == "raise":
+        fail("margins", where, "positive (exact ties Δ = 0 admit no power-law tail; pass zeros='drop')",
+             f"{n_zero} zeros")
+    n, pos = m.shape[0], m[m > 0]
+    if t_max is None:
+        tail_fraction = check_float(tail_fraction, "tail_fraction", where, 0.0, 1.0, high_open=False)
+        t_max = float(np.quantile(pos, tail_fraction)) if pos.size else 0.0
+    else:
+        t_max = check_float(t_max, "t_max", where, 0.0, math.inf)
+    tail = pos[pos <= t_max]
+    k = tail.size
+    if k < 3:
+        fail("t_max", where, "large enough to hold at least 3 positive margins", t_max)
+    alpha = (k - 1) / float(np.log(t_max / tail).sum())
+    a_se = alpha / math.sqrt(k)
+    C = (k / n) * t_max ** -alpha
+    C_se = C * math.sqrt((1 - k / n) / k + (math.log(t_max) * a_se) ** 2)
+    return MarginTail(C, alpha, C_se, a_se, t_max, n, k, n_zero)
+
+
+def margin_tail(router, law, n: int = 1 << 20, seed=0, t_max: float | None = None, tail_fraction: float = 0.05,
+                kind: str = "top2", zeros: str = "raise") -> MarginTail:
+    r"""Draw ``n`` inputs (``estimate.draw``) and fit the margin tail of Δ (``kind="top2"``, (2.6)) or δ
+    (``kind="pairwise"``, (2.12)) with :func:`fit_margin_tail`."""
+    law, r = _router(router, law, "margin_tail")
+    margin = margin_function(kind, where="margin_tail")
+    with torch.no_grad():
+        m = margin(r.logits(draw(law, n, seed)))
+    return fit_margin_tail(m, t_max, tail_fraction, zeros)

@@ -1,0 +1,167 @@
+r"""The soft–hard risk gap :math:`L_\tau - L_0` (paper §4), its first-order constant :math:`G_1` and the
+entropy constant (paper.md §3 [beyond]; derivations in ``docs/first_order_gap.md``).
+
+- :func:`risk_gap`: Monte Carlo gap on a τ grid from one sample (common random numbers), any MoE,
+  law and teacher.
+- :func:`gap_slope`: :math:`G_1` in :math:`L_\tau - L_0 = G_1\tau + o(\tau)`, exact for a binary linear
+  MoE under a Gaussian (mixture) law (:func:`softhard.gaussian.gap_slope_exact`), estimated otherwise
+  from the surface-integral formula with one-sided boundary kernels.
+- :func:`entropy_slope`, :func:`gate_entropy_mean`: :math:`E[H(\pi^\tau)] = \tau\,\tfrac{\pi^2}{3}\,C_\Sigma + o(\tau)`.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+
+from ._validate import check_float, check_grid, check_int, fail
+from .coarea import _kernel, _kernel_estimate, _method, _pilot, _router, interface_constant, kernel_bandwidth
+from .estimate import Estimate, monte_carlo, resolve_seed
+from .gates import gate_entropy
+from .gaussian import gap_slope_exact, is_binary_linear_gaussian
+from .laws import as_law
+from .moe import MoE, as_teacher, hard_from, soft_from
+
+__all__ = ["risk_gap", "gap_slope", "entropy_slope", "gate_entropy_mean", "LN2", "GAP_CONSTANT",
+           "ENTROPY_CONSTANT"]
+
+LN2 = math.log(2.0)  # ∫_0^∞ σ(-u) du
+GAP_CONSTANT = 2 * LN2 - 1  # ∫_R (1{u>0} - σ(u))² du
+ENTROPY_CONSTANT = math.pi ** 2 / 3  # ∫_R H(σ(u)) du (nats)
+
+
+def _taus(taus, where: str) -> tuple[torch.Tensor, bool]:
+    """Temperatures as a tensor ``(T,)`` and whether a scalar was given."""
+    scalar = isinstance(taus, (int, float)) and not isinstance(taus, bool) or (
+        isinstance(taus, torch.Tensor) and taus.ndim == 0)
+    if scalar:
+        return torch.tensor([check_float(taus, "taus", where, 0.0, math.inf)], dtype=torch.float64), True
+    return check_grid(taus, "taus", where, low=0.0, low_open=True), False
+
+
+def _model(moe, law, where: str):
+    if not isinstance(moe, MoE):
+        fail("moe", where, "a softhard MoE", type(moe).__name__, TypeError)
+    law = as_law(law, where)
+    if moe.d is not None and moe.d != law.d:
+        fail("law", where, f"a law on R^{moe.d} (the MoE's input dimension)", f"a law on R^{law.d}")
+    return law
+
+
+def risk_gap(moe, law, taus, teacher=None, n: int = 1 << 20, seed=0, method: str = "mc", **mc) -> Estimate:
+    r"""Monte Carlo soft–hard gap :math:`L_\tau - L_0` (2.5), (2.11) on a grid of temperatures.
+
+    .. math:: L_\tau - L_0 = E\big[\,E[(Y - f_\tau(X))^2 \mid X] - E[(Y - f_0(X))^2 \mid X]\,\big]
+
+    Per-sample terms ``teacher.conditional_risk(x, f_τ) - teacher.conditional_risk(x, f_0)`` on the same
+    draws for every τ (common random numbers, so differences across τ are smooth), reduced by
+    :func:`~softhard.estimate.monte_carlo`.
+
+    Args:
+        moe: an :class:`~softhard.moe.MoE`; law: law on ℝ^d.
+        taus: temperatures, shape ``(T,)``, or a float.
+        teacher: ``None`` (the hard-routed ``moe`` itself, :math:`L_0 = 0` without noise), an MoE, a
+            :class:`~softhard.moe.Teacher` or a callable ``f*``.
+        n, seed, method: as in ``monte_carlo`` (``"mc"`` or ``"qmc"``); further keywords go there.
+
+    Returns:
+        :class:`~softhard.estimate.Estimate` with value/stderr of shape ``(T,)`` (floats for a float τ).
+    """
+    where = "risk_gap"
+    law = _model(moe, law, where)
+    t, scalar = _taus(taus, where)
+    teacher = as_teacher(teacher, moe)
+
+    def terms(x):
+        a, h = moe.logits(x), moe.expert_outputs(x)
+        return teacher.conditional_risk(x, soft_from(a, h, t)) - teacher.conditional_risk(x, hard_from(a, h))[:, None]
+
+    est = monte_carlo(terms, law, n, seed, method=method, **mc)
+    return est[0] if scalar else est
+
+
+def gap_slope(moe, law, teacher=None, n: int = 1 << 20, seed=0, method: str = "auto",
+              bandwidth: float | None = None, **mc) -> float | Estimate:
+    r"""First-order constant :math:`G_1` of the gap, :math:`L_\tau - L_0 = G_1\tau + o(\tau)` [beyond].
+
+    .. math:: G_1 = \sum_{i<j}\int_{\Gamma_{ij}} \frac{p}{|\nabla g_{ij}|}\Big[(2\ln2 - 1)D_{ij}^2
+              + 2\ln2\,\big(D_{ij}(f^*_+ - h_i) - D_{ij}(f^*_- - h_j)\big)\Big]\,dH^{d-1}
+
+    (``docs/first_order_gap.md``). ``method="exact"`` (binary linear MoE with linear experts, Gaussian
+    (mixture) law, teacher ``None`` or a hard binary linear MoE): a float. ``method="kernel"``: the
+    surface integral by the coarea formula, as a boundary-kernel average over the samples near an
+    interface. Each sample lies on its winner w's side of the interface with its runner-up r, at
+    distance :math:`\Delta = g_{wr} \ge 0`, and one-sided averages converge to one-sided traces:
+
+    .. math:: \hat G_1 = \frac1n \sum_{m} \frac{k(\Delta_m/h)}{h}
+              \Big[\big(\ln 2 - \tfrac12\big) D_{wr}^2 + 2\ln 2\, D_{wr}\,(f^* - h_w)\Big](X_m),
+              \quad D_{wr} = h_w - h_r,
+
+    with the boundary kernel :math:`k(u) = (4 - 6u)1\{0\le u\le 1\}` (bias :math:`O(h^2)`) and the
+    bandwidth rule of :mod:`softhard.coarea` applied to Δ (first block of the sample). Summing the two
+    sides of :math:`\Gamma_{ij}` gives the formula above. ``"auto"``: exact when possible.
+
+    Returns:
+        a float (exact) or an :class:`~softhard.estimate.Estimate` (method ``"kernel"``).
+    """
+    where = "gap_slope"
+    method = _method(method, where)
+    if method == "exact" or (method == "auto" and is_binary_linear_gaussian(moe, law, teacher)):
+        return gap_slope_exact(moe, law, teacher)
+    law = _model(moe, law, where)
+    teacher = as_teacher(teacher, moe)
+    n, seed = check_int(n, "n", where), resolve_seed(seed, where)  # one seed for the pilot and the sample
+
+    def margin(a):
+        top = torch.topk(a, 2, dim=-1)
+        return top.values[:, 0] - top.values[:, 1], top.indices
+
+    if bandwidth is None:
+        with torch.no_grad():
+            h = kernel_bandwidth(margin(moe.logits(_pilot(law, n, seed)))[0].cpu().numpy(), n, one_sided=True)
+    else:
+        h = check_float(bandwidth, "bandwidth", where, 0.0, math.inf)
+
+    def terms(x):
+        a, e = moe.logits(x), moe.expert_outputs(x)
+        delta, idx = margin(a)
+        hw, hr = e.gather(1, idx[:, :1])[:, 0], e.gather(1, idx[:, 1:])[:, 0]
+        D = hw - hr
+        return _kernel(delta, h, True) * ((LN2 - 0.5) * D * D + 2 * LN2 * D * (teacher.signal(x) - hw))
+
+    return _kernel_estimate(monte_carlo(terms, law, n, seed, **mc), h, True)
+
+
+def entropy_slope(router, law, method: str = "auto", n: int = 1 << 20, seed=0, bandwidth: float | None = None,
+                  **mc) -> float | Estimate:
+    r"""First-order constant of the mean routing entropy [beyond] (nats):
+
+    .. math:: E[H(\pi^\tau(X))] = \tau\,\frac{\pi^2}{3}\,C_\Sigma + o(\tau), \qquad
+              \int_{\mathbb R} H(\sigma(u))\,du = \frac{\pi^2}{3},
+
+    with :math:`C_\Sigma` the surface constant of Prop. 3.5 (:func:`softhard.coarea.interface_constant`;
+    :math:`C_\Sigma = \psi(0)` for K = 2). Exact or kernel-estimated as ``interface_constant``.
+    """
+    c = interface_constant(router, law, method, n, seed, bandwidth, **mc)
+    if isinstance(c, Estimate):
+        return Estimate(c.value * ENTROPY_CONSTANT, c.stderr * ENTROPY_CONSTANT, c.n, c.method, c.seed, c.info)
+    return ENTROPY_CONSTANT * c
+
+
+def gate_entropy_mean(router, law, taus, n: int = 1 << 20, seed=0, **mc) -> Estimate:
+    r"""Monte Carlo mean routing entropy :math:`E[-\sum_k \pi_k^\tau \log \pi_k^\tau]` (nats) on a τ grid.
+
+    Returns:
+        :class:`~softhard.estimate.Estimate` over ``taus`` (shape ``(T,)``; floats for a float τ).
+    """
+    where = "gate_entropy_mean"
+    law, r = _router(router, law, where)
+    t, scalar = _taus(taus, where)
+
+    def terms(x):
+        a = r.logits(x)
+        return torch.stack([gate_entropy(a, float(tau)) for tau in t], dim=-1)
+
+    est = monte_carlo(terms, law, n, seed, **mc)
+    return est[0] if scalar else est
