@@ -19,17 +19,17 @@ SAMPLES = 1 << 17
 @pytest.fixture(scope="module")
 def results(tmp_path_factory):
     out = tmp_path_factory.mktemp("results")
-    reproduce(out, only="table1,table2", samples=SAMPLES, echo=lambda s: None, progress=False)
+    reproduce(out, only="table1,table1_multi,table2", samples=SAMPLES, echo=lambda s: None, progress=False)
     return out
 
 
 def test_files_and_manifest(results):
     manifest = json.loads((results / "manifest.json").read_text())
     listed = {f["path"] for f in manifest["files"]}
-    for name in ("table1", "table2"):
+    for name in ("table1", "table1_multi", "table2"):
         for ext in ("csv", "json", "tex"):
             assert f"{name}.{ext}" in listed and (results / f"{name}.{ext}").stat().st_size > 0
-    assert {"figure1.png", "figure2.png", "table1_limit.csv", "table1_multi.csv"} <= listed
+    assert {"figure1.png", "figure1_multi.png", "figure2.png", "table1_limit.csv"} <= listed
     meta = json.loads((results / "table1.json").read_text())["meta"]
     assert meta["samples"] == SAMPLES and meta["seed"] == 71 and "softhard_version" in meta
 
@@ -76,7 +76,7 @@ def test_first_order_limit(results):
 
 
 def test_render_redraws_the_same_figures(results):
-    before = {p: (results / p).read_bytes() for p in ("figure1.png", "figure2.png")}
+    before = {p: (results / p).read_bytes() for p in ("figure1.png", "figure1_multi.png", "figure2.png")}
     for p in before:
         (results / p).unlink()
     written = render_all(results)

@@ -26,6 +26,7 @@ __all__ = ["ReproduceError", "reproduce", "render_all", "summary_text", "SUMMARY
 # the columns printed at the end, per table
 SUMMARY_COLUMNS = {
     "table1": ["tau", "boundary_mass", "boundary_mass_exact", "risk_gap", "risk_gap_exact", "gap_over_tau"],
+    "table1_multi": ["K", "tau", "boundary_mass", "boundary_mass_exact", "risk_gap", "gap_over_tau"],
     "table2": ["offset", "boundary_mass", "boundary_mass_exact", "risk_gap", "risk_gap_exact", "flip_rate"],
     "table3": ["tau", "final_risk", "final_alignment", "router_norm", "boundary_mass", "gate_entropy"],
 }

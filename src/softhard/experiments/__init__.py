@@ -14,7 +14,7 @@ from typing import Any
 
 from .._validate import fail
 
-__all__ = ["Table", "REGISTRY", "get", "make_config"]
+__all__ = ["Table", "REGISTRY", "get", "make_config", "loglog_fit"]
 
 
 @dataclass
@@ -39,6 +39,7 @@ class Table:
 # table name -> module path (imported lazily, so that `softhard --help` stays fast)
 REGISTRY: dict[str, str] = {
     "table1": "softhard.experiments.boundary_scaling",
+    "table1_multi": "softhard.experiments.boundary_multi",
     "table2": "softhard.experiments.boundary_geometry",
     "table3": "softhard.experiments.symmetry_breaking",
 }
@@ -84,3 +85,28 @@ def _coerce(value, default, where):
     if not ok:
         fail(where.split(".")[-1], where.split(".")[0], f"of type {type(default).__name__}", value, TypeError)
     return value
+
+
+def loglog_fit(x, y, stderr=None) -> dict[str, float]:
+    r"""Least-squares fit of :math:`\log y = a + s \log x`; returns ``{"slope", "slope_stderr", "intercept"}``.
+
+    With ``stderr`` (of ``y``), points are weighted by :math:`(y/\mathrm{se})^2` (delta method on
+    :math:`\log y`). Needs at least 3 positive points (``ValueError`` otherwise).
+    """
+    import numpy as np
+
+    x, y = np.asarray(x, dtype=float), np.asarray(y, dtype=float)
+    keep = (x > 0) & (y > 0)
+    if keep.sum() < 3:
+        fail("y", "loglog_fit", "at least 3 positive points", y)
+    lx, ly = np.log(x[keep]), np.log(y[keep])
+    w = np.ones_like(lx) if stderr is None else (y[keep] / np.maximum(np.asarray(stderr, float)[keep], 1e-300)) ** 2
+    A = np.stack([np.ones_like(lx), lx], axis=1)
+    Aw = A * w[:, None]
+    cov = np.linalg.inv(A.T @ Aw)
+    coef = cov @ (Aw.T @ ly)
+    resid = ly - A @ coef
+    dof = max(1, len(lx) - 2)
+    scale = float(resid @ (w * resid)) / dof
+    return {"slope": float(coef[1]), "slope_stderr": float(np.sqrt(cov[1, 1] * max(scale, 1e-300))),
+            "intercept": float(coef[0])}

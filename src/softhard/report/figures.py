@@ -14,6 +14,7 @@ __all__ = ["FIGURES", "render_figure"]
 # table name -> "module:function"
 FIGURES: dict[str, str] = {
     "table1": "softhard.report.fig_boundary:figure1",
+    "table1_multi": "softhard.report.fig_boundary:figure1_multi",
     "table2": "softhard.report.fig_boundary:figure2",
     "table3": "softhard.report.fig_symmetry:figure3",
 }

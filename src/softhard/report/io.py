@@ -104,16 +104,18 @@ def write_table(table: Table, out: str | os.PathLike) -> list[Path]:
 
 
 def read_table(path: str | os.PathLike) -> Table:
-    """Read a table back from its JSON file (``NAME.json``) or CSV (``NAME.csv``, no metadata)."""
+    """Read a table back from ``NAME.json``, or its rows from ``NAME.csv`` (metadata from the JSON beside it, if any)."""
     path = Path(path)
     if path.suffix == ".json":
         d = json.loads(path.read_text(encoding="utf-8"))
         return Table(d["name"], d["columns"], d["rows"], d.get("meta", {}))
     with path.open(encoding="utf-8", newline="") as fh:
-        rows = list(csv.DictReader(fh))
-    cols = list(rows[0]) if rows else []
+        reader = csv.DictReader(fh)
+        rows, cols = list(reader), list(reader.fieldnames or [])
     conv = lambda v: (float(v) if v not in ("", None) and _isnum(v) else v)  # noqa: E731
-    return Table(path.stem, cols, [{k: conv(v) for k, v in r.items()} for r in rows])
+    side = path.with_suffix(".json")
+    meta = json.loads(side.read_text(encoding="utf-8")).get("meta", {}) if side.exists() else {}
+    return Table(path.stem, cols, [{k: conv(v) for k, v in r.items()} for r in rows], meta)
 
 
 def _isnum(v: str) -> bool:

@@ -1,0 +1,98 @@
+"""Figure 3 (§7.3) and the symmetry-breaking phase diagram [beyond], rendered from the written tables alone."""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import numpy as np
+
+from .figures import savefig
+from .io import read_table
+
+__all__ = ["figure3"]
+
+_PHASES = (("table3_phase_contrast", "student_contrast", "student contrast ε (δ = εc)"),
+           ("table3_phase_anisotropy", "anisotropy", "anisotropy a of Σ"))
+
+
+def _plt():
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def _col(t, c) -> np.ndarray:
+    return np.asarray([float(v) for v in t.column(c)], dtype=float)  # float() also reads "nan" from JSON
+
+
+def figure3(out: Path) -> list[Path]:
+    """``figure3.png`` (alignment deficit, log axis, and objective against step, one curve per τ) and, when the
+    phase tables exist, ``figure3_phase.png``."""
+    out = Path(out)
+    plt = _plt()
+    t = read_table(out / "table3_trajectory.json")
+    tau, step = _col(t, "tau"), _col(t, "step")
+    deficit, risk = _col(t, "alignment_deficit"), _col(t, "risk")
+    fig, ax = plt.subplots(1, 2, figsize=(10, 4))
+    for i, tv in enumerate(np.unique(tau)):
+        k = tau == tv
+        ax[0].plot(step[k] + 1, np.maximum(deficit[k], 1e-16), color=f"C{i}", label=f"τ = {tv:g}")
+        ax[1].plot(step[k] + 1, risk[k], color=f"C{i}", label=f"τ = {tv:g}")
+    ax[0].set(yscale="log", ylabel="1 − |cos(θ_t, u)|", title="Alignment deficit")
+    ax[1].set(ylabel="training objective", title="Objective (fixed sample)")
+    for a in ax:
+        a.set(xscale="log", xlabel="step + 1")
+        a.legend(fontsize=8)
+    fig.tight_layout()
+    paths = [savefig(fig, out / "figure3.png")]
+    if all((out / f"{name}.json").exists() for name, _, _ in _PHASES):
+        paths.append(_phase_figure(out, plt))
+    return paths
+
+
+def _phase_figure(out: Path, plt) -> Path:
+    fig, ax = plt.subplots(2, 2, figsize=(13, 9.5))
+    ax = ax.ravel()
+    for j, (name, key, label) in enumerate(_PHASES):
+        p = read_table(out / f"{name}.json")
+        taus, vals = sorted(set(_col(p, "tau"))), sorted(set(_col(p, key)))
+        grid = np.full((len(taus), len(vals)), np.nan)
+        labels = {}
+        for row in p.rows:
+            i, k = taus.index(float(row["tau"])), vals.index(float(row[key]))
+            meas, pred = float(row["steps_to_align"]), float(row["steps_predicted"])
+            grid[i, k] = meas
+            labels[i, k] = "\n".join("×–"[m] if math.isnan(v) else f"{v:.0f}" for m, v in enumerate((meas, pred)))
+        im = ax[j].imshow(np.log10(grid), origin="lower", aspect="auto", cmap="viridis")
+        for (i, k), text in labels.items():
+            dark = math.isnan(grid[i, k]) or im.norm(math.log10(grid[i, k])) > 0.6
+            ax[j].text(k, i, text, ha="center", va="center", fontsize=7, color="k" if dark else "w")
+        ax[j].set_xticks(range(len(vals)), [f"{v:g}" for v in vals])
+        ax[j].set_yticks(range(len(taus)), [f"{v:g}" for v in taus])
+        ax[j].set(xlabel=label, ylabel="τ", title="steps to align: measured (top) / reduced model (6.7)")
+        fig.colorbar(im, ax=ax[j], label="log10 measured steps (blank: not aligned)")
+        rm, rp = _col(p, "rate_measured"), _col(p, "rate_predicted")
+        ok = np.isfinite(rm) & (rm > 0) & np.isfinite(rp)
+        ax[2].scatter(rp[ok], rm[ok], s=18, marker="os"[j], label=label)
+        if key == "student_contrast":
+            eps, scaled, tau = _col(p, key), _col(p, "steps_scaled"), _col(p, "tau")
+            for i, tv in enumerate(taus):
+                k = (tau == tv) & np.isfinite(scaled)
+                ax[3].plot(eps[k], scaled[k], "o-", color=f"C{i}", label=f"τ = {tv:g}")
+    lo = min(ax[2].get_xlim()[0], ax[2].get_ylim()[0])
+    hi = max(ax[2].get_xlim()[1], ax[2].get_ylim()[1])
+    ax[2].plot([lo, hi], [lo, hi], "k:", lw=1, label="measured = predicted")
+    ax[2].set(xscale="log", yscale="log", xlabel="predicted rate ρ (6.11)",
+              ylabel="measured rate log(tan∠₀/tan∠_T)/T", title="Alignment rate: measured vs ρ")
+    ax[2].legend(fontsize=7)
+    ax[3].set(xscale="log", yscale="log", xlabel="student contrast ε", ylabel="steps to align × ηε/τ²",
+              title="Scaling of router-only descent (first order in ε)")
+    ax[3].legend(fontsize=7)
+    fig.text(0.01, 0.005, "heat-map cells: measured steps (× = not within the run) / steps of the linearised "
+                          "iteration (– = never reaches the threshold)", fontsize=8)
+    fig.tight_layout(rect=(0, 0.02, 1, 1))
+    return savefig(fig, out / "figure3_phase.png")
