@@ -112,8 +112,8 @@ def reproduce(out: str | os.PathLike = "results", only: str | None = None, sampl
         paths += write_table(table, out)
         paths += render_figure(name, out)
         tables[name] = table
-    paths.append(write_manifest(out, paths, {"softhard_version": __version__, "tables": names,
-                                             "seconds": {**timings, "total": time.perf_counter() - t_all}}))
+    paths.append(write_manifest(out, paths, {"softhard_version": __version__, "tables_last_run": names,
+                                             "seconds_last_run": {**timings, "total": time.perf_counter() - t_all}}))
     echo(summary_text(tables))
     echo(f"wrote {len(paths)} files to {out} in {time.perf_counter() - t_all:.1f} s")
     return paths
@@ -142,9 +142,4 @@ def summary_text(tables: dict[str, Table]) -> str:
 
 
 def _fmt(v) -> str:
-    return f"{v:.4g}" if isinstance(v, float) else str(v)
-
-
-def load_tables(out: str | os.PathLike) -> dict[str, Table]:
-    """Read back every ``NAME.json`` table of a reproduction directory."""
-    return {p.stem: read_table(p) for p in sorted(Path(out).glob("*.json")) if p.name != "manifest.json"}
+    return f"{v:.5g}" if isinstance(v, float) else str(v)

@@ -26,7 +26,7 @@ def _plt():
 
 
 def _col(t, c) -> np.ndarray:
-    return np.asarray([float(v) for v in t.column(c)], dtype=float)  # float() also reads "nan" from JSON
+    return np.asarray(t.column(c), dtype=float)
 
 
 def figure3(out: Path) -> list[Path]:

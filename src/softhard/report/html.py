@@ -29,6 +29,8 @@ _SHOWN = ("layer", "module", "layout", "experts", "top_k", "tokens", "delta_q10"
 
 def _cell(v) -> str:
     try:
+        if isinstance(v, bool):
+            raise TypeError
         f = float(v)
     except (TypeError, ValueError):
         return f'<td class="l">{html.escape(str(v))}</td>'

@@ -59,6 +59,10 @@ def to_jsonable(obj: Any) -> Any:
     return obj
 
 
+# to_jsonable writes non-finite floats as these strings; read_table maps them back
+_NONFINITE = {"nan": float("nan"), "inf": float("inf"), "-inf": float("-inf")}
+
+
 def _csv_text(table: Table) -> str:
     buf = io.StringIO()
     w = csv.DictWriter(buf, fieldnames=table.columns, lineterminator="\n")
@@ -108,7 +112,8 @@ def read_table(path: str | os.PathLike) -> Table:
     path = Path(path)
     if path.suffix == ".json":
         d = json.loads(path.read_text(encoding="utf-8"))
-        return Table(d["name"], d["columns"], d["rows"], d.get("meta", {}))
+        rows = [{k: _NONFINITE.get(v, v) if isinstance(v, str) else v for k, v in r.items()} for r in d["rows"]]
+        return Table(d["name"], d["columns"], rows, d.get("meta", {}))
     with path.open(encoding="utf-8", newline="") as fh:
         reader = csv.DictReader(fh)
         rows, cols = list(reader), list(reader.fieldnames or [])
@@ -127,8 +132,14 @@ def _isnum(v: str) -> bool:
 
 
 def write_manifest(out: str | os.PathLike, paths: list[Path], meta: dict | None = None) -> Path:
-    """``out/manifest.json`` listing every written file (relative paths, sizes)."""
+    """``out/manifest.json`` listing every written file (relative paths, sizes), plus those of earlier runs
+    into ``out`` that still exist."""
     out = Path(out)
-    files = sorted({str(Path(p).resolve().relative_to(out.resolve())) for p in paths})
+    files = {str(Path(p).resolve().relative_to(out.resolve())) for p in paths}
+    old = out / "manifest.json"
+    if old.exists():  # a partial run (--only) keeps the entries of earlier runs whose files still exist
+        files |= {f["path"] for f in json.loads(old.read_text(encoding="utf-8")).get("files", [])
+                  if (out / f["path"]).exists()}
+    files = sorted(files)
     body = {"files": [{"path": f, "bytes": (out / f).stat().st_size} for f in files], **(meta or {})}
     return atomic_write(out / "manifest.json", json.dumps(to_jsonable(body), indent=2) + "\n")
