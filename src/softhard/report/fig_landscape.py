@@ -32,6 +32,8 @@ def figure_landscape(out: Path) -> list[Path]:
     soft–hard gap against τ with its fitted exponent) and ``landscape_spectra.png`` (Hessian spectra of the
     critical points, one column per point, coloured by kind)."""
     plt = _plt()
+    from matplotlib.ticker import NullFormatter
+
     out = Path(out)
     minima, gamma = read_table(out / "landscape_minima.json"), read_table(out / "landscape_gamma.json")
     spectra, main = read_table(out / "landscape_spectra.json"), read_table(out / "landscape.json")
@@ -51,6 +53,8 @@ def figure_landscape(out: Path) -> list[Path]:
     ax[1].plot(gt, sup[0] * gt / gt[0], ":", color="k", label="slope 1 (Cor. 4.4)")
     ax[1].set(xscale="log", yscale="log", xlabel="τ", title="Uniform gap over a compact family")
     ax[1].legend(fontsize=8)
+    for a in ax:
+        a.xaxis.set_minor_formatter(NullFormatter())
     fig.tight_layout()
     paths = [savefig(fig, out / "landscape_recovery.png")]
 
