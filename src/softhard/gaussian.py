@@ -609,3 +609,178 @@ def gap_slope_exact(moe, law, teacher=None) -> float:
     """
     slices, _ = _slices(moe, law, teacher, "gap_slope_exact")
     return float(sum(w * s.slope() for w, s in slices))
+
+
+# ----------------------------------------------------------------------------------------------------
+# The two-expert Gaussian model of §6 (softhard.symmetry): moments derived in docs/symmetry.md
+# ----------------------------------------------------------------------------------------------------
+
+def sign_moments(sigma_u: float) -> tuple[float, float]:
+    r""":math:`(E|T|, E|T|^3) = (\sigma_u\sqrt{2/\pi},\ 2\sigma_u^3\sqrt{2/\pi})`, :math:`T \sim N(0, \sigma_u^2)`."""
+    return sigma_u * math.sqrt(2.0 / math.pi), 2.0 * sigma_u ** 3 * math.sqrt(2.0 / math.pi)
+
+
+def split_on_score(cov: torch.Tensor, u: torch.Tensor) -> tuple[float, torch.Tensor, torch.Tensor]:
+    r"""``(σ_u, k, C_R)`` with :math:`X = kT + R`, :math:`T = u\cdot X`, :math:`k = \Sigma u/\sigma_u^2`,
+    :math:`C_R = \mathrm{Cov}\,R = \Sigma - \Sigma u u^\top\Sigma/\sigma_u^2` (R independent of T)."""
+    su = cov @ u
+    var = float(u @ su)
+    return math.sqrt(var), su / var, cov - torch.outer(su, su) / var
+
+
+def drift_at_balance(cov, u, c, w1, w2, tau) -> torch.Tensor:
+    r""":math:`\nabla L(0) = -\frac{1}{4\tau}E[\mathrm{sign}(T)(c\cdot X)(\delta\cdot X)X]` in closed form:
+
+    .. math:: E[\mathrm{sign}(T)(c\cdot X)(\delta\cdot X)X] = E|T|^3 (c\cdot k)(\delta\cdot k)k
+              + E|T|\,[(c\cdot k)C_R\delta + (\delta\cdot k)C_R c + (c^\top C_R\delta)k].
+    """
+    s_u, k, CR = split_on_score(cov, u)
+    m1, m3 = sign_moments(s_u)
+    delta = w1 - w2
+    ck, dk = float(c @ k), float(delta @ k)
+    third = m3 * ck * dk * k + m1 * (ck * (CR @ delta) + dk * (CR @ c) + float(c @ CR @ delta) * k)
+    return -third / (4.0 * tau)
+
+
+def hessian_at_balance(cov, delta, tau) -> torch.Tensor:
+    r""":math:`\nabla^2 L(0) = \frac{1}{8\tau^2}E[(\delta\cdot X)^2XX^\top]
+    = \frac{1}{8\tau^2}[(\delta^\top\Sigma\delta)\Sigma + 2\Sigma\delta\delta^\top\Sigma]` (Isserlis)."""
+    sd = cov @ delta
+    return (float(delta @ sd) * cov + 2.0 * torch.outer(sd, sd)) / (8.0 * tau ** 2)
+
+
+def reduced_closed_form(cov, u, m1: float, m3: float, tau: float) -> torch.Tensor:
+    r"""Lemma 6.1 in matrix form: :math:`M = \frac{1}{2\tau}[E[T^3 r(T)]\,kk^\top + E[T r(T)]\,C_R]`."""
+    _, k, CR = split_on_score(cov, u)
+    return (m3 * torch.outer(k, k) + m1 * CR) / (2.0 * tau)
+
+
+# ------------------------------------------------------------------------------------------------
+# Gaussian moments over polyhedra (used by the exact shape derivative, softhard.shape).
+#
+# For X = m + L z, z ~ N(0, I_r) (L may be rank deficient, e.g. a law conditioned on a hyperplane)
+# and a region {A x + α > 0}, we compute T = E[x̃⊗x̃⊗x̃ 1_region], x̃ = (x, 1), shape (d+1,)*3; it holds
+# every moment up to order 3 (T[..., d] the second, T[:, d, d] the first, T[d, d, d] the mass).
+# In z the constraints read (A L) z + (A m + α) > 0; their normals span q <= 2 directions Q (else we
+# refuse), z = Q u + P w with w ⟂ u independent, so only the q-dimensional u is truncated:
+#   q = 1: an interval, ∫ t^k φ(t) dt = [-t^{k-1} φ]_lo^hi + (k-1) ∫ t^{k-2} φ   (closed form);
+#   q = 2: a polygon, in a rotated frame (v_1, v_2) in which no edge is close to parallel to the v_2
+#          axis: the inner integral over v_2 is the interval closed form between the piecewise-linear
+#          bounds lo(v_1), hi(v_1); the outer one is Gauss–Legendre on pieces of length <= 1/2
+#          between the vertices' v_1 (analytic there), over |v_1| <= 10 (tail mass < 1e-22).
+# The w-part contributes E[w w^T] = I to the terms with two w factors (odd ones vanish).
+# ------------------------------------------------------------------------------------------------
+
+_SQRT2PI = math.sqrt(2 * math.pi)
+_GL16_X, _GL16_W = np.polynomial.legendre.leggauss(16)
+
+
+class SpanError(ValueError):
+    """The constraints' normals span more than two directions (no exact polyhedral moments)."""
+
+
+def _phi(t):
+    return np.exp(-0.5 * t * t) / _SQRT2PI
+
+
+def interval_moments(lo, hi) -> np.ndarray:
+    r""":math:`\int_{lo}^{hi} t^k \varphi(t)\,dt`, k = 0..3, shape ``(..., 4)``, for ``lo < hi`` (ends may be ±inf)."""
+    lo, hi = np.asarray(lo, dtype=np.float64), np.asarray(hi, dtype=np.float64)
+    fl, fh = np.isfinite(lo), np.isfinite(hi)
+    tl, th = np.where(fl, lo, 0.0), np.where(fh, hi, 0.0)
+    pl, ph = np.where(fl, _phi(tl), 0.0), np.where(fh, _phi(th), 0.0)
+    m0 = np.where(lo > 0, special.ndtr(-lo) - special.ndtr(-hi), special.ndtr(hi) - special.ndtr(lo))
+    m1 = pl - ph
+    return np.stack([m0, m1, m0 + tl * pl - th * ph, 2 * m1 + tl * tl * pl - th * th * ph], -1)
+
+
+def _powers(q: int) -> tuple[np.ndarray, ...]:
+    """For ũ = (u_1..u_q, 1): how many factors of each entry of ũ⊗ũ⊗ũ are u_1, ..., u_q."""
+    idx = np.indices((q + 1,) * 3)
+    return tuple((idx == c).sum(0) for c in range(q))
+
+
+_ROTATIONS = np.linspace(0.0, math.pi, 90, endpoint=False)
+
+
+def _polygon_moments(A: np.ndarray, alpha: np.ndarray) -> np.ndarray:
+    """E[ũ⊗ũ⊗ũ 1{A u + α > 0}], u ~ N(0, I_2), ũ = (u, 1); ``A (m, 2)`` with unit rows."""
+    # frame u = R v whose v_2 axis is as far as possible from every edge direction
+    c, s = np.cos(_ROTATIONS), np.sin(_ROTATIONS)
+    best = np.argmax(np.min(np.abs(A[:, [0]] * -s + A[:, [1]] * c), axis=0))
+    R = np.array([[c[best], -s[best]], [s[best], c[best]]])
+    Av = A @ R
+    brk = [-10.0, 10.0]
+    for i in range(len(Av)):
+        for j in range(i + 1, len(Av)):
+            M = Av[[i, j]]
+            if abs(np.linalg.det(M)) > 1e-13:
+                brk.append(np.linalg.solve(M, -alpha[[i, j]])[0])
+    edges = np.unique(np.clip(brk, -10.0, 10.0))
+    pieces = [np.linspace(a, b, int(math.ceil((b - a) / 0.5)) + 1) for a, b in zip(edges[:-1], edges[1:])]
+    grid = np.unique(np.concatenate(pieces))
+    a, b = grid[:-1], grid[1:]
+    v1 = ((0.5 * (b - a))[:, None] * _GL16_X + (0.5 * (a + b))[:, None]).ravel()
+    w = ((0.5 * (b - a))[:, None] * _GL16_W).ravel() * _phi(v1)
+    with np.errstate(divide="ignore"):
+        bound = (-alpha - np.outer(v1, Av[:, 0])) / Av[:, 1]
+    lo = np.max(np.where(Av[:, 1] > 0, bound, -np.inf), axis=1)
+    hi = np.min(np.where(Av[:, 1] < 0, bound, np.inf), axis=1)
+    ok = hi > lo
+    mk = interval_moments(np.where(ok, lo, 0.0), np.where(ok, hi, 1.0)) * ok[:, None]
+    p1, p2 = _powers(2)
+    Tv = np.einsum("n,nabc->abc", w, v1[:, None, None, None] ** p1 * mk[:, p2])
+    Rb = np.eye(3)
+    Rb[:2, :2] = R
+    return np.einsum("ia,jb,kc,abc->ijk", Rb, Rb, Rb, Tv)
+
+
+def region_moments(mean: np.ndarray, L: np.ndarray, A: np.ndarray, alpha: np.ndarray,
+                    tie: np.ndarray | None = None) -> tuple[np.ndarray, bool]:
+    """T = E[x̃⊗x̃⊗x̃ 1{A x + α > 0}] for x = mean + L z; also whether a tie rule decided a constraint.
+
+    A constraint that is constant on the support (its normal is killed by L) holds if its value is
+    positive; if the value is zero (an interface coinciding with the support's hyperplane) it holds iff
+    ``tie > 0`` for that row.
+    """
+    d, r = L.shape
+    Az, off = A @ L, A @ mean + alpha
+    size = np.linalg.norm(A, axis=1) * max(np.linalg.norm(L, 2), 1e-300)
+    const = np.linalg.norm(Az, axis=1) <= 1e-11 * np.maximum(size, 1e-300)
+    scale = np.linalg.norm(A, axis=1) * (np.linalg.norm(mean) + np.linalg.norm(L, 2)) + np.abs(alpha)
+    zero = const & (np.abs(off) <= 1e-11 * np.maximum(scale, 1e-300))
+    tied = bool(zero.any())
+    holds = np.where(zero, (tie if tie is not None else -np.ones(len(A))) > 0, off > 0)
+    if np.any(const & ~holds):
+        return np.zeros((d + 1,) * 3), tied
+    Az, off = Az[~const], off[~const]
+    nrm = np.linalg.norm(Az, axis=1)
+    Az, off = Az / nrm[:, None], off / nrm
+    if len(Az):
+        _, sv, Vt = np.linalg.svd(Az)
+        q = int((sv > 1e-9 * sv[0]).sum())
+    else:
+        Vt, q = np.eye(r), 0
+    if q > 2:
+        raise SpanError(q)
+    Q, P = Vt[:q].T, Vt[q:].T
+    Au = Az @ Q
+    if q == 0:
+        Tu = np.ones((1, 1, 1))
+    elif q == 1:
+        t = Au[:, 0]
+        lo = max([-o / c for c, o in zip(t, off) if c > 0], default=-np.inf)
+        hi = min([-o / c for c, o in zip(t, off) if c < 0], default=np.inf)
+        Tu = interval_moments(lo, hi)[_powers(1)[0]] if hi > lo else np.zeros((2, 2, 2))
+    else:
+        Tu = _polygon_moments(Au, off)
+    B = np.zeros((r + 1, q + 1))
+    B[:r, :q], B[r, q] = Q, 1.0
+    C = np.zeros((r + 1, r - q))
+    C[:r] = P
+    CC, v1 = C @ C.T, B @ Tu[:, q, q]
+    Tz = (np.einsum("ia,jb,kc,abc->ijk", B, B, B, Tu) + np.einsum("i,jk->ijk", v1, CC)
+          + np.einsum("j,ik->ijk", v1, CC) + np.einsum("k,ij->ijk", v1, CC))
+    G = np.zeros((d + 1, r + 1))
+    G[:d, :r], G[:d, r], G[d, r] = L, mean, 1.0
+    return np.einsum("ia,jb,kc,abc->ijk", G, G, G, Tz), tied

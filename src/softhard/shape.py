@@ -18,7 +18,7 @@ r"""The hard risk as a function of the partition: profiled hard risk and its sha
 Two methods. ``"exact"``: a linear (or :class:`~softhard.teacher.UnitLinearRouter`) student router,
 affine experts, a linear teacher partition with affine experts and a Gaussian or Gaussian-mixture law:
 everything reduces to Gaussian moments (up to order 3) over polyhedra, computed to ~1e-12 (see the
-private section below). ``"mc"``: any law, router and teacher, with standard errors from the one
+polyhedral moments of :func:`softhard.gaussian.region_moments`). ``"mc"``: any law, router and teacher, with standard errors from the one
 reducer; the conditional expectation is the slab average
 :math:`\psi(0)E[F\mid g=0] = \lim_{h\to0} E[F\,1\{|g|\le h\}]/(2h)` (bias :math:`O(h^2)`).
 """
@@ -35,7 +35,7 @@ from scipy.special import ndtr
 from ._validate import DTYPE, check_float, fail
 from .estimate import Estimate, monte_carlo
 from .experts import LinearExperts
-from .gaussian import condition_on_score, gaussian_components, score_law
+from .gaussian import SpanError, condition_on_score, gaussian_components, interval_moments, region_moments, score_law
 from .laws import Gaussian, GaussianMixture, as_law
 from .moe import HardTeacher, MoE
 from .routers import as_router
@@ -43,137 +43,6 @@ from .teacher import effective_linear
 
 __all__ = ["hard_risk", "Profile", "profiled_hard_risk", "shape_gradient", "shape_derivative",
            "exact_cell_moments", "supports_exact"]
-
-
-# ------------------------------------------------------------------------------------------------
-# Private closed forms: Gaussian moments over polyhedra (to be moved to gaussian.py by the lead).
-#
-# For X = m + L z, z ~ N(0, I_r) (L may be rank deficient, e.g. a law conditioned on a hyperplane)
-# and a region {A x + α > 0}, we compute T = E[x̃⊗x̃⊗x̃ 1_region], x̃ = (x, 1), shape (d+1,)*3; it holds
-# every moment up to order 3 (T[..., d] the second, T[:, d, d] the first, T[d, d, d] the mass).
-# In z the constraints read (A L) z + (A m + α) > 0; their normals span q <= 2 directions Q (else we
-# refuse), z = Q u + P w with w ⟂ u independent, so only the q-dimensional u is truncated:
-#   q = 1: an interval, ∫ t^k φ(t) dt = [-t^{k-1} φ]_lo^hi + (k-1) ∫ t^{k-2} φ   (closed form);
-#   q = 2: a polygon, in a rotated frame (v_1, v_2) in which no edge is close to parallel to the v_2
-#          axis: the inner integral over v_2 is the interval closed form between the piecewise-linear
-#          bounds lo(v_1), hi(v_1); the outer one is Gauss–Legendre on pieces of length <= 1/2
-#          between the vertices' v_1 (analytic there), over |v_1| <= 10 (tail mass < 1e-22).
-# The w-part contributes E[w w^T] = I to the terms with two w factors (odd ones vanish).
-# ------------------------------------------------------------------------------------------------
-
-_SQRT2PI = math.sqrt(2 * math.pi)
-_GL_X, _GL_W = np.polynomial.legendre.leggauss(16)
-
-
-class _SpanError(ValueError):
-    pass
-
-
-def _phi(t):
-    return np.exp(-0.5 * t * t) / _SQRT2PI
-
-
-def _interval_moments(lo, hi) -> np.ndarray:
-    r""":math:`\int_{lo}^{hi} t^k \varphi(t)\,dt`, k = 0..3, shape ``(..., 4)``, for ``lo < hi`` (ends may be ±inf)."""
-    lo, hi = np.asarray(lo, dtype=np.float64), np.asarray(hi, dtype=np.float64)
-    fl, fh = np.isfinite(lo), np.isfinite(hi)
-    tl, th = np.where(fl, lo, 0.0), np.where(fh, hi, 0.0)
-    pl, ph = np.where(fl, _phi(tl), 0.0), np.where(fh, _phi(th), 0.0)
-    m0 = np.where(lo > 0, ndtr(-lo) - ndtr(-hi), ndtr(hi) - ndtr(lo))
-    m1 = pl - ph
-    return np.stack([m0, m1, m0 + tl * pl - th * ph, 2 * m1 + tl * tl * pl - th * th * ph], -1)
-
-
-def _powers(q: int) -> tuple[np.ndarray, ...]:
-    """For ũ = (u_1..u_q, 1): how many factors of each entry of ũ⊗ũ⊗ũ are u_1, ..., u_q."""
-    idx = np.indices((q + 1,) * 3)
-    return tuple((idx == c).sum(0) for c in range(q))
-
-
-_ROTATIONS = np.linspace(0.0, math.pi, 90, endpoint=False)
-
-
-def _polygon_moments(A: np.ndarray, alpha: np.ndarray) -> np.ndarray:
-    """E[ũ⊗ũ⊗ũ 1{A u + α > 0}], u ~ N(0, I_2), ũ = (u, 1); ``A (m, 2)`` with unit rows."""
-    # frame u = R v whose v_2 axis is as far as possible from every edge direction
-    c, s = np.cos(_ROTATIONS), np.sin(_ROTATIONS)
-    best = np.argmax(np.min(np.abs(A[:, [0]] * -s + A[:, [1]] * c), axis=0))
-    R = np.array([[c[best], -s[best]], [s[best], c[best]]])
-    Av = A @ R
-    brk = [-10.0, 10.0]
-    for i in range(len(Av)):
-        for j in range(i + 1, len(Av)):
-            M = Av[[i, j]]
-            if abs(np.linalg.det(M)) > 1e-13:
-                brk.append(np.linalg.solve(M, -alpha[[i, j]])[0])
-    edges = np.unique(np.clip(brk, -10.0, 10.0))
-    pieces = [np.linspace(a, b, int(math.ceil((b - a) / 0.5)) + 1) for a, b in zip(edges[:-1], edges[1:])]
-    grid = np.unique(np.concatenate(pieces))
-    a, b = grid[:-1], grid[1:]
-    v1 = ((0.5 * (b - a))[:, None] * _GL_X + (0.5 * (a + b))[:, None]).ravel()
-    w = ((0.5 * (b - a))[:, None] * _GL_W).ravel() * _phi(v1)
-    with np.errstate(divide="ignore"):
-        bound = (-alpha - np.outer(v1, Av[:, 0])) / Av[:, 1]
-    lo = np.max(np.where(Av[:, 1] > 0, bound, -np.inf), axis=1)
-    hi = np.min(np.where(Av[:, 1] < 0, bound, np.inf), axis=1)
-    ok = hi > lo
-    mk = _interval_moments(np.where(ok, lo, 0.0), np.where(ok, hi, 1.0)) * ok[:, None]
-    p1, p2 = _powers(2)
-    Tv = np.einsum("n,nabc->abc", w, v1[:, None, None, None] ** p1 * mk[:, p2])
-    Rb = np.eye(3)
-    Rb[:2, :2] = R
-    return np.einsum("ia,jb,kc,abc->ijk", Rb, Rb, Rb, Tv)
-
-
-def _region_moments(mean: np.ndarray, L: np.ndarray, A: np.ndarray, alpha: np.ndarray,
-                    tie: np.ndarray | None = None) -> tuple[np.ndarray, bool]:
-    """T = E[x̃⊗x̃⊗x̃ 1{A x + α > 0}] for x = mean + L z; also whether a tie rule decided a constraint.
-
-    A constraint that is constant on the support (its normal is killed by L) holds if its value is
-    positive; if the value is zero (an interface coinciding with the support's hyperplane) it holds iff
-    ``tie > 0`` for that row.
-    """
-    d, r = L.shape
-    Az, off = A @ L, A @ mean + alpha
-    size = np.linalg.norm(A, axis=1) * max(np.linalg.norm(L, 2), 1e-300)
-    const = np.linalg.norm(Az, axis=1) <= 1e-11 * np.maximum(size, 1e-300)
-    scale = np.linalg.norm(A, axis=1) * (np.linalg.norm(mean) + np.linalg.norm(L, 2)) + np.abs(alpha)
-    zero = const & (np.abs(off) <= 1e-11 * np.maximum(scale, 1e-300))
-    tied = bool(zero.any())
-    holds = np.where(zero, (tie if tie is not None else -np.ones(len(A))) > 0, off > 0)
-    if np.any(const & ~holds):
-        return np.zeros((d + 1,) * 3), tied
-    Az, off = Az[~const], off[~const]
-    nrm = np.linalg.norm(Az, axis=1)
-    Az, off = Az / nrm[:, None], off / nrm
-    if len(Az):
-        _, sv, Vt = np.linalg.svd(Az)
-        q = int((sv > 1e-9 * sv[0]).sum())
-    else:
-        Vt, q = np.eye(r), 0
-    if q > 2:
-        raise _SpanError(q)
-    Q, P = Vt[:q].T, Vt[q:].T
-    Au = Az @ Q
-    if q == 0:
-        Tu = np.ones((1, 1, 1))
-    elif q == 1:
-        t = Au[:, 0]
-        lo = max([-o / c for c, o in zip(t, off) if c > 0], default=-np.inf)
-        hi = min([-o / c for c, o in zip(t, off) if c < 0], default=np.inf)
-        Tu = _interval_moments(lo, hi)[_powers(1)[0]] if hi > lo else np.zeros((2, 2, 2))
-    else:
-        Tu = _polygon_moments(Au, off)
-    B = np.zeros((r + 1, q + 1))
-    B[:r, :q], B[r, q] = Q, 1.0
-    C = np.zeros((r + 1, r - q))
-    C[:r] = P
-    CC, v1 = C @ C.T, B @ Tu[:, q, q]
-    Tz = (np.einsum("ia,jb,kc,abc->ijk", B, B, B, Tu) + np.einsum("i,jk->ijk", v1, CC)
-          + np.einsum("j,ik->ijk", v1, CC) + np.einsum("k,ij->ijk", v1, CC))
-    G = np.zeros((d + 1, r + 1))
-    G[:d, :r], G[:d, r], G[d, r] = L, mean, 1.0
-    return np.einsum("ia,jb,kc,abc->ijk", G, G, G, Tz), tied
 
 
 def _cell_rows(W: np.ndarray, b: np.ndarray, k: int, skip=()) -> tuple[np.ndarray, np.ndarray]:
@@ -251,8 +120,8 @@ def exact_cell_moments(router, teacher, law, where: str = "exact_cell_moments") 
             for m in range(len(WT)):
                 At, alt = _cell_rows(WT, bT, m)
                 try:
-                    T, _ = _region_moments(mean, L, np.concatenate([As, At]), np.concatenate([als, alt]))
-                except _SpanError as e:
+                    T, _ = region_moments(mean, L, np.concatenate([As, At]), np.concatenate([als, alt]))
+                except SpanError as e:
                     _span_fail(where, e.args[0])
                 out[k, m] += weight * T[..., d]
     return out
@@ -381,7 +250,7 @@ def _pair_integrals(W, b, WT, bT, theta, theta_t, comps, where, eta=None):
                 m_g, s = score_law(torch.as_tensor(v, dtype=comp.mean.dtype), c0, comp)
                 if s == 0.0:
                     continue
-                psi = weight * math.exp(-0.5 * (m_g / s) ** 2) / (s * _SQRT2PI)
+                psi = weight * math.exp(-0.5 * (m_g / s) ** 2) / (s * math.sqrt(2 * math.pi))
                 cond = condition_on_score(comp, torch.as_tensor(v, dtype=comp.mean.dtype), c0)
                 mean, L = _np(cond.mean), _np(cond.scale_tril)
                 for m in range(len(WT)):
@@ -389,9 +258,9 @@ def _pair_integrals(W, b, WT, bT, theta, theta_t, comps, where, eta=None):
                     sig = 2 * theta_t[m] - theta[i] - theta[j]
                     A, al = np.concatenate([As, At]), np.concatenate([als, alt])
                     if eta is None:
-                        T, tied = _region_moments(mean, L, A, al)
+                        T, tied = region_moments(mean, L, A, al)
                         if tied:
-                            T2, _ = _region_moments(mean, L, A, al, np.ones(len(A)))
+                            T2, _ = region_moments(mean, L, A, al, np.ones(len(A)))
                             if not np.allclose(np.einsum("abc,b,c->a", T, delta, sig),
                                                np.einsum("abc,b,c->a", T2, delta, sig), rtol=1e-9, atol=1e-12):
                                 fail("router", where, "a router whose interfaces are transverse to the teacher's "
@@ -406,7 +275,7 @@ def _pair_integrals(W, b, WT, bT, theta, theta_t, comps, where, eta=None):
                         rows = np.concatenate([A, -side * et[None, :-1]])
                         offs = np.concatenate([al, [-side * et[-1]]])
                         tie = np.concatenate([side * np.sign(A @ v), [-1.0]])
-                        T, _ = _region_moments(mean, L, rows, offs, tie)
+                        T, _ = region_moments(mean, L, rows, offs, tie)
                         total += psi * float(np.einsum("abc,a,b,c->", T, et, delta, sig))
     return vec if eta is None else total
 
@@ -453,7 +322,7 @@ def shape_gradient(router, teacher, law, experts=None, *, method: str = "exact",
         W, b, WT, bT, theta, theta_t, comps = _exact_setup(router, teacher, law, experts, where)
         try:
             vec = _pair_integrals(W, b, WT, bT, theta, theta_t, comps, where)
-        except _SpanError as e:
+        except SpanError as e:
             _span_fail(where, e.args[0])
         g = vec.sum(1) - vec.sum(0)  # +ψE[x̃ℓ] for i, −ψE[x̃ℓ] for j
         params = _router_tensors(router)
@@ -537,7 +406,7 @@ def shape_derivative(router, teacher, law, direction, experts=None) -> float:
                                  tuple(p.detach() for p in params.values()), tuple(tang))
     try:
         total = _pair_integrals(W, b, WT, bT, theta, theta_t, comps, where, (_np(dW), _np(db)))
-    except _SpanError as e:
+    except SpanError as e:
         _span_fail(where, e.args[0])
     return float(total)
 

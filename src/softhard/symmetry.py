@@ -18,8 +18,8 @@ What is here (derivations: ``docs/symmetry.md``):
   iteration (6.7) (:func:`linear_iteration`) and the alignment rate (6.9)–(6.12) (:func:`alignment_rate`).
 - full-batch router-only gradient descent on one fixed sample (:func:`train_router`, the §7.3 diagnostic).
 
-Closed forms that belong in ``gaussian.py`` are kept in the private section marked
-"closed forms" below (``gaussian.py`` is owned elsewhere).
+Its Gaussian-moment closed forms live in :mod:`softhard.gaussian` (``split_on_score``, ``sign_moments``,
+``drift_at_balance``, ``hessian_at_balance``, ``reduced_closed_form``).
 """
 
 from __future__ import annotations
@@ -34,6 +34,7 @@ import torch
 
 from ._validate import DTYPE, as_tensor, check_finite, check_float, check_grid, check_inputs, check_int, fail
 from .estimate import Estimate, monte_carlo
+from .gaussian import drift_at_balance, hessian_at_balance, reduced_closed_form, sign_moments, split_on_score
 from .laws import Gaussian
 
 __all__ = ["TwoExpertGaussian", "ExactValues", "Linearisation", "Spectrum", "RouterTraining", "reduced_operator",
@@ -83,50 +84,6 @@ def alignment_ratio(theta, direction) -> torch.Tensor:
     e = e / e.norm()
     along = th @ e
     return (th - along[..., None] * e).norm(dim=-1) / along.abs()
-
-
-# ----------------------------------------------------------------------------------------------------
-# closed forms (Gaussian moments) — candidates for gaussian.py; derived in docs/symmetry.md
-# ----------------------------------------------------------------------------------------------------
-
-def _sign_moments(sigma_u: float) -> tuple[float, float]:
-    r""":math:`(E|T|, E|T|^3) = (\sigma_u\sqrt{2/\pi},\ 2\sigma_u^3\sqrt{2/\pi})`, :math:`T \sim N(0, \sigma_u^2)`."""
-    return sigma_u * _SQRT_2_OVER_PI, 2.0 * sigma_u ** 3 * _SQRT_2_OVER_PI
-
-
-def _split_on_score(cov: torch.Tensor, u: torch.Tensor) -> tuple[float, torch.Tensor, torch.Tensor]:
-    r"""``(σ_u, k, C_R)`` with :math:`X = kT + R`, :math:`T = u\cdot X`, :math:`k = \Sigma u/\sigma_u^2`,
-    :math:`C_R = \mathrm{Cov}\,R = \Sigma - \Sigma u u^\top\Sigma/\sigma_u^2` (R independent of T)."""
-    su = cov @ u
-    var = float(u @ su)
-    return math.sqrt(var), su / var, cov - torch.outer(su, su) / var
-
-
-def _drift_at_balance(cov, u, c, w1, w2, tau) -> torch.Tensor:
-    r""":math:`\nabla L(0) = -\frac{1}{4\tau}E[\mathrm{sign}(T)(c\cdot X)(\delta\cdot X)X]` in closed form:
-
-    .. math:: E[\mathrm{sign}(T)(c\cdot X)(\delta\cdot X)X] = E|T|^3 (c\cdot k)(\delta\cdot k)k
-              + E|T|\,[(c\cdot k)C_R\delta + (\delta\cdot k)C_R c + (c^\top C_R\delta)k].
-    """
-    s_u, k, CR = _split_on_score(cov, u)
-    m1, m3 = _sign_moments(s_u)
-    delta = w1 - w2
-    ck, dk = float(c @ k), float(delta @ k)
-    third = m3 * ck * dk * k + m1 * (ck * (CR @ delta) + dk * (CR @ c) + float(c @ CR @ delta) * k)
-    return -third / (4.0 * tau)
-
-
-def _hessian_at_balance(cov, delta, tau) -> torch.Tensor:
-    r""":math:`\nabla^2 L(0) = \frac{1}{8\tau^2}E[(\delta\cdot X)^2XX^\top]
-    = \frac{1}{8\tau^2}[(\delta^\top\Sigma\delta)\Sigma + 2\Sigma\delta\delta^\top\Sigma]` (Isserlis)."""
-    sd = cov @ delta
-    return (float(delta @ sd) * cov + 2.0 * torch.outer(sd, sd)) / (8.0 * tau ** 2)
-
-
-def _reduced_closed_form(cov, u, m1: float, m3: float, tau: float) -> torch.Tensor:
-    r"""Lemma 6.1 in matrix form: :math:`M = \frac{1}{2\tau}[E[T^3 r(T)]\,kk^\top + E[T r(T)]\,C_R]`."""
-    _, k, CR = _split_on_score(cov, u)
-    return (m3 * torch.outer(k, k) + m1 * CR) / (2.0 * tau)
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -434,8 +391,8 @@ class TwoExpertGaussian:
             :class:`Linearisation` (drift ``(d,)``, Hessian ``(d, d)``, its spectrum, eigenvector alignments).
         """
         tau = _tau(tau, "TwoExpertGaussian.linearisation")
-        g = _drift_at_balance(self.cov, self.u, self.contrast, self.w1, self.w2, tau)
-        H = _hessian_at_balance(self.cov, self.w1 - self.w2, tau)
+        g = drift_at_balance(self.cov, self.u, self.contrast, self.w1, self.w2, tau)
+        H = hessian_at_balance(self.cov, self.w1 - self.w2, tau)
         lam, V = torch.linalg.eigh(H)
         lam, V = lam.flip(0), V.flip(1)
         return Linearisation(g, H, lam, V, (V.T @ self.u).abs() / self.u.norm(), float(alignment(g, self.u)),
@@ -541,8 +498,8 @@ def reduced_operator(cov, u, tau: float, response="sign") -> torch.Tensor:
     where = "reduced_operator"
     cov, u, tau, s_u = _operator_inputs(cov, u, tau, where)
     r = _response(response, tau, s_u, where)
-    m1, m3 = _sign_moments(s_u) if r is None else _odd_moments(r, s_u)
-    return _reduced_closed_form(cov, u, m1, m3, tau)
+    m1, m3 = sign_moments(s_u) if r is None else _odd_moments(r, s_u)
+    return reduced_closed_form(cov, u, m1, m3, tau)
 
 
 def reduced_operator_mc(cov, u, tau: float, response="sign", n: int = 1 << 18, seed=0, **mc) -> Estimate:
