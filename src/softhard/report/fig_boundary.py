@@ -6,19 +6,11 @@ from pathlib import Path
 
 import numpy as np
 
-from .figures import savefig
+from .figures import pyplot, savefig
 from .io import read_table
 
 __all__ = ["figure1", "figure1_multi", "figure2"]
 
-
-def _plt():
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    return plt
 
 
 def _plain_log_ticks(axis, ticks):
@@ -36,7 +28,7 @@ def _col(t, c):
 
 def figure1(out: Path) -> list[Path]:
     """``figure1.png``: log–log mass and gap vs τ with fitted slopes, gap vs mass; plus the τ → 0 limits."""
-    plt = _plt()
+    plt = pyplot()
     t = read_table(out / "table1.csv")
     tau, m, g = _col(t, "tau"), _col(t, "boundary_mass"), _col(t, "risk_gap")
     ms, gs = _col(t, "boundary_mass_stderr"), _col(t, "risk_gap_stderr")
@@ -72,7 +64,7 @@ def figure1(out: Path) -> list[Path]:
 
 def figure1_multi(out: Path) -> list[Path]:
     """``figure1_multi.png``: the K-expert version of figure 1 (mass exact via orthants, gap)."""
-    plt = _plt()
+    plt = pyplot()
     t = read_table(out / "table1_multi.csv")
     tau = _col(t, "tau")
     fig, ax = plt.subplots(figsize=(4.8, 4))
@@ -88,7 +80,7 @@ def figure1_multi(out: Path) -> list[Path]:
 
 def figure2(out: Path) -> list[Path]:
     """``figure2.png``: gap against mass across offsets, and flip rate against mass."""
-    plt = _plt()
+    plt = pyplot()
     t = read_table(out / "table2.csv")
     m, ms = _col(t, "boundary_mass"), _col(t, "boundary_mass_stderr")
     fig, ax = plt.subplots(1, 2, figsize=(9.2, 4))

@@ -13,23 +13,15 @@ from pathlib import Path
 
 import numpy as np
 
-from .figures import savefig
+from .figures import pyplot, savefig
 
 __all__ = ["render_inspection", "layer_figure"]
 
 
-def _plt():
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    return plt
-
 
 def layer_figure(lay: dict, path: Path) -> Path:
     """Draw the three panels of one layer (a ``summary.json`` entry) into ``path``."""
-    plt = _plt()
+    plt = pyplot()
     fig, ax = plt.subplots(1, 3, figsize=(14, 4))
     k = lay["top_k"]
     title = f"layer {lay['layer']} ({lay['module']}), K={lay['experts']}, k={k}, n={lay['tokens']}"

@@ -6,21 +6,13 @@ from pathlib import Path
 
 import numpy as np
 
-from .figures import savefig
+from .figures import pyplot, savefig
 from .io import read_table
 
 __all__ = ["figure_landscape"]
 
 _COLORS = {"minimum": "C0", "strict saddle": "C3", "degenerate": "C7"}
 
-
-def _plt():
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    return plt
 
 
 def _col(t, c):
@@ -31,7 +23,7 @@ def figure_landscape(out: Path) -> list[Path]:
     """``landscape_recovery.png`` (recovery error and misrouted mass of the minimiser against τ; uniform
     soft–hard gap against τ with its fitted exponent) and ``landscape_spectra.png`` (Hessian spectra of the
     critical points, one column per point, coloured by kind)."""
-    plt = _plt()
+    plt = pyplot()
     from matplotlib.ticker import NullFormatter
 
     out = Path(out)

@@ -22,7 +22,7 @@ import numpy as np
 
 from .._validate import fail
 from ..experiments import Table
-from .figures import savefig
+from .figures import pyplot, savefig
 
 __all__ = ["plotted_columns", "sweep_series", "sweep_figures"]
 
@@ -105,11 +105,9 @@ def sweep_figures(out: str | Path, x: str | None = None, facet: str | None = Non
         fail("out", "sweep_figures", "a sweep directory with stored rows", str(out))
     x, facet, _ = _choose(table, x, facet)
     log_x = x in table.meta["spec"].get("log_axes", [])
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
     import matplotlib.ticker
+
+    plt = pyplot()
 
     paths = []
     for column in plotted_columns(table):

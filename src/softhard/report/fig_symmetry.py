@@ -7,7 +7,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .figures import savefig
+from .figures import pyplot, savefig
 from .io import read_table
 
 __all__ = ["figure3"]
@@ -15,14 +15,6 @@ __all__ = ["figure3"]
 _PHASES = (("table3_phase_contrast", "student_contrast", "student contrast ε (δ = εc)"),
            ("table3_phase_anisotropy", "anisotropy", "anisotropy a of Σ"))
 
-
-def _plt():
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    return plt
 
 
 def _col(t, c) -> np.ndarray:
@@ -33,7 +25,7 @@ def figure3(out: Path) -> list[Path]:
     """``figure3.png`` (alignment deficit, log axis, and objective against step, one curve per τ) and, when the
     phase tables exist, ``figure3_phase.png``."""
     out = Path(out)
-    plt = _plt()
+    plt = pyplot()
     t = read_table(out / "table3_trajectory.json")
     tau, step = _col(t, "tau"), _col(t, "step")
     deficit, risk = _col(t, "alignment_deficit"), _col(t, "risk")

@@ -26,6 +26,16 @@ def render_figure(name: str, out: Path) -> list[Path]:
     return getattr(importlib.import_module(mod), fn)(Path(out))
 
 
+def pyplot():
+    """``matplotlib.pyplot`` on the non-interactive Agg backend (the report modules' only entry to it)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
 def savefig(fig, path: Path) -> Path:
     """Save a matplotlib figure as PNG atomically and close it."""
     import io
@@ -34,7 +44,5 @@ def savefig(fig, path: Path) -> Path:
 
     buf = io.BytesIO()
     fig.savefig(buf, format="png", dpi=130, bbox_inches="tight")
-    import matplotlib.pyplot as plt
-
-    plt.close(fig)
+    pyplot().close(fig)
     return atomic_write(path, buf.getvalue())
