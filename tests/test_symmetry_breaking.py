@@ -19,7 +19,7 @@ from softhard.report.io import read_table, write_table
 COLUMNS = ["tau", "final_risk", "final_risk_stderr", "final_alignment", "router_norm", "boundary_mass",
            "boundary_mass_stderr", "gate_entropy", "gate_entropy_stderr"]
 SMALL_PHASE = dict(steps=200, samples=1 << 11, phase_taus=(0.1, 0.2), phase_contrasts=(0.0, 0.03, 0.1),
-                   phase_anisotropies=(1.0, 3.0), phase_samples=1 << 11)
+                   phase_anisotropies=(1.0, 3.0), phase_samples=1 << 13)
 
 
 def test_default_design():
