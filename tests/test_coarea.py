@@ -79,9 +79,12 @@ def test_coarea_constant_nonlinear_router():
 
     law = sh.Gaussian.standard(2)
     psi = integrate.quad(lambda y: stats.norm.pdf(y * y) * stats.norm.pdf(y), -np.inf, np.inf)[0]
-    est = sh.coarea_constant(router, law, n=1 << 16, seed=5)
+    est = sh.coarea_constant(router, law, method="kernel", n=1 << 16, seed=5)
     assert est.method == "kernel"
     within(psi, est)
+    auto = sh.coarea_constant(router, law, n=1 << 14, seed=5)  # "auto": line sampling for a smooth router
+    assert auto.method != "kernel"
+    within(psi, auto)
 
 
 def test_interface_constant_exact_and_kernel():

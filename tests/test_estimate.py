@@ -159,7 +159,6 @@ def test_estimate_helpers():
     (dict(method="sobol"), ValueError, r"'method' parameter of monte_carlo must be one of 'mc', 'qmc'"),
     (dict(method="qmc", scrambles=1), ValueError, r"'scrambles' parameter of monte_carlo must be an int in \[2, inf\]"),
     (dict(method="qmc", n=3, scrambles=4), ValueError, r"'n' parameter of monte_carlo must be at least scrambles=4"),
-    (dict(method="qmc", target_rel_error=0.1), ValueError, r"'target_rel_error' parameter of monte_carlo must be None"),
     (dict(target_rel_error=0.0), ValueError, r"'target_rel_error' parameter of monte_carlo must be a float in \(0, inf\)"),
     (dict(chunk=0), ValueError, r"'chunk' parameter of monte_carlo"),
     (dict(law="normal"), TypeError, r"'law' parameter of monte_carlo must be a softhard Law"),

@@ -11,6 +11,7 @@ from .coarea import (InterfaceDiagnostic, coarea_constant, coarea_sum, density_a
                      interface_diagnostic, kernel_bandwidth)
 from .estimate import Estimate, draw, mean_estimate, monte_carlo
 from .experts import ConstantExperts, LinearExperts, MLPExperts, as_experts
+from .fast import ScoreSpace, score_space
 from .gap import entropy_slope, gap_slope, gate_entropy_mean, risk_gap
 from .gates import (binary_entropy, concentration_bound, gate_entropy, hard_gate, hard_winner, pairwise_separation,
                     softmax_gate, tail_sum, tolerance_width, top_two_margin, topk_margin)

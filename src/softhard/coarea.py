@@ -34,6 +34,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 
+from . import fast
 from ._validate import as_tensor, check_finite, check_float, check_int, fail
 from .estimate import BLOCK, Estimate, draw, mean_estimate, monte_carlo, resolve_seed
 from .gaussian import interface_constant_exact, pair_density_at_zero
@@ -134,21 +135,28 @@ def coarea_constant(router, law, pair=(0, 1), method: str = "auto", n: int = 1 <
 
     Args:
         router: any router; law: any law on ℝ^d; pair: ``(i, j)``.
-        method: ``"exact"`` (linear router, Gaussian or mixture law: (3.14)), ``"kernel"`` (Monte Carlo
-            kernel estimate, module docstring; bandwidth from the first block of the sample unless
-            given), ``"auto"`` (exact when possible).
+        method: ``"exact"`` (linear router, Gaussian or mixture law: (3.14)), ``"kernel"`` (or ``"mc"``;
+            ``"qmc"`` with scrambled Sobol sampling: Monte Carlo kernel estimate, module docstring;
+            bandwidth from the first block of the sample unless given), ``"conditional"`` (any router under
+            a Gaussian (mixture) law: lines with the Crofton weight, unbiased, no bandwidth,
+            :func:`softhard.fast.coarea_lines`; keyword ``sampling="mc"|"qmc"``), ``"auto"``: exact, else
+            conditional, else kernel (``docs/estimators.md``).
         n, seed: sample size and seed of the kernel estimate; further keywords go to ``monte_carlo``.
 
     Returns:
         a float (exact) or an :class:`~softhard.estimate.Estimate`.
     """
     where = "coarea_constant"
-    method = _method(method, where)
-    if method == "exact" or (method == "auto" and _linear_gaussian(router, law)):
+    gaussian = isinstance(law, (Gaussian, GaussianMixture))
+    method = fast.resolve_method(method, where, exact=_linear_gaussian(router, law), conditional=gaussian,
+                                 fallback="kernel", methods=("auto", "exact", "conditional", "kernel", "mc", "qmc"))
+    if method == "exact":
         return pair_density_at_zero(router, law, pair)
     law, r = _router(router, law, where)
     i, j = _pair(pair, r.num_experts, where)
     n, seed = check_int(n, "n", where), resolve_seed(seed, where)  # one seed for the pilot and the sample
+    if method == "conditional":
+        return fast.coarea_lines(r, law, (i, j), n, seed, **mc)
 
     def g(x):
         a = r.logits(x)
@@ -156,7 +164,8 @@ def coarea_constant(router, law, pair=(0, 1), method: str = "auto", n: int = 1 <
 
     h = kernel_bandwidth(g(_pilot(law, n, seed)).detach().cpu().numpy(), n) if bandwidth is None else check_float(
         bandwidth, "bandwidth", where, 0.0, math.inf)
-    est = monte_carlo(lambda x: _kernel(g(x), h, False), law, n, seed, **mc)
+    est = monte_carlo(lambda x: _kernel(g(x), h, False), law, n, seed, method="qmc" if method == "qmc" else "mc",
+                      **mc)
     return _kernel_estimate(est, h, False)
 
 

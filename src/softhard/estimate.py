@@ -4,23 +4,30 @@ A Monte Carlo quantity is a function ``terms(x) -> (N, ...)`` of per-sample term
 averages it over ``n`` draws of a law in fixed-size blocks and returns an :class:`Estimate`
 ``(value, stderr, n)``.
 
-Reproducibility: block ``b`` (``BLOCK`` samples) is drawn from its own generator seeded by
-``SeedSequence([seed, b])`` and reduced on its own (mean and centred sum of squares, in NumPy,
+Reproducibility: block ``b`` (``BLOCK`` samples) is drawn from its own NumPy generator (SFC64) seeded by
+``SeedSequence([seed, 0, b])`` and reduced on its own (mean and centred sum of squares, in NumPy,
 single-threaded), and blocks are merged in order (Chan et al.). Hence the result depends on
-``(seed, n)`` only — not on ``chunk`` (how many blocks are evaluated per call), the thread count,
-or the device the terms are evaluated on (up to the device's float rounding). Memory is
-``O(chunk · (d + terms))``, flat in ``n``.
+``(seed, n)`` only — not on ``chunk`` (how many blocks are evaluated per call), ``workers`` (threads
+drawing the blocks of a chunk), the thread count, or the device the terms are evaluated on (up to the
+device's float rounding). Inputs are always drawn on the CPU (so a CUDA run averages the same draws)
+and moved to ``device``. Memory is ``O(chunk · (d + terms))``, flat in ``n``. Precision: the draws and
+the terms are computed in the law's dtype (float64 by default; a float32 law with a float32 model
+runs in float32), the reduction always in float64.
 
 Standard errors: plain MC uses the sample standard deviation over :math:`\sqrt n`; scrambled Sobol
 QMC uses ``R`` independent scramblings, value = mean of the ``R`` estimates, stderr = their standard
 deviation over :math:`\sqrt R`. Each scrambled Sobol point is exactly uniform on [0, 1)^s (torch's
-30-bit points get a uniform offset inside their grid cell), so every scrambling is unbiased.
+30-bit points get a uniform offset inside their grid cell), so every scrambling is unbiased. A
+scrambling's points are reduced in blocks of 256, 256, 512, ..., 8192 and then ``BLOCK`` points, the
+sizes at which early stopping (``target_rel_error``) looks at all scramblings together.
 """
 
 from __future__ import annotations
 
+import itertools
 import math
 import time
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Callable
 
@@ -132,9 +139,9 @@ def resolve_seed(seed, where: str = "monte_carlo") -> int:
     return int(seed)
 
 
-def _block_generator(seed: int, b: int, stream: int = 0) -> torch.Generator:
-    s = np.random.SeedSequence([seed, stream, b]).generate_state(1, np.uint64)[0]
-    return torch.Generator().manual_seed(int(s))
+def _block_generator(seed: int, b: int, stream: int = 0) -> np.random.Generator:
+    """The generator of block ``b`` of stream ``stream`` (0: samples, 2: QMC jitter)."""
+    return np.random.Generator(np.random.SFC64(np.random.SeedSequence([seed, stream, b])))
 
 
 def _block_sizes(n: int, start: int = 0, stop: int | None = None):
@@ -172,7 +179,7 @@ def _progress(total: int, enabled: bool, desc: str):
 
 def monte_carlo(terms: Callable[[torch.Tensor], torch.Tensor], law, n: int, seed=0, *, method: str = "mc",
                 scrambles: int = 16, chunk: int | None = None, device=None, target_rel_error: float | None = None,
-                min_n: int = 1 << 14, progress: bool = False, desc: str = "sampling") -> Estimate:
+                min_n: int = 1 << 14, workers: int = 1, progress: bool = False, desc: str = "sampling") -> Estimate:
     r"""Average per-sample terms over a law: :math:`\hat E[t(X)] = \frac1n\sum_i t(X_i)` with its standard error.
 
     Args:
@@ -183,13 +190,18 @@ def monte_carlo(terms: Callable[[torch.Tensor], torch.Tensor], law, n: int, seed
         method: ``"mc"`` (i.i.d. draws) or ``"qmc"`` (scrambled Sobol, ``scrambles`` independent copies).
         chunk: samples evaluated per call of ``terms`` (rounded to whole blocks); changes speed and
             memory, never the result. ``None``: one block (``BLOCK`` samples) per call on the CPU, which
-            avoids concatenating blocks, and 16 blocks per call on another ``device``.
+            avoids concatenating blocks (``workers`` blocks with ``workers > 1``), and 16 blocks per call
+            on another ``device``.
         device: where ``terms`` is evaluated (inputs are drawn on the CPU and moved there).
-        target_rel_error: (``"mc"`` only) stop once every entry has ``stderr <= target·|value|``, after at
-            least ``min_n`` samples; ``n`` is then the budget. The rule is checked after every block, so
-            the stopping point, and the result, depend on ``(seed, n)`` only, not on ``chunk``. An entry
-            whose terms are all 0 so far has ``stderr = 0`` and counts as converged.
+        target_rel_error: stop once every entry has ``stderr <= target·|value|``, after at least ``min_n``
+            samples; ``n`` is then the budget. The rule is checked after every block ("mc"), or after 256,
+            512, 1024, ..., 16384 and then every further 16384 points of every scrambling ("qmc"),
+            so the stopping point, and the result, depend on ``(seed, n)`` only, not on ``chunk``; the
+            result equals a plain run of the length where it stopped. An entry whose terms are all 0 so
+            far has ``stderr = 0`` and counts as converged.
         min_n: (with ``target_rel_error``) the fewest samples before stopping.
+        workers: threads drawing the blocks of a chunk in parallel ("mc"; NumPy releases the GIL while
+            it fills an array); never changes the result.
         progress: show a progress bar.
 
     Returns:
@@ -203,14 +215,12 @@ def monte_carlo(terms: Callable[[torch.Tensor], torch.Tensor], law, n: int, seed
     if method not in ("mc", "qmc"):
         fail("method", "monte_carlo", "one of 'mc', 'qmc'", method)
     seed = resolve_seed(seed)
+    workers = check_int(workers, "workers", "monte_carlo")
     if chunk is None:
-        blocks_per_chunk = 1 if device is None or torch.device(device).type == "cpu" else 16
+        blocks_per_chunk = workers if device is None or torch.device(device).type == "cpu" else max(16, workers)
     else:
         blocks_per_chunk = max(1, check_int(chunk, "chunk", "monte_carlo") // BLOCK)
     if target_rel_error is not None:
-        if method != "mc":
-            fail("target_rel_error", "monte_carlo", "None with method='qmc' (early stopping is for 'mc')",
-                 target_rel_error)
         target_rel_error = check_float(target_rel_error, "target_rel_error", "monte_carlo", 0.0, math.inf)
         min_n = check_int(min_n, "min_n", "monte_carlo")
     if method == "qmc":
@@ -218,15 +228,18 @@ def monte_carlo(terms: Callable[[torch.Tensor], torch.Tensor], law, n: int, seed
         if n < scrambles:
             fail("n", "monte_carlo", f"at least scrambles={scrambles} for QMC", n)
     bar = _progress(n, progress, desc)
+    pool = ThreadPoolExecutor(workers) if workers > 1 else None
     t0 = time.perf_counter()
     try:
         if method == "mc":
-            est = _mc(terms, law, n, seed, blocks_per_chunk, device, target_rel_error, min_n, bar)
+            est = _mc(terms, law, n, seed, blocks_per_chunk, device, target_rel_error, min_n, bar, pool)
         else:
-            est = _qmc(terms, law, n, seed, scrambles, blocks_per_chunk, device, bar)
+            est = _qmc(terms, law, n, seed, scrambles, blocks_per_chunk, device, target_rel_error, min_n, bar)
     finally:
         if bar is not None:
             bar.close()
+        if pool is not None:
+            pool.shutdown()
     est.info["seconds"] = time.perf_counter() - t0
     return est
 
@@ -244,60 +257,91 @@ def _eval(terms, x, device) -> np.ndarray:
     return t
 
 
-def _reduce_chunk(acc: _Moments, t: np.ndarray, sizes, converged: Callable[[_Moments], bool] | None = None) -> bool:
-    """Merge the blocks of one evaluated chunk in order; with ``converged``, stop after the first block
-    at which it holds (so early stopping does not depend on the chunk size). Returns whether it stopped."""
-    start = 0
-    for m in sizes:
-        acc.add_block(t[start:start + m])
-        start += m
-        if converged is not None and converged(acc):
-            return True
-    return False
+def _offsets(sizes) -> list[tuple[int, int]]:
+    """``(start, stop)`` rows of each block of a chunk."""
+    stops = np.cumsum(sizes).tolist()
+    return list(zip([0] + stops[:-1], stops))
 
 
 def _cat(xs: list[torch.Tensor]) -> torch.Tensor:
     return xs[0] if len(xs) == 1 else torch.cat(xs)
 
 
-def _mc(terms, law, n, seed, bpc, device, target, min_n, bar) -> Estimate:
+def _converged(mean: np.ndarray, stderr: np.ndarray, target: float) -> bool:
+    return bool(np.all(stderr <= target * np.abs(mean)))
+
+
+def _mc(terms, law, n, seed, bpc, device, target, min_n, bar, pool) -> Estimate:
     acc = _Moments()
-    converged = None if target is None else (
-        lambda a: a.n >= min_n and bool(np.all(a.stderr() <= target * np.abs(a.mean))))
+    sample = lambda bm: law.sample(bm[1], _block_generator(seed, bm[0]))  # noqa: E731
     for part in _chunks(n, bpc):
-        x = _cat([law.sample(m, _block_generator(seed, b)) for b, m in part])
-        stop = _reduce_chunk(acc, _eval(terms, x, device), [m for _, m in part], converged)
+        x = _cat(list(pool.map(sample, part)) if pool is not None else [sample(bm) for bm in part])
+        t = _eval(terms, x, device)
         if bar is not None:
             bar.update(x.shape[0])
-        if stop:
-            break
+        for a, b in _offsets([m for _, m in part]):  # blocks merged in order; early stop checked after each
+            acc.add_block(t[a:b])
+            if target is not None and acc.n >= min_n and _converged(acc.mean, acc.stderr(), target):
+                return Estimate(_out(acc.mean), _out(acc.stderr()), acc.n, "mc", seed)
     return Estimate(_out(acc.mean), _out(acc.stderr()), acc.n, "mc", seed)
 
 
-def _sobol_block(engine, jitter: torch.Generator, m: int) -> torch.Tensor:
+def _sobol_block(engine, jitter: np.random.Generator, m: int) -> torch.Tensor:
     """``m`` scrambled Sobol points made exactly uniform on [0, 1): torch's points lie on the grid
     ``k / 2**MAXBIT`` (mean ``1/2 - 2**-(MAXBIT+1)``, a bias visible at QMC accuracy), so each point gets an
     independent uniform offset inside its grid cell, which keeps the low-discrepancy structure."""
     u = engine.draw(m, dtype=torch.float64)
-    return u + torch.rand(u.shape, generator=jitter, dtype=torch.float64) * 2.0 ** -engine.MAXBIT
+    return u + torch.from_numpy(jitter.random(tuple(u.shape))) * 2.0 ** -engine.MAXBIT
 
 
-def _qmc(terms, law, n, seed, R, bpc, device, bar) -> Estimate:
-    m_per = n // R
-    means = []
-    for r in range(R):
-        s = int(np.random.SeedSequence([seed, 1, r]).generate_state(1, np.uint32)[0])
-        engine = torch.quasirandom.SobolEngine(law.qmc_dim, scramble=True, seed=s)
-        jitter = _block_generator(seed, r, stream=2)
-        acc = _Moments()
-        for part in _chunks(m_per, bpc):
-            u = _cat([_sobol_block(engine, jitter, m) for _, m in part])
-            _reduce_chunk(acc, _eval(terms, law.from_uniform(u), device), [m for _, m in part])
+_QMC_FIRST = (256, 256, 512, 1024, 2048, 4096, 8192)  # the first BLOCK points of a scrambling, in dyadic pieces
+
+
+def _qmc_sizes(m: int):
+    """Blocks of one scrambling of ``m`` points: the first ``BLOCK`` points in the dyadic pieces ``_QMC_FIRST``
+    (so early stopping can look at small runs, at sizes where Sobol points are balanced), then whole blocks."""
+    start = 0
+    for size in itertools.chain(_QMC_FIRST, itertools.repeat(BLOCK)):
+        if start >= m:
+            return
+        yield min(size, m - start)
+        start += size
+
+
+def _grouped(sizes, bpc: int):
+    """Lists of ``bpc`` consecutive blocks (the last one shorter), lazily."""
+    sizes = iter(sizes)
+    while part := list(itertools.islice(sizes, bpc)):
+        yield part
+
+
+def _qmc(terms, law, n, seed, R, bpc, device, target, min_n, bar) -> Estimate:
+    """``R`` independent scramblings of ``n // R`` points each, advanced together chunk by chunk so that
+    early stopping can look at all of them after every block."""
+    engines = [torch.quasirandom.SobolEngine(law.qmc_dim, scramble=True, seed=int(
+        np.random.SeedSequence([seed, 1, r]).generate_state(1, np.uint32)[0])) for r in range(R)]
+    jitters = [_block_generator(seed, r, stream=2) for r in range(R)]
+    accs = [_Moments() for _ in range(R)]
+
+    def result() -> Estimate:
+        means = np.stack([a.mean for a in accs])
+        return Estimate(_out(means.mean(0)), _out(means.std(0, ddof=1) / math.sqrt(R)), R * accs[0].n, "qmc", seed)
+
+    for part in _grouped(_qmc_sizes(n // R), bpc):
+        ts = []
+        for r in range(R):
+            u = _cat([_sobol_block(engines[r], jitters[r], m) for m in part])
+            ts.append(_eval(terms, law.from_uniform(u), device))
             if bar is not None:
                 bar.update(u.shape[0])
-        means.append(acc.mean)
-    means = np.stack(means)
-    return Estimate(_out(means.mean(0)), _out(means.std(0, ddof=1) / math.sqrt(R)), R * m_per, "qmc", seed)
+        for a, b in _offsets(part):
+            for acc, t in zip(accs, ts):
+                acc.add_block(t[a:b])
+            if target is not None and R * accs[0].n >= min_n:
+                est = result()
+                if _converged(np.asarray(est.value), np.asarray(est.stderr), target):
+                    return est
+    return result()
 
 
 def mean_estimate(values) -> Estimate:
@@ -314,5 +358,6 @@ def mean_estimate(values) -> Estimate:
     if not np.isfinite(t).all():
         fail("values", "mean_estimate", "finite (no NaN or inf)", t)
     acc = _Moments()
-    _reduce_chunk(acc, t, [m for _, m in _block_sizes(t.shape[0])])
+    for a, b in _offsets([m for _, m in _block_sizes(t.shape[0])]):
+        acc.add_block(t[a:b])
     return Estimate(_out(acc.mean), _out(acc.stderr()), acc.n, "sample")

@@ -15,13 +15,14 @@ import math
 
 import torch
 
+from . import fast
 from ._validate import check_float, check_grid, check_int, fail
-from .coarea import _kernel, _kernel_estimate, _method, _pilot, _router, interface_constant, kernel_bandwidth
+from .coarea import _kernel, _kernel_estimate, _pilot, _router, interface_constant, kernel_bandwidth
 from .estimate import Estimate, monte_carlo, resolve_seed
 from .gates import gate_entropy
-from .gaussian import gap_slope_exact, is_binary_linear_gaussian
-from .laws import as_law
-from .moe import MoE, as_teacher, hard_from, soft_from
+from .gaussian import gap_slope_exact, is_binary_linear_gaussian, risk_gap_exact
+from .laws import Gaussian, GaussianMixture, as_law
+from .moe import HardTeacher, MoE, as_teacher, hard_from, soft_from
 
 __all__ = ["risk_gap", "gap_slope", "entropy_slope", "gate_entropy_mean", "LN2", "GAP_CONSTANT",
            "ENTROPY_CONSTANT"]
@@ -29,6 +30,7 @@ __all__ = ["risk_gap", "gap_slope", "entropy_slope", "gate_entropy_mean", "LN2",
 LN2 = math.log(2.0)  # ∫_0^∞ σ(-u) du
 GAP_CONSTANT = 2 * LN2 - 1  # ∫_R (1{u>0} - σ(u))² du
 ENTROPY_CONSTANT = math.pi ** 2 / 3  # ∫_R H(σ(u)) du (nats)
+_SLOPE_METHODS = ("auto", "exact", "conditional", "kernel", "mc", "qmc")
 
 
 def _taus(taus, where: str) -> tuple[torch.Tensor, bool]:
@@ -63,7 +65,14 @@ def risk_gap(moe, law, taus, teacher=None, n: int = 1 << 20, seed=0, method: str
         taus: temperatures, shape ``(T,)``, or a float.
         teacher: ``None`` (the hard-routed ``moe`` itself, :math:`L_0 = 0` without noise), an MoE, a
             :class:`~softhard.moe.Teacher` or a callable ``f*``.
-        n, seed, method: as in ``monte_carlo`` (``"mc"`` or ``"qmc"``); further keywords go there.
+        n, seed: as in ``monte_carlo``; further keywords go there (``target_rel_error`` included).
+        method: ``"mc"`` (the default) or ``"qmc"``: sampling inputs; ``"exact"`` (binary linear MoE with
+            linear experts, Gaussian (mixture) law, a hard binary linear teacher or None:
+            :func:`softhard.gaussian.risk_gap_exact`, ``stderr = 0``); ``"conditional"`` (LinearRouter with
+            linear or constant experts, Gaussian (mixture) law, teacher None or a hard linear MoE: pairwise
+            conditioning in score space with quadrature across each interface, :mod:`softhard.fast`;
+            keyword ``sampling="mc"|"qmc"``); ``"auto"``: exact, else conditional, else ``"mc"``
+            (``docs/estimators.md``).
 
     Returns:
         :class:`~softhard.estimate.Estimate` with value/stderr of shape ``(T,)`` (floats for a float τ).
@@ -71,13 +80,26 @@ def risk_gap(moe, law, taus, teacher=None, n: int = 1 << 20, seed=0, method: str
     where = "risk_gap"
     law = _model(moe, law, where)
     t, scalar = _taus(taus, where)
-    teacher = as_teacher(teacher, moe)
+    space = fast.linear_gap_space(moe, law, teacher)
+    method = fast.resolve_method(method, where, exact=is_binary_linear_gaussian(moe, law, teacher),
+                                 conditional=space is not None,
+                                 conditional_rule="a LinearRouter with linear experts, a Gaussian (mixture) law and a "
+                                 "teacher that is None or a hard linear MoE")
+    if method == "exact":
+        est = fast.exact_estimate(risk_gap_exact(moe, law, t, teacher), "risk_gap_exact")
+    elif method == "conditional":
+        est = fast.risk_gap_linear(moe, law, t, teacher, space, check_int(n, "n", where), seed, **mc)
+    else:
+        teacher = as_teacher(teacher, moe)
+        same = isinstance(teacher, HardTeacher) and teacher.moe is moe
 
-    def terms(x):
-        a, h = moe.logits(x), moe.expert_outputs(x)
-        return teacher.conditional_risk(x, soft_from(a, h, t)) - teacher.conditional_risk(x, hard_from(a, h))[:, None]
+        def terms(x):  # x comes from the law: the trusted path, no validation per block
+            a, h = moe._scores(x)
+            f0 = hard_from(a, h)
+            s = (f0 if same else teacher._signal(x))[:, None]
+            return (s - soft_from(a, h, t)) ** 2 - (s - f0[:, None]) ** 2  # the noise variance cancels
 
-    est = monte_carlo(terms, law, n, seed, method=method, **mc)
+        est = monte_carlo(terms, law, n, seed, method=method, **mc)
     return est[0] if scalar else est
 
 
@@ -89,7 +111,8 @@ def gap_slope(moe, law, teacher=None, n: int = 1 << 20, seed=0, method: str = "a
               + 2\ln2\,\big(D_{ij}(f^*_+ - h_i) - D_{ij}(f^*_- - h_j)\big)\Big]\,dH^{d-1}
 
     (``docs/first_order_gap.md``). ``method="exact"`` (binary linear MoE with linear experts, Gaussian
-    (mixture) law, teacher ``None`` or a hard binary linear MoE): a float. ``method="kernel"``: the
+    (mixture) law, teacher ``None`` or a hard binary linear MoE): a float. ``method="kernel"`` (or
+    ``"mc"``; ``"qmc"`` with scrambled Sobol sampling): the
     surface integral by the coarea formula, as a boundary-kernel average over the samples near an
     interface. Each sample lies on its winner w's side of the interface with its runner-up r, at
     distance :math:`\Delta = g_{wr} \ge 0`, and one-sided averages converge to one-sided traces:
@@ -100,18 +123,29 @@ def gap_slope(moe, law, teacher=None, n: int = 1 << 20, seed=0, method: str = "a
 
     with the boundary kernel :math:`k(u) = (4 - 6u)1\{0\le u\le 1\}` (bias :math:`O(h^2)`) and the
     bandwidth rule of :mod:`softhard.coarea` applied to Δ (first block of the sample). Summing the two
-    sides of :math:`\Gamma_{ij}` gives the formula above. ``"auto"``: exact when possible.
+    sides of :math:`\Gamma_{ij}` gives the formula above. ``method="conditional"`` (Gaussian (mixture)
+    law; no bandwidth, no bias): pairwise conditioning in score space for a LinearRouter with linear
+    experts and a hard linear teacher (or None), else lines with the Crofton weight for any MoE and
+    teacher (:mod:`softhard.fast`; keyword ``sampling="mc"|"qmc"``). ``"auto"``: exact, else
+    conditional, else kernel (``docs/estimators.md``).
 
     Returns:
-        a float (exact) or an :class:`~softhard.estimate.Estimate` (method ``"kernel"``).
+        a float (exact) or an :class:`~softhard.estimate.Estimate` (method ``"kernel"`` or ``"conditional"``).
     """
     where = "gap_slope"
-    method = _method(method, where)
-    if method == "exact" or (method == "auto" and is_binary_linear_gaussian(moe, law, teacher)):
+    gaussian = isinstance(law, (Gaussian, GaussianMixture))
+    method = fast.resolve_method(method, where, exact=is_binary_linear_gaussian(moe, law, teacher),
+                                 conditional=gaussian, fallback="kernel", methods=_SLOPE_METHODS)
+    if method == "exact":
         return gap_slope_exact(moe, law, teacher)
     law = _model(moe, law, where)
-    teacher = as_teacher(teacher, moe)
     n, seed = check_int(n, "n", where), resolve_seed(seed, where)  # one seed for the pilot and the sample
+    if method == "conditional":
+        space = fast.linear_gap_space(moe, law, teacher)
+        if space is not None:
+            return fast.gap_slope_linear(moe, law, teacher, space, n, seed, **mc)
+        return fast.gap_slope_lines(moe, law, as_teacher(teacher, moe), n, seed, **mc)
+    teacher = as_teacher(teacher, moe)
 
     def margin(a):
         top = torch.topk(a, 2, dim=-1)
@@ -124,13 +158,14 @@ def gap_slope(moe, law, teacher=None, n: int = 1 << 20, seed=0, method: str = "a
         h = check_float(bandwidth, "bandwidth", where, 0.0, math.inf)
 
     def terms(x):
-        a, e = moe.logits(x), moe.expert_outputs(x)
+        a, e = moe._scores(x)
         delta, idx = margin(a)
         hw, hr = e.gather(1, idx[:, :1])[:, 0], e.gather(1, idx[:, 1:])[:, 0]
         D = hw - hr
-        return _kernel(delta, h, True) * ((LN2 - 0.5) * D * D + 2 * LN2 * D * (teacher.signal(x) - hw))
+        return _kernel(delta, h, True) * ((LN2 - 0.5) * D * D + 2 * LN2 * D * (teacher._signal(x) - hw))
 
-    return _kernel_estimate(monte_carlo(terms, law, n, seed, **mc), h, True)
+    return _kernel_estimate(monte_carlo(terms, law, n, seed, method="qmc" if method == "qmc" else "mc", **mc), h,
+                            True)
 
 
 def entropy_slope(router, law, method: str = "auto", n: int = 1 << 20, seed=0, bandwidth: float | None = None,

@@ -3,7 +3,9 @@ r"""Input laws μ on ℝ^d (paper §2): sampling from a generator, from uniforms
 Every law exposes
 
 - ``d``: the input dimension;
-- ``sample(n, generator) -> (n, d)``: i.i.d. draws using only ``generator``;
+- ``sample(n, generator) -> (n, d)``: i.i.d. draws using only ``generator`` (a ``torch.Generator`` or a
+  ``numpy.random.Generator``; the reducer uses NumPy generators, whose float64 normals are about twice
+  as fast as torch's on the CPU);
 - ``qmc_dim`` and ``from_uniform(u) -> (n, d)``: the same law as a map of ``u ~ U[0,1)^qmc_dim``
   (used by scrambled Sobol quasi-Monte Carlo);
 - ``log_prob(x) -> (n,)``: the log density where there is one.
@@ -23,6 +25,23 @@ from ._validate import DTYPE, as_tensor, check_finite, check_inputs, check_int, 
 __all__ = ["Law", "Gaussian", "GaussianMixture", "Uniform", "Empirical"]
 
 _U_EPS = 1e-15
+_NP_DTYPES = {torch.float32: np.float32, torch.float64: np.float64}
+
+
+def _normal(generator, shape: tuple, dtype: torch.dtype, device) -> torch.Tensor:
+    """Standard normals of ``shape`` from a torch or NumPy generator, in ``dtype`` on ``device``."""
+    if isinstance(generator, np.random.Generator):
+        z = generator.standard_normal(shape, dtype=_NP_DTYPES.get(dtype, np.float64))
+        return torch.from_numpy(z).to(device=device, dtype=dtype)
+    return torch.randn(shape, generator=generator, dtype=dtype, device="cpu").to(device)
+
+
+def _uniform(generator, shape: tuple, dtype: torch.dtype, device) -> torch.Tensor:
+    """Uniforms on [0, 1) of ``shape`` from a torch or NumPy generator, in ``dtype`` on ``device``."""
+    if isinstance(generator, np.random.Generator):
+        u = generator.random(shape, dtype=_NP_DTYPES.get(dtype, np.float64))
+        return torch.from_numpy(u).to(device=device, dtype=dtype)
+    return torch.rand(shape, generator=generator, dtype=dtype, device="cpu").to(device)
 
 
 class Law:
@@ -33,7 +52,7 @@ class Law:
     dtype: torch.dtype = DTYPE
     device: torch.device = torch.device("cpu")
 
-    def sample(self, n: int, generator: torch.Generator | None = None) -> torch.Tensor:
+    def sample(self, n: int, generator: torch.Generator | np.random.Generator | None = None) -> torch.Tensor:
         raise NotImplementedError
 
     def from_uniform(self, u: torch.Tensor) -> torch.Tensor:
@@ -110,8 +129,7 @@ class Gaussian(Law):
         return self.mean + z @ L.T
 
     def sample(self, n, generator=None):
-        z = torch.randn(self._n(n), self.d, generator=generator, dtype=self.dtype, device="cpu").to(self.device)
-        return self._affine(z)
+        return self._affine(_normal(generator, (self._n(n), self.d), self.dtype, self.device))
 
     def from_uniform(self, u):
         return self._affine(torch.special.ndtri(u.to(self.dtype).clamp(_U_EPS, 1 - _U_EPS)))
@@ -184,9 +202,8 @@ class GaussianMixture(Law):
 
     def sample(self, n, generator=None):
         n = self._n(n)
-        u = torch.rand(n, generator=generator, dtype=self.dtype, device="cpu").to(self.device)
-        z = torch.randn(n, self.d, generator=generator, dtype=self.dtype, device="cpu").to(self.device)
-        return self._assemble(self._pick(u), z)
+        u = _uniform(generator, (n,), self.dtype, self.device)
+        return self._assemble(self._pick(u), _normal(generator, (n, self.d), self.dtype, self.device))
 
     def from_uniform(self, u):
         z = torch.special.ndtri(u[:, 1:].to(self.dtype).clamp(_U_EPS, 1 - _U_EPS))
@@ -219,8 +236,7 @@ class Uniform(Law):
         self.dtype, self.device = dtype, lo.device
 
     def sample(self, n, generator=None):
-        u = torch.rand(self._n(n), self.d, generator=generator, dtype=self.dtype, device="cpu").to(self.device)
-        return self.from_uniform(u)
+        return self.from_uniform(_uniform(generator, (self._n(n), self.d), self.dtype, self.device))
 
     def from_uniform(self, u):
         return self.low + u.to(self.dtype) * (self.high - self.low)
@@ -254,7 +270,11 @@ class Empirical(Law):
         return self.points
 
     def sample(self, n, generator=None):
-        idx = torch.randint(self.points.shape[0], (self._n(n),), generator=generator, device="cpu")
+        N, n = self.points.shape[0], self._n(n)
+        if isinstance(generator, np.random.Generator):
+            idx = torch.from_numpy(generator.integers(N, size=n))
+        else:
+            idx = torch.randint(N, (n,), generator=generator, device="cpu")
         return self.points[idx.to(self.device)]
 
     def from_uniform(self, u):

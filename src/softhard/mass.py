@@ -15,11 +15,13 @@ import math
 
 import torch
 
+from . import fast
 from ._validate import check_float, check_grid, check_int, check_logits, fail
 from .estimate import Estimate, monte_carlo
 from .gates import pairwise_separation, top_two_margin, topk_margin
-from .laws import as_law
-from .routers import as_router
+from .gaussian import _PAIRWISE_MAX_K, boundary_mass_exact
+from .laws import Gaussian, GaussianMixture, as_law
+from .routers import LinearRouter, as_router
 
 __all__ = ["boundary_mass", "ambiguity_mass", "margin_function", "MARGINS"]
 
@@ -51,7 +53,14 @@ def boundary_mass(router, law, widths, kind: str = "top2", n: int = 1 << 20, see
         kind: ``"top2"`` or ``"pairwise"``.
         n, seed: sample size and seed; the estimate depends on ``(seed, n)`` only.
         k: with ``kind="top2"``, use the top-k margin :math:`a_{(k)} - a_{(k+1)}` instead [beyond].
-        method: ``"mc"`` or ``"qmc"``; further keywords go to :func:`softhard.estimate.monte_carlo`.
+        method: ``"mc"`` (plain Monte Carlo over inputs, the default) or ``"qmc"`` (scrambled Sobol);
+            ``"exact"`` (LinearRouter, Gaussian (mixture) law, k = 1:
+            :func:`softhard.gaussian.boundary_mass_exact`, ``stderr = 0``); ``"conditional"`` (Gaussian
+            (mixture) law, ``kind="top2"``, k = 1: pairwise conditioning in score space for a LinearRouter,
+            lines with the Crofton weight otherwise, :mod:`softhard.fast`; keyword ``sampling="mc"|"qmc"``);
+            ``"auto"``: exact, else conditional, else QMC in score space for a LinearRouter under a
+            Gaussian law, else plain MC (``docs/estimators.md``). Further keywords go to
+            :func:`softhard.estimate.monte_carlo` (``target_rel_error`` works for every sampling method).
 
     Returns:
         :class:`Estimate` whose ``value``/``stderr`` have shape ``(W,)`` (floats for a float width).
@@ -63,12 +72,29 @@ def boundary_mass(router, law, widths, kind: str = "top2", n: int = 1 << 20, see
     if kind == "pairwise" and k != 1:
         fail("k", "boundary_mass", "1 with kind='pairwise' (the top-k margin is for kind='top2')", k)
     margin = margin_function(kind, check_int(k, "k", "boundary_mass", 1, r.num_experts - 1))
+    gaussian = isinstance(law, (Gaussian, GaussianMixture))
+    linear = isinstance(r, LinearRouter) and gaussian
+    in_score_space = linear and method == "auto"  # auto's last resort samples the logits directly
+    method = fast.resolve_method(
+        method, "boundary_mass", exact=linear and k == 1 and (kind == "top2" or r.num_experts <= _PAIRWISE_MAX_K),
+        conditional=gaussian and kind == "top2" and k == 1, fallback="qmc" if linear else "mc",
+        conditional_rule="a Gaussian or GaussianMixture law, kind='top2' and k=1")
+    if method == "exact":
+        est = fast.exact_estimate(boundary_mass_exact(r, law, w, kind), "boundary_mass_exact")
+    elif method == "conditional":
+        est = (fast.boundary_mass_linear if isinstance(r, LinearRouter) else fast.boundary_mass_lines)(
+            r, law, w, n, seed, **mc)
+    elif in_score_space:
+        space = fast.score_space(r, law)
+        est = monte_carlo(lambda y: (margin(y)[:, None] <= w.to(y)).to(torch.float64), space.law, n, seed,
+                          method=method, **mc)
+        est.info["space"] = "score"
+    else:
+        def terms(x):  # x comes from the law (finite, (N, d)); the margin validates the logits
+            m = margin(r(x))
+            return (m[:, None] <= w.to(m)).to(torch.float64)
 
-    def terms(x):  # x comes from the law (finite, (N, d)); the margin validates the logits
-        m = margin(r(x))
-        return (m[:, None] <= w.to(m)).to(torch.float64)
-
-    est = monte_carlo(terms, law, n, seed, method=method, **mc)
+        est = monte_carlo(terms, law, n, seed, method=method, **mc)
     return est[0] if _is_scalar(widths) else est
 
 

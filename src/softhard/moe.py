@@ -14,7 +14,7 @@ from torch import nn
 
 from ._validate import as_tensor, check_finite, check_float, check_grid, check_inputs, fail
 from .experts import as_experts
-from .routers import as_router
+from .routers import _cast, as_router
 
 __all__ = ["MoE", "Teacher", "HardTeacher", "FunctionTeacher", "as_teacher"]
 
@@ -62,6 +62,11 @@ class MoE(nn.Module):
     def expert_outputs(self, x) -> torch.Tensor:
         """Expert outputs ``h(x)``, shape ``(N, K)``."""
         return self.experts.outputs(self._x(x, "MoE.expert_outputs"))
+
+    def _scores(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Logits and expert outputs ``(N, K)`` each, without validating ``x``: the trusted path for
+        estimator loops, whose inputs come from a law (finite, ``(N, d)``), validated once per call."""
+        return self.router(_cast(self.router, x)), self.experts(_cast(self.experts, x))
 
     def soft(self, x, tau) -> torch.Tensor:
         r"""Soft prediction :math:`f_\tau(x)` (2.4): shape ``(N,)`` for a float τ, ``(N, T)`` for a grid."""
@@ -125,6 +130,10 @@ class Teacher:
             return f
         return f + self.noise_std * torch.randn(f.shape, generator=generator, dtype=f.dtype, device="cpu").to(f.device)
 
+    def _signal(self, x: torch.Tensor) -> torch.Tensor:
+        """:meth:`signal` on trusted inputs (estimator loops); validates by default."""
+        return self.signal(x)
+
     def conditional_risk(self, x: torch.Tensor, f: torch.Tensor) -> torch.Tensor:
         r""":math:`E[(Y - f(X))^2 \mid X = x]`; ``f`` of shape ``(N,)`` or ``(N, T)``."""
         s = self.signal(x)
@@ -143,6 +152,9 @@ class HardTeacher(Teacher):
 
     def signal(self, x):
         return self.moe.hard(x)
+
+    def _signal(self, x):
+        return hard_from(*self.moe._scores(x))
 
 
 class FunctionTeacher(Teacher):

@@ -9,7 +9,6 @@ from typing import Callable
 
 import torch
 from torch import nn
-from torch.nn.utils import skip_init
 
 from ._validate import DTYPE, as_tensor, check_finite, check_float, check_inputs, check_int, fail
 
@@ -72,6 +71,14 @@ class LinearRouter(Router):
         return cls(W, torch.tensor([b / 2, -b / 2], dtype=v.dtype, device=v.device), **kw)
 
 
+class _Linear(nn.Linear):
+    """``nn.Linear`` without its default initialisation (which draws from the global RNG); the owner
+    initialises the parameters from its own seeded generator."""
+
+    def reset_parameters(self):
+        pass
+
+
 class MLPRouter(Router):
     r"""One- or multi-hidden-layer MLP router ``d -> hidden -> ... -> K`` (float64).
 
@@ -93,9 +100,9 @@ class MLPRouter(Router):
         layers, prev = [], d
         for h in hidden:
             h = check_int(h, "hidden", "MLPRouter")
-            layers += [skip_init(nn.Linear, prev, h, dtype=DTYPE), acts[activation]()]
+            layers += [_Linear(prev, h, dtype=DTYPE), acts[activation]()]
             prev = h
-        layers.append(skip_init(nn.Linear, prev, K, dtype=DTYPE))
+        layers.append(_Linear(prev, K, dtype=DTYPE))
         self.net = nn.Sequential(*layers)
         with torch.no_grad():
             for p in self.net.parameters():  # deterministic, generator-only init
