@@ -254,6 +254,14 @@ def test_auto_rule_and_exact_estimates():
     assert sh.coarea_constant(sphere_router(2, 0.5), uni, method="qmc", n=1 << 12).info["kernel"] == "Epanechnikov"
 
 
+def test_conditional_n_is_a_budget():
+    r = k4_router()
+    stopped = sh.boundary_mass(r, MIX5, 0.3, method="conditional", n=1 << 20, seed=1)
+    assert stopped.n < 1 << 20 and stopped.stderr <= fast.CONDITIONAL_TARGET * stopped.value
+    full = sh.boundary_mass(r, MIX5, 0.3, method="conditional", n=1 << 15, seed=1, target_rel_error=None)
+    assert full.n == 1 << 15
+
+
 def test_bad_methods_raise_with_template():
     r = k4_router()
     uni = sh.Uniform([-1.0] * 5, [1.0] * 5)

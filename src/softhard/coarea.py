@@ -139,7 +139,8 @@ def coarea_constant(router, law, pair=(0, 1), method: str = "auto", n: int = 1 <
             ``"qmc"`` with scrambled Sobol sampling: Monte Carlo kernel estimate, module docstring;
             bandwidth from the first block of the sample unless given), ``"conditional"`` (any router under
             a Gaussian (mixture) law: lines with the Crofton weight, unbiased, no bandwidth,
-            :func:`softhard.fast.coarea_lines`; keyword ``sampling="mc"|"qmc"``), ``"auto"``: exact, else
+            :func:`softhard.fast.coarea_lines`; keyword ``sampling="mc"|"qmc"``; ``n`` is a budget: it
+            stops at ``target_rel_error``, 5e-3 unless given), ``"auto"``: exact, else
             conditional, else kernel (``docs/estimators.md``).
         n, seed: sample size and seed of the kernel estimate; further keywords go to ``monte_carlo``.
 

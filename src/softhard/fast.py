@@ -51,10 +51,12 @@ from .laws import _U_EPS, Gaussian, GaussianMixture, Law, _normal, _uniform
 from .moe import HardTeacher, MoE, Teacher, hard_from
 from .routers import LinearRouter, _cast
 
-__all__ = ["ScoreSpace", "score_space", "crofton_constant", "resolve_method", "METHODS", "SAMPLINGS"]
+__all__ = ["ScoreSpace", "score_space", "crofton_constant", "resolve_method", "METHODS", "SAMPLINGS",
+           "CONDITIONAL_TARGET"]
 
 METHODS = ("auto", "mc", "qmc", "conditional", "exact")
 SAMPLINGS = ("mc", "qmc")
+CONDITIONAL_TARGET = 5e-3  # default relative error at which a conditional estimator stops (n is then a budget)
 _LN2 = math.log(2.0)
 _GL_X, _GL_W = (torch.tensor(a, dtype=DTYPE) for a in np.polynomial.legendre.leggauss(8))
 _TAIL_TAU = 64.0  # the gap integrand is O(exp(-|g|/τ)): cut at |g| = 64τ (e^-64 < 1e-27)
@@ -318,6 +320,9 @@ def _check_sampling(sampling, where: str) -> str:
 
 
 def _run(terms, draws: Law, n, seed, sampling: str, where: str, mc: dict, info: dict) -> Estimate:
+    """Reduce conditional terms with the one reducer; ``n`` is a budget: unless ``target_rel_error`` is given
+    (``None``: use all ``n`` draws), sampling stops at ``CONDITIONAL_TARGET``."""
+    mc = {"target_rel_error": CONDITIONAL_TARGET, **mc}
     est = monte_carlo(lambda d: _batched(terms, d), draws, n, seed, method=_check_sampling(sampling, where), **mc)
     return Estimate(est.value, est.stderr, est.n, "conditional", est.seed, {**est.info, "sampling": sampling, **info})
 

@@ -71,7 +71,8 @@ def risk_gap(moe, law, taus, teacher=None, n: int = 1 << 20, seed=0, method: str
             :func:`softhard.gaussian.risk_gap_exact`, ``stderr = 0``); ``"conditional"`` (LinearRouter with
             linear or constant experts, Gaussian (mixture) law, teacher None or a hard linear MoE: pairwise
             conditioning in score space with quadrature across each interface, :mod:`softhard.fast`;
-            keyword ``sampling="mc"|"qmc"``); ``"auto"``: exact, else conditional, else ``"mc"``
+            keyword ``sampling="mc"|"qmc"``; ``n`` is a budget: it stops at ``target_rel_error``, 5e-3
+            unless given); ``"auto"``: exact, else conditional, else ``"mc"``
             (``docs/estimators.md``).
 
     Returns:
@@ -126,7 +127,8 @@ def gap_slope(moe, law, teacher=None, n: int = 1 << 20, seed=0, method: str = "a
     sides of :math:`\Gamma_{ij}` gives the formula above. ``method="conditional"`` (Gaussian (mixture)
     law; no bandwidth, no bias): pairwise conditioning in score space for a LinearRouter with linear
     experts and a hard linear teacher (or None), else lines with the Crofton weight for any MoE and
-    teacher (:mod:`softhard.fast`; keyword ``sampling="mc"|"qmc"``). ``"auto"``: exact, else
+    teacher (:mod:`softhard.fast`; keyword ``sampling="mc"|"qmc"``; ``n`` is a budget: it stops at
+    ``target_rel_error``, 5e-3 unless given). ``"auto"``: exact, else
     conditional, else kernel (``docs/estimators.md``).
 
     Returns:

@@ -57,7 +57,8 @@ def boundary_mass(router, law, widths, kind: str = "top2", n: int = 1 << 20, see
             ``"exact"`` (LinearRouter, Gaussian (mixture) law, k = 1:
             :func:`softhard.gaussian.boundary_mass_exact`, ``stderr = 0``); ``"conditional"`` (Gaussian
             (mixture) law, ``kind="top2"``, k = 1: pairwise conditioning in score space for a LinearRouter,
-            lines with the Crofton weight otherwise, :mod:`softhard.fast`; keyword ``sampling="mc"|"qmc"``);
+            lines with the Crofton weight otherwise, :mod:`softhard.fast`; keyword ``sampling="mc"|"qmc"``;
+            ``n`` is a budget: it stops at ``target_rel_error``, 5e-3 unless given);
             ``"auto"``: exact, else conditional, else QMC in score space for a LinearRouter under a
             Gaussian law, else plain MC (``docs/estimators.md``). Further keywords go to
             :func:`softhard.estimate.monte_carlo` (``target_rel_error`` works for every sampling method).
