@@ -8,7 +8,7 @@ import torch
 from torch import nn
 
 from ._validate import DTYPE, as_tensor, check_finite, check_inputs, check_int, fail
-from .routers import _cast, _probe
+from .routers import _cast, _probe, set_affine
 
 __all__ = ["Experts", "LinearExperts", "ConstantExperts", "MLPExperts", "as_experts"]
 
@@ -37,20 +37,7 @@ class LinearExperts(Experts):
 
     def __init__(self, weight, bias=None, *, trainable: bool = False):
         super().__init__()
-        W = as_tensor(weight, "weight", "LinearExperts")
-        if W.ndim != 2 or W.shape[0] < 1 or W.shape[1] < 1:
-            fail("weight", "LinearExperts", "an array of shape (K, d) with K, d >= 1", f"shape {tuple(W.shape)}")
-        check_finite(W, "weight", "LinearExperts")
-        b = torch.zeros(W.shape[0], dtype=W.dtype, device=W.device) if bias is None else as_tensor(
-            bias, "bias", "LinearExperts", dtype=W.dtype, device=W.device)
-        if b.shape != (W.shape[0],):
-            fail("bias", "LinearExperts", f"an array of shape ({W.shape[0]},)", f"shape {tuple(b.shape)}")
-        check_finite(b, "bias", "LinearExperts")
-        if trainable:
-            self.weight, self.bias = nn.Parameter(W.clone()), nn.Parameter(b.clone())
-        else:
-            self.register_buffer("weight", W.clone())
-            self.register_buffer("bias", b.clone())
+        W = set_affine(self, weight, bias, "LinearExperts", min_rows=1, trainable=trainable)
         self.num_experts, self.d = W.shape
 
     def forward(self, x):

@@ -30,6 +30,26 @@ class Router(nn.Module):
         return a
 
 
+def set_affine(module: nn.Module, weight, bias, where: str, min_rows: int, trainable: bool) -> torch.Tensor:
+    """Validate ``weight (K, d)`` (``K >= min_rows``) and ``bias (K,)`` (zeros if ``None``), store them on
+    ``module`` as ``weight``/``bias`` (parameters if ``trainable``, else buffers); returns the weight."""
+    W = as_tensor(weight, "weight", where)
+    if W.ndim != 2 or W.shape[0] < min_rows or W.shape[1] < 1:
+        fail("weight", where, f"an array of shape (K, d) with K >= {min_rows}, d >= 1", f"shape {tuple(W.shape)}")
+    check_finite(W, "weight", where)
+    b = torch.zeros(W.shape[0], dtype=W.dtype, device=W.device) if bias is None else as_tensor(
+        bias, "bias", where, dtype=W.dtype, device=W.device)
+    if b.shape != (W.shape[0],):
+        fail("bias", where, f"an array of shape ({W.shape[0]},)", f"shape {tuple(b.shape)}")
+    check_finite(b, "bias", where)
+    if trainable:
+        module.weight, module.bias = nn.Parameter(W.clone()), nn.Parameter(b.clone())
+    else:
+        module.register_buffer("weight", W.clone())
+        module.register_buffer("bias", b.clone())
+    return W
+
+
 class LinearRouter(Router):
     r"""Linear router :math:`a(x) = W x + b` (``nn.Linear`` convention).
 
@@ -41,20 +61,7 @@ class LinearRouter(Router):
 
     def __init__(self, weight, bias=None, *, trainable: bool = False):
         super().__init__()
-        W = as_tensor(weight, "weight", "LinearRouter")
-        if W.ndim != 2 or W.shape[0] < 2 or W.shape[1] < 1:
-            fail("weight", "LinearRouter", "an array of shape (K, d) with K >= 2, d >= 1", f"shape {tuple(W.shape)}")
-        check_finite(W, "weight", "LinearRouter")
-        b = torch.zeros(W.shape[0], dtype=W.dtype, device=W.device) if bias is None else as_tensor(
-            bias, "bias", "LinearRouter", dtype=W.dtype, device=W.device)
-        if b.shape != (W.shape[0],):
-            fail("bias", "LinearRouter", f"an array of shape ({W.shape[0]},)", f"shape {tuple(b.shape)}")
-        check_finite(b, "bias", "LinearRouter")
-        if trainable:
-            self.weight, self.bias = nn.Parameter(W.clone()), nn.Parameter(b.clone())
-        else:
-            self.register_buffer("weight", W.clone())
-            self.register_buffer("bias", b.clone())
+        W = set_affine(self, weight, bias, "LinearRouter", min_rows=2, trainable=trainable)
         self.num_experts, self.d = W.shape
 
     def forward(self, x):

@@ -25,12 +25,12 @@ import torch
 from scipy.optimize import linear_sum_assignment
 from torch import nn
 
-from ._validate import DTYPE, as_tensor, check_finite, check_float, check_int, fail
+from ._validate import DTYPE, as_tensor, check_float, check_int, fail
 from .estimate import Estimate, mean_estimate, monte_carlo
 from .experts import LinearExperts, MLPExperts
 from .laws import Gaussian, Law, as_law
 from .moe import HardTeacher, MoE, soft_from
-from .routers import LinearRouter, MLPRouter, Router
+from .routers import LinearRouter, MLPRouter, Router, set_affine
 
 __all__ = ["UnitLinearRouter", "PartitionTeacher", "make_student", "Problem", "binary_problem", "voronoi3_problem",
            "PROBLEMS", "get_problem", "Recovery", "recovery", "Decomposition", "risk_decomposition"]
@@ -60,23 +60,10 @@ class UnitLinearRouter(Router):
 
     def __init__(self, weight, bias=None, *, scale: float = 1.0, trainable: bool = True):
         super().__init__()
-        W = as_tensor(weight, "weight", "UnitLinearRouter")
-        if W.ndim != 2 or W.shape[0] < 2:
-            fail("weight", "UnitLinearRouter", "an array of shape (K, d) with K >= 2", f"shape {tuple(W.shape)}")
-        check_finite(W, "weight", "UnitLinearRouter")
+        W = set_affine(self, weight, bias, "UnitLinearRouter", min_rows=2, trainable=trainable)
         if float(torch.linalg.norm(W - W.mean(0))) == 0.0:
             fail("weight", "UnitLinearRouter", "an array whose rows are not all equal", W)
-        b = torch.zeros(W.shape[0], dtype=W.dtype) if bias is None else as_tensor(bias, "bias", "UnitLinearRouter",
-                                                                                   dtype=W.dtype)
-        if b.shape != (W.shape[0],):
-            fail("bias", "UnitLinearRouter", f"an array of shape ({W.shape[0]},)", f"shape {tuple(b.shape)}")
-        check_finite(b, "bias", "UnitLinearRouter")
         self.scale = check_float(scale, "scale", "UnitLinearRouter", 0.0, math.inf)
-        if trainable:
-            self.weight, self.bias = nn.Parameter(W.clone()), nn.Parameter(b.clone())
-        else:
-            self.register_buffer("weight", W.clone())
-            self.register_buffer("bias", b.clone())
         self.num_experts, self.d = W.shape
 
     def effective(self, weight=None, bias=None) -> tuple[torch.Tensor, torch.Tensor]:
