@@ -44,8 +44,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import baseline  # noqa: E402
 
 import softhard as sh  # noqa: E402
-from softhard.estimate import BLOCK, _block_generator  # noqa: E402
-from softhard.report.io import atomic_write, to_jsonable  # noqa: E402
+from softhard.estimators.reducer import BLOCK, _block_generator  # noqa: E402
+from softhard.results.io import atomic_write, to_jsonable  # noqa: E402
 
 TARGET = 0.01
 BUDGET = 1 << 30  # sample budget of the early-stopping runs (never reached)

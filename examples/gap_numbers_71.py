@@ -1,5 +1,12 @@
 """Issue 3 closing numbers for the §7.1 design: G_1, gap/τ, the bounds (run: .venv/bin/python examples/gap_numbers_71.py)."""
-import math, time, numpy as np, torch, softhard as sh
+import math
+import time
+
+import numpy as np
+import torch
+
+import softhard as sh
+
 moe = sh.MoE(sh.LinearRouter.binary([1.0, 0.0]), sh.LinearExperts([[0.0, 1.0], [0.0, -1.0]]))
 law = sh.Gaussian.standard(2)
 taus = [0.1, 0.01, 0.001]

@@ -1,6 +1,9 @@
 """Issue 6 check: exact shape gradient of the profiled hard risk against central finite differences (run: .venv/bin/python examples/shape_fd_check.py)."""
-import numpy as np, torch
-from softhard import LinearRouter, binary_problem, voronoi3_problem, profiled_hard_risk, shape_gradient
+import numpy as np
+import torch
+
+from softhard import LinearRouter, binary_problem, profiled_hard_risk, shape_gradient, voronoi3_problem
+
 for prob in (binary_problem(), voronoi3_problem()):
     for seed in (3, 11):
         g = torch.Generator().manual_seed(seed); K = prob.num_experts

@@ -11,7 +11,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from softhard import Gaussian, monte_carlo
-from softhard.experiments import Table
+from softhard.results.table import Table
 
 
 def mass(tau: float, offset: float, seed: int, samples: int = 4096, sleep: float = 0.0) -> dict:

@@ -9,7 +9,8 @@ import torch
 from scipy import integrate, stats
 
 import softhard as sh
-from softhard import coarea
+from softhard.closed.boundary import pair_score
+from softhard.estimators import kernel
 
 TEMPLATE = r"The '\w+' parameter of [\w.]+ must be "
 
@@ -62,7 +63,7 @@ def test_coarea_constant_exact_and_kernel():
     for pair in [(0, 1), (1, 2)]:
         exact = sh.coarea_constant(router, law, pair)
         assert isinstance(exact, float)
-        v, c = sh.gaussian.pair_score(router, pair)
+        v, c = pair_score(router, pair)
         m_g, s = float(v @ law.mean) + c, math.sqrt(float(v @ law.cov @ v))
         assert exact == pytest.approx(stats.norm.pdf(0, m_g, s), rel=1e-14)  # (3.14)
         within(exact, sh.coarea_constant(router, law, pair, method="kernel", n=1 << 15, seed=3))
@@ -123,7 +124,7 @@ def test_bad_input_raises_with_template():
     with pytest.raises(ValueError, match=TEMPLATE):
         sh.density_at_zero([0.0, 1.0, 2.0], bandwidth=0.0)
     with pytest.raises(ValueError, match=TEMPLATE):
-        coarea.kernel_bandwidth(np.zeros(10))
+        kernel.kernel_bandwidth(np.zeros(10))
     router, law = k3_router()
     with pytest.raises(ValueError, match=TEMPLATE):
         sh.coarea_constant(router, law, method="histogram")

@@ -9,8 +9,21 @@ import pytest
 import torch
 from torch import nn
 
-from softhard import (ConstantExperts, Empirical, Gaussian, GaussianMixture, LinearExperts, LinearRouter, MLPExperts,
-                      MLPRouter, Uniform, ambiguity_mass, as_experts, as_router, boundary_mass)
+from softhard import (
+    ConstantExperts,
+    Empirical,
+    Gaussian,
+    GaussianMixture,
+    LinearExperts,
+    LinearRouter,
+    MLPExperts,
+    MLPRouter,
+    Uniform,
+    ambiguity_mass,
+    as_experts,
+    as_router,
+    boundary_mass,
+)
 
 D, K, N = 4, 3, 64
 F64 = torch.float64

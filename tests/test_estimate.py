@@ -8,7 +8,7 @@ import torch
 from scipy import stats
 
 from softhard import Estimate, Gaussian, LinearRouter, Uniform, draw, mean_estimate, monte_carlo, top_two_margin
-from softhard.estimate import BLOCK
+from softhard.estimators.reducer import BLOCK
 
 F64 = torch.float64
 LAW = Gaussian(torch.tensor([0.5, -1.0, 0.0]), torch.tensor([[1.0, 0.3, 0.0], [0.3, 2.0, -0.4], [0.0, -0.4, 0.7]]))

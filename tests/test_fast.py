@@ -1,6 +1,6 @@
 """Fast estimators (issue 8): score space, conditional Monte Carlo, lines with the Crofton weight, the
 method dispatch, QMC early stopping, and the reducer's speed options. Exact values come from the closed
-forms of softhard.gaussian (checked elsewhere against sampling) or from SciPy quadrature."""
+forms of softhard.closed (checked elsewhere against sampling) or from SciPy quadrature."""
 
 import math
 
@@ -12,8 +12,11 @@ from hypothesis import strategies as st
 from scipy import integrate, stats
 
 import softhard as sh
-from softhard import fast
-from softhard.estimate import BLOCK
+from softhard.estimators import lines as L
+from softhard.estimators import registry
+from softhard.estimators.reducer import BLOCK
+from softhard.estimators.score_space import score_space
+from softhard.model.gates import top_two
 
 F64 = torch.float64
 TEMPLATE = r"The '\w+' parameter of [\w.]+ must be "
@@ -71,7 +74,7 @@ def squares_beta(w, K=3):
 def test_score_space_moments_and_sampling():
     moe, law = k3_design()
     law = sh.Gaussian([0.3, -0.2, 0.1], [[1.0, 0.3, 0.0], [0.3, 2.0, 0.1], [0.0, 0.1, 0.5]])
-    space = fast.score_space(moe, law)
+    space = score_space(moe, law)
     assert space.slices == {"logits": slice(0, 3), "outputs": slice(3, 6)}
     W = torch.cat([moe.router.weight, moe.experts.weight])
     torch.testing.assert_close(space.law.mean, W @ law.mean, rtol=0, atol=1e-14)
@@ -83,7 +86,7 @@ def test_score_space_moments_and_sampling():
     for s in (y, z):
         se = s.std(0) / math.sqrt(s.shape[0])
         assert torch.all((s.mean(0) - space.law.mean).abs() <= 5 * se)
-    mix = fast.score_space(k4_router(), MIX5)
+    mix = score_space(k4_router(), MIX5)
     assert isinstance(mix.law, sh.GaussianMixture) and mix.law.d == 4
     W = k4_router().weight
     for c, comp in zip(mix.law.components, MIX5.components):
@@ -92,11 +95,11 @@ def test_score_space_moments_and_sampling():
 
 def test_score_space_rejects_non_linear_models():
     with pytest.raises(TypeError, match=TEMPLATE + "a LinearRouter or an MoE"):
-        fast.score_space(sh.MLPRouter(5, 3, (4,)), MIX5)
+        score_space(sh.MLPRouter(5, 3, (4,)), MIX5)
     with pytest.raises(TypeError, match=TEMPLATE + "None or a hard linear MoE"):
-        fast.score_space(k3_design()[0], sh.Gaussian.standard(3), sh.FunctionTeacher(lambda x: x[:, 0]))
+        score_space(k3_design()[0], sh.Gaussian.standard(3), sh.FunctionTeacher(lambda x: x[:, 0]))
     with pytest.raises(ValueError, match=TEMPLATE + r"a law on R\^5"):
-        fast.score_space(k4_router(), sh.Gaussian.standard(3))
+        score_space(k4_router(), sh.Gaussian.standard(3))
 
 
 def test_auto_falls_back_to_qmc_in_score_space():
@@ -153,12 +156,12 @@ def test_gap_slope_conditional_linear_and_lines():
 
 
 def test_crofton_constant():
-    assert fast.crofton_constant(1) == pytest.approx(1.0, rel=1e-14)
-    assert fast.crofton_constant(2) == pytest.approx(2 / math.pi, rel=1e-14)
-    assert fast.crofton_constant(3) == pytest.approx(0.5, rel=1e-14)
+    assert L.crofton_constant(1) == pytest.approx(1.0, rel=1e-14)
+    assert L.crofton_constant(2) == pytest.approx(2 / math.pi, rel=1e-14)
+    assert L.crofton_constant(3) == pytest.approx(0.5, rel=1e-14)
     e = np.random.default_rng(0).standard_normal((200_000, 7))
     u = np.abs(e[:, 0]) / np.linalg.norm(e, axis=1)
-    assert abs(u.mean() - fast.crofton_constant(7)) <= 5 * u.std() / math.sqrt(len(u))
+    assert abs(u.mean() - L.crofton_constant(7)) <= 5 * u.std() / math.sqrt(len(u))
 
 
 def test_coarea_lines_nonlinear_and_multiple_crossings():
@@ -198,20 +201,20 @@ def test_lines_find_every_crossing_on_a_fine_grid():
     """The scan (coarse grid, refinement, Illinois) against a brute-force grid of 24 001 points per line: every
     crossing the grid sees is found, and the other crossings found come in pairs too close for the grid."""
     sq = sh.as_router(lambda x: x ** 2, 3)
-    lines = fast._Lines(sq, sh.Gaussian.standard(3))
+    lines = L._Lines(sq, sh.Gaussian.standard(3))
     lines.setup(lines.draws.sample(200, np.random.default_rng(0)))
     s = 0.2 * lines.level
 
     def flag(a):
-        delta, win, _ = fast._top2(a)
-        return fast._near(delta) | (win[:, 1:] != win[:, :-1]) | fast._near(delta - s[:, None])
+        delta, win, _ = top_two(a)
+        return L._near(delta) | (win[:, 1:] != win[:, :-1]) | L._near(delta - s[:, None])
 
-    scan = fast._Scan(lines, flag, lambda a, rows: [fast._top2(a)[0], fast._top2(a)[0] - s[rows, None]], True)
+    scan = L._Scan(lines, flag, lambda a, rows: [top_two(a)[0], top_two(a)[0] - s[rows, None]], True)
     rows, tc = scan.level_crossings(s)
     t = torch.linspace(-6, 6, 24001, dtype=F64)
     h = float(t[1] - t[0])
     for r in range(200):
-        delta = fast._top2(sq(lines.x0[r] + t[:, None] * lines.dx[r]))[0] - s[r]
+        delta = top_two(sq(lines.x0[r] + t[:, None] * lines.dx[r]))[0] - s[r]
         true = t[1:][(delta[1:] > 0) != (delta[:-1] > 0)]
         mine = torch.sort(tc[rows == r]).values
         dist = (mine[:, None] - true[None, :]).abs()
@@ -229,7 +232,7 @@ def test_illinois_finds_the_bracketed_root(coef, scale):
     f = lambda idx, t: scale * (t - r[idx]) * (1 + 0.1 * t * t)  # noqa: E731
     lo, hi = torch.full((3,), -4.0, dtype=F64), torch.full((3,), 4.0, dtype=F64)
     idx = torch.arange(3)
-    root = fast._illinois(f, lo, hi, f(idx, lo), f(idx, hi))
+    root = L._illinois(f, lo, hi, f(idx, lo), f(idx, hi))
     assert torch.all((root - r).abs() <= 1e-10)
 
 
@@ -257,7 +260,7 @@ def test_auto_rule_and_exact_estimates():
 def test_conditional_n_is_a_budget():
     r = k4_router()
     stopped = sh.boundary_mass(r, MIX5, 0.3, method="conditional", n=1 << 20, seed=1)
-    assert stopped.n < 1 << 20 and stopped.stderr <= fast.CONDITIONAL_TARGET * stopped.value
+    assert stopped.n < 1 << 20 and stopped.stderr <= registry.CONDITIONAL_TARGET * stopped.value
     full = sh.boundary_mass(r, MIX5, 0.3, method="conditional", n=1 << 15, seed=1, target_rel_error=None)
     assert full.n == 1 << 15
 

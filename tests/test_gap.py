@@ -8,7 +8,7 @@ import torch
 from scipy import integrate, special
 
 import softhard as sh
-from softhard import gap
+from softhard.closed import risk
 
 TEMPLATE = r"The '\w+' parameter of [\w.]+ must be "
 PSI0 = 1 / math.sqrt(2 * math.pi)
@@ -36,12 +36,12 @@ def within(exact, est, k=5.0):
 
 
 def test_universal_constants():
-    assert integrate.quad(lambda u: special.expit(-u), 0, np.inf)[0] == pytest.approx(gap.LN2, rel=1e-10)
+    assert integrate.quad(lambda u: special.expit(-u), 0, np.inf)[0] == pytest.approx(risk.LN2, rel=1e-10)
     sq = lambda u: ((u > 0) - special.expit(u)) ** 2  # noqa: E731
     assert integrate.quad(sq, -np.inf, 0)[0] + integrate.quad(sq, 0, np.inf)[0] == pytest.approx(
-        gap.GAP_CONSTANT, rel=1e-10)
+        risk.GAP_CONSTANT, rel=1e-10)
     H = lambda u: float(sh.binary_entropy(torch.tensor(special.expit(u))))  # noqa: E731
-    assert integrate.quad(H, -60, 60, limit=200)[0] == pytest.approx(gap.ENTROPY_CONSTANT, rel=1e-8)
+    assert integrate.quad(H, -60, 60, limit=200)[0] == pytest.approx(risk.ENTROPY_CONSTANT, rel=1e-8)
 
 
 def test_risk_gap_matches_exact_quadrature():

@@ -10,8 +10,19 @@ from hypothesis import assume, given
 from hypothesis import strategies as st
 from hypothesis.extra.numpy import arrays
 
-from softhard import (binary_entropy, concentration_bound, gate_entropy, hard_gate, hard_winner, pairwise_separation,
-                      softmax_gate, tail_sum, tolerance_width, top_two_margin, topk_margin)
+from softhard import (
+    binary_entropy,
+    concentration_bound,
+    gate_entropy,
+    hard_gate,
+    hard_winner,
+    pairwise_separation,
+    softmax_gate,
+    tail_sum,
+    tolerance_width,
+    top_two_margin,
+    topk_margin,
+)
 
 BIG = 1e6
 

@@ -9,7 +9,7 @@ of freedom (16 scramblings, QMC: P(|t₁₅| ≤ 2) = 0.936). The checks, for ea
 - no inflation: mean |z| ≥ 0.45 (honest: 0.80 for N(0, 1), 0.82 for t₁₅, with a standard deviation of
   0.09 over 50 seeds: a false failure is 4 sd away; a stderr twice too large gives about 0.4).
 
-Sample sizes are small (the tests must be fast); truths come from the closed forms of softhard.gaussian
+Sample sizes are small (the tests must be fast); truths come from the closed forms of softhard.closed
 or from SciPy.
 """
 

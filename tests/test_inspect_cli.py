@@ -11,8 +11,9 @@ from typer.testing import CliRunner
 
 transformers = pytest.importorskip("transformers")
 
-from softhard.cli import app  # noqa: E402
 from test_inspect_hf import _COMMON, tiny_model  # noqa: E402
+
+from softhard.cli import app  # noqa: E402
 
 WORDS = ["[UNK]"] + "the cat sat on a mat and dog ran far away".split()
 

@@ -6,11 +6,18 @@ import torch
 
 transformers = pytest.importorskip("transformers")
 
-from softhard.gates import top_two_margin, topk_margin  # noqa: E402
-from softhard.inspect import (InspectError, RouterCapture, Sensitivity, find_routers, inspect_model,  # noqa: E402
-                              load_model, perturb_hidden)
+from softhard.inspect import (  # noqa: E402
+    InspectError,
+    RouterCapture,
+    Sensitivity,
+    find_routers,
+    inspect_model,
+    load_model,
+    perturb_hidden,
+)
 from softhard.inspect.hooks import capture_block_outputs  # noqa: E402
 from softhard.inspect.loading import token_batches  # noqa: E402
+from softhard.model.gates import top_two_margin, topk_margin  # noqa: E402
 
 VOCAB = 64
 _COMMON = dict(vocab_size=VOCAB, hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4,

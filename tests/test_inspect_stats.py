@@ -9,11 +9,11 @@ from hypothesis import given
 from hypothesis import strategies as st
 from torch import nn
 
-from softhard.estimate import mean_estimate
-from softhard.gates import topk_margin
+from softhard.estimators.reducer import mean_estimate
 from softhard.inspect import InspectError, LayerStats, StreamMean, find_routers, perturb_hidden, relative_change
 from softhard.inspect.layouts import parse_layers
 from softhard.inspect.stats import selection_changed
+from softhard.model.gates import topk_margin
 
 
 class _Block(nn.Module):

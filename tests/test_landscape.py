@@ -8,10 +8,20 @@ import pytest
 import torch
 from typer.testing import CliRunner
 
-from softhard import (ParamSpace, binary_problem, critical_points, draw, hessian, make_student, minima_path,
-                      random_family, uniform_gap, voronoi3_problem)
+from softhard import (
+    ParamSpace,
+    binary_problem,
+    critical_points,
+    draw,
+    hessian,
+    make_student,
+    minima_path,
+    random_family,
+    uniform_gap,
+    voronoi3_problem,
+)
 from softhard.cli import app
-from softhard.landscape import Objective
+from softhard.dynamics.landscape import Objective
 
 F64 = torch.float64
 

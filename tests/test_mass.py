@@ -11,8 +11,19 @@ from hypothesis import strategies as st
 from hypothesis.extra.numpy import arrays
 from scipy import stats
 
-from softhard import (Empirical, Gaussian, GaussianMixture, LinearRouter, MLPRouter, ambiguity_mass, boundary_mass,
-                      draw, softmax_gate, tolerance_width, top_two_margin)
+from softhard import (
+    Empirical,
+    Gaussian,
+    GaussianMixture,
+    LinearRouter,
+    MLPRouter,
+    ambiguity_mass,
+    boundary_mass,
+    draw,
+    softmax_gate,
+    tolerance_width,
+    top_two_margin,
+)
 
 F64 = torch.float64
 

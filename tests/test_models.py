@@ -7,8 +7,22 @@ import pytest
 import torch
 from torch import nn
 
-from softhard import (ConstantExperts, FunctionTeacher, HardTeacher, LinearExperts, LinearRouter, MLPExperts, MLPRouter,
-                      MoE, as_experts, as_router, as_teacher, mean_estimate, score_difference, score_gradient)
+from softhard import (
+    ConstantExperts,
+    FunctionTeacher,
+    HardTeacher,
+    LinearExperts,
+    LinearRouter,
+    MLPExperts,
+    MLPRouter,
+    MoE,
+    as_experts,
+    as_router,
+    as_teacher,
+    mean_estimate,
+    score_difference,
+    score_gradient,
+)
 
 F64 = torch.float64
 W = torch.tensor([[1.0, -1.0], [0.5, 2.0], [-1.0, 0.0]], dtype=F64)

@@ -10,8 +10,8 @@ import pytest
 from typer.testing import CliRunner
 
 from softhard.cli import app
-from softhard.report.io import atomic_write, read_table
-from softhard.reproduce import ReproduceError, render_all, reproduce
+from softhard.results.io import atomic_write, read_table
+from softhard.runs.reproduce import ReproduceError, render_all, reproduce
 
 SAMPLES = 1 << 17
 

@@ -13,13 +13,14 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from hypothesis import given, settings, strategies as st
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from scipy.stats import norm
 from typer.testing import CliRunner
 
 from softhard.cli import app
 from softhard.experiments import REGISTRY
-from softhard.sweep import SpecError, _read_part, _write_part, load_spec, read_results, run_cell, run_sweep
+from softhard.runs.sweep import SpecError, _read_part, _write_part, load_spec, read_results, run_cell, run_sweep
 
 TESTS = Path(__file__).parent
 MASS = """
@@ -220,7 +221,7 @@ offset = [0.0, 0.5, 1.0, 1.5, 2.0]
 """)
     out = tmp_path / "out"
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(TESTS), os.environ.get("PYTHONPATH", "")])}
-    code = "import sys; from softhard.sweep import run_sweep; run_sweep(sys.argv[1], sys.argv[2], batch=1)"
+    code = "import sys; from softhard.runs.sweep import run_sweep; run_sweep(sys.argv[1], sys.argv[2], batch=1)"
     proc = subprocess.Popen([sys.executable, "-c", code, str(spec_path), str(out)], env=env)
     deadline = time.monotonic() + 45
     while len(list(out.glob("results/part-*"))) < 3 and proc.poll() is None and time.monotonic() < deadline:
@@ -350,8 +351,8 @@ def test_cli_errors_and_failures(tmp_path, monkeypatch):
 
 def test_sweep_series_aggregates_seeds():
     """Mean over seeds with se = sd/sqrt(k); with one seed the row's own stderr; exact drawn as given."""
-    from softhard.experiments import Table
     from softhard.report.fig_sweep import plotted_columns, sweep_series
+    from softhard.results.table import Table
 
     rows = []
     for o in (0.0, 1.0):

@@ -12,8 +12,18 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from scipy.integrate import quad
 
-from softhard import (TwoExpertGaussian, alignment, alignment_rate, alignment_ratio, draw, linear_iteration,
-                      operator_spectrum, reduced_operator, reduced_operator_mc, train_router)
+from softhard import (
+    TwoExpertGaussian,
+    alignment,
+    alignment_rate,
+    alignment_ratio,
+    draw,
+    linear_iteration,
+    operator_spectrum,
+    reduced_operator,
+    reduced_operator_mc,
+    train_router,
+)
 
 F64 = torch.float64
 SQ = math.sqrt(2 / math.pi)

@@ -14,7 +14,7 @@ from softhard.cli import app
 from softhard.experiments import get, make_config
 from softhard.experiments.symmetry_breaking import Config, design, initial_router, run
 from softhard.report.fig_symmetry import figure3
-from softhard.report.io import read_table, write_table
+from softhard.results.io import read_table, write_table
 
 COLUMNS = ["tau", "final_risk", "final_risk_stderr", "final_alignment", "router_norm", "boundary_mass",
            "boundary_mass_stderr", "gate_entropy", "gate_entropy_stderr"]

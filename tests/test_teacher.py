@@ -9,9 +9,22 @@ from hypothesis import given
 from hypothesis import strategies as st
 from scipy.stats import norm
 
-from softhard import (LinearExperts, MoE, PartitionTeacher, UnitLinearRouter, binary_problem, draw, get_problem,
-                      hard_risk, make_student, recovery, risk_decomposition, shape_gradient, voronoi3_problem)
-from softhard.teacher import EPS_2TAU
+from softhard import (
+    LinearExperts,
+    MoE,
+    PartitionTeacher,
+    UnitLinearRouter,
+    binary_problem,
+    draw,
+    get_problem,
+    hard_risk,
+    make_student,
+    recovery,
+    risk_decomposition,
+    shape_gradient,
+    voronoi3_problem,
+)
+from softhard.dynamics.teacher import EPS_2TAU
 
 F64 = torch.float64
 

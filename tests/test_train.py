@@ -8,8 +8,16 @@ import pytest
 import torch
 from scipy.stats import norm
 
-from softhard import (FunctionTeacher, Gaussian, TauSchedule, TrainingStopped, binary_problem, make_student, train,
-                      voronoi3_problem)
+from softhard import (
+    FunctionTeacher,
+    Gaussian,
+    TauSchedule,
+    TrainingStopped,
+    binary_problem,
+    make_student,
+    train,
+    voronoi3_problem,
+)
 
 
 def test_annealed_lbfgs_recovers_the_teacher():

@@ -1,38 +1,67 @@
 """softhard: the soft-to-hard limit of mixture-of-experts routing (arXiv 2605.02124).
 
-The public API is re-exported here; nothing else lives in this module.
+The public API is re-exported here, lazily: ``import softhard`` loads no submodule (so the command line
+and ``import softhard`` stay fast); the first access to a name imports its module. Layers, from the bottom:
+``model`` (gates, laws, routers, experts, MoE) → ``closed`` (closed forms) and ``estimators`` (the one
+reducer and the samplers) → ``quantities`` (what users call) → ``dynamics``, ``experiments``, ``inspect``
+→ ``results``/``report``/``runs`` → ``cli``.
 """
 
-from importlib.metadata import PackageNotFoundError, version as _version
+from __future__ import annotations
 
-from .bounds import (MarginTail, cauchy_schwarz_bound, fit_margin_tail, gap_certificate, local_gap_certificate,
-                     margin_tail, theorem45_constant)
-from .coarea import (InterfaceDiagnostic, coarea_constant, coarea_sum, density_at_zero, interface_constant,
-                     interface_diagnostic, kernel_bandwidth)
-from .estimate import Estimate, draw, mean_estimate, monte_carlo
-from .experts import ConstantExperts, LinearExperts, MLPExperts, as_experts
-from .fast import ScoreSpace, score_space
-from .gap import entropy_slope, gap_slope, gate_entropy_mean, risk_gap
-from .gates import (binary_entropy, concentration_bound, gate_entropy, hard_gate, hard_winner, pairwise_separation,
-                    softmax_gate, tail_sum, tolerance_width, top_two_margin, topk_margin)
-from .gaussian import (boundary_mass_exact, flip_probability_exact, gap_slope_exact, interface_constant_exact,
-                       orthant_probability, risk_exact, risk_gap_exact)
-from .inspect import InspectError, RoutingMonitor, find_routers, inspect_model, inspect_path, train_digits_moe
-from .landscape import (CriticalPoint, GammaResult, Landscape, ParamSpace, critical_points, hessian, minima_path,
-                        random_family, run_landscape, uniform_gap)
-from .laws import Empirical, Gaussian, GaussianMixture, Law, Uniform
-from .mass import ambiguity_mass, boundary_mass
-from .moe import FunctionTeacher, HardTeacher, MoE, Teacher, as_teacher
-from .routers import LinearRouter, MLPRouter, as_router, score_difference, score_gradient
-from .shape import Profile, hard_risk, profiled_hard_risk, shape_derivative, shape_gradient
-from .sweep import load_spec, read_results, run_sweep
-from .symmetry import (TwoExpertGaussian, alignment, alignment_rate, alignment_ratio, linear_iteration,
-                       operator_spectrum, reduced_operator, reduced_operator_mc, train_router)
-from .teacher import (PartitionTeacher, Problem, UnitLinearRouter, binary_problem, get_problem, make_student,
-                      recovery, risk_decomposition, voronoi3_problem)
-from .train import TauSchedule, TrainingStopped, TrainResult, train
+import importlib
 
-try:
-    __version__ = _version("softhard")
-except PackageNotFoundError:  # pragma: no cover - running from a source tree
-    __version__ = "0.0.0"
+_EXPORTS = {
+    "model.gates": ["binary_entropy", "concentration_bound", "gate_entropy", "hard_gate", "hard_winner",
+                    "pairwise_separation", "softmax_gate", "tail_sum", "tolerance_width", "top_two_margin",
+                    "topk_margin"],
+    "model.laws": ["Empirical", "Gaussian", "GaussianMixture", "Law", "Uniform"],
+    "model.routers": ["LinearRouter", "MLPRouter", "as_router", "score_difference", "score_gradient"],
+    "model.experts": ["ConstantExperts", "LinearExperts", "MLPExperts", "as_experts"],
+    "model.moe": ["FunctionTeacher", "HardTeacher", "MoE", "Teacher", "as_teacher"],
+    "closed.normal": ["orthant_probability"],
+    "closed.boundary": ["boundary_mass_exact", "flip_probability_exact", "interface_constant_exact"],
+    "closed.risk": ["gap_slope_exact", "risk_exact", "risk_gap_exact"],
+    "estimators.reducer": ["Estimate", "draw", "mean_estimate", "monte_carlo"],
+    "estimators.score_space": ["ScoreSpace", "score_space"],
+    "estimators.kernel": ["density_at_zero", "kernel_bandwidth"],
+    "estimators.fits": ["MarginTail", "fit_margin_tail"],
+    "quantities.mass": ["ambiguity_mass", "boundary_mass", "margin_tail"],
+    "quantities.coarea": ["InterfaceDiagnostic", "coarea_constant", "coarea_sum", "interface_constant",
+                          "interface_diagnostic"],
+    "quantities.gap": ["entropy_slope", "gap_slope", "gate_entropy_mean", "risk_gap"],
+    "quantities.bounds": ["cauchy_schwarz_bound", "gap_certificate", "local_gap_certificate", "theorem45_constant"],
+    "dynamics.teacher": ["PartitionTeacher", "Problem", "UnitLinearRouter", "binary_problem", "get_problem",
+                         "make_student", "recovery", "risk_decomposition", "voronoi3_problem"],
+    "dynamics.shape": ["Profile", "hard_risk", "profiled_hard_risk", "shape_derivative", "shape_gradient"],
+    "dynamics.landscape": ["CriticalPoint", "GammaResult", "Landscape", "ParamSpace", "critical_points", "hessian",
+                           "minima_path", "random_family", "run_landscape", "uniform_gap"],
+    "dynamics.symmetry": ["TwoExpertGaussian", "alignment", "alignment_rate", "alignment_ratio", "linear_iteration",
+                          "operator_spectrum", "reduced_operator", "reduced_operator_mc", "train_router"],
+    "dynamics.train": ["TauSchedule", "TrainResult", "TrainingStopped", "train"],
+    "inspect": ["InspectError", "RoutingMonitor", "find_routers", "inspect_model", "inspect_path", "train_digits_moe"],
+    "runs.sweep": ["load_spec", "read_results", "run_sweep"],
+}
+_WHERE = {name: module for module, names in _EXPORTS.items() for name in names}
+
+__all__ = sorted(_WHERE) + ["__version__"]
+
+
+def __getattr__(name: str):
+    if name == "__version__":
+        from importlib.metadata import PackageNotFoundError, version
+
+        try:
+            value = version("softhard")
+        except PackageNotFoundError:  # pragma: no cover - running from a source tree
+            value = "0.0.0"
+    elif name in _WHERE:
+        value = getattr(importlib.import_module(f".{_WHERE[name]}", __name__), name)
+    else:
+        raise AttributeError(f"module 'softhard' has no attribute {name!r}")
+    globals()[name] = value
+    return value
+
+
+def __dir__():
+    return __all__

@@ -27,7 +27,8 @@ def reproduce(
     config: Optional[Path] = typer.Option(None, "--config", help="TOML file: [table1] key = value ..."),
 ) -> None:
     """Reproduce the paper's §7 diagnostics: tables (CSV/JSON/LaTeX), figures and a manifest."""
-    from .reproduce import ReproduceError, reproduce as run
+    from .runs.reproduce import ReproduceError
+    from .runs.reproduce import reproduce as run
 
     try:
         run(out, only=only, samples=samples, seed=seed, config=config, echo=typer.echo)
@@ -38,7 +39,7 @@ def reproduce(
 @app.command()
 def render(out: Path = typer.Argument(..., help="a directory written by `softhard reproduce`")) -> None:
     """Re-draw every figure from the tables in OUT, without recomputing."""
-    from .reproduce import ReproduceError, render_all
+    from .runs.reproduce import ReproduceError, render_all
 
     try:
         for p in render_all(out):
@@ -58,10 +59,10 @@ def landscape(
     seed: int = typer.Option(0, "--seed", help="seed"),
 ) -> None:
     """Teacher–student landscape: critical points, Hessian spectra, recovery and the uniform gap vs τ."""
-    from .landscape import run_landscape
+    from .dynamics.landscape import run_landscape
+    from .dynamics.teacher import PROBLEMS
     from .report.fig_landscape import figure_landscape
-    from .report.io import write_table
-    from .teacher import PROBLEMS
+    from .results.io import write_table
 
     if problem not in PROBLEMS:
         _die(f"unknown problem {problem!r}; choose from {', '.join(PROBLEMS)}")
@@ -133,7 +134,7 @@ def sweep(
     resume: bool = typer.Option(True, "--resume/--fresh", help="skip the stored cells, or recompute every cell"),
 ) -> None:
     """Run a parameter sweep, one row per cell; rerun to resume and to retry failed cells."""
-    from .sweep import load_spec, run_sweep
+    from .runs.sweep import load_spec, run_sweep
 
     try:
         s = run_sweep(load_spec(spec), out, workers=workers, scheduler=scheduler, dask_local=dask_local,

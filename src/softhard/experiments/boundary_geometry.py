@@ -18,12 +18,13 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from .. import gap as _gap
-from ..estimate import monte_carlo
-from ..gaussian import boundary_mass_exact, flip_probability_exact, risk_gap_exact
-from ..mass import boundary_mass
-from ..routers import LinearRouter
-from . import Table
+from ..closed.boundary import boundary_mass_exact, flip_probability_exact
+from ..closed.risk import risk_gap_exact
+from ..estimators.reducer import monte_carlo
+from ..model.routers import LinearRouter
+from ..quantities import gap as _gap
+from ..quantities.mass import boundary_mass
+from ..results.table import Table
 from .boundary_scaling import design
 
 __all__ = ["Config", "run", "perturbed_router"]

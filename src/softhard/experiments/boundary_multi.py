@@ -4,7 +4,7 @@ Design: :math:`X \sim N(0, I_d)` (d ≥ 3), router rows :math:`(\cos 2\pi k/K, \
 Voronoi fan in the :math:`(x_1, x_2)` plane), experts :math:`h_k(x) = c_k x_3` with slopes :math:`c_k`
 evenly spaced in :math:`\pm|\nabla D|/2` — every contrast is tangent to every interface. The teacher is
 the hard model. Per τ: top-two mass :math:`\beta(2\tau)` (Monte Carlo and exact,
-:func:`softhard.gaussian.boundary_mass_exact`) and the risk gap (Monte Carlo).
+:func:`softhard.closed.boundary.boundary_mass_exact`) and the risk gap (Monte Carlo).
 """
 
 from __future__ import annotations
@@ -14,11 +14,11 @@ from dataclasses import dataclass
 
 import torch
 
-from ..experts import LinearExperts
-from ..laws import Gaussian
-from ..moe import MoE
-from ..routers import LinearRouter
-from . import Table
+from ..model.experts import LinearExperts
+from ..model.laws import Gaussian
+from ..model.moe import MoE
+from ..model.routers import LinearRouter
+from ..results.table import Table
 from .boundary_scaling import scaling_rows
 
 __all__ = ["Config", "run", "multi_design"]

@@ -20,15 +20,16 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from .. import gap as _gap
-from ..estimate import Estimate
-from ..experts import LinearExperts
-from ..gaussian import boundary_mass_exact, pair_density_at_zero, risk_gap_exact
-from ..laws import Gaussian
-from ..mass import boundary_mass
-from ..moe import MoE
-from ..routers import LinearRouter
-from . import Table, loglog_fit
+from ..closed.boundary import boundary_mass_exact, pair_density_at_zero
+from ..closed.risk import risk_gap_exact
+from ..estimators.reducer import Estimate
+from ..model.experts import LinearExperts
+from ..model.laws import Gaussian
+from ..model.moe import MoE
+from ..model.routers import LinearRouter
+from ..quantities import gap as _gap
+from ..quantities.mass import boundary_mass
+from ..results.table import Table, loglog_fit
 
 __all__ = ["Config", "run", "design", "scaling_rows"]
 

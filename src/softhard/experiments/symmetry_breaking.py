@@ -34,11 +34,18 @@ import numpy as np
 import torch
 
 from .._validate import DTYPE, check_float, check_int, fail
-from ..estimate import draw, monte_carlo
-from ..gates import binary_entropy, top_two_margin
-from ..symmetry import (TwoExpertGaussian, alignment, alignment_rate, linear_iteration,
-                        operator_spectrum, reduced_operator, train_router)
-from . import Table
+from ..dynamics.symmetry import (
+    TwoExpertGaussian,
+    alignment,
+    alignment_rate,
+    linear_iteration,
+    operator_spectrum,
+    reduced_operator,
+    train_router,
+)
+from ..estimators.reducer import draw, monte_carlo
+from ..model.gates import binary_entropy, top_two_margin
+from ..results.table import Table
 
 __all__ = ["Config", "run", "design", "initial_router"]
 

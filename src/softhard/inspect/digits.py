@@ -26,7 +26,7 @@ import torch
 from torch import nn
 
 from .._validate import DTYPE, check_int, check_seed
-from ..estimate import resolve_seed
+from ..estimators.reducer import resolve_seed
 
 __all__ = ["TopKMoE", "DigitsMoE", "DigitsResult", "digits_data", "train_digits_moe"]
 

@@ -14,7 +14,7 @@ import numpy as np
 import torch
 
 from .._validate import check_float, fail
-from ..estimate import resolve_seed
+from ..estimators.reducer import resolve_seed
 from .layouts import RouterSite
 
 __all__ = ["RouterCapture", "capture_block_outputs", "hooks_suspended", "perturb_hidden", "PERTURBATIONS"]

@@ -14,7 +14,7 @@ from pathlib import Path
 import torch
 
 from .._validate import check_int
-from ..estimate import resolve_seed
+from ..estimators.reducer import resolve_seed
 from .layouts import InspectError
 
 __all__ = ["Batch", "load_model", "token_batches", "encode_text", "split_tokens"]

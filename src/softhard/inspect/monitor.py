@@ -40,8 +40,8 @@ import numpy as np
 import torch
 
 from .._validate import check_grid, check_int, fail
-from ..estimate import mean_estimate
-from ..gates import topk_margin
+from ..estimators.reducer import mean_estimate
+from ..model.gates import topk_margin
 from .hooks import _first_tensor, hooks_suspended
 from .layouts import find_routers
 from .sensitivity import relative_change
@@ -205,8 +205,8 @@ class RoutingMonitor:
         return new
 
     def _write(self):
-        from ..experiments import Table
-        from ..report.io import _csv_text, atomic_write
+        from ..results.io import _csv_text, atomic_write
+        from ..results.table import Table
 
         cols = list(dict.fromkeys(k for r in self.rows for k in r))
         atomic_write(self.path, _csv_text(Table(self.path.stem, cols, self.rows)))

@@ -23,7 +23,7 @@ import numpy as np
 import torch
 
 from .._validate import check_float, check_grid, check_int
-from ..estimate import resolve_seed
+from ..estimators.reducer import resolve_seed
 from .hooks import PERTURBATIONS, RouterCapture, block_generator, capture_block_outputs, perturb_hidden
 from .layouts import InspectError, find_routers
 from .loading import Batch, encode_text, load_model, token_batches
@@ -277,10 +277,10 @@ def _row(site, r: dict, lay: dict, taus, tie_widths, dense) -> dict:
 def write_inspection(ins: Inspection, out) -> list[Path]:
     """Write ``layers.csv`` (+ ``.json``, ``.tex``), ``summary.json``, ``layerNN.png`` and ``report.html``
     into ``out`` (atomically); figures and the page are rendered from the written files alone."""
-    from ..experiments import Table
     from ..report.fig_inspect import render_inspection
     from ..report.html import write_report
-    from ..report.io import atomic_write, to_jsonable, write_table
+    from ..results.io import atomic_write, to_jsonable, write_table
+    from ..results.table import Table
 
     out = Path(out)
     cols = list(dict.fromkeys(k for r in ins.rows for k in r))

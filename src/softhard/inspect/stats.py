@@ -9,10 +9,10 @@ For one MoE layer with logits :math:`a \in \mathbb R^K` and the model's ``k``:
   on a fixed width grid (exact running counts over every token, reduced with the project's block
   reducer, so each value has a standard error);
 - the density of :math:`\Delta` at 0 (one-sided, :math:`f_\Delta(0^+)`) with its standard error, from
-  :func:`softhard.coarea.density_at_zero`. For a binary router :math:`\Delta = |g|`, so
+  :func:`softhard.estimators.kernel.density_at_zero`. For a binary router :math:`\Delta = |g|`, so
   :math:`f_\Delta(0^+) = 2\psi(0)` and Prop. 3.5 reads :math:`\beta(w) = w\, f_\Delta(0^+) + o(w)`;
 - the margin-tail fit :math:`\mu(\Delta \le t) \approx C_\Delta t^\alpha` (Assumption 4.2), from
-  :func:`softhard.bounds.fit_margin_tail`;
+  :func:`softhard.estimators.fits.fit_margin_tail`;
 - routing entropy :math:`-\sum_k \pi_k \log \pi_k` (nats, at τ = 1), expert load (share of the model's
   token–slot assignments per expert), the share of tokens whose selection equals the top-k of the raw
   logits (``agreement``; below 1 for bias-corrected or group-limited selection), dropped tokens;
@@ -34,10 +34,10 @@ import math
 import numpy as np
 import torch
 
-from ..bounds import MarginTail, fit_margin_tail
-from ..coarea import density_at_zero
-from ..estimate import Estimate, _Moments
-from ..gates import gate_entropy, top_two_margin, topk_margin
+from ..estimators.fits import MarginTail, fit_margin_tail
+from ..estimators.kernel import density_at_zero
+from ..estimators.reducer import Estimate, Moments
+from ..model.gates import gate_entropy, top_two_margin, topk_margin
 from .layouts import RouterSite
 
 __all__ = ["StreamMean", "LayerStats", "selection_changed"]
@@ -46,12 +46,12 @@ __all__ = ["StreamMean", "LayerStats", "selection_changed"]
 class StreamMean:
     """Running mean with standard error of per-sample terms ``(m, ...)`` fed in blocks.
 
-    It uses the same ordered block merge as :func:`softhard.estimate.mean_estimate`; the result is
-    an :class:`~softhard.estimate.Estimate` with method ``"sample"`` (``nan`` with ``n = 0`` if empty).
+    It uses the same ordered block merge as :func:`softhard.estimators.reducer.mean_estimate`; the result is
+    an :class:`~softhard.estimators.reducer.Estimate` with method ``"sample"`` (``nan`` with ``n = 0`` if empty).
     """
 
     def __init__(self):
-        self._m = _Moments()
+        self._m = Moments()
 
     def add(self, values) -> None:
         v = np.asarray(values.detach().cpu() if isinstance(values, torch.Tensor) else values, dtype=np.float64)

@@ -6,8 +6,8 @@ from pathlib import Path
 
 import numpy as np
 
+from ..results.io import read_table
 from .figures import pyplot, savefig
-from .io import read_table
 
 __all__ = ["figure_landscape"]
 

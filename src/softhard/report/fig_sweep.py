@@ -21,7 +21,7 @@ from pathlib import Path
 import numpy as np
 
 from .._validate import fail
-from ..experiments import Table
+from ..results.table import Table
 from .figures import pyplot, savefig
 
 __all__ = ["plotted_columns", "sweep_series", "sweep_figures"]
@@ -64,7 +64,7 @@ def plotted_columns(table: Table) -> list[str]:
 def sweep_series(table: Table, column: str, x: str | None = None, facet: str | None = None) -> dict:
     """The points of one figure: ``{facet value: {line key: (xs, mean, se, exact)}}``, arrays of shape ``(P,)``.
 
-    ``table`` is :func:`softhard.sweep.read_results`' output; ``line key`` is a tuple of
+    ``table`` is :func:`softhard.runs.sweep.read_results`' output; ``line key`` is a tuple of
     ``(axis, value)`` pairs of the remaining axes; ``se`` is NaN where no error is known and ``exact`` is
     ``None`` without a ``<column>_exact`` column. ``x``/``facet`` default to the first numeric axis with
     two or more values and the next axis with two or more values.
@@ -97,7 +97,7 @@ def sweep_series(table: Table, column: str, x: str | None = None, facet: str | N
 
 def sweep_figures(out: str | Path, x: str | None = None, facet: str | None = None) -> list[Path]:
     """Write ``OUT/sweep_<column>.png`` for every plotted column of the sweep stored in ``out``; returns the paths."""
-    from ..sweep import read_results
+    from ..runs.sweep import read_results
 
     out = Path(out)
     table = read_results(out)

@@ -40,7 +40,7 @@ def savefig(fig, path: Path) -> Path:
     """Save a matplotlib figure as PNG atomically and close it."""
     import io
 
-    from .io import atomic_write
+    from ..results.io import atomic_write
 
     buf = io.BytesIO()
     fig.savefig(buf, format="png", dpi=130, bbox_inches="tight")

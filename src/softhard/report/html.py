@@ -12,7 +12,7 @@ import html
 import json
 from pathlib import Path
 
-from .io import atomic_write
+from ..results.io import atomic_write
 
 __all__ = ["write_report", "render_report"]
 

@@ -7,8 +7,8 @@ from typing import Callable
 import torch
 from torch import nn
 
-from ._validate import DTYPE, as_tensor, check_finite, check_inputs, check_int, fail
-from .routers import _cast, _probe, set_affine
+from .._validate import DTYPE, as_tensor, check_finite, check_inputs, check_int, fail
+from .routers import cast_to_module, probe_module, set_affine
 
 __all__ = ["Experts", "LinearExperts", "ConstantExperts", "MLPExperts", "as_experts"]
 
@@ -21,7 +21,7 @@ class Experts(nn.Module):
 
     def outputs(self, x) -> torch.Tensor:
         """Validated expert outputs, shape ``(N, K)``; ``x`` is cast to the experts' floating dtype."""
-        x = _cast(self, check_inputs(x, self.d, f"{type(self).__name__}.outputs"))
+        x = cast_to_module(self, check_inputs(x, self.d, f"{type(self).__name__}.outputs"))
         h = self(x)
         if h.shape != (x.shape[0], self.num_experts):
             fail("experts", "outputs", f"a map (N, d) -> (N, {self.num_experts})", f"output shape {tuple(h.shape)}")
@@ -87,7 +87,7 @@ class _CallableExperts(Experts):
         self.fn, self.num_experts, self.d = fn, num_experts, d  # an nn.Module fn is registered as a submodule
 
     def forward(self, x):
-        return self.fn(_cast(self.fn, x))
+        return self.fn(cast_to_module(self.fn, x))
 
 
 def as_experts(experts, d: int | None = None) -> Experts:
@@ -102,7 +102,7 @@ def as_experts(experts, d: int | None = None) -> Experts:
     if d is None:
         fail("d", "as_experts", "given (the input dimension) for a plain callable", d)
     d = check_int(d, "d", "as_experts")
-    out = _probe(experts, d, "as_experts", "experts")
+    out = probe_module(experts, d, "as_experts", "experts")
     if not isinstance(out, torch.Tensor) or out.ndim != 2 or out.shape[0] != 2 or out.shape[1] < 1:
         fail("experts", "as_experts", "a map (N, d) -> (N, K)", f"output {getattr(out, 'shape', out)}")
     return _CallableExperts(experts, out.shape[1], d)

@@ -11,7 +11,7 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
-from ..experiments import Table
+from .table import Table
 
 __all__ = ["atomic_write", "write_table", "read_table", "write_manifest", "to_jsonable"]
 

@@ -10,9 +10,10 @@ from typing import Callable
 import torch
 from torch import nn
 
-from ._validate import DTYPE, as_tensor, check_finite, check_float, check_inputs, check_int, fail
+from .._validate import DTYPE, as_tensor, check_finite, check_float, check_inputs, check_int, fail
 
-__all__ = ["Router", "LinearRouter", "MLPRouter", "as_router", "score_difference", "score_gradient"]
+__all__ = ["Router", "LinearRouter", "MLPRouter", "as_router", "score_difference", "score_gradient", "set_affine",
+           "cast_to_module", "probe_module", "check_pair"]
 
 
 class Router(nn.Module):
@@ -23,7 +24,7 @@ class Router(nn.Module):
 
     def logits(self, x) -> torch.Tensor:
         """Validated logits, shape ``(N, K)``; ``x`` is cast to the router's floating dtype."""
-        x = _cast(self, check_inputs(x, self.d, f"{type(self).__name__}.logits"))
+        x = cast_to_module(self, check_inputs(x, self.d, f"{type(self).__name__}.logits"))
         a = self(x)
         if a.ndim != 2 or a.shape != (x.shape[0], self.num_experts):
             fail("router", "logits", f"a map (N, d) -> (N, {self.num_experts})", f"output shape {tuple(a.shape)}")
@@ -127,10 +128,10 @@ class _CallableRouter(Router):
         self.fn, self.num_experts, self.d = fn, num_experts, d  # an nn.Module fn is registered as a submodule
 
     def forward(self, x):
-        return self.fn(_cast(self.fn, x))
+        return self.fn(cast_to_module(self.fn, x))
 
 
-def _cast(module, x: torch.Tensor) -> torch.Tensor:
+def cast_to_module(module, x: torch.Tensor) -> torch.Tensor:
     """``x`` in the dtype of ``module``'s first floating parameter or buffer (unchanged for plain callables)."""
     if isinstance(module, nn.Module):
         for t in (*module.parameters(), *module.buffers()):
@@ -139,11 +140,11 @@ def _cast(module, x: torch.Tensor) -> torch.Tensor:
     return x
 
 
-def _probe(fn, d: int, where: str, param: str) -> torch.Tensor:
+def probe_module(fn, d: int, where: str, param: str) -> torch.Tensor:
     """Call ``fn`` once on zeros ``(2, d)`` to learn its output shape; a user's error is reported as such."""
     try:
         with torch.no_grad():
-            return fn(_cast(fn, torch.zeros(2, d, dtype=DTYPE)))
+            return fn(cast_to_module(fn, torch.zeros(2, d, dtype=DTYPE)))
     except Exception as e:  # noqa: BLE001 - any failure of a user's callable
         fail(param, where, f"callable on inputs of shape (N, {d})", f"{type(e).__name__}: {e}")
 
@@ -164,7 +165,7 @@ def as_router(router, d: int | None = None) -> Router:
     if d is None:
         fail("d", "as_router", "given (the input dimension) for a plain callable router", d)
     d = check_int(d, "d", "as_router")
-    out = _probe(router, d, "as_router", "router")
+    out = probe_module(router, d, "as_router", "router")
     if not isinstance(out, torch.Tensor) or out.ndim != 2 or out.shape[0] != 2 or out.shape[1] < 2:
         fail("router", "as_router", "a map (N, d) -> (N, K) with K >= 2", f"output {getattr(out, 'shape', out)}")
     return _CallableRouter(router, out.shape[1], d)
@@ -174,7 +175,7 @@ def score_difference(router, x, pair=(0, 1)) -> torch.Tensor:
     r"""Pairwise score difference :math:`g_{ij}(x) = a_i(x) - a_j(x)` (3.1), shape ``(N,)``; ``x``: ``(N, d)``."""
     x = check_inputs(x, None, "score_difference")
     r = as_router(router, x.shape[1])
-    i, j = _pair(pair, r.num_experts, "score_difference")
+    i, j = check_pair(pair, r.num_experts, "score_difference")
     a = r.logits(x)
     return a[:, i] - a[:, j]
 
@@ -183,15 +184,16 @@ def score_gradient(router, x, pair=(0, 1)) -> torch.Tensor:
     r"""Input gradient :math:`\nabla_x g_{ij}(x)` by autograd, shape ``(N, d)``; ``x``: ``(N, d)``."""
     x = check_inputs(x, None, "score_gradient")
     r = as_router(router, x.shape[1])
-    i, j = _pair(pair, r.num_experts, "score_gradient")
-    x = _cast(r, check_inputs(x, r.d, "score_gradient")).detach().requires_grad_(True)
+    i, j = check_pair(pair, r.num_experts, "score_gradient")
+    x = cast_to_module(r, check_inputs(x, r.d, "score_gradient")).detach().requires_grad_(True)
     with torch.enable_grad():
         a = r(x)
         (grad,) = torch.autograd.grad((a[:, i] - a[:, j]).sum(), x)
     return grad
 
 
-def _pair(pair, K: int, where: str) -> tuple[int, int]:
+def check_pair(pair, K: int, where: str) -> tuple[int, int]:
+    """``(i, j)``: two distinct expert indices in ``[0, K)``, validated for ``where``."""
     try:
         i, j = (int(p) for p in pair)
     except (TypeError, ValueError):

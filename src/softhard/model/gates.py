@@ -10,9 +10,10 @@ import math
 
 import torch
 
-from ._validate import as_tensor, check_float, check_int, check_logits, fail
+from .._validate import as_tensor, check_float, check_int, check_logits, fail
 
 __all__ = [
+    "top_two",
     "softmax_gate",
     "hard_gate",
     "hard_winner",
@@ -69,11 +70,20 @@ def hard_gate(logits) -> torch.Tensor:
     return torch.nn.functional.one_hot(torch.argmax(a, dim=-1), a.shape[-1]).to(a.dtype)
 
 
+def top_two(a: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    r"""``(Δ, first, second)`` of trusted logits ``a (..., K)``: the top-two margin
+    :math:`\Delta = a_{(1)} - a_{(2)}` (2.6) and the indices of the two leading experts, each of shape ``(...)``.
+
+    The one definition of the margin inside softhard (no validation: for logits a model produced);
+    :func:`top_two_margin` is the validated public door.
+    """
+    v, idx = torch.topk(a, 2, dim=-1)
+    return v[..., 0] - v[..., 1], idx[..., 0], idx[..., 1]
+
+
 def top_two_margin(logits) -> torch.Tensor:
     r"""Top-two margin :math:`\Delta(x) = a_{(1)}(x) - a_{(2)}(x) \ge 0` (2.6), shape ``(...)``."""
-    a = check_logits(logits, "top_two_margin")
-    top = torch.topk(a, 2, dim=-1).values
-    return top[..., 0] - top[..., 1]
+    return top_two(check_logits(logits, "top_two_margin"))[0]
 
 
 def topk_margin(logits, k: int = 1) -> torch.Tensor:

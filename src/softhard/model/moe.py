@@ -12,9 +12,9 @@ from typing import Callable
 import torch
 from torch import nn
 
-from ._validate import as_tensor, check_finite, check_float, check_grid, check_inputs, fail
+from .._validate import as_tensor, check_finite, check_float, check_grid, check_inputs, fail
 from .experts import as_experts
-from .routers import _cast, as_router
+from .routers import as_router, cast_to_module
 
 __all__ = ["MoE", "Teacher", "HardTeacher", "FunctionTeacher", "as_teacher"]
 
@@ -66,7 +66,7 @@ class MoE(nn.Module):
     def _scores(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Logits and expert outputs ``(N, K)`` each, without validating ``x``: the trusted path for
         estimator loops, whose inputs come from a law (finite, ``(N, d)``), validated once per call."""
-        return self.router(_cast(self.router, x)), self.experts(_cast(self.experts, x))
+        return self.router(cast_to_module(self.router, x)), self.experts(cast_to_module(self.experts, x))
 
     def soft(self, x, tau) -> torch.Tensor:
         r"""Soft prediction :math:`f_\tau(x)` (2.4): shape ``(N,)`` for a float τ, ``(N, T)`` for a grid."""

@@ -6,7 +6,7 @@ minibatch SGD on fresh samples, at a temperature schedule (:class:`TauSchedule`:
 or driven by a boundary-mass target). Every logged step records, on a fixed evaluation sample and with
 standard errors: the soft risk, the hard risk of the same parameters (2.11), the boundary mass
 :math:`\beta(2\tau)` (2.13), the mean gate entropy, and — for a teacher with cells — the expert recovery
-error and misrouted mass modulo relabelling (:func:`softhard.teacher.recovery`).
+error and misrouted mass modulo relabelling (:func:`softhard.dynamics.teacher.recovery`).
 
 A non-finite loss or parameter stops training with a :class:`TrainingStopped` warning; the parameters
 of the last good step are kept.
@@ -22,12 +22,12 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from ._validate import check_float, check_int, fail
-from .estimate import draw, mean_estimate, resolve_seed
-from .experiments import Table
-from .gates import gate_entropy, top_two_margin
-from .laws import as_law
-from .moe import MoE, Teacher, hard_from, soft_from
+from .._validate import check_float, check_int, fail
+from ..estimators.reducer import draw, mean_estimate, resolve_seed
+from ..model.gates import gate_entropy, top_two_margin
+from ..model.laws import as_law
+from ..model.moe import MoE, Teacher, hard_from, soft_from
+from ..results.table import Table
 from .teacher import PartitionTeacher, recovery
 
 __all__ = ["TauSchedule", "TrainResult", "TrainingStopped", "train", "METHODS"]
@@ -133,7 +133,7 @@ def train(moe: MoE, teacher: Teacher, law, *, schedule: TauSchedule | float = 0.
 
     Args:
         moe: the student (not modified; a trained copy is returned).
-        teacher: the data model (:class:`~softhard.teacher.PartitionTeacher` for the recovery columns).
+        teacher: the data model (:class:`~softhard.dynamics.teacher.PartitionTeacher` for the recovery columns).
         law: the input law.
         schedule: a :class:`TauSchedule` or a float (constant τ).
         method: "gd" (full-batch gradient descent, ``lr`` default 0.1), "lbfgs" (full-batch L-BFGS with a

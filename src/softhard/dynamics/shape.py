@@ -15,10 +15,10 @@ r"""The hard risk as a function of the partition: profiled hard risk and its sha
   :math:`f^*` jumps on the interface, its trace from the side being invaded (5.8): the side
   :math:`g_{ij} < 0` where :math:`\partial g_{ij}\cdot\eta > 0`, the side :math:`g_{ij} > 0` elsewhere.
 
-Two methods. ``"exact"``: a linear (or :class:`~softhard.teacher.UnitLinearRouter`) student router,
+Two methods. ``"exact"``: a linear (or :class:`~softhard.dynamics.teacher.UnitLinearRouter`) student router,
 affine experts, a linear teacher partition with affine experts and a Gaussian or Gaussian-mixture law:
 everything reduces to Gaussian moments (up to order 3) over polyhedra, computed to ~1e-12 (see the
-polyhedral moments of :func:`softhard.gaussian.region_moments`). ``"mc"``: any law, router and teacher, with standard errors from the one
+polyhedral moments of :func:`softhard.closed.region_moments`). ``"mc"``: any law, router and teacher, with standard errors from the one
 reducer; the conditional expectation is the slab average
 :math:`\psi(0)E[F\mid g=0] = \lim_{h\to0} E[F\,1\{|g|\le h\}]/(2h)` (bias :math:`O(h^2)`).
 """
@@ -30,15 +30,15 @@ from dataclasses import dataclass
 
 import numpy as np
 import torch
-from scipy.special import ndtr
 
-from ._validate import DTYPE, check_float, fail
-from .estimate import Estimate, monte_carlo
-from .experts import LinearExperts
-from .gaussian import SpanError, condition_on_score, gaussian_components, interval_moments, region_moments, score_law
-from .laws import Gaussian, GaussianMixture, as_law
-from .moe import HardTeacher, MoE
-from .routers import as_router
+from .._validate import DTYPE, check_float, fail
+from ..closed.moments import SpanError, region_moments
+from ..closed.normal import condition_on_score, gaussian_components, score_law
+from ..estimators.reducer import Estimate, monte_carlo
+from ..model.experts import LinearExperts
+from ..model.laws import Gaussian, GaussianMixture, as_law
+from ..model.moe import HardTeacher, MoE
+from ..model.routers import as_router
 from .teacher import effective_linear
 
 __all__ = ["hard_risk", "Profile", "profiled_hard_risk", "shape_gradient", "shape_derivative",
@@ -160,9 +160,9 @@ class Profile:
     r"""Profiled hard risk :math:`L_0^{prof}(\varphi)` with its minimising affine experts.
 
     Attributes:
-        risk: :class:`~softhard.estimate.Estimate` of :math:`L_0^{prof}` (stderr 0 for ``"exact"``; for
+        risk: :class:`~softhard.estimators.reducer.Estimate` of :math:`L_0^{prof}` (stderr 0 for ``"exact"``; for
             ``"mc"`` the standard error of the risk of the fitted experts, ignoring the fit's own noise).
-        experts: the per-cell least-squares experts (:class:`~softhard.experts.LinearExperts`, K outputs).
+        experts: the per-cell least-squares experts (:class:`~softhard.model.experts.LinearExperts`, K outputs).
         cell_mass: :math:`\mu(C_k)` of the hard cells, shape ``(K,)``.
     """
 
@@ -190,7 +190,7 @@ def profiled_hard_risk(router, teacher, law, *, method: str = "exact", n: int = 
 
     Args:
         router: the student router (any router for ``"mc"``; linear or unit-linear for ``"exact"``).
-        teacher: a teacher (a linear :class:`~softhard.teacher.PartitionTeacher` with affine experts for "exact").
+        teacher: a teacher (a linear :class:`~softhard.dynamics.teacher.PartitionTeacher` with affine experts for "exact").
         law: input law (Gaussian or mixture for ``"exact"``).
         method: ``"exact"`` or ``"mc"`` (moments and risk estimated from the ``(law, n, seed)`` stream).
     """

@@ -4,7 +4,7 @@ entropy constant (paper.md §3 [beyond]; derivations in ``docs/first_order_gap.m
 - :func:`risk_gap`: Monte Carlo gap on a τ grid from one sample (common random numbers), any MoE,
   law and teacher.
 - :func:`gap_slope`: :math:`G_1` in :math:`L_\tau - L_0 = G_1\tau + o(\tau)`, exact for a binary linear
-  MoE under a Gaussian (mixture) law (:func:`softhard.gaussian.gap_slope_exact`), estimated otherwise
+  MoE under a Gaussian (mixture) law (:func:`softhard.closed.risk.gap_slope_exact`), estimated otherwise
   from the surface-integral formula with one-sided boundary kernels.
 - :func:`entropy_slope`, :func:`gate_entropy_mean`: :math:`E[H(\pi^\tau)] = \tau\,\tfrac{\pi^2}{3}\,C_\Sigma + o(\tau)`.
 """
@@ -15,21 +15,20 @@ import math
 
 import torch
 
-from . import fast
-from ._validate import check_float, check_grid, check_int, fail
-from .coarea import _kernel, _kernel_estimate, _pilot, _router, interface_constant, kernel_bandwidth
-from .estimate import Estimate, monte_carlo, resolve_seed
-from .gates import gate_entropy
-from .gaussian import gap_slope_exact, is_binary_linear_gaussian, risk_gap_exact
-from .laws import Gaussian, GaussianMixture, as_law
-from .moe import HardTeacher, MoE, as_teacher, hard_from, soft_from
+from .._validate import check_float, check_grid, check_int, fail
+from ..closed.risk import ENTROPY_CONSTANT, g1_half_bracket, gap_slope_exact, is_binary_linear_gaussian, risk_gap_exact
+from ..estimators import conditional, lines
+from ..estimators.kernel import kernel, kernel_bandwidth, kernel_estimate, pilot_sample
+from ..estimators.reducer import Estimate, exact_estimate, monte_carlo, resolve_seed
+from ..estimators.registry import resolve_method
+from ..estimators.score_space import linear_gap_space
+from ..model.gates import gate_entropy, top_two
+from ..model.laws import Gaussian, GaussianMixture, as_law
+from ..model.moe import HardTeacher, MoE, as_teacher, hard_from, soft_from
+from .coarea import _router, interface_constant
 
-__all__ = ["risk_gap", "gap_slope", "entropy_slope", "gate_entropy_mean", "LN2", "GAP_CONSTANT",
-           "ENTROPY_CONSTANT"]
+__all__ = ["risk_gap", "gap_slope", "entropy_slope", "gate_entropy_mean"]
 
-LN2 = math.log(2.0)  # ∫_0^∞ σ(-u) du
-GAP_CONSTANT = 2 * LN2 - 1  # ∫_R (1{u>0} - σ(u))² du
-ENTROPY_CONSTANT = math.pi ** 2 / 3  # ∫_R H(σ(u)) du (nats)
 _SLOPE_METHODS = ("auto", "exact", "conditional", "kernel", "mc", "qmc")
 
 
@@ -58,38 +57,38 @@ def risk_gap(moe, law, taus, teacher=None, n: int = 1 << 20, seed=0, method: str
 
     Per-sample terms ``teacher.conditional_risk(x, f_τ) - teacher.conditional_risk(x, f_0)`` on the same
     draws for every τ (common random numbers, so differences across τ are smooth), reduced by
-    :func:`~softhard.estimate.monte_carlo`.
+    :func:`~softhard.estimators.reducer.monte_carlo`.
 
     Args:
-        moe: an :class:`~softhard.moe.MoE`; law: law on ℝ^d.
+        moe: an :class:`~softhard.model.moe.MoE`; law: law on ℝ^d.
         taus: temperatures, shape ``(T,)``, or a float.
         teacher: ``None`` (the hard-routed ``moe`` itself, :math:`L_0 = 0` without noise), an MoE, a
-            :class:`~softhard.moe.Teacher` or a callable ``f*``.
+            :class:`~softhard.model.moe.Teacher` or a callable ``f*``.
         n, seed: as in ``monte_carlo``; further keywords go there (``target_rel_error`` included).
         method: ``"mc"`` (the default) or ``"qmc"``: sampling inputs; ``"exact"`` (binary linear MoE with
             linear experts, Gaussian (mixture) law, a hard binary linear teacher or None:
-            :func:`softhard.gaussian.risk_gap_exact`, ``stderr = 0``); ``"conditional"`` (LinearRouter with
+            :func:`softhard.closed.risk.risk_gap_exact`, ``stderr = 0``); ``"conditional"`` (LinearRouter with
             linear or constant experts, Gaussian (mixture) law, teacher None or a hard linear MoE: pairwise
-            conditioning in score space with quadrature across each interface, :mod:`softhard.fast`;
+            conditioning in score space with quadrature across each interface, :mod:`softhard.estimators`;
             keyword ``sampling="mc"|"qmc"``; ``n`` is a budget: it stops at ``target_rel_error``, 5e-3
             unless given); ``"auto"``: exact, else conditional, else ``"mc"``
             (``docs/estimators.md``).
 
     Returns:
-        :class:`~softhard.estimate.Estimate` with value/stderr of shape ``(T,)`` (floats for a float τ).
+        :class:`~softhard.estimators.reducer.Estimate` with value/stderr of shape ``(T,)`` (floats for a float τ).
     """
     where = "risk_gap"
     law = _model(moe, law, where)
     t, scalar = _taus(taus, where)
-    space = fast.linear_gap_space(moe, law, teacher)
-    method = fast.resolve_method(method, where, exact=is_binary_linear_gaussian(moe, law, teacher),
+    space = linear_gap_space(moe, law, teacher)
+    method = resolve_method(method, where, exact=is_binary_linear_gaussian(moe, law, teacher),
                                  conditional=space is not None,
                                  conditional_rule="a LinearRouter with linear experts, a Gaussian (mixture) law and a "
                                  "teacher that is None or a hard linear MoE")
     if method == "exact":
-        est = fast.exact_estimate(risk_gap_exact(moe, law, t, teacher), "risk_gap_exact")
+        est = exact_estimate(risk_gap_exact(moe, law, t, teacher), "risk_gap_exact")
     elif method == "conditional":
-        est = fast.risk_gap_linear(moe, law, t, teacher, space, check_int(n, "n", where), seed, **mc)
+        est = conditional.risk_gap_linear(moe, law, t, teacher, space, check_int(n, "n", where), seed, **mc)
     else:
         teacher = as_teacher(teacher, moe)
         same = isinstance(teacher, HardTeacher) and teacher.moe is moe
@@ -123,50 +122,46 @@ def gap_slope(moe, law, teacher=None, n: int = 1 << 20, seed=0, method: str = "a
               \quad D_{wr} = h_w - h_r,
 
     with the boundary kernel :math:`k(u) = (4 - 6u)1\{0\le u\le 1\}` (bias :math:`O(h^2)`) and the
-    bandwidth rule of :mod:`softhard.coarea` applied to Δ (first block of the sample). Summing the two
+    bandwidth rule of :mod:`softhard.quantities.coarea` applied to Δ (first block of the sample). Summing the two
     sides of :math:`\Gamma_{ij}` gives the formula above. ``method="conditional"`` (Gaussian (mixture)
     law; no bandwidth, no bias): pairwise conditioning in score space for a LinearRouter with linear
     experts and a hard linear teacher (or None), else lines with the Crofton weight for any MoE and
-    teacher (:mod:`softhard.fast`; keyword ``sampling="mc"|"qmc"``; ``n`` is a budget: it stops at
+    teacher (:mod:`softhard.estimators`; keyword ``sampling="mc"|"qmc"``; ``n`` is a budget: it stops at
     ``target_rel_error``, 5e-3 unless given). ``"auto"``: exact, else
     conditional, else kernel (``docs/estimators.md``).
 
     Returns:
-        a float (exact) or an :class:`~softhard.estimate.Estimate` (method ``"kernel"`` or ``"conditional"``).
+        a float (exact) or an :class:`~softhard.estimators.reducer.Estimate` (method ``"kernel"`` or ``"conditional"``).
     """
     where = "gap_slope"
     gaussian = isinstance(law, (Gaussian, GaussianMixture))
-    method = fast.resolve_method(method, where, exact=is_binary_linear_gaussian(moe, law, teacher),
+    method = resolve_method(method, where, exact=is_binary_linear_gaussian(moe, law, teacher),
                                  conditional=gaussian, fallback="kernel", methods=_SLOPE_METHODS)
     if method == "exact":
         return gap_slope_exact(moe, law, teacher)
     law = _model(moe, law, where)
     n, seed = check_int(n, "n", where), resolve_seed(seed, where)  # one seed for the pilot and the sample
     if method == "conditional":
-        space = fast.linear_gap_space(moe, law, teacher)
+        space = linear_gap_space(moe, law, teacher)
         if space is not None:
-            return fast.gap_slope_linear(moe, law, teacher, space, n, seed, **mc)
-        return fast.gap_slope_lines(moe, law, as_teacher(teacher, moe), n, seed, **mc)
+            return conditional.gap_slope_linear(moe, law, teacher, space, n, seed, **mc)
+        return lines.gap_slope_lines(moe, law, as_teacher(teacher, moe), n, seed, **mc)
     teacher = as_teacher(teacher, moe)
 
-    def margin(a):
-        top = torch.topk(a, 2, dim=-1)
-        return top.values[:, 0] - top.values[:, 1], top.indices
 
     if bandwidth is None:
         with torch.no_grad():
-            h = kernel_bandwidth(margin(moe.logits(_pilot(law, n, seed)))[0].cpu().numpy(), n, one_sided=True)
+            h = kernel_bandwidth(top_two(moe.logits(pilot_sample(law, n, seed)))[0].cpu().numpy(), n, one_sided=True)
     else:
         h = check_float(bandwidth, "bandwidth", where, 0.0, math.inf)
 
     def terms(x):
         a, e = moe._scores(x)
-        delta, idx = margin(a)
-        hw, hr = e.gather(1, idx[:, :1])[:, 0], e.gather(1, idx[:, 1:])[:, 0]
-        D = hw - hr
-        return _kernel(delta, h, True) * ((LN2 - 0.5) * D * D + 2 * LN2 * D * (teacher._signal(x) - hw))
+        delta, w, r = top_two(a)
+        hw, hr = e.gather(1, w[:, None])[:, 0], e.gather(1, r[:, None])[:, 0]
+        return kernel(delta, h, True) * g1_half_bracket(hw - hr, teacher._signal(x), hw)
 
-    return _kernel_estimate(monte_carlo(terms, law, n, seed, method="qmc" if method == "qmc" else "mc", **mc), h,
+    return kernel_estimate(monte_carlo(terms, law, n, seed, method="qmc" if method == "qmc" else "mc", **mc), h,
                             True)
 
 
@@ -177,7 +172,7 @@ def entropy_slope(router, law, method: str = "auto", n: int = 1 << 20, seed=0, b
     .. math:: E[H(\pi^\tau(X))] = \tau\,\frac{\pi^2}{3}\,C_\Sigma + o(\tau), \qquad
               \int_{\mathbb R} H(\sigma(u))\,du = \frac{\pi^2}{3},
 
-    with :math:`C_\Sigma` the surface constant of Prop. 3.5 (:func:`softhard.coarea.interface_constant`;
+    with :math:`C_\Sigma` the surface constant of Prop. 3.5 (:func:`softhard.quantities.coarea.interface_constant`;
     :math:`C_\Sigma = \psi(0)` for K = 2). Exact or kernel-estimated as ``interface_constant``.
     """
     c = interface_constant(router, law, method, n, seed, bandwidth, **mc)
@@ -190,7 +185,7 @@ def gate_entropy_mean(router, law, taus, n: int = 1 << 20, seed=0, **mc) -> Esti
     r"""Monte Carlo mean routing entropy :math:`E[-\sum_k \pi_k^\tau \log \pi_k^\tau]` (nats) on a τ grid.
 
     Returns:
-        :class:`~softhard.estimate.Estimate` over ``taus`` (shape ``(T,)``; floats for a float τ).
+        :class:`~softhard.estimators.reducer.Estimate` over ``taus`` (shape ``(T,)``; floats for a float τ).
     """
     where = "gate_entropy_mean"
     law, r = _router(router, law, where)

@@ -2,28 +2,10 @@ r"""Coarea constants (paper (3.8)–(3.9), Prop. 3.5, Lemma 3.6) and the Assumpt
 
 By the coarea formula the level-set profile :math:`\psi_{ij}(s) = \int_{g_{ij}=s} p/|\nabla g_{ij}|\,dH^{d-1}`
 (3.8) is the density of the random variable :math:`g_{ij}(X)` at s, so :math:`\psi_{ij}(0)` is a density
-at a point: exact for a linear router under a Gaussian (mixture) law (:mod:`softhard.gaussian`),
+at a point: exact for a linear router under a Gaussian (mixture) law (:mod:`softhard.closed`),
 estimated by a kernel otherwise.
 
-Kernel estimator (used by :func:`density_at_zero` and everything sampled here). For a sample
-:math:`V_1, \dots, V_N` with density f and a bandwidth h,
-
-.. math:: \hat f(0) = \frac1N \sum_n \frac1h\, k(V_n/h), \qquad
-          k(u) = \tfrac34 (1 - u^2)\,1\{|u| \le 1\} \quad\text{(two-sided, Epanechnikov)},
-
-and for non-negative V (margins Δ ≥ 0), the density at 0⁺, :math:`\lim_{w\to0} P(0 \le V \le w)/w`, with
-the boundary kernel :math:`k(u) = (4 - 6u)\,1\{0 \le u \le 1\}` (:math:`\int k = 1`, :math:`\int u k = 0`,
-so the bias is :math:`O(h^2)` at the boundary too). The terms are i.i.d., so the standard error is
-their standard deviation over :math:`\sqrt N` (the one reducer, :func:`~softhard.estimate.mean_estimate`
-or :func:`~softhard.estimate.monte_carlo`).
-
-Bandwidth rule: :math:`h = \hat s\, N^{-1/4}`, with :math:`\hat s = \min(\mathrm{sd}, \mathrm{IQR}/1.349)`
-(for one-sided data, of the sample reflected about 0). The bias is
-:math:`\tfrac{h^2}{2} f''(0) \int u^2 k` and the standard error :math:`\sqrt{f(0)\int k^2/(N h)}`,
-so bias/stderr :math:`\propto \hat s^{5/2} N^{-1/8}`: this rule undersmooths (the MSE-optimal
-:math:`N^{-1/5}` would make the bias comparable to the error bar), keeping the bias a small fraction of
-the reported standard error for densities that vary on the scale :math:`\hat s`; the coverage of
-"value ± 2 stderr" is checked in the tests.
+Kernel estimates: :mod:`softhard.estimators.kernel`; lines with the Crofton weight: :mod:`softhard.estimators.lines`.
 """
 
 from __future__ import annotations
@@ -34,72 +16,21 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 
-from . import fast
-from ._validate import as_tensor, check_finite, check_float, check_int, fail
-from .estimate import BLOCK, Estimate, draw, mean_estimate, monte_carlo, resolve_seed
-from .gaussian import interface_constant_exact, pair_density_at_zero
-from .laws import Gaussian, GaussianMixture, as_law
-from .routers import LinearRouter, _pair, as_router, score_gradient
+from .._validate import check_float, check_int, fail
+from ..closed.boundary import interface_constant_exact, pair_density_at_zero
+from ..estimators.fits import fit_margin_tail
+from ..estimators.kernel import kernel, kernel_bandwidth, kernel_estimate, pilot_sample
+from ..estimators.lines import coarea_lines
+from ..estimators.reducer import Estimate, draw, monte_carlo, resolve_seed
+from ..estimators.registry import resolve_method
+from ..model.laws import Gaussian, GaussianMixture, as_law
+from ..model.routers import LinearRouter, as_router, check_pair, score_gradient
 
-__all__ = ["density_at_zero", "kernel_bandwidth", "coarea_constant", "coarea_sum", "interface_constant",
-           "interface_diagnostic", "InterfaceDiagnostic", "METHODS"]
+__all__ = ["coarea_constant", "coarea_sum", "interface_constant", "interface_diagnostic", "InterfaceDiagnostic",
+           "METHODS"]
+
 
 METHODS = ("auto", "exact", "kernel")
-
-
-def kernel_bandwidth(values, n: int | None = None, one_sided: bool = False) -> float:
-    r"""The bandwidth rule :math:`h = \hat s\, N^{-1/4}` (module docstring); ``values`` of shape ``(N,)``.
-
-    ``n`` is the sample size the estimate will use (default: ``len(values)``; a pilot sample may be
-    smaller than the final one).
-    """
-    v = np.asarray(values, dtype=np.float64).reshape(-1)
-    if one_sided:
-        v = np.concatenate([v, -v])
-    q75, q25 = np.percentile(v, [75, 25])
-    s = min(float(v.std()), (q75 - q25) / 1.349)
-    if not s > 0:
-        fail("values", "kernel_bandwidth", "a sample with a positive spread (sd and IQR > 0)", f"scale {s}")
-    return s * float(n or len(values)) ** -0.25
-
-
-def _kernel(v: torch.Tensor, h: float, one_sided: bool) -> torch.Tensor:
-    u = v / h
-    if one_sided:
-        return torch.where((u >= 0) & (u <= 1), 4.0 - 6.0 * u, torch.zeros_like(u)) / h
-    return torch.where(u.abs() <= 1, 0.75 * (1.0 - u * u), torch.zeros_like(u)) / h
-
-
-def _kernel_estimate(est: Estimate, h: float, one_sided: bool, scale: float = 1.0) -> Estimate:
-    kind = "boundary (4 - 6u) on [0, 1]" if one_sided else "Epanechnikov"
-    return Estimate(est.value * scale, est.stderr * scale, est.n, "kernel", est.seed,
-                    {**est.info, "bandwidth": h, "kernel": kind})
-
-
-def density_at_zero(values, bandwidth: float | None = None, one_sided: bool = False) -> Estimate:
-    r"""Density at 0 of a sample of scalars, with a standard error (kernel estimator, module docstring).
-
-    .. math:: \hat f(0) = \frac1N\sum_n h^{-1} k(V_n/h)
-
-    Args:
-        values: the sample ``V``, shape ``(N,)``, ``N >= 2``.
-        bandwidth: ``h > 0``; ``None`` uses :func:`kernel_bandwidth`.
-        one_sided: for non-negative values (margins Δ ≥ 0): the density at 0⁺,
-            :math:`\lim_{w\to0} P(0 \le V \le w)/w` (boundary kernel).
-
-    Returns:
-        :class:`~softhard.estimate.Estimate` (method ``"kernel"``, ``info["bandwidth"]``).
-    """
-    where = "density_at_zero"
-    v = as_tensor(values, "values", where)
-    if v.ndim != 1 or v.shape[0] < 2:
-        fail("values", where, "an array of shape (N,) with N >= 2", f"shape {tuple(v.shape)}")
-    check_finite(v, "values", where)
-    if one_sided and bool((v < 0).any()):
-        fail("values", where, "non-negative with one_sided=True", f"minimum {float(v.min()):.3g}")
-    h = kernel_bandwidth(v.cpu().numpy(), one_sided=one_sided) if bandwidth is None else check_float(
-        bandwidth, "bandwidth", where, 0.0, math.inf)
-    return _kernel_estimate(mean_estimate(_kernel(v, h, one_sided)), h, one_sided)
 
 
 def _method(method, where: str) -> str:
@@ -121,11 +52,6 @@ def _router(router, law, where: str):
     return law, r
 
 
-def _pilot(law, n: int, seed) -> torch.Tensor:
-    """The first block of the sample that :func:`monte_carlo` will use (sets the bandwidth)."""
-    return draw(law, min(n, BLOCK), seed)
-
-
 def coarea_constant(router, law, pair=(0, 1), method: str = "auto", n: int = 1 << 20, seed=0,
                     bandwidth: float | None = None, **mc) -> float | Estimate:
     r"""Coarea constant :math:`\psi_{ij}(0)` (3.8): the density of :math:`g_{ij}(X) = a_i(X) - a_j(X)` at 0.
@@ -139,35 +65,35 @@ def coarea_constant(router, law, pair=(0, 1), method: str = "auto", n: int = 1 <
             ``"qmc"`` with scrambled Sobol sampling: Monte Carlo kernel estimate, module docstring;
             bandwidth from the first block of the sample unless given), ``"conditional"`` (any router under
             a Gaussian (mixture) law: lines with the Crofton weight, unbiased, no bandwidth,
-            :func:`softhard.fast.coarea_lines`; keyword ``sampling="mc"|"qmc"``; ``n`` is a budget: it
+            :func:`softhard.estimators.lines.coarea_lines`; keyword ``sampling="mc"|"qmc"``; ``n`` is a budget: it
             stops at ``target_rel_error``, 5e-3 unless given), ``"auto"``: exact, else
             conditional, else kernel (``docs/estimators.md``).
         n, seed: sample size and seed of the kernel estimate; further keywords go to ``monte_carlo``.
 
     Returns:
-        a float (exact) or an :class:`~softhard.estimate.Estimate`.
+        a float (exact) or an :class:`~softhard.estimators.reducer.Estimate`.
     """
     where = "coarea_constant"
     gaussian = isinstance(law, (Gaussian, GaussianMixture))
-    method = fast.resolve_method(method, where, exact=_linear_gaussian(router, law), conditional=gaussian,
+    method = resolve_method(method, where, exact=_linear_gaussian(router, law), conditional=gaussian,
                                  fallback="kernel", methods=("auto", "exact", "conditional", "kernel", "mc", "qmc"))
     if method == "exact":
         return pair_density_at_zero(router, law, pair)
     law, r = _router(router, law, where)
-    i, j = _pair(pair, r.num_experts, where)
+    i, j = check_pair(pair, r.num_experts, where)
     n, seed = check_int(n, "n", where), resolve_seed(seed, where)  # one seed for the pilot and the sample
     if method == "conditional":
-        return fast.coarea_lines(r, law, (i, j), n, seed, **mc)
+        return coarea_lines(r, law, (i, j), n, seed, **mc)
 
     def g(x):
         a = r.logits(x)
         return a[:, i] - a[:, j]
 
-    h = kernel_bandwidth(g(_pilot(law, n, seed)).detach().cpu().numpy(), n) if bandwidth is None else check_float(
+    h = kernel_bandwidth(g(pilot_sample(law, n, seed)).detach().cpu().numpy(), n) if bandwidth is None else check_float(
         bandwidth, "bandwidth", where, 0.0, math.inf)
-    est = monte_carlo(lambda x: _kernel(g(x), h, False), law, n, seed, method="qmc" if method == "qmc" else "mc",
+    est = monte_carlo(lambda x: kernel(g(x), h, False), law, n, seed, method="qmc" if method == "qmc" else "mc",
                       **mc)
-    return _kernel_estimate(est, h, False)
+    return kernel_estimate(est, h, False)
 
 
 def coarea_sum(router, law, method: str = "auto", n: int = 1 << 20, seed=0, **mc) -> float | Estimate:
@@ -186,7 +112,7 @@ def coarea_sum(router, law, method: str = "auto", n: int = 1 << 20, seed=0, **mc
     pairs = [(i, j) for i in range(r.num_experts) for j in range(i + 1, r.num_experts)]
     n, seed = check_int(n, "n", where), resolve_seed(seed, where)  # one seed for the pilot and the sample
     I, J = torch.tensor([p[0] for p in pairs]), torch.tensor([p[1] for p in pairs])
-    a0 = r.logits(_pilot(law, n, seed)).detach()
+    a0 = r.logits(pilot_sample(law, n, seed)).detach()
     hs = torch.tensor([kernel_bandwidth((a0[:, i] - a0[:, j]).cpu().numpy(), n) for i, j in pairs],
                       dtype=torch.float64)
 
@@ -208,7 +134,7 @@ def interface_constant(router, law, method: str = "auto", n: int = 1 << 20, seed
     .. math:: \beta(w) = \mu(\Delta \le w) = 2w\,C_\Sigma + o(w), \qquad C_\Sigma = \tfrac12 f_\Delta(0^+)
 
     (K = 2: :math:`C_\Sigma = \psi(0)`). Exact for a linear router under a Gaussian (mixture) law
-    (:func:`softhard.gaussian.interface_constant_exact`); otherwise half the one-sided kernel estimate
+    (:func:`softhard.closed.boundary.interface_constant_exact`); otherwise half the one-sided kernel estimate
     of the density of Δ at 0⁺.
     """
     where = "interface_constant"
@@ -222,10 +148,10 @@ def interface_constant(router, law, method: str = "auto", n: int = 1 << 20, seed
         top = torch.topk(r.logits(x), 2, dim=-1).values
         return top[:, 0] - top[:, 1]
 
-    h = kernel_bandwidth(margin(_pilot(law, n, seed)).detach().cpu().numpy(), n, one_sided=True) \
+    h = kernel_bandwidth(margin(pilot_sample(law, n, seed)).detach().cpu().numpy(), n, one_sided=True) \
         if bandwidth is None else check_float(bandwidth, "bandwidth", where, 0.0, math.inf)
-    est = monte_carlo(lambda x: _kernel(margin(x), h, True), law, n, seed, **mc)
-    return _kernel_estimate(est, h, True, 0.5)
+    est = monte_carlo(lambda x: kernel(margin(x), h, True), law, n, seed, **mc)
+    return kernel_estimate(est, h, True, 0.5)
 
 
 @dataclass(frozen=True)
@@ -275,7 +201,7 @@ def interface_diagnostic(router, law, n: int = 1 << 16, seed=0, *, tail_fraction
 
     - the 10% quantile of :math:`|\nabla g_{(1)(2)}|` on the near-tie samples (the ``near_fraction``
       smallest margins) is below ``grad_tol`` times its median over all samples, or
-    - the fitted tail exponent (:func:`softhard.bounds.fit_margin_tail` on the ``tail_fraction``
+    - the fitted tail exponent (:func:`softhard.estimators.fits.fit_margin_tail` on the ``tail_fraction``
       smallest margins) is below ``1 - alpha_tol`` and 3 standard errors below 1;
 
     "inconclusive" with fewer than 30 near-tie samples; "regular" otherwise.
@@ -286,8 +212,6 @@ def interface_diagnostic(router, law, n: int = 1 << 16, seed=0, *, tail_fraction
     Returns:
         :class:`InterfaceDiagnostic`.
     """
-    from .bounds import fit_margin_tail  # bounds imports this module
-
     where = "interface_diagnostic"
     law, r = _router(router, law, where)
     n = check_int(n, "n", where, low=100)

@@ -15,15 +15,18 @@ import math
 
 import torch
 
-from . import fast
-from ._validate import check_float, check_grid, check_int, check_logits, fail
-from .estimate import Estimate, monte_carlo
-from .gates import pairwise_separation, top_two_margin, topk_margin
-from .gaussian import _PAIRWISE_MAX_K, boundary_mass_exact
-from .laws import Gaussian, GaussianMixture, as_law
-from .routers import LinearRouter, as_router
+from .._validate import check_float, check_grid, check_int, check_logits, fail
+from ..closed.boundary import PAIRWISE_MAX_K, boundary_mass_exact
+from ..estimators import conditional, lines
+from ..estimators.fits import MarginTail, fit_margin_tail
+from ..estimators.reducer import Estimate, draw, exact_estimate, monte_carlo
+from ..estimators.registry import resolve_method
+from ..estimators.score_space import score_space
+from ..model.gates import pairwise_separation, top_two_margin, topk_margin
+from ..model.laws import Gaussian, GaussianMixture, as_law
+from ..model.routers import LinearRouter, as_router
 
-__all__ = ["boundary_mass", "ambiguity_mass", "margin_function", "MARGINS"]
+__all__ = ["boundary_mass", "ambiguity_mass", "margin_tail", "margin_function", "MARGINS"]
 
 MARGINS = ("top2", "pairwise")
 
@@ -55,13 +58,13 @@ def boundary_mass(router, law, widths, kind: str = "top2", n: int = 1 << 20, see
         k: with ``kind="top2"``, use the top-k margin :math:`a_{(k)} - a_{(k+1)}` instead [beyond].
         method: ``"mc"`` (plain Monte Carlo over inputs, the default) or ``"qmc"`` (scrambled Sobol);
             ``"exact"`` (LinearRouter, Gaussian (mixture) law, k = 1:
-            :func:`softhard.gaussian.boundary_mass_exact`, ``stderr = 0``); ``"conditional"`` (Gaussian
+            :func:`softhard.closed.boundary.boundary_mass_exact`, ``stderr = 0``); ``"conditional"`` (Gaussian
             (mixture) law, ``kind="top2"``, k = 1: pairwise conditioning in score space for a LinearRouter,
-            lines with the Crofton weight otherwise, :mod:`softhard.fast`; keyword ``sampling="mc"|"qmc"``;
+            lines with the Crofton weight otherwise, :mod:`softhard.estimators`; keyword ``sampling="mc"|"qmc"``;
             ``n`` is a budget: it stops at ``target_rel_error``, 5e-3 unless given);
             ``"auto"``: exact, else conditional, else QMC in score space for a LinearRouter under a
             Gaussian law, else plain MC (``docs/estimators.md``). Further keywords go to
-            :func:`softhard.estimate.monte_carlo` (``target_rel_error`` works for every sampling method).
+            :func:`softhard.estimators.reducer.monte_carlo` (``target_rel_error`` works for every sampling method).
 
     Returns:
         :class:`Estimate` whose ``value``/``stderr`` have shape ``(W,)`` (floats for a float width).
@@ -76,17 +79,17 @@ def boundary_mass(router, law, widths, kind: str = "top2", n: int = 1 << 20, see
     gaussian = isinstance(law, (Gaussian, GaussianMixture))
     linear = isinstance(r, LinearRouter) and gaussian
     in_score_space = linear and method == "auto"  # auto's last resort samples the logits directly
-    method = fast.resolve_method(
-        method, "boundary_mass", exact=linear and k == 1 and (kind == "top2" or r.num_experts <= _PAIRWISE_MAX_K),
+    method = resolve_method(
+        method, "boundary_mass", exact=linear and k == 1 and (kind == "top2" or r.num_experts <= PAIRWISE_MAX_K),
         conditional=gaussian and kind == "top2" and k == 1, fallback="qmc" if linear else "mc",
         conditional_rule="a Gaussian or GaussianMixture law, kind='top2' and k=1")
     if method == "exact":
-        est = fast.exact_estimate(boundary_mass_exact(r, law, w, kind), "boundary_mass_exact")
+        est = exact_estimate(boundary_mass_exact(r, law, w, kind), "boundary_mass_exact")
     elif method == "conditional":
-        est = (fast.boundary_mass_linear if isinstance(r, LinearRouter) else fast.boundary_mass_lines)(
+        est = (conditional.boundary_mass_linear if isinstance(r, LinearRouter) else lines.boundary_mass_lines)(
             r, law, w, n, seed, **mc)
     elif in_score_space:
-        space = fast.score_space(r, law)
+        space = score_space(r, law)
         est = monte_carlo(lambda y: (margin(y)[:, None] <= w.to(y)).to(torch.float64), space.law, n, seed,
                           method=method, **mc)
         est.info["space"] = "score"
@@ -111,7 +114,7 @@ def ambiguity_mass(router, law, taus, eps: float = 1 / (1 + math.e ** 2), n: int
     Args:
         router: router ``(N, d) -> (N, K)``; law: input law μ on ℝ^d.
         taus: temperatures τ > 0, shape ``(T,)`` (or a float); eps: tolerance ε ∈ (0, 1/2).
-        n, seed: sample size and seed; further keywords go to :func:`softhard.estimate.monte_carlo`.
+        n, seed: sample size and seed; further keywords go to :func:`softhard.estimators.reducer.monte_carlo`.
 
     Returns:
         :class:`Estimate` over ``taus``.
@@ -143,3 +146,15 @@ def _router(router, law, where: str):
 
 def _is_scalar(v) -> bool:
     return isinstance(v, (int, float)) or (hasattr(v, "ndim") and v.ndim == 0)
+
+
+def margin_tail(router, law, n: int = 1 << 20, seed=0, t_max: float | None = None, tail_fraction: float = 0.05,
+                kind: str = "top2", zeros: str = "raise") -> MarginTail:
+    r"""Draw ``n`` inputs (``estimate.draw``) and fit the margin tail of Δ (``kind="top2"``, (2.6)) or δ
+    (``kind="pairwise"``, (2.12)) with :func:`fit_margin_tail`."""
+    law = as_law(law, "margin_tail")
+    r = _router(router, law, "margin_tail")
+    margin = margin_function(kind, where="margin_tail")
+    with torch.no_grad():
+        m = margin(r.logits(draw(law, n, seed)))
+    return fit_margin_tail(m, t_max, tail_fraction, zeros)

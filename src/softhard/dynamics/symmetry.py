@@ -10,7 +10,7 @@ student experts :math:`h_k(x) = w_k\cdot x` and a router θ with antisymmetric s
 What is here (derivations: ``docs/symmetry.md``):
 
 - :class:`TwoExpertGaussian`: risk :math:`L(\theta)`, gradient (6.1)–(6.2) and Hessian by Monte Carlo
-  (the one reducer, :func:`softhard.estimate.monte_carlo`) and exactly (:meth:`TwoExpertGaussian.exact`:
+  (the one reducer, :func:`softhard.estimators.reducer.monte_carlo`) and exactly (:meth:`TwoExpertGaussian.exact`:
   Gaussian conditioning on the plane of (θ·X, u·X) and two-dimensional Gauss–Legendre quadrature);
   the exact linearisation at θ = 0 (:meth:`TwoExpertGaussian.linearisation`, closed form).
 - the paper's reduced operator M (6.6), Lemmas 6.1/6.2 (:func:`reduced_operator`, Monte Carlo check
@@ -18,7 +18,7 @@ What is here (derivations: ``docs/symmetry.md``):
   iteration (6.7) (:func:`linear_iteration`) and the alignment rate (6.9)–(6.12) (:func:`alignment_rate`).
 - full-batch router-only gradient descent on one fixed sample (:func:`train_router`, the §7.3 diagnostic).
 
-Its Gaussian-moment closed forms live in :mod:`softhard.gaussian` (``split_on_score``, ``sign_moments``,
+Its Gaussian-moment closed forms live in :mod:`softhard.closed` (``split_on_score``, ``sign_moments``,
 ``drift_at_balance``, ``hessian_at_balance``, ``reduced_closed_form``).
 """
 
@@ -32,10 +32,10 @@ from typing import Callable, NamedTuple
 import numpy as np
 import torch
 
-from ._validate import DTYPE, as_tensor, check_finite, check_float, check_grid, check_inputs, check_int, fail
-from .estimate import Estimate, monte_carlo
-from .gaussian import drift_at_balance, hessian_at_balance, reduced_closed_form, sign_moments, split_on_score
-from .laws import Gaussian
+from .._validate import DTYPE, as_tensor, check_finite, check_float, check_grid, check_inputs, check_int, fail
+from ..closed.balance import drift_at_balance, hessian_at_balance, reduced_closed_form, sign_moments
+from ..estimators.reducer import Estimate, monte_carlo
+from ..model.laws import Gaussian
 
 __all__ = ["TwoExpertGaussian", "ExactValues", "Linearisation", "Spectrum", "RouterTraining", "reduced_operator",
            "reduced_operator_mc", "operator_spectrum", "linear_iteration", "alignment_rate", "alignment",
@@ -637,7 +637,7 @@ def train_router(model: TwoExpertGaussian, x, theta0, taus, eta: float, steps: i
 
     Args:
         model: the :class:`TwoExpertGaussian` (teacher and fixed experts).
-        x: the training sample, shape ``(n, d)`` (e.g. :func:`softhard.estimate.draw` of ``model.law``).
+        x: the training sample, shape ``(n, d)`` (e.g. :func:`softhard.estimators.reducer.draw` of ``model.law``).
         theta0: initial router, shape ``(d,)``.
         taus: temperatures, shape ``(R,)``.
         eta: step size η > 0.

@@ -14,7 +14,7 @@ where the parameters are the experiment's full resolved ``Config`` (defaults inc
 for a registered diagnostic, and the given keyword arguments for a user function.
 
 Store: ``OUT/results/part-*.parquet`` (or ``.csv``), one file per batch of finished cells, each written
-to a temporary name and renamed (:func:`softhard.report.io.atomic_write`), so a killed run leaves only
+to a temporary name and renamed (:func:`softhard.results.io.atomic_write`), so a killed run leaves only
 whole files. A part holds ok rows and failure records (``status``, ``error``); :func:`read_results`
 unions the parts and keeps one row per cell id. Re-running skips the cells stored as ok; failed cells
 are tried again. ``OUT/sweep.json`` records the spec and its cell ids, for :func:`read_results` and
@@ -43,9 +43,10 @@ from typing import Any, Callable, Iterable, Iterator
 
 import numpy as np
 
-from ._validate import check_float, check_int, fail
-from .experiments import REGISTRY, Table, get, make_config
-from .report.io import atomic_write, to_jsonable
+from .._validate import check_float, check_int, fail
+from ..experiments import REGISTRY, get, make_config
+from ..results.io import atomic_write, to_jsonable
+from ..results.table import Table
 
 __all__ = ["SpecError", "SweepSpec", "Cell", "SweepSummary", "load_spec", "run_cell", "run_sweep", "read_results"]
 
@@ -495,7 +496,7 @@ def _context():
     if "forkserver" not in multiprocessing.get_all_start_methods():  # pragma: no cover - Windows
         return multiprocessing.get_context("spawn")
     ctx = multiprocessing.get_context("forkserver")
-    ctx.set_forkserver_preload(["softhard.sweep"])
+    ctx.set_forkserver_preload(["softhard.runs.sweep"])
     return ctx
 
 
@@ -572,7 +573,7 @@ def run_sweep(spec: SweepSpec | str | os.PathLike, out: str | os.PathLike, *, wo
         fail("scheduler", "run_sweep", "used alone (not with workers or dask_local)", scheduler)
     batch = check_int(batch, "batch", "run_sweep", low=1)
     flush_seconds = check_float(flush_seconds, "flush_seconds", "run_sweep", low=0.0)
-    from . import __version__
+    from .. import __version__
 
     out, t0 = Path(out), time.perf_counter()
     store = _store(out)

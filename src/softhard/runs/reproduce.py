@@ -16,10 +16,11 @@ import tomllib
 from pathlib import Path
 from typing import Callable
 
-from . import __version__
-from .experiments import REGISTRY, Table, get, make_config
-from .report.figures import FIGURES, render_figure
-from .report.io import read_table, write_manifest, write_table
+from .. import __version__
+from ..experiments import REGISTRY, get, make_config
+from ..report.figures import FIGURES, render_figure
+from ..results.io import write_manifest, write_table
+from ..results.table import Table
 
 __all__ = ["ReproduceError", "reproduce", "render_all", "summary_text", "SUMMARY_COLUMNS"]
 

@@ -20,15 +20,16 @@ import math
 import numpy as np
 import torch
 
-from ._validate import DTYPE, as_tensor, check_finite, check_inputs, check_int, fail
+from .._validate import DTYPE, as_tensor, check_finite, check_inputs, check_int, fail
 
-__all__ = ["Law", "Gaussian", "GaussianMixture", "Uniform", "Empirical"]
+__all__ = ["Law", "Gaussian", "GaussianMixture", "Uniform", "Empirical", "as_law", "standard_normal", "standard_uniform",
+           "U_EPS"]
 
-_U_EPS = 1e-15
+U_EPS = 1e-15
 _NP_DTYPES = {torch.float32: np.float32, torch.float64: np.float64}
 
 
-def _normal(generator, shape: tuple, dtype: torch.dtype, device) -> torch.Tensor:
+def standard_normal(generator, shape: tuple, dtype: torch.dtype, device) -> torch.Tensor:
     """Standard normals of ``shape`` from a torch or NumPy generator, in ``dtype`` on ``device``."""
     if isinstance(generator, np.random.Generator):
         z = generator.standard_normal(shape, dtype=_NP_DTYPES.get(dtype, np.float64))
@@ -36,7 +37,7 @@ def _normal(generator, shape: tuple, dtype: torch.dtype, device) -> torch.Tensor
     return torch.randn(shape, generator=generator, dtype=dtype, device="cpu").to(device)
 
 
-def _uniform(generator, shape: tuple, dtype: torch.dtype, device) -> torch.Tensor:
+def standard_uniform(generator, shape: tuple, dtype: torch.dtype, device) -> torch.Tensor:
     """Uniforms on [0, 1) of ``shape`` from a torch or NumPy generator, in ``dtype`` on ``device``."""
     if isinstance(generator, np.random.Generator):
         u = generator.random(shape, dtype=_NP_DTYPES.get(dtype, np.float64))
@@ -129,10 +130,10 @@ class Gaussian(Law):
         return self.mean + z @ L.T
 
     def sample(self, n, generator=None):
-        return self._affine(_normal(generator, (self._n(n), self.d), self.dtype, self.device))
+        return self._affine(standard_normal(generator, (self._n(n), self.d), self.dtype, self.device))
 
     def from_uniform(self, u):
-        return self._affine(torch.special.ndtri(u.to(self.dtype).clamp(_U_EPS, 1 - _U_EPS)))
+        return self._affine(torch.special.ndtri(u.to(self.dtype).clamp(U_EPS, 1 - U_EPS)))
 
     def log_prob(self, x):
         x = check_inputs(x, self.d, "Gaussian.log_prob")
@@ -202,11 +203,11 @@ class GaussianMixture(Law):
 
     def sample(self, n, generator=None):
         n = self._n(n)
-        u = _uniform(generator, (n,), self.dtype, self.device)
-        return self._assemble(self._pick(u), _normal(generator, (n, self.d), self.dtype, self.device))
+        u = standard_uniform(generator, (n,), self.dtype, self.device)
+        return self._assemble(self._pick(u), standard_normal(generator, (n, self.d), self.dtype, self.device))
 
     def from_uniform(self, u):
-        z = torch.special.ndtri(u[:, 1:].to(self.dtype).clamp(_U_EPS, 1 - _U_EPS))
+        z = torch.special.ndtri(u[:, 1:].to(self.dtype).clamp(U_EPS, 1 - U_EPS))
         return self._assemble(self._pick(u[:, 0]), z)
 
     def log_prob(self, x):
@@ -236,7 +237,7 @@ class Uniform(Law):
         self.dtype, self.device = dtype, lo.device
 
     def sample(self, n, generator=None):
-        return self.from_uniform(_uniform(generator, (self._n(n), self.d), self.dtype, self.device))
+        return self.from_uniform(standard_uniform(generator, (self._n(n), self.d), self.dtype, self.device))
 
     def from_uniform(self, u):
         return self.low + u.to(self.dtype) * (self.high - self.low)

@@ -34,10 +34,10 @@ from typing import Callable
 import numpy as np
 import torch
 
-from ._validate import check_float, check_int, check_seed, fail
-from .laws import as_law
+from .._validate import check_float, check_int, check_seed, fail
+from ..model.laws import as_law
 
-__all__ = ["Estimate", "monte_carlo", "mean_estimate", "draw", "resolve_seed", "BLOCK"]
+__all__ = ["Estimate", "Moments", "exact_estimate", "monte_carlo", "mean_estimate", "draw", "resolve_seed", "BLOCK"]
 
 BLOCK = 1 << 14  # samples per RNG block: fixes the stream, so results depend on (seed, n) only
 
@@ -85,12 +85,19 @@ class Estimate:
                 "seed": self.seed}
 
 
+def exact_estimate(value, where: str) -> Estimate:
+    """A closed-form value as an :class:`Estimate` (``stderr = 0``, ``n = 0``, method ``"exact"``)."""
+    v = np.asarray(value, dtype=np.float64)
+    return Estimate(float(v) if v.ndim == 0 else v, 0.0 if v.ndim == 0 else np.zeros_like(v), 0, "exact", None,
+                    {"closed_form": where})
+
+
 def _out(a):
     a = np.asarray(a, dtype=np.float64)
     return float(a) if a.ndim == 0 else a
 
 
-class _Moments:
+class Moments:
     """Ordered merge of per-block (count, mean, M2): deterministic, numerically stable."""
 
     def __init__(self):
@@ -184,7 +191,7 @@ def monte_carlo(terms: Callable[[torch.Tensor], torch.Tensor], law, n: int, seed
 
     Args:
         terms: ``x (N, d) -> (N, ...)`` per-sample terms (the trailing shape is the value's shape).
-        law: a :class:`softhard.laws.Law`.
+        law: a :class:`softhard.model.laws.Law`.
         n: number of samples (total over scramblings for QMC).
         seed: ``int``, ``torch.Generator`` (one integer is drawn from it) or ``None`` (fresh, recorded).
         method: ``"mc"`` (i.i.d. draws) or ``"qmc"`` (scrambled Sobol, ``scrambles`` independent copies).
@@ -272,7 +279,7 @@ def _converged(mean: np.ndarray, stderr: np.ndarray, target: float) -> bool:
 
 
 def _mc(terms, law, n, seed, bpc, device, target, min_n, bar, pool) -> Estimate:
-    acc = _Moments()
+    acc = Moments()
     sample = lambda bm: law.sample(bm[1], _block_generator(seed, bm[0]))  # noqa: E731
     for part in _chunks(n, bpc):
         x = _cat(list(pool.map(sample, part)) if pool is not None else [sample(bm) for bm in part])
@@ -321,7 +328,7 @@ def _qmc(terms, law, n, seed, R, bpc, device, target, min_n, bar) -> Estimate:
     engines = [torch.quasirandom.SobolEngine(law.qmc_dim, scramble=True, seed=int(
         np.random.SeedSequence([seed, 1, r]).generate_state(1, np.uint32)[0])) for r in range(R)]
     jitters = [_block_generator(seed, r, stream=2) for r in range(R)]
-    accs = [_Moments() for _ in range(R)]
+    accs = [Moments() for _ in range(R)]
 
     def result() -> Estimate:
         means = np.stack([a.mean for a in accs])
@@ -357,7 +364,7 @@ def mean_estimate(values) -> Estimate:
         fail("values", "mean_estimate", "an array of shape (N, ...) with N >= 1", f"shape {t.shape}")
     if not np.isfinite(t).all():
         fail("values", "mean_estimate", "finite (no NaN or inf)", t)
-    acc = _Moments()
+    acc = Moments()
     for a, b in _offsets([m for _, m in _block_sizes(t.shape[0])]):
         acc.add_block(t[a:b])
     return Estimate(_out(acc.mean), _out(acc.stderr()), acc.n, "sample")

@@ -2,7 +2,7 @@ r"""The soft-risk landscape of a teacher–student problem (paper §4.4, §5: Th
 
 - :class:`ParamSpace`: a student MoE's parameters as one flat vector, with the model's exact symmetries:
   expert relabelling (the K! permutations) and the directions along which the risk cannot change (the
-  logit gauge :math:`a \to a + c(x)`, and the scale of a :class:`~softhard.teacher.UnitLinearRouter`).
+  logit gauge :math:`a \to a + c(x)`, and the scale of a :class:`~softhard.dynamics.teacher.UnitLinearRouter`).
 - :class:`Objective`: :math:`L_\tau(\theta) = \frac1N\sum_i (f^*(x_i) - f_\tau(x_i;\theta))^2 + \sigma^2` (5.3)
   on one fixed sample (``estimate.draw``), with its gradient and full Hessian (``torch.func``, float64).
 - :func:`critical_points`: critical points from many starts (L-BFGS descent and/or a Levenberg–Marquardt
@@ -29,13 +29,13 @@ import numpy as np
 import torch
 from torch.func import functional_call
 
-from ._validate import DTYPE, check_float, check_grid, check_inputs, check_int, fail
-from .estimate import Estimate, draw, monte_carlo, resolve_seed
-from .experiments import Table, loglog_fit
-from .experts import LinearExperts, MLPExperts
-from .laws import as_law
-from .moe import MoE, hard_from, soft_from
-from .routers import LinearRouter, MLPRouter
+from .._validate import DTYPE, check_float, check_grid, check_inputs, check_int, fail
+from ..estimators.reducer import Estimate, draw, monte_carlo, resolve_seed
+from ..model.experts import LinearExperts, MLPExperts
+from ..model.laws import as_law
+from ..model.moe import MoE, hard_from, soft_from
+from ..model.routers import LinearRouter, MLPRouter
+from ..results.table import Table, loglog_fit
 from .shape import hard_risk, supports_exact
 from .teacher import PartitionTeacher, Problem, UnitLinearRouter, get_problem, recovery
 
@@ -239,7 +239,7 @@ class CriticalPoint:
         negative: number of eigenvalues below −δ (the classification tolerance).
         dead_experts: experts that win no point of the sample (an empty hard cell: their parameters are
             nearly flat directions, a critical point "at infinity" of the router offsets).
-        recovery: :class:`~softhard.teacher.Recovery` (exact when the problem allows it).
+        recovery: :class:`~softhard.dynamics.teacher.Recovery` (exact when the problem allows it).
         starts: indices of the starts that converged here.
     """
 
@@ -385,7 +385,7 @@ def critical_points(moe: MoE, teacher, sample, tau: float, starts, *, law=None, 
 
     Args:
         moe: template student (its parameter layout; its values are not used unless it is a start).
-        teacher: a :class:`~softhard.teacher.PartitionTeacher`.
+        teacher: a :class:`~softhard.dynamics.teacher.PartitionTeacher`.
         sample: fixed inputs ``(N, d)`` (e.g. ``estimate.draw(law, N, seed)``).
         tau: temperature τ > 0.
         starts: MoEs or flat vectors ``(p,)`` (a list), e.g. from ``problem.student(seed)``.

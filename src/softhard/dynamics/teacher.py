@@ -3,7 +3,7 @@ r"""Teacher–student problems (paper §5): partition teachers, students, risk d
 - A **partition teacher** (5.1)–(5.2) has cells :math:`\Omega_k = \{x : k(x) = k\}` given by the hard
   winner of a partition router (linear, Voronoi, or the router of a hard-routed MoE) and per-cell experts
   :math:`h^*_k`; :math:`Y = h^*_{k(X)}(X) + \xi`.
-- A **student** is an :class:`~softhard.moe.MoE` with linear or MLP experts and a linear, unit-scale linear or
+- A **student** is an :class:`~softhard.model.moe.MoE` with linear or MLP experts and a linear, unit-scale linear or
   MLP router (:func:`make_student`).
 - :func:`risk_decomposition` splits the excess soft risk into the ambiguity region and the interior
   (Lemma 5.5) and evaluates the per-cell interior bound of Prop. 5.8; :func:`recovery` gives the expert
@@ -23,14 +23,13 @@ from typing import Callable
 import numpy as np
 import torch
 from scipy.optimize import linear_sum_assignment
-from torch import nn
 
-from ._validate import DTYPE, as_tensor, check_float, check_int, fail
-from .estimate import Estimate, mean_estimate, monte_carlo
-from .experts import LinearExperts, MLPExperts
-from .laws import Gaussian, Law, as_law
-from .moe import HardTeacher, MoE, soft_from
-from .routers import LinearRouter, MLPRouter, Router, set_affine
+from .._validate import DTYPE, as_tensor, check_float, check_int, fail
+from ..estimators.reducer import Estimate, mean_estimate, monte_carlo
+from ..model.experts import LinearExperts, MLPExperts
+from ..model.laws import Gaussian, Law, as_law
+from ..model.moe import HardTeacher, MoE, soft_from
+from ..model.routers import LinearRouter, MLPRouter, Router, set_affine
 
 __all__ = ["UnitLinearRouter", "PartitionTeacher", "make_student", "Problem", "binary_problem", "voronoi3_problem",
            "PROBLEMS", "get_problem", "Recovery", "recovery", "Decomposition", "risk_decomposition"]
@@ -79,7 +78,7 @@ class UnitLinearRouter(Router):
         return x @ W.T + b
 
     def as_linear(self) -> LinearRouter:
-        """A frozen :class:`~softhard.routers.LinearRouter` with the same logits."""
+        """A frozen :class:`~softhard.model.routers.LinearRouter` with the same logits."""
         W, b = self.effective()
         return LinearRouter(W.detach(), b.detach())
 
@@ -146,8 +145,8 @@ def make_student(d: int, num_experts: int, *, router: str = "unit", experts: str
     Args:
         d, num_experts: input dimension and number of experts K.
         router: ``"unit"`` (:class:`UnitLinearRouter` of score scale ``scale``), ``"linear"``
-            (:class:`~softhard.routers.LinearRouter`) or ``"mlp"`` (:class:`~softhard.routers.MLPRouter`).
-        experts: ``"linear"`` (affine :class:`~softhard.experts.LinearExperts`) or ``"mlp"``.
+            (:class:`~softhard.model.routers.LinearRouter`) or ``"mlp"`` (:class:`~softhard.model.routers.MLPRouter`).
+        experts: ``"linear"`` (affine :class:`~softhard.model.experts.LinearExperts`) or ``"mlp"``.
         hidden: hidden width of MLP routers/experts.
         init_scale: standard deviation of the linear weights (biases get half of it).
         seed: seed of the initial parameters.
@@ -223,7 +222,7 @@ def binary_problem(noise_std: float = 0.0) -> Problem:
     Its profiled hard risk over the student interface :math:`\{\cos\varphi\,x_1 + \sin\varphi\,x_2 + b = 0\}` has
     the teacher as only minimum (up to relabelling) and one saddle, the mountain pass between the
     teacher and its relabelled copy. ``problem.saddle()`` locates it exactly — the root of the shape gradient
-    (Prop. 5.10, :func:`softhard.shape.shape_gradient`) in :math:`(\varphi, b)`, from the maximiser of the
+    (Prop. 5.10, :func:`softhard.dynamics.shape.shape_gradient`) in :math:`(\varphi, b)`, from the maximiser of the
     profile along b = 0 (φ ≈ 2.16) — and returns the student with that interface and the profiled experts:
     at small τ a critical point of :math:`L_\tau` lies next to it, a strict saddle.
     """
@@ -336,7 +335,7 @@ def recovery(student, teacher, law=None, *, sample=None, n: int = 1 << 16, seed=
         sample: a fixed sample ``(N, d)`` to average over instead of drawing ``(law, n, seed)``.
         method: ``"mc"`` or ``"exact"`` (linear or unit-linear student router, affine student experts, a
             linear teacher partition with affine experts, a Gaussian or Gaussian-mixture law; computed from
-            exact Gaussian moments over the cells, see :mod:`softhard.shape`).
+            exact Gaussian moments over the cells, see :mod:`softhard.dynamics.shape`).
     """
     student, teacher = _check_pair(student, teacher, "recovery")
     if method == "exact":
@@ -392,7 +391,7 @@ def _affine(experts, where: str) -> np.ndarray:
 class Decomposition:
     r"""Lemma 5.5 / Prop. 5.8 decomposition of the excess soft risk :math:`E[(f^* - f_\tau)^2] = L_\tau - E\xi^2`.
 
-    Attributes (all :class:`~softhard.estimate.Estimate` from one sample):
+    Attributes (all :class:`~softhard.estimators.reducer.Estimate` from one sample):
         total: :math:`E[(f^*-f_\tau)^2]`; ambiguity: its part on :math:`A_{\tau,\varepsilon}` (5.4);
         interior: its part on :math:`A^c` (total = ambiguity + interior on the same sample);
         ambiguity_mass: :math:`m_\varepsilon(\tau)` (5.5);

@@ -1,0 +1,1 @@
+"""Dynamics (paper §4.4–§6): teachers, the shape derivative, landscapes, symmetry breaking, training."""

@@ -1,0 +1,97 @@
+r"""Kernel estimates of a density at a point, for the coarea constants (3.8) and the margin density at 0.
+
+By the coarea formula the level-set profile ψ_ij(s) (3.8) is the density of g_ij(X) at s, so a coarea
+constant is a density at a point; where no closed form applies it is estimated by a kernel.
+
+Kernel estimator (used by :func:`density_at_zero` and everything sampled here). For a sample
+:math:`V_1, \dots, V_N` with density f and a bandwidth h,
+
+.. math:: \hat f(0) = \frac1N \sum_n \frac1h\, k(V_n/h), \qquad
+          k(u) = \tfrac34 (1 - u^2)\,1\{|u| \le 1\} \quad\text{(two-sided, Epanechnikov)},
+
+and for non-negative V (margins Δ ≥ 0), the density at 0⁺, :math:`\lim_{w\to0} P(0 \le V \le w)/w`, with
+the boundary kernel :math:`k(u) = (4 - 6u)\,1\{0 \le u \le 1\}` (:math:`\int k = 1`, :math:`\int u k = 0`,
+so the bias is :math:`O(h^2)` at the boundary too). The terms are i.i.d., so the standard error is
+their standard deviation over :math:`\sqrt N` (the one reducer, :func:`~softhard.estimators.reducer.mean_estimate`
+or :func:`~softhard.estimators.reducer.monte_carlo`).
+
+Bandwidth rule: :math:`h = \hat s\, N^{-1/4}`, with :math:`\hat s = \min(\mathrm{sd}, \mathrm{IQR}/1.349)`
+(for one-sided data, of the sample reflected about 0). The bias is
+:math:`\tfrac{h^2}{2} f''(0) \int u^2 k` and the standard error :math:`\sqrt{f(0)\int k^2/(N h)}`,
+so bias/stderr :math:`\propto \hat s^{5/2} N^{-1/8}`: this rule undersmooths (the MSE-optimal
+:math:`N^{-1/5}` would make the bias comparable to the error bar), keeping the bias a small fraction of
+the reported standard error for densities that vary on the scale :math:`\hat s`; the coverage of
+"value ± 2 stderr" is checked in the tests.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import torch
+
+from .._validate import as_tensor, check_finite, check_float, fail
+from .reducer import BLOCK, Estimate, draw, mean_estimate
+
+__all__ = ["kernel_bandwidth", "kernel", "kernel_estimate", "density_at_zero", "pilot_sample"]
+
+
+def kernel_bandwidth(values, n: int | None = None, one_sided: bool = False) -> float:
+    r"""The bandwidth rule :math:`h = \hat s\, N^{-1/4}` (module docstring); ``values`` of shape ``(N,)``.
+
+    ``n`` is the sample size the estimate will use (default: ``len(values)``; a pilot sample may be
+    smaller than the final one).
+    """
+    v = np.asarray(values, dtype=np.float64).reshape(-1)
+    if one_sided:
+        v = np.concatenate([v, -v])
+    q75, q25 = np.percentile(v, [75, 25])
+    s = min(float(v.std()), (q75 - q25) / 1.349)
+    if not s > 0:
+        fail("values", "kernel_bandwidth", "a sample with a positive spread (sd and IQR > 0)", f"scale {s}")
+    return s * float(n or len(values)) ** -0.25
+
+
+def kernel(v: torch.Tensor, h: float, one_sided: bool) -> torch.Tensor:
+    u = v / h
+    if one_sided:
+        return torch.where((u >= 0) & (u <= 1), 4.0 - 6.0 * u, torch.zeros_like(u)) / h
+    return torch.where(u.abs() <= 1, 0.75 * (1.0 - u * u), torch.zeros_like(u)) / h
+
+
+def kernel_estimate(est: Estimate, h: float, one_sided: bool, scale: float = 1.0) -> Estimate:
+    kind = "boundary (4 - 6u) on [0, 1]" if one_sided else "Epanechnikov"
+    return Estimate(est.value * scale, est.stderr * scale, est.n, "kernel", est.seed,
+                    {**est.info, "bandwidth": h, "kernel": kind})
+
+
+def density_at_zero(values, bandwidth: float | None = None, one_sided: bool = False) -> Estimate:
+    r"""Density at 0 of a sample of scalars, with a standard error (kernel estimator, module docstring).
+
+    .. math:: \hat f(0) = \frac1N\sum_n h^{-1} k(V_n/h)
+
+    Args:
+        values: the sample ``V``, shape ``(N,)``, ``N >= 2``.
+        bandwidth: ``h > 0``; ``None`` uses :func:`kernel_bandwidth`.
+        one_sided: for non-negative values (margins Δ ≥ 0): the density at 0⁺,
+            :math:`\lim_{w\to0} P(0 \le V \le w)/w` (boundary kernel).
+
+    Returns:
+        :class:`~softhard.estimators.reducer.Estimate` (method ``"kernel"``, ``info["bandwidth"]``).
+    """
+    where = "density_at_zero"
+    v = as_tensor(values, "values", where)
+    if v.ndim != 1 or v.shape[0] < 2:
+        fail("values", where, "an array of shape (N,) with N >= 2", f"shape {tuple(v.shape)}")
+    check_finite(v, "values", where)
+    if one_sided and bool((v < 0).any()):
+        fail("values", where, "non-negative with one_sided=True", f"minimum {float(v.min()):.3g}")
+    h = kernel_bandwidth(v.cpu().numpy(), one_sided=one_sided) if bandwidth is None else check_float(
+        bandwidth, "bandwidth", where, 0.0, math.inf)
+    return kernel_estimate(mean_estimate(kernel(v, h, one_sided)), h, one_sided)
+
+
+def pilot_sample(law, n: int, seed) -> torch.Tensor:
+    """The first block of the sample that :func:`monte_carlo` will use (sets the bandwidth)."""
+    return draw(law, min(n, BLOCK), seed)

@@ -1,0 +1,1 @@
+"""Model objects: gates and margins, input laws, routers, experts, MoE and teachers (no estimation here)."""

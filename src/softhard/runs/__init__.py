@@ -1,0 +1,1 @@
+"""Orchestration: reproduce the paper's diagnostics; sweeps over any diagnostic."""
