@@ -61,8 +61,8 @@ def run(config: Config = Config(), progress: bool = False) -> Table:
     for o in config.offsets:
         moe, law = design(config.d, o, config.contrast_gradient)
         moved = perturbed_router(moe.router, config.flip_angle, config.flip_shift)
-        mass = boundary_mass(moe.router, law, w, n=config.samples, seed=config.seed)
-        gap = _gap.risk_gap(moe, law, tau, n=config.samples, seed=config.seed)
+        mass = boundary_mass(moe.router, law, w, method="mc", n=config.samples, seed=config.seed)
+        gap = _gap.risk_gap(moe, law, tau, method="mc", n=config.samples, seed=config.seed)
         flips = monte_carlo(lambda x: (moe.router(x).argmax(-1) != moved(x).argmax(-1)).double()[:, None], law,
                             config.samples, config.seed, progress=progress, desc=f"table2: o={o:g}")[0]
         g1 = float(_gap.gap_slope(moe, law))
