@@ -20,7 +20,9 @@ PAPER_FLIP = [0.0252, 0.0226, 0.0154, 0.0084, 0.0035, 0.0020]
 def _rotation_flip(o: float, alpha: float) -> float:
     """P(sign(x_1 − o) ≠ sign(cos α x_1 + sin α x_2 − o)), X ~ N(0, I_2), by SciPy quadrature over x_2: for each x_2
     the two thresholds on x_1 are o and (o − sin α x_2)/cos α, and the flip set is the interval between them."""
-    f = lambda x2: abs(norm.cdf((o - math.sin(alpha) * x2) / math.cos(alpha)) - norm.cdf(o)) * norm.pdf(x2)  # noqa: E731
+    def f(x2):
+        return abs(norm.cdf((o - math.sin(alpha) * x2) / math.cos(alpha)) - norm.cdf(o)) * norm.pdf(x2)
+
     return quad(f, -12, 12, points=[0.0], epsabs=1e-14, epsrel=1e-12, limit=200)[0]
 
 

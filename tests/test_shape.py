@@ -169,8 +169,10 @@ def _kink_case(name):
 
 def _one_sided_fd(r, teacher, law, experts, direction, t=1e-4):
     """Richardson-extrapolated one-sided difference (2D(t) − D(2t), error O(t²)) of the exact hard risk."""
-    L = lambda s: hard_risk(MoE(LinearRouter(r.weight + s * direction[0], r.bias + s * direction[1]), experts),  # noqa: E731
-                            teacher, law, method="exact").value
+    def L(s):
+        moved = LinearRouter(r.weight + s * direction[0], r.bias + s * direction[1])
+        return hard_risk(MoE(moved, experts), teacher, law, method="exact").value
+
     L0 = L(0.0)
     return 2 * (L(t) - L0) / t - (L(2 * t) - L0) / (2 * t)
 
@@ -184,7 +186,8 @@ def _line_integral(r, law, experts, direction):
 
     v, c = (r.weight[0] - r.weight[1]).numpy(), float(r.bias[0] - r.bias[1])
     ev, ec = (direction[0][0] - direction[0][1]).numpy(), float(direction[1][0] - direction[1][1])
-    D = lambda x: float((experts.weight[0] - experts.weight[1]).numpy() @ x + float(experts.bias[0] - experts.bias[1]))  # noqa: E731
+    dw, db = (experts.weight[0] - experts.weight[1]).numpy(), float(experts.bias[0] - experts.bias[1])
+    D = lambda x: float(dw @ x + db)  # noqa: E731
     x0, p = -c * v / (v @ v), np.array([-v[1], v[0]]) / np.linalg.norm(v)
     pdf = multivariate_normal(law.mean.numpy(), law.cov.numpy()).pdf
     f = lambda y: abs(ev @ (x0 + y * p) + ec) * D(x0 + y * p) ** 2 * pdf(x0 + y * p)  # noqa: E731
