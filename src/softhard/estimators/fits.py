@@ -83,7 +83,11 @@ def fit_margin_tail(margins, t_max: float | None = None, tail_fraction: float = 
     k = tail.size
     if k < 3:
         fail("t_max", where, "large enough to hold at least 3 positive margins", t_max)
-    alpha = (k - 1) / float(np.log(t_max / tail).sum())
+    logs = float(np.log(t_max / tail).sum())
+    if not logs > 0:
+        fail("margins", where, "a sample whose margins below t_max are not all equal to it (no tail to fit)",
+             f"{k} margins equal to {t_max:.6g}")
+    alpha = (k - 1) / logs
     a_se = alpha / math.sqrt(k)
     C = (k / n) * t_max ** -alpha
     C_se = C * math.sqrt((1 - k / n) / k + (math.log(t_max) * a_se) ** 2)

@@ -31,7 +31,8 @@ import math
 import numpy as np
 import torch
 
-from .._validate import as_tensor, check_finite, check_float, fail
+from .._validate import as_tensor, check_finite, check_float, check_int, fail
+from ..closed.normal import to_numpy
 from .reducer import BLOCK, Estimate, draw, mean_estimate
 
 __all__ = ["kernel_bandwidth", "kernel", "kernel_estimate", "density_at_zero", "pilot_sample"]
@@ -43,14 +44,18 @@ def kernel_bandwidth(values, n: int | None = None, one_sided: bool = False) -> f
     ``n`` is the sample size the estimate will use (default: ``len(values)``; a pilot sample may be
     smaller than the final one).
     """
-    v = np.asarray(values, dtype=np.float64).reshape(-1)
+    where = "kernel_bandwidth"
+    v = to_numpy(as_tensor(values, "values", where)).reshape(-1)
+    if v.size < 2 or not np.isfinite(v).all():
+        fail("values", where, "a sample of at least 2 finite values", values)
+    n = v.size if n is None else check_int(n, "n", where)
     if one_sided:
         v = np.concatenate([v, -v])
     q75, q25 = np.percentile(v, [75, 25])
     s = min(float(v.std()), (q75 - q25) / 1.349)
     if not s > 0:
-        fail("values", "kernel_bandwidth", "a sample with a positive spread (sd and IQR > 0)", f"scale {s}")
-    return s * float(n or len(values)) ** -0.25
+        fail("values", where, "a sample with a positive spread (sd and IQR > 0)", f"scale {s}")
+    return s * float(n) ** -0.25
 
 
 def kernel(v: torch.Tensor, h: float, one_sided: bool) -> torch.Tensor:
@@ -89,6 +94,10 @@ def density_at_zero(values, bandwidth: float | None = None, one_sided: bool = Fa
         fail("values", where, "non-negative with one_sided=True", f"minimum {float(v.min()):.3g}")
     h = kernel_bandwidth(v.cpu().numpy(), one_sided=one_sided) if bandwidth is None else check_float(
         bandwidth, "bandwidth", where, 0.0, math.inf)
+    inside = int(((v >= 0) & (v <= h)).sum() if one_sided else (v.abs() <= h).sum())
+    if inside < 2:
+        fail("values", where, f"a sample with at least 2 values within the bandwidth h = {h:.3g} of 0 (with fewer "
+             "the kernel estimate has no spread to measure its error)", f"{inside} of {v.shape[0]}")
     return kernel_estimate(mean_estimate(kernel(v, h, one_sided)), h, one_sided)
 
 
