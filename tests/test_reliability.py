@@ -152,8 +152,83 @@ def test_teacher_returning_nan_or_failing_is_named():
     with pytest.raises(ValueError, match=r"The 'teacher' parameter of risk_gap must be a function with finite "
                                          r"values. Got 'nan at x = \["):
         as_teacher(lambda x: x[:, 0] * math.nan, moe, "risk_gap").signal(torch.ones(3, 2, dtype=F64))
-    with pytest.raises(ValueError, match=r"The 'teacher' parameter of (as_teacher|risk_gap) must be a function with finite"):
+    with pytest.raises(ValueError, match=r"'teacher' parameter of (as_teacher|risk_gap) must be a function with "
+                                         r"finite"):
         risk_gap(moe, Gaussian.standard(2), 0.1, teacher=lambda x: x[:, 0] / (x[:, 0] > 5), n=1024, method="mc")
     with pytest.raises(ValueError, match=r"The 'fn' parameter of FunctionTeacher must be a function \(N, d\) -> "
                                          r"\(N,\) that runs on the inputs. Got 'ZeroDivisionError"):
         FunctionTeacher(lambda x: 1 / 0).signal(torch.ones(3, 2, dtype=F64))
+
+
+# --- dynamics ---------------------------------------------------------------------------------------------
+
+def test_alignment_ratio_never_nan():
+    from softhard import alignment, alignment_ratio
+
+    with pytest.raises(ValueError, match=r"The 'direction' parameter of alignment_ratio must be a nonzero vector"):
+        alignment_ratio(torch.tensor([1.0, 0.0], dtype=F64), torch.zeros(2, dtype=F64))
+    with pytest.raises(ValueError, match=r"The 'direction' parameter of alignment_ratio must be a 1-d array of "
+                                         r"shape \(2,\)"):
+        alignment_ratio([[1.0, 0.0]], [1.0, 0.0, 0.0])
+    with pytest.raises(ValueError, match=r"The 'theta' parameter of alignment must be finite"):
+        alignment([math.nan, 0.0], [1.0, 0.0])
+    r = alignment_ratio(torch.tensor([[0.0, 1.0], [0.0, 0.0], [1e308, 1e308], [3.0, 4.0]], dtype=F64), [1.0, 0.0])
+    assert r.tolist() == [math.inf, math.inf, pytest.approx(1.0, rel=1e-15), pytest.approx(4 / 3, rel=1e-15)]
+    assert float(alignment([0.0, 0.0], [1.0, 0.0])) == 0.0
+
+
+def test_critical_points_bad_starts_and_options():
+    from softhard import binary_problem, critical_points, draw, hessian
+
+    prob = binary_problem()
+    s, x = prob.teacher_student(), draw(prob.law, 256, 0)
+    with pytest.raises(TypeError, match=r"The 'starts' parameter of critical_points must be a non-empty list of MoEs"):
+        critical_points(s, prob.teacher, x, 0.1, starts=0)
+    with pytest.raises(ValueError, match=r"The 'starts' parameter of critical_points must be a non-empty list"):
+        critical_points(s, prob.teacher, x, 0.1, starts=[])
+    with pytest.raises(TypeError, match=r"The 'newton_iter' parameter of critical_points must be an int"):
+        critical_points(s, prob.teacher, x, 0.1, [s], newton_iter=None)
+    with pytest.raises(ValueError, match=r"The 'sample' parameter of hessian must be inputs on which the teacher and "
+                                         r"the model are finite"):
+        hessian(s, prob.teacher, torch.full((8, 2), 1e308, dtype=F64), 0.1)
+    assert torch.isfinite(hessian(s, prob.teacher, x, 1e-300)).all()  # the float64 gate is the hard one there
+    # a float32 sample is cast (it used to fail inside torch: "expected m1 and m2 to have the same dtype")
+    x32 = x.float()
+    torch.testing.assert_close(hessian(s, prob.teacher, x32, 0.2), hessian(s, prob.teacher, x32.double(), 0.2))
+
+
+@pytest.mark.parametrize("call, exc, message", [
+    (lambda: Gaussian([0.0, 0.0], dtype="float64"), TypeError, r"'dtype' parameter of Gaussian"),
+    (lambda: GaussianMixture([1.0], [[0.0]], dtype=torch.int64), TypeError, r"'dtype' parameter of GaussianMixture"),
+    (lambda: _sym("reduced_operator")(np.eye(2), [1.0, 0.0, 0.0], 0.1), ValueError,
+     r"'u' parameter of reduced_operator must be a 1-d array of shape \(2,\)"),
+    (lambda: _sym("TwoExpertGaussian")(np.eye(2), [1.0, 0.0, 0.0], [0, 0], [1, 0], [1, 0], [0, 1]), ValueError,
+     r"'u' parameter of TwoExpertGaussian must be a 1-d array of shape \(2,\)"),
+    (lambda: _sym("score_difference")(LinearRouter(torch.eye(2, 3, dtype=F64)), torch.zeros(4, 2), (0, 1)),
+     ValueError, r"'x' parameter of score_difference must be an array of shape \(N, 3\)"),
+    (lambda: LinearRouter.binary([math.nan, 1.0]), ValueError, r"'v' parameter of LinearRouter.binary must be finite"),
+    (lambda: _sym("get_problem")("nope"), ValueError, r"'name' parameter of get_problem"),
+    (lambda: _sym("make_student")(2, 2, init_scale=1e308), ValueError,
+     r"'init_scale' parameter of make_student"),
+    (lambda: _sym("hard_risk")(_sym("binary_problem")().student(), _sym("binary_problem")().teacher,
+                               Gaussian.standard(3)), ValueError, r"'law' parameter of hard_risk must be a law on R\^2"),
+    (lambda: _sym("recovery")(_moe(3), _sym("binary_problem")().teacher, Gaussian.standard(2)), ValueError,
+     r"'teacher' parameter of recovery must be a teacher on R\^3 like the student"),
+    (lambda: MoE(3, LinearExperts(torch.eye(2))), TypeError, r"'router' parameter of MoE must be a Router"),
+    (lambda: _sym("PartitionTeacher")(_moe(), noise_std=-1.0), ValueError,
+     r"'noise_std' parameter of PartitionTeacher"),
+    (lambda: _sym("binary_problem")(noise_std=-1.0), ValueError, r"'noise_std' parameter of binary_problem"),
+    (lambda: _sym("MLPRouter")(2, 2, seed=2 ** 70), ValueError, r"'seed' parameter of MLPRouter must be an int in "
+                                                                 r"\[0, 2\*\*64 - 1\]"),
+    (lambda: _moe().soft(torch.zeros(1, 2, dtype=F64), True), TypeError, r"'tau' parameter of MoE.soft"),
+])
+def test_template_errors_name_the_right_parameter_and_function(call, exc, message):
+    """Errors the fuzz (benchmarks/fuzz.py) found blaming another parameter or an inner function."""
+    with pytest.raises(exc, match=message):
+        call()
+
+
+def _sym(name):
+    import softhard
+
+    return getattr(softhard, name)

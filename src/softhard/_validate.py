@@ -21,7 +21,8 @@ def fail(param: str, where: str, rule: str, value: Any, exc: type[Exception] = V
     """Raise ``exc`` with the project's single error template."""
     shown = value
     if isinstance(value, torch.Tensor):
-        shown = f"tensor of shape {tuple(value.shape)}" if value.numel() > 6 else value.tolist()
+        shown = f"tensor of shape {tuple(value.shape)}" if value.numel() > 6 or value.device.type == "meta" else (
+            value.tolist())
     elif isinstance(value, np.ndarray):
         shown = f"array of shape {value.shape}" if value.size > 6 else value.tolist()
     raise exc(f"The '{param}' parameter of {where} must be {rule}. Got {shown!r}.")

@@ -100,7 +100,7 @@ def check_covariance(cov, where: str, param: str = "cov", d: int | None = None) 
         return S
     if float((S - S.T).abs().max()) > max(1e-10, 64 * eps) * scale:
         fail(param, where, "symmetric", S)
-    S = 0.5 * (S + S.T)
+    S = 0.5 * S + 0.5 * S.T  # not (S + Sᵀ)/2, which overflows for entries near 1e308
     lam = torch.linalg.eigvalsh(S / scale) * scale  # scaled, so that entries near 1e308 do not overflow
     low, top = float(lam.min()), float(lam.abs().max())
     tol = 64 * S.shape[0] * eps * top
@@ -328,9 +328,11 @@ class Empirical(Law):
         return f"Empirical(N={self.points.shape[0]}, d={self.d})"
 
 
-def as_law(law, where: str = "law") -> Law:
+def as_law(law, where: str = "law", d: int | None = None) -> Law:
+    """``law`` itself, checked to be a softhard :class:`Law` (on ℝ^d when ``d`` is given)."""
     if not isinstance(law, Law):
         fail("law", where, "a softhard Law (Gaussian, GaussianMixture, Uniform, Empirical)", type(law).__name__,
              TypeError)
+    if d is not None and law.d != d:
+        fail("law", where, f"a law on R^{d} (the model's input dimension)", f"a law on R^{law.d}")
     return law
-

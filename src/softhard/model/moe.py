@@ -21,7 +21,7 @@ __all__ = ["MoE", "Teacher", "HardTeacher", "FunctionTeacher", "as_teacher"]
 
 def _taus(tau, where: str) -> tuple[torch.Tensor, bool]:
     """A temperature or a 1-d grid of them -> (tensor (T,), was_scalar)."""
-    if (isinstance(tau, (int, float)) and not isinstance(tau, bool)) or (isinstance(tau, torch.Tensor) and tau.ndim == 0):
+    if isinstance(tau, (int, float)) or (isinstance(tau, torch.Tensor) and tau.ndim == 0):  # check_float refuses bools
         return torch.tensor([check_float(tau, "tau", where, 0.0, math.inf)], dtype=torch.float64), True
     return check_grid(tau, "tau", where, low=0.0, low_open=True), False
 
@@ -44,8 +44,8 @@ class MoE(nn.Module):
             own = getattr(router, "d", None)
             if isinstance(own, int) and own != d:
                 fail("d", "MoE", f"the router's input dimension {own} (or None)", d)
-        self.router = as_router(router, d)
-        self.experts = as_experts(experts, d if d is not None else self.router.d)
+        self.router = as_router(router, d, "MoE")
+        self.experts = as_experts(experts, d if d is not None else self.router.d, "MoE")
         if self.router.num_experts != self.experts.num_experts:
             fail("experts", "MoE", f"{self.router.num_experts} experts to match the router",
                  self.experts.num_experts)
@@ -156,10 +156,11 @@ class HardTeacher(Teacher):
     """The hard-routed ``moe`` as teacher: :math:`f^* = f_0` of ``moe`` (realizable), plus noise."""
 
     def __init__(self, moe: MoE, noise_std: float = 0.0):
+        where = type(self).__name__  # PartitionTeacher names itself
         if not isinstance(moe, MoE):
-            fail("moe", "HardTeacher", "a softhard MoE", type(moe).__name__, TypeError)
+            fail("moe", where, "a softhard MoE", type(moe).__name__, TypeError)
         self.moe = moe
-        self.noise_std = check_float(noise_std, "noise_std", "HardTeacher", 0.0, math.inf, low_open=False)
+        self.noise_std = check_float(noise_std, "noise_std", where, 0.0, math.inf, low_open=False)
 
     def signal(self, x):
         return self.moe.hard(x)
@@ -197,7 +198,8 @@ class FunctionTeacher(Teacher):
 
 
 def as_teacher(teacher, moe: MoE | None = None, where: str = "as_teacher") -> Teacher:
-    """``None`` -> the hard-routed ``moe`` itself; an MoE -> :class:`HardTeacher`; a callable -> :class:`FunctionTeacher`.
+    """``None`` -> the hard-routed ``moe`` itself; an MoE -> :class:`HardTeacher`; a callable ->
+    :class:`FunctionTeacher`.
 
     With ``moe`` given, an MoE teacher must have the model's input dimension. A plain callable is checked
     where it is used: an exception, a wrong shape or a non-finite value is reported as the ``teacher``
