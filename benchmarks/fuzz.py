@@ -234,7 +234,8 @@ def targets() -> list[Target]:
     add("tolerance_width", sh.tolerance_width, {"tau": 0.5, "eps": 0.1}, {"tau": "pos_float", "eps": "prob_float"},
         skip={"tau": ("list",)})
     add("tolerance_width[grid]", sh.tolerance_width, {"tau": [0.5, 1.0], "eps": 0.1}, {"tau": "array:grid:neg"})
-    add("binary_entropy", sh.binary_entropy, {"p": [0.2, 0.5, 1.0]}, {"p": "array:grid:neg"})
+    add("binary_entropy", sh.binary_entropy, {"p": [0.2, 0.5, 1.0]}, {"p": "array:logits:grid:neg"},
+        skip={"p": ("empty",)})  # any shape, the empty one included
     # laws
     mean, cov = [0.1, -0.2], [[1.0, 0.3], [0.3, 2.0]]
     add("Gaussian", sh.Gaussian, {"mean": mean, "cov": cov, "device": None, "dtype": F64},
@@ -285,7 +286,7 @@ def targets() -> list[Target]:
         {"fn": "callable:lazy", "noise_std": "nonneg_float"})
     add("HardTeacher", sh.HardTeacher, {"moe": moe, "noise_std": 0.1}, {"moe": "object", "noise_std": "nonneg_float"})
     add("as_teacher", sh.as_teacher, {"teacher": lambda z: z[:, 0], "moe": moe},
-        {"teacher": "callable:lazy", "moe": "opt_object:moe"}, alias={"moe": {"teacher"}})
+        {"teacher": "callable:lazy", "moe": "opt_object"}, alias={"moe": {"teacher"}})
     # closed forms
     add("orthant_probability", sh.orthant_probability, {"mean": [0.0, 0.1], "cov": [[1.0, 0.2], [0.2, 1.0]],
                                                         "low": [0.0, 0.0], "abseps": 1e-6},
@@ -413,7 +414,7 @@ def targets() -> list[Target]:
         alias={"student": {"teacher", "law"}})
     add("hard_risk", sh.hard_risk, {"moe": student, "teacher": prob.teacher, "law": prob.law, "method": "mc",
                                     "n": 1024, "seed": 0},
-        {"moe": "object:moe", "teacher": "object:teacher", "law": "object:law", "method": "choice", "n": "int",
+        {"moe": "object:moe", "teacher": "opt_object:teacher", "law": "object:law", "method": "choice", "n": "int",
          "seed": "seed"}, alias={"moe": {"teacher", "law"}})
     add("profiled_hard_risk", sh.profiled_hard_risk, {"router": student.router, "teacher": prob.teacher,
                                                       "law": prob.law, "method": "exact"},
@@ -438,8 +439,9 @@ def targets() -> list[Target]:
                                 "max_bytes": 1 << 26}, {**lk, "max_bytes": "int"}, alias=la)
     add("critical_points", sh.critical_points, {"moe": student, "teacher": prob.teacher, "sample": xs, "tau": 0.2,
                                                 "starts": [student], "max_iter": 5, "newton_iter": 2},
-        {**lk, "starts": "object", "max_iter": "int", "newton_iter": "int", "method": "choice", "tol": "pos_float",
-         "eig_rtol": "pos_float", "equivalence_tol": "prob_float", "group_tol": "pos_float"}, alias=la)
+        {**lk, "starts": "object", "max_iter": "int", "newton_iter": "nonneg_int", "method": "choice",
+         "tol": "pos_float", "eig_rtol": "nonneg_float", "equivalence_tol": "prob_float", "group_tol": "nonneg_float"},
+        alias=la)
     add("minima_path", sh.minima_path, {"moe": student, "teacher": prob.teacher, "sample": xs, "taus": [0.2, 0.1],
                                         "max_iter": 5, "newton_iter": 2},
         {"moe": "object:moe", "teacher": "object:teacher", "sample": "array", "taus": "array:grid:neg",
@@ -449,7 +451,7 @@ def targets() -> list[Target]:
     fam = sh.random_family(student, 2, 0.3, seed=1)
     add("uniform_gap", sh.uniform_gap, {"moe": student, "teacher": prob.teacher, "law": prob.law, "family": fam,
                                         "taus": [0.05, 0.1, 0.2], "n": 1024, "seed": 0},
-        {"moe": "object:moe", "teacher": "object:teacher", "law": "object:law", "family": "array",
+        {"moe": "object:moe", "teacher": "opt_object:teacher", "law": "object:law", "family": "array",
          "taus": "array:grid:neg", "n": "int", "seed": "seed", "method": "choice"},
         alias={"moe": {"teacher", "law", "family"}})
     # symmetry

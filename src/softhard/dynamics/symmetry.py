@@ -686,6 +686,9 @@ def train_router(model: TwoExpertGaussian, x, theta0, taus, eta: float, steps: i
             p = torch.sigmoid(torch.mm(theta / tau, xt))  # π_1, (R, n)
             resid = torch.addcmul(e, p - 0.5, D, value=-1.0)  # Y − f_θ
             risk.append((resid * resid).mean(1))
+            if not bool(torch.isfinite(theta).all()):  # diverged: say so instead of returning NaN trajectories
+                fail("eta", "train_router", "small enough that θ stays finite (with x and theta0 of moderate size)",
+                     f"{eta} (θ overflowed by step {step})")
             align.append(alignment(theta, model.u))
             norm.append(theta.norm(dim=1))
             if step == steps:
