@@ -364,7 +364,8 @@ def targets() -> list[Target]:
                                                           "tail_fraction": 0.05, "near_fraction": 0.01, "bins": 20,
                                                           "grad_tol": 0.05, "alpha_tol": 0.2},
         {**rl, "n": "int", "seed": "seed", "tail_fraction": "prob_pos_float", "near_fraction": "prob_pos_float",
-         "bins": "int", "grad_tol": "pos_float", "alpha_tol": "pos_float"}, alias=ral)
+         "bins": "int", "grad_tol": "pos_float", "alpha_tol": "pos_float"},
+        alias={**ral, "tail_fraction": {"near_fraction"}})  # near_fraction <= tail_fraction
     add("gate_entropy_mean", sh.gate_entropy_mean, {"router": r, "law": law, "taus": [0.1, 0.5], "n": n, "seed": 0},
         {**rl, "taus": "array:grid:neg", "n": "int", "seed": "seed"}, alias=ral)
     ml = {"moe": "object:moe", "law": "object:law", "teacher": "opt_object:teacher"}
@@ -400,7 +401,7 @@ def targets() -> list[Target]:
         {"d": "int", "num_experts": "int", "router": "choice", "experts": "choice", "hidden": "int",
          "scale": "pos_float", "init_scale": "nonneg_float", "seed": "seed"})
     add("UnitLinearRouter", sh.UnitLinearRouter, {"weight": W, "bias": [0.0, 0.1], "scale": 1.0},
-        {"weight": "array", "bias": "opt_array", "scale": "pos_float"}, alias={"weight": {"bias"}})
+        {"weight": "array:free", "bias": "opt_array", "scale": "pos_float"}, alias={"weight": {"bias"}})
     add("PartitionTeacher", sh.PartitionTeacher, {"moe": prob.teacher.moe, "noise_std": 0.1},
         {"moe": "object", "noise_std": "nonneg_float"})
     add("recovery", sh.recovery, {"student": student, "teacher": prob.teacher, "law": prob.law, "n": 1024,

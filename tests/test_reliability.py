@@ -29,6 +29,7 @@ from softhard import (
     tail_sum,
     tolerance_width,
 )
+from softhard.model.moe import soft_from
 
 F32, F64 = torch.float32, torch.float64
 
@@ -60,6 +61,10 @@ def test_gates_never_nan_in_float32_or_float64(data, dtype, tau):
     top = float(p.max())
     assert 1 - top <= float(tail) * (1 + 8 * eps) + 4 * K * eps
     assert float(tail) <= float(bound) * (1 + 8 * eps) + 1e-300
+    # the MoE's soft predictor (the same gate, float64 inside): a convex combination of the expert outputs
+    h = torch.linspace(-1.0, 2.0, K, dtype=dtype)[None]
+    f = soft_from(a, h, torch.tensor([tau], dtype=F64), scalar=True)
+    assert f.dtype == dtype and bool(torch.isfinite(f).all()) and -1 - 4 * eps <= float(f) <= 2 + 8 * eps
 
 
 def test_float32_gates_at_extreme_temperatures():
