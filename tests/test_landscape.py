@@ -155,9 +155,9 @@ def test_bad_input(binary):
         uniform_gap(s, prob.teacher, prob.law, random_family(s, 2, 0.1), [0.1, 0.2])
     with pytest.raises(TypeError, match="'moe' parameter of ParamSpace"):
         ParamSpace(torch.nn.Linear(2, 2))
-    with pytest.raises(ValueError, match=r"'sample' parameter of Objective must be an array of shape \(N, 2\)"):
+    with pytest.raises(ValueError, match=r"'sample' parameter of minima_path must be an array of shape \(N, 2\)"):
         minima_path(s, prob.teacher, torch.zeros(10, 3), [0.1])
-    with pytest.raises(TypeError, match="'teacher' parameter of Objective must be a PartitionTeacher"):
+    with pytest.raises(TypeError, match="'teacher' parameter of critical_points must be a PartitionTeacher"):
         critical_points(s, lambda x: x[:, 0], x, 0.1, [s])
 
 

@@ -20,7 +20,8 @@ from typer.testing import CliRunner
 
 from softhard.cli import app
 from softhard.experiments import REGISTRY
-from softhard.runs.sweep import SpecError, _read_part, _write_part, load_spec, read_results, run_cell, run_sweep
+from softhard.results.store import read_part, write_part
+from softhard.runs.sweep import SpecError, load_spec, read_results, run_cell, run_sweep
 
 TESTS = Path(__file__).parent
 MASS = """
@@ -109,6 +110,33 @@ def test_malformed_spec_one_line(tmp_path, text, words):
         assert w in msg
 
 
+@pytest.mark.parametrize("text, words", [
+    ('experiment = "table2"\n[axes]\ntau = [0]', ["'tau'", "temperatures > 0", "0.0"]),
+    ('experiment = "table2"\n[axes]\ntau = [0.1, nan]', ["'tau'", "finite", "nan"]),
+    ('experiment = "table2"\n[fixed]\nsamples = 0', ["'samples'", "sample count >= 1", "0"]),
+    ('experiment = "table2"\n[fixed]\noffsets = [1.0, inf]', ["'offsets'", "finite", "inf"]),
+    ('experiment = "table1"\n[fixed]\nlimit_taus = [0.1, -0.1]', ["'limit_taus'", "temperatures > 0"]),
+    ('experiment = "sweep_cells:mass"\n[axes]\ntau = [nan]\noffset = [0]', ["'tau'", "finite"]),
+])
+def test_values_out_of_range_fail_at_load(tmp_path, text, words):
+    """NaN anywhere, and for a registered diagnostic a temperature <= 0 or no samples, fail before any cell runs."""
+    pytest.importorskip("softhard.experiments.boundary_geometry", exc_type=ImportError)
+    path = write(tmp_path, text)
+    with pytest.raises(SpecError) as err:
+        load_spec(path)
+    msg = str(err.value)
+    assert "\n" not in msg and msg.startswith(str(path)), msg
+    for w in words:
+        assert w in msg, msg
+
+
+def test_bad_source_and_out_types(tmp_path):
+    with pytest.raises(TypeError, match=r"The 'source' parameter of load_spec must be the path of a TOML file"):
+        load_spec(3)
+    with pytest.raises(TypeError, match=r"The 'out' parameter of read_results must be a path"):
+        read_results(None)
+
+
 def test_registry_spec(toy, tmp_path):
     with pytest.raises(SpecError, match=r"The 'bogus' parameter of softhard sweep must be a field of toy.Config"):
         load_spec({"experiment": "toy", "axes": {"bogus": [1]}})
@@ -153,7 +181,7 @@ def test_identity_properties(tau, offset, seed):
 def test_store_roundtrip(tmp_path_factory, rows, fmt):
     """A part reads back exactly (floats bit for bit, inf included) in both formats."""
     store = tmp_path_factory.mktemp("store")
-    assert _read_part(_write_part(store, rows, fmt)) == rows
+    assert read_part(write_part(store, rows, fmt)) == rows
 
 
 def _isnum(s: str) -> bool:
@@ -252,9 +280,117 @@ def test_finished_cell_written_while_next_runs(tmp_path):
     while not list(tmp_path.glob("results/part-*")) and time.monotonic() < deadline:
         time.sleep(0.01)
     parts = list(tmp_path.glob("results/part-*"))
-    assert run.is_alive() and len(parts) == 1 and [r["sleep"] for r in _read_part(parts[0])] == [0.0]
+    assert run.is_alive() and len(parts) == 1 and [r["sleep"] for r in read_part(parts[0])] == [0.0]
     run.join()
     assert len(read_results(tmp_path).rows) == 2
+
+
+# ----------------------------------------------------------------------------------- damaged parts
+
+
+def _cut_inside_last_number(path: Path) -> None:
+    """Truncate a CSV part inside the last float of its last row (the file keeps no final newline)."""
+    text = path.read_text(encoding="utf-8")
+    last = text.rstrip("\n").rsplit("\n", 1)[1]
+    cut = len(text.rstrip("\n")) - len(last) + last.rindex(".") + 6  # five digits after the point
+    path.write_text(text[:cut], encoding="utf-8")
+
+
+@pytest.mark.parametrize("fmt", ["parquet", "csv"])
+def test_damaged_part_is_reported_set_aside_and_recomputed(tmp_path, fmt, capsys):
+    """A truncated Parquet part, a CSV part cut inside a number, a CSV cut to a short row: each is named on
+    stderr in one line, moved to results/damaged/, and a resumed run recomputes its cells, giving rows
+    identical to an undamaged run."""
+    spec = load_spec(write(tmp_path, f'format = "{fmt}"\n' + MASS))
+    run_sweep(spec, tmp_path / "ref")
+    reference = read_results(tmp_path / "ref").rows
+    out = tmp_path / "out"
+    run_sweep(spec, out, batch=4)  # three parts of four cells
+    parts = sorted((out / "results").glob("part-*"))
+    assert len(parts) == 3 and all(len(p.name.rsplit("-", 1)[1].split(".")[0]) == 64 for p in parts)
+    damages = [lambda p: p.write_bytes(p.read_bytes()[: p.stat().st_size // 2])]
+    if fmt == "csv":
+        damages = [_cut_inside_last_number,
+                   lambda p: p.write_text(p.read_text().rstrip("\n").rsplit(",", 3)[0] + "\n")]  # a short row
+    for damage in damages:
+        victim = sorted((out / "results").glob("part-*"))[0]
+        lost = {r["cell_id"] for r in read_part(victim)}
+        damage(victim)
+        capsys.readouterr()
+        table = read_results(out)  # the damaged part is left out, not trusted, not fatal
+        err = capsys.readouterr().err.strip().splitlines()
+        assert len(err) == 1 and str(victim) in err[0] and "damaged" in err[0]
+        assert not victim.exists() and (out / "results" / "damaged" / victim.name).exists()
+        assert len(table.rows) == 12 - len(lost) and table.meta["missing"] == len(lost)
+        assert [d["part"] for d in table.meta["damaged"]] == [str(victim)]
+        s = run_sweep(spec, out, batch=4)
+        assert (s.cached, s.done, s.failed, s.damaged) == (12 - len(lost), len(lost), 0, ())
+        assert read_results(out).rows == reference  # bit for bit, in the spec's order
+
+
+def test_legacy_parts_without_checksum_are_decoded_strictly(tmp_path):
+    """Parts written before checksums: a CSV without its final newline, or with a short row, is damaged."""
+    from softhard.results.store import DamagedPart
+
+    rows = [{"cell_id": "a", "x": 0.002370090206640141, "status": "ok"}]
+    good = write_part(tmp_path, rows, "csv")
+    legacy = tmp_path / "part-00000000000000000001-1-0.csv"
+    legacy.write_bytes(good.read_bytes())
+    assert read_part(legacy) == rows
+    legacy.write_text(good.read_text()[:-9], encoding="utf-8")  # ...,0.0023700902
+    with pytest.raises(DamagedPart, match="ends inside a row"):
+        read_part(legacy)
+    legacy.write_text("cell_id,x,status\na,0.5\n", encoding="utf-8")
+    with pytest.raises(DamagedPart, match="line 2 has 2 fields, the header 3"):
+        read_part(legacy)
+
+
+def _group(pgid: int) -> list[int]:
+    """Live processes (not zombies) of process group ``pgid``, from /proc."""
+    out = []
+    for d in Path("/proc").iterdir():
+        if d.name.isdigit():
+            try:
+                stat = (d / "stat").read_text()
+            except OSError:
+                continue
+            fields = stat.rsplit(")", 1)[1].split()
+            if int(fields[2]) == pgid and fields[0] != "Z":
+                out.append(int(d.name))
+    return out
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc")
+def test_killed_pool_parent_leaves_no_orphan(tmp_path):
+    """SIGKILL of a --workers 2 sweep: its workers, the forkserver and the resource tracker are gone within 5 s."""
+    spec_path = write(tmp_path, """
+experiment = "sweep_cells:mass"
+seeds = [0]
+[fixed]
+samples = 256
+sleep = 2.0
+[axes]
+tau = [0.1, 0.2, 0.3, 0.4]
+offset = [0.0, 1.0]
+""")
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(TESTS), os.environ.get("PYTHONPATH", "")])}
+    code = "import sys; from softhard.runs.sweep import run_sweep; run_sweep(sys.argv[1], sys.argv[2], workers=2)"
+    proc = subprocess.Popen([sys.executable, "-c", code, str(spec_path), str(tmp_path / "out")], env=env,
+                            start_new_session=True)
+    try:
+        deadline = time.monotonic() + 60
+        while len(_group(proc.pid)) < 5 and proc.poll() is None and time.monotonic() < deadline:
+            time.sleep(0.05)  # parent, resource tracker, forkserver, two workers
+        assert len(_group(proc.pid)) >= 5, "the pool did not start"
+        proc.send_signal(signal.SIGKILL)
+        assert proc.wait() == -signal.SIGKILL
+        deadline = time.monotonic() + 5
+        while _group(proc.pid) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert _group(proc.pid) == []
+    finally:
+        for pid in _group(proc.pid):  # only what this test started
+            os.kill(pid, signal.SIGKILL)
 
 
 # ------------------------------------------------------------------------------------- executors

@@ -150,7 +150,7 @@ def test_make_student_kinds_and_bad_input():
     assert all(torch.equal(p, q) for p, q in zip(a.parameters(), b.parameters()))
     with pytest.raises(ValueError, match="'router' parameter of make_student must be one of"):
         make_student(2, 3, router="tree")
-    with pytest.raises(ValueError, match="'problem' parameter of get_problem"):
+    with pytest.raises(ValueError, match="'name' parameter of get_problem"):
         get_problem("nope")
     with pytest.raises(ValueError, match="'weight' parameter of UnitLinearRouter must be an array whose rows"):
         UnitLinearRouter([[1.0, 2.0], [1.0, 2.0]])

@@ -21,7 +21,8 @@ def fail(param: str, where: str, rule: str, value: Any, exc: type[Exception] = V
     """Raise ``exc`` with the project's single error template."""
     shown = value
     if isinstance(value, torch.Tensor):
-        shown = f"tensor of shape {tuple(value.shape)}" if value.numel() > 6 else value.tolist()
+        shown = f"tensor of shape {tuple(value.shape)}" if value.numel() > 6 or value.device.type == "meta" else (
+            value.tolist())
     elif isinstance(value, np.ndarray):
         shown = f"array of shape {value.shape}" if value.size > 6 else value.tolist()
     raise exc(f"The '{param}' parameter of {where} must be {rule}. Got {shown!r}.")
@@ -60,21 +61,66 @@ def check_int(value: Any, param: str, where: str, low: int = 1, high: int | None
 
 def as_tensor(value: Any, param: str, where: str, dtype: torch.dtype | None = None,
               device: torch.device | str | None = None) -> torch.Tensor:
-    """Convert to a floating tensor (float64 unless ``value`` is already a floating tensor)."""
+    """Convert to a floating tensor (float64 unless ``value`` is already a floating tensor).
+
+    Complex values and tensors without data (the ``meta`` device) are refused, not cast; ``device`` is
+    checked with :func:`check_device` (the error names ``'device'``).
+    """
+    if device is not None:
+        device = check_device(device, where)
     if isinstance(value, torch.Tensor):
         t = value
+        if t.is_complex():
+            fail(param, where, "an array of real numbers", f"a tensor of dtype {t.dtype}", TypeError)
+        if t.device.type == "meta":
+            fail(param, where, "a tensor with data (not on the 'meta' device)", f"tensor of shape {tuple(t.shape)}")
         if not t.is_floating_point():
             t = t.to(DTYPE)
         if dtype is not None:
             t = t.to(dtype)
     else:
         try:
+            if np.iscomplexobj(value):
+                raise TypeError("complex")
             t = torch.as_tensor(np.asarray(value, dtype=np.float64), dtype=dtype or DTYPE)
-        except (TypeError, ValueError):
+        except (TypeError, ValueError, OverflowError):
             fail(param, where, "an array of real numbers", value, TypeError)
     if device is not None:
         t = t.to(device)
     return t
+
+
+def check_device(device: Any, where: str, param: str = "device") -> torch.device:
+    """A ``torch.device`` (or its name) that exists here: ``"cpu"``, or an available accelerator."""
+    rule = "None, 'cpu' or the name of an available device such as 'cuda:0'"
+    if not isinstance(device, (str, torch.device)):
+        fail(param, where, rule, device, TypeError)
+    try:
+        dev = torch.device(device)
+    except (RuntimeError, ValueError):
+        fail(param, where, rule, device)
+    if dev.type == "cpu":
+        return dev
+    if dev.type == "meta":
+        fail(param, where, f"{rule} (the 'meta' device holds no data)", device)
+    backend = getattr(torch, dev.type, None)
+    count = getattr(backend, "device_count", None)
+    try:
+        available = bool(backend.is_available()) and (dev.index is None or count is None or dev.index < count())
+    except Exception:  # noqa: BLE001 - a backend that cannot answer is not available
+        available = False
+    if not available:
+        fail(param, where, f"{rule} ({dev.type} is not available here)", device)
+    return dev
+
+
+def check_dtype(dtype: Any, where: str, param: str = "dtype",
+                allowed: tuple[torch.dtype, ...] = (torch.float32, torch.float64)) -> torch.dtype:
+    """One of ``allowed`` floating torch dtypes (float64 or float32 by default)."""
+    if not isinstance(dtype, torch.dtype) or dtype not in allowed:
+        names = " or ".join(str(a) for a in allowed)
+        fail(param, where, names, dtype, TypeError)
+    return dtype
 
 
 def check_finite(t: torch.Tensor, param: str, where: str) -> torch.Tensor:
@@ -117,7 +163,18 @@ def check_inputs(x: Any, d: int | None, where: str, param: str = "x") -> torch.T
     return check_finite(t, param, where)
 
 
+SEED_MAX = 2 ** 64 - 1  # the largest seed torch.Generator.manual_seed takes
+
+
 def check_seed(seed: Any, where: str) -> None:
     if seed is None or isinstance(seed, torch.Generator):
         return
-    check_int(seed, "seed", where, low=0)
+    check_seed_value(seed, where)
+
+
+def check_seed_value(seed: Any, where: str, param: str = "seed") -> int:
+    """An int seed in ``[0, 2**64 - 1]`` (what ``torch.Generator.manual_seed`` takes)."""
+    v = check_int(seed, param, where, low=0)
+    if v > SEED_MAX:
+        fail(param, where, "an int in [0, 2**64 - 1]", seed)
+    return v

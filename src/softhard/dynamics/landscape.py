@@ -29,15 +29,16 @@ import numpy as np
 import torch
 from torch.func import functional_call
 
-from .._validate import DTYPE, check_float, check_grid, check_inputs, check_int, fail
+from .._validate import DTYPE, as_tensor, check_finite, check_float, check_grid, check_inputs, check_int, \
+    check_seed, check_seed_value, fail
 from ..estimators.reducer import Estimate, draw, monte_carlo, resolve_seed
 from ..model.experts import LinearExperts, MLPExperts
 from ..model.laws import as_law
-from ..model.moe import MoE, hard_from, soft_from
+from ..model.moe import MoE, as_teacher, hard_from, soft_from
 from ..model.routers import LinearRouter, MLPRouter
 from ..results.table import Table, loglog_fit
 from .shape import hard_risk, supports_exact
-from .teacher import PartitionTeacher, Problem, UnitLinearRouter, get_problem, recovery
+from .teacher import PROBLEMS, PartitionTeacher, Problem, UnitLinearRouter, get_problem, recovery
 
 __all__ = ["ParamSpace", "Objective", "hessian", "CriticalPoint", "Landscape", "critical_points", "minima_path",
            "random_family", "GammaResult", "uniform_gap", "run_landscape"]
@@ -165,14 +166,19 @@ class Objective:
     and the hard risk :math:`L_0` of the same parameters on the same sample. Differentiable in ``vec``.
     """
 
-    def __init__(self, space: ParamSpace, teacher, x: torch.Tensor, tau: float):
+    def __init__(self, space: ParamSpace, teacher, x: torch.Tensor, tau: float, where: str = "Objective"):
         if not isinstance(teacher, PartitionTeacher):
-            fail("teacher", "Objective", "a PartitionTeacher", type(teacher).__name__, TypeError)
-        x = check_inputs(x, space.moe.d, "Objective", "sample")
-        self.space, self.x, self.teacher = space, x, teacher
-        self.tau = check_float(tau, "tau", "Objective", 0.0, math.inf)
+            fail("teacher", where, "a PartitionTeacher", type(teacher).__name__, TypeError)
+        if teacher.d != space.moe.d:
+            fail("teacher", where, f"a teacher on R^{space.moe.d} like the student", f"a teacher on R^{teacher.d}")
+        x = check_inputs(x, space.moe.d, where, "sample").to(DTYPE)
+        self.space, self.x, self.teacher, self.where = space, x, teacher, where
+        self.tau = check_float(tau, "tau", where, 0.0, math.inf)
         with torch.no_grad():
             self.fs = teacher.signal(x).to(DTYPE)
+            a, h = space.forward(space.vector(), x)
+        if not all(bool(torch.isfinite(t).all()) for t in (self.fs, a, h)):
+            fail("sample", where, "inputs on which the teacher and the model are finite", "non-finite outputs")
         self.noise = float(teacher.noise_std) ** 2
         self._t = torch.tensor([self.tau], dtype=DTYPE)
         self._chunk = _chunk(space.p, len(x))
@@ -194,11 +200,20 @@ class Objective:
         v = vec.detach().requires_grad_(True)
         with torch.enable_grad():
             (g,) = torch.autograd.grad(self.loss(v), v)
-        return g
+        return g  # may be non-finite far out; the searches reject such steps
 
     def hessian(self, vec: torch.Tensor) -> torch.Tensor:
         """:math:`\\nabla^2 L_\\tau`, shape ``(p, p)``, float64 (sum of per-chunk Hessians)."""
-        return sum(torch.func.hessian(self._sum)(vec, s) for s in self._slices()) / len(self.x)
+        H = sum(torch.func.hessian(self._sum)(vec, s) for s in self._slices()) / len(self.x)
+        return self._finite(H, "Hessian", "1/τ²")
+
+    def _finite(self, t: torch.Tensor, what: str, growth: str) -> torch.Tensor:
+        """``t``, or a ValueError naming τ: derivatives of :math:`L_\\tau` grow like ``growth`` at the
+        interfaces and overflow float64 for τ near its smallest numbers."""
+        if not bool(torch.isfinite(t).all()):
+            fail("tau", self.where, f"large enough for a finite float64 {what} of L_tau (it grows like {growth} "
+                 "near the interfaces; it overflows at these parameters)", self.tau)
+        return t
 
     def hard_loss(self, vec: torch.Tensor) -> float:
         """:math:`L_0` of the same parameters on the same sample."""
@@ -221,9 +236,9 @@ def hessian(moe: MoE, teacher, sample, tau: float, *, max_bytes: int = 1 << 31) 
     ``max_bytes`` (matrix plus eigen-solver copy, :math:`16p^2` bytes) is refused with a ``ValueError``
     that states the size it would need. Parameter order: :class:`ParamSpace` ``(moe)``.
     """
-    space = ParamSpace(moe)
+    space = _space(moe, "hessian")
     _check_memory(space.p, check_int(max_bytes, "max_bytes", "hessian"), "hessian")
-    return Objective(space, teacher, sample, tau).hessian(space.vector())
+    return Objective(space, teacher, sample, tau, "hessian").hessian(space.vector())
 
 
 @dataclass
@@ -352,18 +367,44 @@ def _teacher_equivalent(moe: MoE, teacher, law, x, tol: float):
     return rec, float(rec.misrouted_mass.value) <= tol
 
 
+def _space(moe, where: str) -> ParamSpace:
+    """:class:`ParamSpace` of ``moe``, its errors naming ``where``."""
+    if not isinstance(moe, MoE):
+        fail("moe", where, "a softhard MoE", type(moe).__name__, TypeError)
+    try:
+        return ParamSpace(moe)
+    except (TypeError, ValueError) as e:
+        raise type(e)(str(e).replace("of ParamSpace", f"of {where}")) from None
+
+
 def _starts(starts, space: ParamSpace, where: str) -> list[torch.Tensor]:
+    rule = f"a non-empty list of MoEs like the template or finite vectors of length {space.p}"
     if isinstance(starts, MoE):
         starts = [starts]
+    if isinstance(starts, torch.Tensor) and starts.ndim == 2:
+        starts = list(starts)
+    if not isinstance(starts, (list, tuple)) or not starts:
+        fail("starts", where, rule, starts, TypeError if not isinstance(starts, (list, tuple)) else ValueError)
     out = []
     for s in starts:
-        v = space.vector(s) if isinstance(s, MoE) else torch.as_tensor(s, dtype=DTYPE).reshape(-1)
-        if v.shape != (space.p,) or not bool(torch.isfinite(v).all()):
-            fail("starts", where, f"MoEs like the template or finite vectors of length {space.p}", tuple(v.shape))
+        if isinstance(s, MoE):
+            try:
+                v = space.vector(s)
+            except KeyError:
+                fail("starts", where, rule, "an MoE with other parameters than the template")
+        else:
+            v = check_finite(as_tensor(s, "starts", where, dtype=DTYPE).reshape(-1), "starts", where)
+        if v.shape != (space.p,):
+            fail("starts", where, rule, f"shape {tuple(v.shape)}")
         out.append(v)
-    if not out:
-        fail("starts", where, "a non-empty list of starts", starts)
     return out
+
+
+def _search_options(where: str, tol, max_iter, newton_iter, equivalence_tol) -> tuple[float, int, int, float]:
+    """The options :func:`critical_points` and :func:`minima_path` share."""
+    return (check_float(tol, "tol", where, 0.0, math.inf), check_int(max_iter, "max_iter", where, low=1),
+            check_int(newton_iter, "newton_iter", where, low=0),
+            check_float(equivalence_tol, "equivalence_tol", where, 0.0, 1.0, low_open=False, high_open=False))
 
 
 def critical_points(moe: MoE, teacher, sample, tau: float, starts, *, law=None, method: str = "descent",
@@ -396,12 +437,15 @@ def critical_points(moe: MoE, teacher, sample, tau: float, starts, *, law=None, 
         a :class:`Landscape`.
     """
     where = "critical_points"
-    space = ParamSpace(moe)
+    space = _space(moe, where)
     _check_memory(space.p, check_int(max_bytes, "max_bytes", where), where)
-    if method not in ("descent", "newton"):
+    if not isinstance(method, str) or method not in ("descent", "newton"):
         fail("method", where, "one of 'descent', 'newton'", method)
-    tol = check_float(tol, "tol", where, 0.0, math.inf)
-    obj = Objective(space, teacher, sample, tau)
+    tol, max_iter, newton_iter, equivalence_tol = _search_options(where, tol, max_iter, newton_iter, equivalence_tol)
+    eig_rtol = check_float(eig_rtol, "eig_rtol", where, 0.0, math.inf, low_open=False)
+    group_tol = check_float(group_tol, "group_tol", where, 0.0, math.inf, low_open=False)
+    law = None if law is None else as_law(law, where, space.moe.d)
+    obj = Objective(space, teacher, sample, tau, where)
     vecs = _starts(starts, space, where)
     found: list[CriticalPoint] = []
     failed = 0
@@ -445,11 +489,13 @@ def minima_path(moe: MoE, teacher, sample, taus, *, law=None, tol: float = 1e-9,
     gradient norm, so it can be told apart).
     """
     where = "minima_path"
-    space = ParamSpace(moe)
+    space = _space(moe, where)
     t = sorted(check_grid(taus, "taus", where, low=0.0, low_open=True).tolist(), reverse=True)
+    tol, max_iter, newton_iter, equivalence_tol = _search_options(where, tol, max_iter, newton_iter, equivalence_tol)
+    law = None if law is None else as_law(law, where, space.moe.d)
     v, out = space.vector(), []
     for tau in t:
-        obj = Objective(space, teacher, sample, tau)
+        obj = Objective(space, teacher, sample, tau, where)
         v, gn = _newton(obj, _descend(obj, v, tol, max_iter), tol, newton_iter)
         out.append(_point(obj, space.canonical(v), gn, law, 1e-7, equivalence_tol))
     return out
@@ -459,10 +505,10 @@ def random_family(moe: MoE, size: int, radius: float, seed: int = 0) -> torch.Te
     r"""A compact family: ``moe``'s parameters θ₀ and ``size − 1`` points of the box
     :math:`\theta_0 + [-r, r]^p` (uniform, seeded). Shape ``(size, p)``."""
     where = "random_family"
-    space = ParamSpace(moe)
+    space = _space(moe, where)
     size = check_int(size, "size", where)
     r = check_float(radius, "radius", where, 0.0, math.inf, low_open=False)
-    g = torch.Generator().manual_seed(check_int(seed, "seed", where, low=0))
+    g = torch.Generator().manual_seed(check_seed_value(seed, where))
     box = (2 * torch.rand(size - 1, space.p, generator=g, dtype=DTYPE) - 1) * r
     v0 = space.vector()
     return torch.cat([v0[None], v0[None] + box])
@@ -522,14 +568,26 @@ def uniform_gap(moe: MoE, teacher, law, family, taus, *, n: int = 1 << 17, seed=
         n, seed, method: the Monte Carlo stream (``"mc"`` or ``"qmc"``).
     """
     where = "uniform_gap"
-    space = ParamSpace(moe)
-    fam = torch.as_tensor(family, dtype=DTYPE)
-    if fam.ndim != 2 or fam.shape[1] != space.p:
-        fail("family", where, f"an array of shape (P, {space.p})", f"shape {tuple(fam.shape)}")
+    space = _space(moe, where)
+    teacher = as_teacher(teacher, space.moe, where)
+    fam = as_tensor(family, "family", where, dtype=DTYPE)
+    if fam.ndim != 2 or fam.shape[0] < 1 or fam.shape[1] != space.p:
+        fail("family", where, f"an array of shape (P, {space.p}) with P >= 1", f"shape {tuple(fam.shape)}")
+    check_finite(fam, "family", where)
     t = check_grid(taus, "taus", where, low=0.0, low_open=True)
-    if len(t) < 3:
-        fail("taus", where, "at least 3 temperatures for the exponent fit", t)
-    law = as_law(law, where)
+    if len(set(t.tolist())) < 3:
+        fail("taus", where, "at least 3 distinct temperatures for the exponent fit", t)
+    law = as_law(law, where, space.moe.d)
+    if not isinstance(method, str) or method not in ("mc", "qmc"):
+        fail("method", where, "one of 'mc', 'qmc'", method)
+    check_int(n, "n", where)
+    check_seed(seed, where)
+    with torch.no_grad():  # a member whose model overflows would only surface as NaN terms deep in the reducer
+        probe = law.sample(64, torch.Generator().manual_seed(0))
+        for i, v in enumerate(fam):
+            if not all(bool(torch.isfinite(z).all()) for z in space.forward(v, probe)):
+                fail("family", where, "parameter vectors at which the model's logits and outputs are finite",
+                     f"member {i} gives non-finite values")
     P, T = len(fam), len(t)
 
     def terms(x):
@@ -603,6 +661,8 @@ def run_landscape(problem: str | Problem = "binary", *, taus=(0.2, 0.1, 0.05), s
     which intra-op threads only add overhead — 45 s against 462 s for ``voronoi3`` with two threads on a
     loaded two-core machine. Results do not depend on the thread count.
     """
+    if isinstance(problem, str) and problem not in PROBLEMS:
+        fail("problem", "run_landscape", f"one of {sorted(PROBLEMS)} or a Problem", problem)
     prob = get_problem(problem) if isinstance(problem, str) else problem
     if not isinstance(prob, Problem):
         fail("problem", "run_landscape", "a problem name or a Problem", type(problem).__name__, TypeError)

@@ -33,13 +33,13 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from .._validate import DTYPE, check_float, fail
+from .._validate import DTYPE, as_tensor, check_finite, check_float, check_int, check_seed, fail
 from ..closed.moments import SpanError, region_moments
 from ..closed.normal import condition_on_score, gaussian_components, score_law
 from ..estimators.reducer import Estimate, monte_carlo
 from ..model.experts import LinearExperts
 from ..model.laws import Gaussian, GaussianMixture, as_law
-from ..model.moe import HardTeacher, MoE
+from ..model.moe import HardTeacher, MoE, as_teacher
 from ..model.routers import as_router
 from .teacher import effective_linear
 
@@ -86,6 +86,15 @@ def _components(law, d: int, where: str):
     if law.d != d:
         fail("law", where, f"a law on R^{d}", f"a law on R^{law.d}")
     return gaussian_components(law, where)
+
+
+def _common(method, n, seed, where: str) -> str:
+    """Check the arguments every method shares (``n`` and ``seed`` too when the exact method ignores them)."""
+    if not isinstance(method, str) or method not in ("mc", "exact"):
+        fail("method", where, "one of 'mc', 'exact'", method)
+    check_int(n, "n", where)
+    check_seed(seed, where)
+    return method
 
 
 def _span_fail(where: str, q) -> None:
@@ -142,7 +151,7 @@ def hard_risk(moe, teacher, law, *, method: str = "mc", n: int = 1 << 18, seed=0
     """
     if not isinstance(moe, MoE):
         fail("moe", "hard_risk", "a softhard MoE", type(moe).__name__, TypeError)
-    if method == "exact":
+    if _common(method, n, seed, "hard_risk") == "exact":
         M = exact_cell_moments(moe.router, teacher, law, "hard_risk")
         _, _, theta_t, s2 = _linear_teacher(teacher, "hard_risk")
         e = moe.experts
@@ -151,10 +160,9 @@ def hard_risk(moe, teacher, law, *, method: str = "mc", n: int = 1 << 18, seed=0
         theta = np.concatenate([_np(e.weight), _np(e.bias)[:, None]], 1)
         diff = theta_t[None, :, :] - theta[:, None, :]
         return _exact_estimate(np.einsum("kma,kmab,kmb->", diff, M, diff) + s2)
-    if method != "mc":
-        fail("method", "hard_risk", "one of 'mc', 'exact'", method)
-    return monte_carlo(lambda x: teacher.conditional_risk(x, moe.hard(x)), as_law(law, "hard_risk"), n, seed,
-                       progress=progress)
+    law = as_law(law, "hard_risk", moe.d)
+    teacher = as_teacher(teacher, moe, "hard_risk")
+    return monte_carlo(lambda x: teacher.conditional_risk(x, moe.hard(x)), law, n, seed, progress=progress)
 
 
 @dataclass(frozen=True)
@@ -197,7 +205,7 @@ def profiled_hard_risk(router, teacher, law, *, method: str = "exact", n: int = 
         method: ``"exact"`` or ``"mc"`` (moments and risk estimated from the ``(law, n, seed)`` stream).
     """
     where = "profiled_hard_risk"
-    if method == "exact":
+    if _common(method, n, seed, where) == "exact":
         M = exact_cell_moments(router, teacher, law, where)
         _, _, th, s2 = _linear_teacher(teacher, where)
         A = M.sum(1)
@@ -206,10 +214,9 @@ def profiled_hard_risk(router, teacher, law, *, method: str = "exact", n: int = 
         theta = _least_squares(A, bvec)
         risk = _exact_estimate(float(np.sum(c - np.einsum("ka,ka->k", bvec, theta))) + s2)
         return Profile(risk, LinearExperts(theta[:, :-1], theta[:, -1]), A[:, -1, -1])
-    if method != "mc":
-        fail("method", where, "one of 'mc', 'exact'", method)
-    r = as_router(router)
-    law = as_law(law, where)
+    r = as_router(router, where=where)
+    law = as_law(law, where, r.d)
+    teacher = as_teacher(teacher, where=where)
     K, d = r.num_experts, law.d
 
     def moment_terms(x):
@@ -320,7 +327,8 @@ def shape_gradient(router, teacher, law, experts=None, *, method: str = "exact",
         ``{parameter name: Estimate}``, each value of the parameter's shape (stderr 0 for "exact").
     """
     where = "shape_gradient"
-    if method == "exact":
+    h = check_float(bandwidth, "bandwidth", where, 0.0, math.inf)
+    if _common(method, n, seed, where) == "exact":
         W, b, WT, bT, theta, theta_t, comps = _exact_setup(router, teacher, law, experts, where)
         try:
             vec = _pair_integrals(W, b, WT, bT, theta, theta_t, comps, where)
@@ -332,10 +340,9 @@ def shape_gradient(router, teacher, law, experts=None, *, method: str = "exact",
                                      *(p.detach() for p in params.values()))
         grads = pullback((torch.as_tensor(g[:, :-1], dtype=DTYPE), torch.as_tensor(g[:, -1], dtype=DTYPE)))
         return {k: _exact_estimate(_np(gr)) for k, gr in zip(params, grads)}
-    if method != "mc":
-        fail("method", where, "one of 'mc', 'exact'", method)
-    return _shape_gradient_mc(as_router(router), teacher, as_law(law, where), experts, n, seed,
-                              check_float(bandwidth, "bandwidth", where, 0.0, math.inf), progress)
+    r = as_router(router, where=where)
+    return _shape_gradient_mc(r, as_teacher(teacher, where=where), as_law(law, where, r.d), experts, n, seed, h,
+                              progress)
 
 
 def _shape_gradient_mc(router, teacher, law, experts, n, seed, h, progress) -> dict[str, Estimate]:
@@ -401,12 +408,19 @@ def shape_derivative(router, teacher, law, direction, experts=None) -> float:
     W, b, WT, bT, theta, theta_t, comps = _exact_setup(router, teacher, law, experts, where)
     params = _router_tensors(router)
     if isinstance(direction, dict):
-        tang = [torch.as_tensor(direction.get(k, torch.zeros_like(p)), dtype=p.dtype) for k, p in params.items()]
+        unknown = set(direction) - set(params)
+        if unknown:
+            fail("direction", where, f"a dict with keys among {list(params)}", sorted(unknown))
+        tang = [direction.get(k, torch.zeros_like(p)) for k, p in params.items()]
+    elif isinstance(direction, (list, tuple)):
+        tang = list(direction)
     else:
-        tang = [torch.as_tensor(t, dtype=DTYPE) for t in direction]
+        fail("direction", where, "a dict {name: tensor} or a pair (dW, db)", type(direction).__name__, TypeError)
+    tang = [check_finite(as_tensor(t, "direction", where, dtype=DTYPE), "direction", where) for t in tang]
     if len(tang) != len(params) or any(t.shape != p.shape for t, p in zip(tang, params.values())):
         fail("direction", where, "tensors of the router parameters' shapes " +
              str({k: tuple(p.shape) for k, p in params.items()}), [tuple(t.shape) for t in tang])
+    tang = [t.to(p) for t, p in zip(tang, params.values())]
     _, (dW, db) = torch.func.jvp(lambda *v: tuple(effective_linear(router, *v)),
                                  tuple(p.detach() for p in params.values()), tuple(tang))
     try:

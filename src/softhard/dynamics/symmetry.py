@@ -43,7 +43,7 @@ from ..closed.balance import (
     sign_moments,
 )
 from ..estimators.reducer import Estimate, monte_carlo
-from ..model.laws import Gaussian
+from ..model.laws import Gaussian, check_covariance
 
 __all__ = ["TwoExpertGaussian", "ExactValues", "Linearisation", "Spectrum", "RouterTraining", "reduced_operator",
            "reduced_operator_mc", "operator_spectrum", "linear_iteration", "alignment_rate", "alignment",
@@ -75,8 +75,7 @@ def alignment(theta, u) -> torch.Tensor:
     ``theta (..., d)``, ``u (d,)`` -> ``(...)``; 0 where θ = 0. The alignment deficit of Figure 3 is
     :math:`1 - |\cos(\theta_t, u)|`.
     """
-    th = _rescaled(as_tensor(theta, "theta", "alignment"))
-    uu = as_tensor(u, "u", "alignment", dtype=th.dtype)
+    th, uu = _theta_and_direction(theta, u, "alignment", "u")
     norm = th.norm(dim=-1) * uu.norm()
     cos = (th @ uu).abs() / norm.clamp_min(torch.finfo(th.dtype).tiny)
     return torch.where(norm > 0, cos, torch.zeros_like(norm))
@@ -85,13 +84,25 @@ def alignment(theta, u) -> torch.Tensor:
 def alignment_ratio(theta, direction) -> torch.Tensor:
     r"""Non-leading/leading ratio :math:`|\theta - (\theta\cdot e)e| / |\theta\cdot e|` (6.10), ``(..., d) -> (...)``.
 
-    ``direction`` ``e`` has shape ``(d,)`` (normalised here); the ratio is :math:`\tan\angle(\theta, e)`.
+    ``direction`` ``e`` has shape ``(d,)``, nonzero (normalised here); the ratio is :math:`\tan\angle(\theta, e)`,
+    ``inf`` where :math:`\theta\cdot e = 0` (θ = 0 included, where :func:`alignment` is 0).
     """
-    th = _rescaled(as_tensor(theta, "theta", "alignment_ratio"))
-    e = as_tensor(direction, "direction", "alignment_ratio", dtype=th.dtype)
+    th, e = _theta_and_direction(theta, direction, "alignment_ratio", "direction")
     e = e / e.norm()
     along = th @ e
-    return (th - along[..., None] * e).norm(dim=-1) / along.abs()
+    ratio = (th - along[..., None] * e).norm(dim=-1) / along.abs()
+    return torch.where(along == 0, torch.full_like(ratio, math.inf), ratio)
+
+
+def _theta_and_direction(theta, direction, where: str, name: str) -> tuple[torch.Tensor, torch.Tensor]:
+    """θ ``(..., d)`` rescaled row-wise, and a finite nonzero direction ``(d,)`` rescaled (no overflow in norms)."""
+    th = check_finite(as_tensor(theta, "theta", where), "theta", where)
+    if th.ndim < 1 or th.shape[-1] < 1:
+        fail("theta", where, "an array of shape (..., d) with d >= 1", f"shape {tuple(th.shape)}")
+    e = _vector(direction, name, where, th.shape[-1]).to(th.dtype)
+    if float(e.abs().max()) == 0.0:
+        fail(name, where, "a nonzero vector (the angle to 0 is undefined)", e)
+    return _rescaled(th), _rescaled(e)
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -206,11 +217,12 @@ class TwoExpertGaussian:
 
     def __init__(self, cov, u, beta0, contrast, w1, w2):
         where = "TwoExpertGaussian"
-        self.u = _vector(u, "u", where)
-        d = self.u.shape[0]
+        cov = check_covariance(cov, where)  # Σ first: it sets d, and a u of another size is named as such
+        d = cov.shape[0]
+        self.u = _vector(u, "u", where, d)
         if float(self.u.norm()) == 0.0:
             fail("u", where, "a nonzero separator (|u| > 0)", self.u)
-        self.law = Gaussian(torch.zeros(d, dtype=DTYPE), as_tensor(cov, "cov", where, dtype=DTYPE))
+        self.law = Gaussian(torch.zeros(d, dtype=DTYPE), cov)
         self.cov = self.law.cov
         if float(self.u @ self.cov @ self.u) <= 1e-12 * float(self.u @ self.u) * max(1.0, float(self.cov.abs().max())):
             fail("u", where, "a separator with uᵀΣu > 0 (u·X not almost surely 0)", self.u)
@@ -470,11 +482,11 @@ def _response(response, tau: float, sigma_u: float, where: str) -> Callable | No
 
 
 def _operator_inputs(cov, u, contrast, tau, where):
-    u = _vector(u, "u", where)
+    cov = check_covariance(cov, where)
+    u = _vector(u, "u", where, cov.shape[0])
     if float(u.norm()) == 0.0:
         fail("u", where, "a nonzero separator (|u| > 0)", u)
     c = _vector(contrast, "contrast", where, u.shape[0])
-    cov = Gaussian(torch.zeros(u.shape[0], dtype=DTYPE), as_tensor(cov, "cov", where, dtype=DTYPE)).cov
     var = float(u @ cov @ u)
     if var <= 1e-12 * float(u @ u) * max(1.0, float(cov.abs().max())):
         fail("cov", where, "such that σ_u² = uᵀΣu > 0 (Lemma 6.1 divides by it)", f"uᵀΣu = {var:.3g}")
@@ -695,6 +707,9 @@ def train_router(model: TwoExpertGaussian, x, theta0, taus, eta: float, steps: i
             p = torch.sigmoid(torch.mm(theta / tau, xt))  # π_1, (R, n)
             resid = torch.addcmul(e, p - 0.5, D, value=-1.0)  # Y − f_θ
             risk.append((resid * resid).mean(1))
+            if not bool(torch.isfinite(theta).all()):  # diverged: say so instead of returning NaN trajectories
+                fail("eta", "train_router", "small enough that θ stays finite (with x and theta0 of moderate size)",
+                     f"{eta} (θ overflowed by step {step})")
             align.append(alignment(theta, model.u))
             norm.append(theta.norm(dim=1))
             if step == steps:

@@ -24,7 +24,7 @@ import numpy as np
 import torch
 from scipy.optimize import linear_sum_assignment
 
-from .._validate import DTYPE, as_tensor, check_float, check_int, fail
+from .._validate import DTYPE, as_tensor, check_float, check_inputs, check_int, check_seed, check_seed_value, fail
 from ..estimators.reducer import Estimate, mean_estimate, monte_carlo
 from ..model.experts import LinearExperts, MLPExperts
 from ..model.laws import Gaussian, Law, as_law
@@ -154,20 +154,25 @@ def make_student(d: int, num_experts: int, *, router: str = "unit", experts: str
     where = "make_student"
     d = check_int(d, "d", where)
     K = check_int(num_experts, "num_experts", where, low=2)
-    seed = check_int(seed, "seed", where, low=0)
+    seed = check_seed_value(seed, where)
     s = check_float(init_scale, "init_scale", where, 0.0, math.inf)
+    hidden = check_int(hidden, "hidden", where)
+    scale = check_float(scale, "scale", where, 0.0, math.inf)
+    kinds = {"router": ("unit", "linear", "mlp"), "experts": ("linear", "mlp")}
+    for param, value in (("router", router), ("experts", experts)):
+        if not isinstance(value, str) or value not in kinds[param]:
+            fail(param, where, f"one of {list(kinds[param])}", value)
     g = torch.Generator().manual_seed(seed)
     W, b = s * torch.randn(K, d, generator=g, dtype=DTYPE), 0.5 * s * torch.randn(K, generator=g, dtype=DTYPE)
     E, c = s * torch.randn(K, d, generator=g, dtype=DTYPE), 0.5 * s * torch.randn(K, generator=g, dtype=DTYPE)
+    spread = float(torch.linalg.norm(W - W.mean(0)))
+    if not all(bool(torch.isfinite(t).all()) for t in (W, b, E, c)) or not 0 < spread < math.inf:
+        fail("init_scale", where, "a scale at which the random initial weights are finite and not all equal", s)
     routers = {"unit": lambda: UnitLinearRouter(W, b, scale=scale),
                "linear": lambda: LinearRouter(W, b, trainable=True),
                "mlp": lambda: MLPRouter(d, K, (hidden,), seed=seed)}
     expert_kinds = {"linear": lambda: LinearExperts(E, c, trainable=True),
                     "mlp": lambda: MLPExperts(d, K, hidden, seed=seed)}
-    if router not in routers:
-        fail("router", where, f"one of {sorted(routers)}", router)
-    if experts not in expert_kinds:
-        fail("experts", where, f"one of {sorted(expert_kinds)}", experts)
     return MoE(routers[router](), expert_kinds[experts]())
 
 
@@ -226,6 +231,7 @@ def binary_problem(noise_std: float = 0.0) -> Problem:
     profile along b = 0 (φ ≈ 2.16) — and returns the student with that interface and the profiled experts:
     at small τ a critical point of :math:`L_\tau` lies next to it, a strict saddle.
     """
+    noise_std = check_float(noise_std, "noise_std", "binary_problem", 0.0, math.inf, low_open=False)
     teacher = PartitionTeacher(MoE(LinearRouter.binary(torch.tensor([1.0, 0.0], dtype=DTYPE)),
                                    LinearExperts([[1.0, 1.0], [-1.0, -1.0]], [1.0, -1.0])), noise_std)
     law = Gaussian.standard(2)
@@ -264,6 +270,7 @@ def voronoi3_problem(noise_std: float = 0.0) -> Problem:
     :math:`h^*_k(x) = 1.5\,u_k\cdot x + \beta_k`, :math:`\beta = (0.5, -0.5, 0)`, so the jump of :math:`f^*` is
     constant along each interface; :math:`X \sim N(0, S)`, :math:`S = [[1, 0.3], [0.3, 0.8]]`.
     """
+    noise_std = check_float(noise_std, "noise_std", "voronoi3_problem", 0.0, math.inf, low_open=False)
     th = math.pi / 2 + 2 * math.pi * torch.arange(3, dtype=DTYPE) / 3
     u = torch.stack([torch.cos(th), torch.sin(th)], 1)
     teacher = PartitionTeacher.voronoi(u + torch.tensor([0.25, -0.15], dtype=DTYPE),
@@ -277,8 +284,8 @@ PROBLEMS: dict[str, Callable[[], Problem]] = {"binary": binary_problem, "voronoi
 
 def get_problem(name: str) -> Problem:
     """The ready-made problem ``name`` (one of :data:`PROBLEMS`)."""
-    if name not in PROBLEMS:
-        fail("problem", "get_problem", f"one of {sorted(PROBLEMS)}", name)
+    if not isinstance(name, str) or name not in PROBLEMS:
+        fail("name", "get_problem", f"one of {sorted(PROBLEMS)}", name)
     return PROBLEMS[name]()
 
 
@@ -291,8 +298,18 @@ def _check_pair(student, teacher, where: str) -> tuple[MoE, PartitionTeacher]:
         fail("student", where, f"an MoE with at least {teacher.num_cells} experts (one per teacher cell)",
              student.num_experts)
     if student.d is not None and teacher.d is not None and student.d != teacher.d:
-        fail("student", where, f"an MoE on R^{teacher.d} like the teacher", f"input dimension {student.d}")
+        fail("teacher", where, f"a teacher on R^{student.d} like the student", f"a teacher on R^{teacher.d}")
     return student, teacher
+
+
+def _law_or_sample(law, sample, n, seed, d, where: str):
+    """``(law, sample)`` checked for ``where``: a fixed sample ``(N, d)`` (float64), or a law on ℝ^d with
+    ``n`` draws from ``seed``."""
+    check_int(n, "n", where)
+    check_seed(seed, where)
+    if sample is not None:
+        return (None if law is None else as_law(law, where, d)), check_inputs(sample, d, where, "sample").to(DTYPE)
+    return as_law(law, where, d), None
 
 
 def _reduce(terms, law, n, seed, sample, progress: bool = False) -> Estimate:
@@ -338,6 +355,8 @@ def recovery(student, teacher, law=None, *, sample=None, n: int = 1 << 16, seed=
             exact Gaussian moments over the cells, see :mod:`softhard.dynamics.shape`).
     """
     student, teacher = _check_pair(student, teacher, "recovery")
+    if not isinstance(method, str) or method not in ("mc", "exact"):
+        fail("method", "recovery", "one of 'mc', 'exact'", method)
     if method == "exact":
         from .shape import exact_cell_moments
 
@@ -353,10 +372,7 @@ def recovery(student, teacher, law=None, *, sample=None, n: int = 1 << 16, seed=
         return Recovery(sigma, exact(sum(C[k, s] for k, s in enumerate(sigma))),
                         exact(1.0 - sum(mass[s, k] for k, s in enumerate(sigma))),
                         Estimate(C, np.zeros_like(C), 0, "exact"))
-    if method != "mc":
-        fail("method", "recovery", "one of 'mc', 'exact'", method)
-    if sample is None:
-        law = as_law(law, "recovery")
+    law, sample = _law_or_sample(law, sample, n, seed, teacher.d, "recovery")
     KT, KS = teacher.num_cells, student.num_experts
 
     def cost_terms(x):
@@ -440,8 +456,7 @@ def risk_decomposition(student, teacher, law=None, tau: float = 0.1, *, eps: flo
     student, teacher = _check_pair(student, teacher, "risk_decomposition")
     t = check_float(tau, "tau", "risk_decomposition", 0.0, math.inf)
     e = check_float(eps, "eps", "risk_decomposition", 0.0, 0.5)
-    if sample is None:
-        law = as_law(law, "risk_decomposition")
+    law, sample = _law_or_sample(law, sample, n, seed, teacher.d, "risk_decomposition")
     rec = recovery(student, teacher, law, sample=sample, n=n, seed=seed)
     KT = teacher.num_cells
     sigma_t = torch.as_tensor(rec.matching, dtype=torch.long)

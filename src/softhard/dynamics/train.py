@@ -26,7 +26,7 @@ from .._validate import check_float, check_int, fail
 from ..estimators.reducer import draw, mean_estimate, resolve_seed
 from ..model.gates import gate_entropy, top_two_margin
 from ..model.laws import as_law
-from ..model.moe import MoE, Teacher, hard_from, soft_from
+from ..model.moe import MoE, Teacher, as_teacher, hard_from, soft_from
 from ..results.table import Table
 from .teacher import PartitionTeacher, recovery
 
@@ -153,7 +153,8 @@ def train(moe: MoE, teacher: Teacher, law, *, schedule: TauSchedule | float = 0.
         fail("moe", where, "a softhard MoE", type(moe).__name__, TypeError)
     if not isinstance(teacher, Teacher):
         fail("teacher", where, "a softhard Teacher", type(teacher).__name__, TypeError)
-    law = as_law(law, where)
+    teacher = as_teacher(teacher, moe, where)  # same input dimension as the student
+    law = as_law(law, where, moe.d)
     if method not in METHODS:
         fail("method", where, f"one of {METHODS}", method)
     sched = schedule if isinstance(schedule, TauSchedule) else TauSchedule("constant", check_float(

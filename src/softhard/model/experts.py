@@ -7,7 +7,7 @@ from typing import Callable
 import torch
 from torch import nn
 
-from .._validate import DTYPE, as_tensor, check_finite, check_inputs, check_int, fail
+from .._validate import DTYPE, as_tensor, check_finite, check_inputs, check_int, check_seed_value, fail
 from .routers import cast_to_module, probe_module, set_affine
 
 __all__ = ["Experts", "LinearExperts", "ConstantExperts", "MLPExperts", "as_experts"]
@@ -68,7 +68,7 @@ class MLPExperts(Experts):
         d = check_int(d, "d", "MLPExperts")
         K = check_int(num_experts, "num_experts", "MLPExperts")
         H = check_int(hidden, "hidden", "MLPExperts")
-        g = torch.Generator().manual_seed(check_int(seed, "seed", "MLPExperts", low=0))
+        g = torch.Generator().manual_seed(check_seed_value(seed, "MLPExperts"))
         u = lambda *s, b: (torch.rand(*s, generator=g, dtype=DTYPE) * 2 - 1) * b  # noqa: E731
         self.W1 = nn.Parameter(u(K, H, d, b=d ** -0.5))
         self.b1 = nn.Parameter(u(K, H, b=0.1))
@@ -90,19 +90,19 @@ class _CallableExperts(Experts):
         return self.fn(cast_to_module(self.fn, x))
 
 
-def as_experts(experts, d: int | None = None) -> Experts:
-    """Wrap an :class:`Experts`, an ``nn.Module`` or a callable ``(N, d) -> (N, K)``."""
+def as_experts(experts, d: int | None = None, where: str = "as_experts") -> Experts:
+    """Wrap an :class:`Experts`, an ``nn.Module`` or a callable ``(N, d) -> (N, K)``; errors name ``where``."""
     if isinstance(experts, Experts):
         return experts
     if not callable(experts):
-        fail("experts", "as_experts", "an Experts, an nn.Module or a callable (N, d) -> (N, K)",
+        fail("experts", where, "an Experts, an nn.Module or a callable (N, d) -> (N, K)",
              type(experts).__name__, TypeError)
     if d is None:
         d = getattr(experts, "in_features", None)
     if d is None:
-        fail("d", "as_experts", "given (the input dimension) for a plain callable", d)
-    d = check_int(d, "d", "as_experts")
-    out = probe_module(experts, d, "as_experts", "experts")
+        fail("d", where, "given (the input dimension) for a plain callable", d)
+    d = check_int(d, "d", where)
+    out = probe_module(experts, d, where, "experts")
     if not isinstance(out, torch.Tensor) or out.ndim != 2 or out.shape[0] != 2 or out.shape[1] < 1:
-        fail("experts", "as_experts", "a map (N, d) -> (N, K)", f"output {getattr(out, 'shape', out)}")
+        fail("experts", where, "a map (N, d) -> (N, K)", f"output {getattr(out, 'shape', out)}")
     return _CallableExperts(experts, out.shape[1], d)

@@ -1,7 +1,11 @@
 r"""Gates and margins (paper §2: (2.3), (2.6)–(2.12), (2.15)–(2.16), Lemma 4.1).
 
 All functions take logits of shape ``(..., K)`` with ``K >= 2`` and work on the last axis; dtype
-and device follow the input (float64 for non-tensors).
+and device follow the input (float64 for non-tensors). Gates and bounds are computed in float64 whatever
+the input's dtype and returned in it, so a float32 (or float16) input never gives NaN: τ below the
+dtype's smallest number and logits near its largest are fine (τ = 1e-300 with float32 logits is the hard
+gate, logits ±3e38 at τ = 1e39 a soft one). Margins are differences of the logits in their own dtype,
+correctly rounded (``inf`` when a float32 difference exceeds float32's range).
 """
 
 from __future__ import annotations
@@ -32,15 +36,26 @@ def _tau(tau, where: str) -> float:
     return check_float(tau, "tau", where, 0.0, math.inf)
 
 
+def _wide(a: torch.Tensor) -> torch.Tensor:
+    """``a`` in float64, where every τ in (0, inf) and every float32 logit divides without overflow to NaN."""
+    return a if a.dtype == torch.float64 else a.to(torch.float64)
+
+
+def _gate(a: torch.Tensor, t: float) -> torch.Tensor:
+    """Softmax of ``a / t`` in float64 (trusted logits ``(..., K)``, τ > 0)."""
+    a = _wide(a)
+    return torch.softmax((a - a.max(dim=-1, keepdim=True).values) / t, dim=-1)
+
+
 def softmax_gate(logits, tau: float = 1.0) -> torch.Tensor:
     r"""Softmax gate at temperature τ (2.3).
 
     .. math:: \pi_k^\tau(x) = \frac{\exp(a_k/\tau)}{\sum_j \exp(a_j/\tau)}
               = \frac{\exp((a_k - a_{(1)})/\tau)}{\sum_j \exp((a_j - a_{(1)})/\tau)}
 
-    The max logit is subtracted before dividing by τ, so the gate is finite for τ down to 1e-12 and
-    logits up to ±1e6; as τ → 0 it equals :func:`hard_gate` except on exact ties, where the tied
-    experts share the mass equally.
+    The max logit is subtracted before dividing by τ, in float64, so the gate is finite for every τ in
+    (0, inf) and all finite logits (float32 inputs included); as τ → 0 it equals :func:`hard_gate` except on
+    exact ties, where the tied experts share the mass equally.
 
     Args:
         logits: router logits ``a``, shape ``(..., K)``.
@@ -50,9 +65,7 @@ def softmax_gate(logits, tau: float = 1.0) -> torch.Tensor:
         gate probabilities, shape ``(..., K)``, summing to 1 on the last axis.
     """
     a = check_logits(logits, "softmax_gate")
-    t = _tau(tau, "softmax_gate")
-    z = (a - a.max(dim=-1, keepdim=True).values) / t
-    return torch.softmax(z, dim=-1)
+    return _gate(a, _tau(tau, "softmax_gate")).to(a.dtype)
 
 
 def hard_winner(logits) -> torch.Tensor:
@@ -114,10 +127,11 @@ def tail_sum(logits, tau: float) -> torch.Tensor:
     """
     a = check_logits(logits, "tail_sum")
     t = _tau(tau, "tail_sum")
-    top = a.max(dim=-1, keepdim=True)
-    e = torch.exp((a - top.values) / t)
+    w = _wide(a)
+    top = w.max(dim=-1, keepdim=True)
+    e = torch.exp((w - top.values) / t)
     # drop the winner's term exp(0) = 1 instead of subtracting 1, which would cancel a tiny tail to 0
-    return e.scatter(-1, top.indices, 0.0).sum(dim=-1)
+    return e.scatter(-1, top.indices, 0.0).sum(dim=-1).to(a.dtype)
 
 
 def concentration_bound(logits, tau: float) -> torch.Tensor:
@@ -127,7 +141,7 @@ def concentration_bound(logits, tau: float) -> torch.Tensor:
     """
     a = check_logits(logits, "concentration_bound")
     t = _tau(tau, "concentration_bound")
-    return (a.shape[-1] - 1) * torch.exp(-top_two_margin(a) / t)
+    return ((a.shape[-1] - 1) * torch.exp(-top_two(_wide(a))[0] / t)).to(a.dtype)
 
 
 def tolerance_width(tau, eps: float) -> torch.Tensor | float:
@@ -139,12 +153,12 @@ def tolerance_width(tau, eps: float) -> torch.Tensor | float:
     """
     e = check_float(eps, "eps", "tolerance_width", 0.0, 0.5)
     factor = math.log((1.0 - e) / e)
-    if isinstance(tau, (int, float)) and not isinstance(tau, bool):
+    if isinstance(tau, (int, float)):  # bools are refused by _tau
         return _tau(tau, "tolerance_width") * factor
     t = as_tensor(tau, "tau", "tolerance_width")
-    if not bool(torch.isfinite(t).all()) or bool((t <= 0).any()):
-        fail("tau", "tolerance_width", "a float or array of floats in (0, inf)", t)
-    return t * factor
+    if t.ndim > 1 or t.numel() == 0 or not bool(torch.isfinite(t).all()) or bool((t <= 0).any()):
+        fail("tau", "tolerance_width", "a float or a non-empty 1-d array of floats in (0, inf)", t)
+    return (_wide(t) * factor).to(t.dtype)
 
 
 def binary_entropy(p) -> torch.Tensor:
@@ -155,10 +169,12 @@ def binary_entropy(p) -> torch.Tensor:
     p = as_tensor(p, "p", "binary_entropy")
     if not bool(((p >= 0) & (p <= 1)).all()):  # also catches NaN
         fail("p", "binary_entropy", "an array of probabilities in [0, 1]", p)
-    return -(torch.special.xlogy(p, p) + torch.special.xlogy(1.0 - p, 1.0 - p))
+    w = _wide(p)
+    return (-(torch.special.xlogy(w, w) + torch.special.xlogy(1.0 - w, 1.0 - w))).to(p.dtype)
 
 
 def gate_entropy(logits, tau: float) -> torch.Tensor:
     r"""Routing entropy :math:`-\sum_k \pi_k^\tau \log \pi_k^\tau` in nats, shape ``(...)``."""
-    p = softmax_gate(check_logits(logits, "gate_entropy"), _tau(tau, "gate_entropy"))
-    return -torch.special.xlogy(p, p).sum(dim=-1)
+    a = check_logits(logits, "gate_entropy")
+    p = _gate(a, _tau(tau, "gate_entropy"))
+    return (-torch.special.xlogy(p, p).sum(dim=-1)).to(a.dtype)

@@ -10,7 +10,8 @@ Every law exposes
   (used by scrambled Sobol quasi-Monte Carlo);
 - ``log_prob(x) -> (n,)``: the log density where there is one.
 
-Everything is float64 on the CPU unless a ``device``/``dtype`` is given.
+Everything is float64 on the CPU unless a ``device``/``dtype`` (float64 or float32) is given; parameters are
+validated in float64 and stored in ``dtype``.
 """
 
 from __future__ import annotations
@@ -20,10 +21,10 @@ import math
 import numpy as np
 import torch
 
-from .._validate import DTYPE, as_tensor, check_finite, check_inputs, check_int, fail
+from .._validate import DTYPE, as_tensor, check_device, check_dtype, check_finite, check_inputs, check_int, fail
 
-__all__ = ["Law", "Gaussian", "GaussianMixture", "Uniform", "Empirical", "as_law", "standard_normal", "standard_uniform",
-           "U_EPS"]
+__all__ = ["Law", "Gaussian", "GaussianMixture", "Uniform", "Empirical", "as_law", "check_covariance",
+           "standard_normal", "standard_uniform", "U_EPS"]
 
 U_EPS = 1e-15
 _NP_DTYPES = {torch.float32: np.float32, torch.float64: np.float64}
@@ -66,21 +67,47 @@ class Law:
         """Density ``p(x)``, shape ``(n,)``."""
         return self.log_prob(x).exp()
 
-    def _n(self, n) -> int:
+    def _n(self, n, generator=None) -> int:
+        if generator is not None and not isinstance(generator, (torch.Generator, np.random.Generator)):
+            fail("generator", f"{type(self).__name__}.sample", "None, a torch.Generator or a numpy.random.Generator",
+                 type(generator).__name__, TypeError)
         return check_int(n, "n", f"{type(self).__name__}.sample", low=0)
 
 
-def _check_cov(cov: torch.Tensor, d: int, where: str, param: str = "cov") -> torch.Tensor:
-    if cov.shape != (d, d):
-        fail(param, where, f"a ({d}, {d}) matrix", f"shape {tuple(cov.shape)}")
-    check_finite(cov, param, where)
-    scale = max(1.0, float(cov.abs().max()))
-    if not torch.allclose(cov, cov.T, atol=1e-10 * scale, rtol=0):
-        fail(param, where, "symmetric", cov)
-    lam = torch.linalg.eigvalsh(cov)
-    if float(lam.min()) < -1e-10 * scale:
-        fail(param, where, "positive semi-definite", f"smallest eigenvalue {float(lam.min()):.3g}")
-    return 0.5 * (cov + cov.T)
+def _setup(dtype, device, where: str) -> tuple[torch.dtype, torch.device | None]:
+    """The law's dtype (float64 or float32) and device, checked before any parameter is read."""
+    return check_dtype(dtype, where), None if device is None else check_device(device, where)
+
+
+def check_covariance(cov, where: str, param: str = "cov", d: int | None = None) -> torch.Tensor:
+    r"""A covariance matrix ``(d, d)``: finite, symmetric and positive semi-definite, as float64 (symmetrised).
+
+    Symmetry is required to a relative :math:`10^{-10}` of the largest entry. Positive semi-definiteness is
+    judged against what rounding can do, not against the largest entry: the smallest eigenvalue must be
+    :math:`\ge -64\,d\,\epsilon\,\lambda_{\max}` (ε the input's machine epsilon, float32 inputs their own), which
+    lets a singular (rank-deficient) matrix through with its rounding noise but refuses a −50 eigenvalue
+    beside 1e12.
+    """
+    S = as_tensor(cov, param, where)
+    if S.ndim != 2 or S.shape[0] != S.shape[1] or S.shape[0] < 1 or (d is not None and S.shape[0] != d):
+        rule = f"a ({d}, {d}) matrix" if d is not None else "a square (d, d) matrix with d >= 1"
+        fail(param, where, rule, f"shape {tuple(S.shape)}")
+    check_finite(S, param, where)
+    eps = float(torch.finfo(S.dtype).eps) if S.is_floating_point() else float(torch.finfo(DTYPE).eps)
+    S = S.to(DTYPE)
+    scale = float(S.abs().max())
+    if scale == 0.0:
+        return S
+    if float((S - S.T).abs().max()) > max(1e-10, 64 * eps) * scale:
+        fail(param, where, "symmetric", S)
+    S = 0.5 * S + 0.5 * S.T  # not (S + Sᵀ)/2, which overflows for entries near 1e308
+    lam = torch.linalg.eigvalsh(S / scale) * scale  # scaled, so that entries near 1e308 do not overflow
+    low, top = float(lam.min()), float(lam.abs().max())
+    tol = 64 * S.shape[0] * eps * top
+    if low < -tol:
+        fail(param, where, "positive semi-definite",
+             f"a matrix with eigenvalue {low:.4g} (largest {top:.4g}; rounding explains down to {-tol:.2g})")
+    return S
 
 
 # eigenvalues below this fraction of the largest are rounding, not variance: a covariance built as
@@ -89,7 +116,7 @@ _RANK_RTOL = 1e-10
 
 
 def _sqrt_factor(cov: torch.Tensor) -> torch.Tensor:
-    r"""A rank-revealing factor ``L`` (``(d, d)``) with :math:`LL^\top = \Sigma`.
+    r"""A rank-revealing factor ``L`` (``(d, d)``, float64) with :math:`LL^\top = \Sigma`.
 
     Cholesky when Σ is numerically positive definite (every eigenvalue above ``_RANK_RTOL``·λ_max);
     otherwise the eigen-factor :math:`V\,\mathrm{diag}(\sqrt{\lambda_i}\,1\{\lambda_i > \mathrm{cut}\})`, whose
@@ -97,6 +124,7 @@ def _sqrt_factor(cov: torch.Tensor) -> torch.Tensor:
     rounding-level pivot and leave a spurious column (~1e-7 for a conditioned N(0, I₂)); code that asks
     whether a direction has zero variance (``closed.moments.region_moments``) would then miss it.
     """
+    cov = cov.to(DTYPE)
     lam, V = torch.linalg.eigh(cov)
     cut = _RANK_RTOL * float(lam[-1].clamp_min(0))
     if float(lam[0]) > cut:
@@ -116,25 +144,26 @@ class Gaussian(Law):
     """
 
     def __init__(self, mean, cov=None, *, device=None, dtype: torch.dtype = DTYPE):
-        m = as_tensor(mean, "mean", "Gaussian", dtype=dtype, device=device).reshape(-1) if _is_vec(mean) else None
+        dtype, device = _setup(dtype, device, "Gaussian")
+        m = as_tensor(mean, "mean", "Gaussian", dtype=DTYPE).reshape(-1) if _is_vec(mean) else None
         if m is None:
             fail("mean", "Gaussian", "a 1-d array of shape (d,)", mean)
         check_finite(m, "mean", "Gaussian")
         d = m.shape[0]
         if d < 1:
             fail("mean", "Gaussian", "non-empty", mean)
-        S = torch.eye(d, dtype=dtype, device=m.device) if cov is None else as_tensor(
-            cov, "cov", "Gaussian", dtype=dtype, device=m.device)
-        self.mean, self.cov = m, _check_cov(S, d, "Gaussian")
+        S = torch.eye(d, dtype=DTYPE) if cov is None else check_covariance(cov, "Gaussian", d=d)
+        device = m.device if device is None else device
+        self.mean, self.cov = m.to(device=device, dtype=dtype), S.to(device=device, dtype=dtype)
         self.d = self.qmc_dim = d
-        self.dtype, self.device = dtype, m.device
-        self.scale_tril = _sqrt_factor(self.cov)
+        self.dtype, self.device = dtype, self.mean.device
+        self.scale_tril = _sqrt_factor(S).to(device=device, dtype=dtype)
 
     @classmethod
     def standard(cls, d: int, **kw) -> "Gaussian":
         """The standard normal law :math:`N(0, I_d)`."""
         d = check_int(d, "d", "Gaussian.standard")
-        return cls(torch.zeros(d, dtype=kw.get("dtype", DTYPE)), None, **kw)
+        return cls(torch.zeros(d, dtype=DTYPE), None, **kw)
 
     def _affine(self, z: torch.Tensor) -> torch.Tensor:
         """``m + L z`` row-wise; for N(0, I) that map is the identity and is skipped (same numbers, O(d²) less work)."""
@@ -144,10 +173,10 @@ class Gaussian(Law):
         return self.mean + z @ L.T
 
     def sample(self, n, generator=None):
-        return self._affine(standard_normal(generator, (self._n(n), self.d), self.dtype, self.device))
+        return self._affine(standard_normal(generator, (self._n(n, generator), self.d), self.dtype, self.device))
 
     def from_uniform(self, u):
-        return self._affine(torch.special.ndtri(u.to(self.dtype).clamp(U_EPS, 1 - U_EPS)))
+        return self._affine(_ndtri(u, self.dtype))
 
     def log_prob(self, x):
         x = check_inputs(x, self.d, "Gaussian.log_prob")
@@ -160,6 +189,11 @@ class Gaussian(Law):
 
     def __repr__(self):
         return f"Gaussian(d={self.d})"
+
+
+def _ndtri(u: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+    """Normal quantiles of uniforms, clamped to [U_EPS, 1 - U_EPS] in float64 (in float32, 1 - 1e-15 is 1)."""
+    return torch.special.ndtri(u.to(DTYPE).clamp(U_EPS, 1 - U_EPS)).to(dtype)
 
 
 def _is_vec(v) -> bool:
@@ -179,29 +213,31 @@ class GaussianMixture(Law):
     """
 
     def __init__(self, weights, means, covs=None, *, device=None, dtype: torch.dtype = DTYPE):
-        w = as_tensor(weights, "weights", "GaussianMixture", dtype=dtype, device=device)
-        check_finite(w, "weights", "GaussianMixture")
+        where = "GaussianMixture"
+        dtype, device = _setup(dtype, device, where)
+        w = as_tensor(weights, "weights", where, dtype=DTYPE)
+        check_finite(w, "weights", where)
         if w.ndim != 1 or w.numel() < 1 or bool((w < 0).any()) or abs(float(w.sum()) - 1.0) > 1e-8:
-            fail("weights", "GaussianMixture", "a non-empty vector of non-negative weights summing to 1", w)
-        M = as_tensor(means, "means", "GaussianMixture", dtype=dtype, device=w.device)
+            fail("weights", where, "a non-empty vector of non-negative weights summing to 1", w)
+        M = as_tensor(means, "means", where, dtype=DTYPE)
         if M.ndim != 2 or M.shape[0] != w.numel():
-            fail("means", "GaussianMixture", f"an array of shape ({w.numel()}, d)", f"shape {tuple(M.shape)}")
+            fail("means", where, f"an array of shape ({w.numel()}, d)", f"shape {tuple(M.shape)}")
         C, d = M.shape
         if d < 1:
-            fail("means", "GaussianMixture", "an array of shape (C, d) with d >= 1", f"shape {tuple(M.shape)}")
-        check_finite(M, "means", "GaussianMixture")
+            fail("means", where, "an array of shape (C, d) with d >= 1", f"shape {tuple(M.shape)}")
+        check_finite(M, "means", where)
         if covs is None:
             S = [None] * C
         else:
-            S = as_tensor(covs, "covs", "GaussianMixture", dtype=dtype, device=w.device)
+            S = as_tensor(covs, "covs", where, dtype=DTYPE)
             if S.shape != (C, d, d):
-                fail("covs", "GaussianMixture", f"an array of shape ({C}, {d}, {d})", f"shape {tuple(S.shape)}")
-            for c in range(C):
-                _check_cov(S[c], d, "GaussianMixture", f"covs[{c}]")
-        self.weights = w / w.sum()
-        self.components = [Gaussian(M[c], S[c], dtype=dtype, device=w.device) for c in range(C)]
+                fail("covs", where, f"an array of shape ({C}, {d}, {d})", f"shape {tuple(S.shape)}")
+            S = [check_covariance(S[c], where, f"covs[{c}]", d) for c in range(C)]
+        device = w.device if device is None else device
+        self.weights = (w / w.sum()).to(device=device, dtype=dtype)
+        self.components = [Gaussian(M[c], S[c], dtype=dtype, device=device) for c in range(C)]
         self.d, self.qmc_dim = d, d + 1
-        self.dtype, self.device = dtype, w.device
+        self.dtype, self.device = dtype, self.weights.device
         self._cum = torch.cumsum(self.weights, 0)
 
     def _pick(self, u: torch.Tensor) -> torch.Tensor:
@@ -216,13 +252,12 @@ class GaussianMixture(Law):
         return x
 
     def sample(self, n, generator=None):
-        n = self._n(n)
+        n = self._n(n, generator)
         u = standard_uniform(generator, (n,), self.dtype, self.device)
         return self._assemble(self._pick(u), standard_normal(generator, (n, self.d), self.dtype, self.device))
 
     def from_uniform(self, u):
-        z = torch.special.ndtri(u[:, 1:].to(self.dtype).clamp(U_EPS, 1 - U_EPS))
-        return self._assemble(self._pick(u[:, 0]), z)
+        return self._assemble(self._pick(u[:, 0]), _ndtri(u[:, 1:], self.dtype))
 
     def log_prob(self, x):
         lp = torch.stack([c.log_prob(x) for c in self.components], dim=-1)
@@ -236,22 +271,27 @@ class Uniform(Law):
     """Uniform law on the box ``[low, high]``, both of shape ``(d,)`` with ``low < high``."""
 
     def __init__(self, low, high, *, device=None, dtype: torch.dtype = DTYPE):
-        lo = as_tensor(low, "low", "Uniform", dtype=dtype, device=device).reshape(-1)
-        hi = as_tensor(high, "high", "Uniform", dtype=dtype, device=lo.device).reshape(-1)
+        dtype, device = _setup(dtype, device, "Uniform")
+        lo = as_tensor(low, "low", "Uniform", dtype=DTYPE)
+        hi = as_tensor(high, "high", "Uniform", dtype=DTYPE)
+        if lo.ndim > 1 or lo.numel() < 1:
+            fail("low", "Uniform", "a scalar or a non-empty 1-d array of shape (d,)", f"shape {tuple(lo.shape)}")
+        lo, hi = lo.reshape(-1), hi.reshape(-1) if hi.ndim <= 1 else hi
         check_finite(lo, "low", "Uniform")
-        check_finite(hi, "high", "Uniform")
-        if lo.numel() < 1 or np.ndim(low) > 1:
-            fail("low", "Uniform", "a scalar or a non-empty 1-d array of shape (d,)", low)
         if hi.shape != lo.shape:
             fail("high", "Uniform", f"of the same shape as low {tuple(lo.shape)}", f"shape {tuple(hi.shape)}")
+        check_finite(hi, "high", "Uniform")
         if bool((hi <= lo).any()):
             fail("high", "Uniform", "strictly greater than low in every coordinate", hi)
-        self.low, self.high = lo, hi
+        if not bool(torch.isfinite(hi - lo).all()):
+            fail("high", "Uniform", "within a finite distance of low (high - low overflows)", hi)
+        device = lo.device if device is None else device
+        self.low, self.high = lo.to(device=device, dtype=dtype), hi.to(device=device, dtype=dtype)
         self.d = self.qmc_dim = lo.numel()
-        self.dtype, self.device = dtype, lo.device
+        self.dtype, self.device = dtype, self.low.device
 
     def sample(self, n, generator=None):
-        return self.from_uniform(standard_uniform(generator, (self._n(n), self.d), self.dtype, self.device))
+        return self.from_uniform(standard_uniform(generator, (self._n(n, generator), self.d), self.dtype, self.device))
 
     def from_uniform(self, u):
         return self.low + u.to(self.dtype) * (self.high - self.low)
@@ -273,6 +313,7 @@ class Empirical(Law):
     """
 
     def __init__(self, samples, *, device=None, dtype: torch.dtype = DTYPE):
+        dtype, device = _setup(dtype, device, "Empirical")
         x = as_tensor(samples, "samples", "Empirical", dtype=dtype, device=device)
         if x.ndim != 2 or x.shape[0] < 1:
             fail("samples", "Empirical", "an array of shape (N, d) with N >= 1", f"shape {tuple(x.shape)}")
@@ -285,7 +326,7 @@ class Empirical(Law):
         return self.points
 
     def sample(self, n, generator=None):
-        N, n = self.points.shape[0], self._n(n)
+        N, n = self.points.shape[0], self._n(n, generator)
         if isinstance(generator, np.random.Generator):
             idx = torch.from_numpy(generator.integers(N, size=n))
         else:
@@ -301,9 +342,11 @@ class Empirical(Law):
         return f"Empirical(N={self.points.shape[0]}, d={self.d})"
 
 
-def as_law(law, where: str = "law") -> Law:
+def as_law(law, where: str = "law", d: int | None = None) -> Law:
+    """``law`` itself, checked to be a softhard :class:`Law` (on ℝ^d when ``d`` is given)."""
     if not isinstance(law, Law):
         fail("law", where, "a softhard Law (Gaussian, GaussianMixture, Uniform, Empirical)", type(law).__name__,
              TypeError)
+    if d is not None and law.d != d:
+        fail("law", where, f"a law on R^{d} (the model's input dimension)", f"a law on R^{law.d}")
     return law
-

@@ -12,7 +12,7 @@ from typing import Callable
 import torch
 from torch import nn
 
-from .._validate import as_tensor, check_finite, check_float, check_grid, check_inputs, fail
+from .._validate import DTYPE, as_tensor, check_finite, check_float, check_grid, check_inputs, check_int, fail
 from .experts import as_experts
 from .routers import as_router, cast_to_module
 
@@ -21,7 +21,7 @@ __all__ = ["MoE", "Teacher", "HardTeacher", "FunctionTeacher", "as_teacher"]
 
 def _taus(tau, where: str) -> tuple[torch.Tensor, bool]:
     """A temperature or a 1-d grid of them -> (tensor (T,), was_scalar)."""
-    if (isinstance(tau, (int, float)) and not isinstance(tau, bool)) or (isinstance(tau, torch.Tensor) and tau.ndim == 0):
+    if isinstance(tau, (int, float)) or (isinstance(tau, torch.Tensor) and tau.ndim == 0):  # check_float refuses bools
         return torch.tensor([check_float(tau, "tau", where, 0.0, math.inf)], dtype=torch.float64), True
     return check_grid(tau, "tau", where, low=0.0, low_open=True), False
 
@@ -39,8 +39,13 @@ class MoE(nn.Module):
 
     def __init__(self, router, experts, d: int | None = None):
         super().__init__()
-        self.router = as_router(router, d)
-        self.experts = as_experts(experts, d if d is not None else self.router.d)
+        if d is not None:
+            d = check_int(d, "d", "MoE")
+            own = getattr(router, "d", None)
+            if isinstance(own, int) and own != d:
+                fail("d", "MoE", f"the router's input dimension {own} (or None)", d)
+        self.router = as_router(router, d, "MoE")
+        self.experts = as_experts(experts, d if d is not None else self.router.d, "MoE")
         if self.router.num_experts != self.experts.num_experts:
             fail("experts", "MoE", f"{self.router.num_experts} experts to match the router",
                  self.experts.num_experts)
@@ -98,10 +103,16 @@ class MoE(nn.Module):
 
 
 def soft_from(a: torch.Tensor, h: torch.Tensor, taus: torch.Tensor, scalar: bool = False) -> torch.Tensor:
-    """Soft predictions from logits ``a (N, K)`` and outputs ``h (N, K)`` on a grid ``taus (T,)`` -> ``(N, T)``."""
-    t = taus.to(a)
-    z = (a - a.max(dim=-1, keepdim=True).values).unsqueeze(-2) / t[:, None]  # (N, T, K)
-    f = (torch.softmax(z, dim=-1) * h.unsqueeze(-2)).sum(-1)
+    """Soft predictions from logits ``a (N, K)`` and outputs ``h (N, K)`` on a grid ``taus (T,)`` -> ``(N, T)``.
+
+    The gate is computed in float64 (so a float32 model at τ = 1e-50 is its hard limit, not NaN) and the
+    prediction returned in the promoted dtype of ``a`` and ``h``.
+    """
+    out = torch.promote_types(a.dtype, h.dtype)
+    w = a.to(DTYPE)
+    t = taus.to(device=w.device, dtype=DTYPE)
+    z = (w - w.max(dim=-1, keepdim=True).values).unsqueeze(-2) / t[:, None]  # (N, T, K)
+    f = (torch.softmax(z, dim=-1) * h.to(DTYPE).unsqueeze(-2)).sum(-1).to(out)
     return f[:, 0] if scalar else f
 
 
@@ -145,10 +156,11 @@ class HardTeacher(Teacher):
     """The hard-routed ``moe`` as teacher: :math:`f^* = f_0` of ``moe`` (realizable), plus noise."""
 
     def __init__(self, moe: MoE, noise_std: float = 0.0):
+        where = type(self).__name__  # PartitionTeacher names itself
         if not isinstance(moe, MoE):
-            fail("moe", "HardTeacher", "a softhard MoE", type(moe).__name__, TypeError)
+            fail("moe", where, "a softhard MoE", type(moe).__name__, TypeError)
         self.moe = moe
-        self.noise_std = check_float(noise_std, "noise_std", "HardTeacher", 0.0, math.inf, low_open=False)
+        self.noise_std = check_float(noise_std, "noise_std", where, 0.0, math.inf, low_open=False)
 
     def signal(self, x):
         return self.moe.hard(x)
@@ -165,26 +177,51 @@ class FunctionTeacher(Teacher):
             fail("fn", "FunctionTeacher", "a callable (N, d) -> (N,)", type(fn).__name__, TypeError)
         self.fn = fn
         self.noise_std = check_float(noise_std, "noise_std", "FunctionTeacher", 0.0, math.inf, low_open=False)
+        self.named = ("fn", "FunctionTeacher")  # how errors of fn are reported (as_teacher names the caller's)
 
     def signal(self, x):
-        out = self.fn(x)
+        param, where = self.named
+        try:
+            out = self.fn(x)
+        except Exception as e:  # noqa: BLE001 - the user's function failed: say which one and how
+            fail(param, where, "a function (N, d) -> (N,) that runs on the inputs", f"{type(e).__name__}: {e}")
         if not isinstance(out, torch.Tensor):
-            out = as_tensor(out, "fn", "FunctionTeacher")
+            out = as_tensor(out, param, where)
         if out.shape != (x.shape[0],):
-            fail("fn", "FunctionTeacher", "a callable returning shape (N,)", f"output shape {tuple(out.shape)}")
+            fail(param, where, "a callable returning shape (N,)", f"output shape {tuple(out.shape)}")
+        bad = ~torch.isfinite(out)
+        if bool(bad.any()):
+            i = int(torch.nonzero(bad)[0])
+            fail(param, where, "a function with finite values",
+                 f"{float(out[i])} at x = {[round(float(v), 6) for v in x[i][:6]]}")
         return out
 
 
-def as_teacher(teacher, moe: MoE | None = None) -> Teacher:
-    """``None`` -> the hard-routed ``moe`` itself; an MoE -> :class:`HardTeacher`; a callable -> :class:`FunctionTeacher`."""
+def as_teacher(teacher, moe: MoE | None = None, where: str = "as_teacher") -> Teacher:
+    """``None`` -> the hard-routed ``moe`` itself; an MoE -> :class:`HardTeacher`; a callable ->
+    :class:`FunctionTeacher`.
+
+    With ``moe`` given, an MoE teacher must have the model's input dimension. A plain callable is checked
+    where it is used: an exception, a wrong shape or a non-finite value is reported as the ``teacher``
+    parameter of ``where`` (pass the name of the function the user called).
+    """
+    if moe is not None and not isinstance(moe, MoE):
+        fail("moe", where, "a softhard MoE (or None)", type(moe).__name__, TypeError)
     if teacher is None:
         if moe is None:
-            fail("teacher", "as_teacher", "given when there is no MoE", teacher)
+            fail("teacher", where, "given when there is no MoE", teacher)
         return HardTeacher(moe)
     if isinstance(teacher, Teacher):
-        return teacher
-    if isinstance(teacher, MoE):
-        return HardTeacher(teacher)
-    if callable(teacher):
-        return FunctionTeacher(teacher)
-    fail("teacher", "as_teacher", "None, a Teacher, an MoE or a callable", type(teacher).__name__, TypeError)
+        out = teacher
+    elif isinstance(teacher, MoE):
+        out = HardTeacher(teacher)
+    elif callable(teacher):
+        out = FunctionTeacher(teacher)
+        out.named = ("teacher", where)
+    else:
+        fail("teacher", where, "None, a Teacher, an MoE or a callable", type(teacher).__name__, TypeError)
+    d = moe.d if moe is not None else None
+    td = getattr(out.moe, "d", None) if isinstance(out, HardTeacher) else None
+    if d is not None and td is not None and td != d:
+        fail("teacher", where, f"a teacher on R^{d} (the model's input dimension)", f"a teacher on R^{td}")
+    return out

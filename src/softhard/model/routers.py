@@ -7,10 +7,11 @@ from __future__ import annotations
 
 from typing import Callable
 
+import numpy as np
 import torch
 from torch import nn
 
-from .._validate import DTYPE, as_tensor, check_finite, check_float, check_inputs, check_int, fail
+from .._validate import DTYPE, as_tensor, check_finite, check_float, check_inputs, check_int, check_seed_value, fail
 
 __all__ = ["Router", "LinearRouter", "MLPRouter", "as_router", "score_difference", "score_gradient", "set_affine",
            "cast_to_module", "probe_module", "check_pair"]
@@ -72,8 +73,9 @@ class LinearRouter(Router):
     def binary(cls, v, b: float = 0.0, **kw) -> "LinearRouter":
         r"""Binary router with :math:`g = a_1 - a_2 = v\cdot x + b` (scores ``±(v·x + b)/2``, gauge Σa = 0)."""
         v = as_tensor(v, "v", "LinearRouter.binary")
-        if v.ndim != 1:
-            fail("v", "LinearRouter.binary", "a 1-d array of shape (d,)", f"shape {tuple(v.shape)}")
+        if v.ndim != 1 or v.numel() < 1:
+            fail("v", "LinearRouter.binary", "a non-empty 1-d array of shape (d,)", f"shape {tuple(v.shape)}")
+        check_finite(v, "v", "LinearRouter.binary")
         b = check_float(b, "b", "LinearRouter.binary")
         W = torch.stack([v / 2, -v / 2])
         return cls(W, torch.tensor([b / 2, -b / 2], dtype=v.dtype, device=v.device), **kw)
@@ -104,7 +106,7 @@ class MLPRouter(Router):
         acts = {"tanh": nn.Tanh, "relu": nn.ReLU, "gelu": nn.GELU, "silu": nn.SiLU}
         if activation not in acts:
             fail("activation", "MLPRouter", f"one of {sorted(acts)}", activation)
-        g = torch.Generator().manual_seed(check_int(seed, "seed", "MLPRouter", low=0))
+        g = torch.Generator().manual_seed(check_seed_value(seed, "MLPRouter"))
         layers, prev = [], d
         for h in hidden:
             h = check_int(h, "hidden", "MLPRouter")
@@ -153,7 +155,7 @@ def as_router(router, d: int | None = None, where: str = "as_router") -> Router:
     """Wrap a ``Router``, an ``nn.Module`` or a callable ``(N, d) -> (N, K)`` as a :class:`Router`.
 
     For a plain module or callable, ``K`` is found by calling it once on zeros of shape ``(2, d)``,
-    which needs ``d``. Errors name ``where`` (the public function that was called).
+    which needs ``d``. Errors name ``where`` (the function the user called).
     """
     if isinstance(router, Router):
         return router
@@ -174,7 +176,8 @@ def as_router(router, d: int | None = None, where: str = "as_router") -> Router:
 def score_difference(router, x, pair=(0, 1)) -> torch.Tensor:
     r"""Pairwise score difference :math:`g_{ij}(x) = a_i(x) - a_j(x)` (3.1), shape ``(N,)``; ``x``: ``(N, d)``."""
     x = check_inputs(x, None, "score_difference")
-    r = as_router(router, x.shape[1])
+    r = as_router(router, x.shape[1], "score_difference")
+    x = check_inputs(x, r.d, "score_difference")
     i, j = check_pair(pair, r.num_experts, "score_difference")
     a = r.logits(x)
     return a[:, i] - a[:, j]
@@ -183,9 +186,9 @@ def score_difference(router, x, pair=(0, 1)) -> torch.Tensor:
 def score_gradient(router, x, pair=(0, 1)) -> torch.Tensor:
     r"""Input gradient :math:`\nabla_x g_{ij}(x)` by autograd, shape ``(N, d)``; ``x``: ``(N, d)``."""
     x = check_inputs(x, None, "score_gradient")
-    r = as_router(router, x.shape[1])
-    i, j = check_pair(pair, r.num_experts, "score_gradient")
+    r = as_router(router, x.shape[1], "score_gradient")
     x = cast_to_module(r, check_inputs(x, r.d, "score_gradient")).detach().requires_grad_(True)
+    i, j = check_pair(pair, r.num_experts, "score_gradient")
     with torch.enable_grad():
         a = r(x)
         (grad,) = torch.autograd.grad((a[:, i] - a[:, j]).sum(), x)
@@ -194,10 +197,13 @@ def score_gradient(router, x, pair=(0, 1)) -> torch.Tensor:
 
 def check_pair(pair, K: int, where: str) -> tuple[int, int]:
     """``(i, j)``: two distinct expert indices in ``[0, K)``, validated for ``where``."""
-    try:
-        i, j = (int(p) for p in pair)
-    except (TypeError, ValueError):
+    if isinstance(pair, torch.Tensor) and pair.device.type == "meta":
         fail("pair", where, "a pair of expert indices (i, j)", pair, TypeError)
+    items = list(pair) if isinstance(pair, (list, tuple, torch.Tensor, np.ndarray)) else None
+    if items is None or len(items) != 2:
+        fail("pair", where, "a pair of expert indices (i, j)", pair, TypeError)
+    items = [p.item() if hasattr(p, "item") and getattr(p, "ndim", 1) == 0 else p for p in items]
+    i, j = (check_int(p, "pair", where, low=-(1 << 63)) for p in items)
     if not (0 <= i < K and 0 <= j < K and i != j):
         fail("pair", where, f"two distinct indices in [0, {K - 1}]", pair)
     return i, j

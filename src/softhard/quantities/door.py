@@ -70,17 +70,17 @@ def moe_call(where: str, moe, law, grid, teacher, n, seed, target_rel_error, kw:
 
 
 def _teacher(teacher, moe: MoE, law, where: str) -> Teacher:
-    """The teacher as a :class:`~softhard.model.moe.Teacher` on the law's dimension (probed on two points)."""
-    if teacher is not None and not isinstance(teacher, (Teacher, MoE)) and not callable(teacher):
-        fail("teacher", where, "None, a Teacher, an MoE or a callable f*(x) (N, d) -> (N,)", type(teacher).__name__,
-             TypeError)
-    t = as_teacher(teacher, moe)
+    """The teacher as a :class:`~softhard.model.moe.Teacher` on the law's dimension (a callable is probed on two
+    points, so that a mistake is reported here, naming ``where``)."""
+    t = as_teacher(teacher, moe, where)
     if isinstance(t, HardTeacher) and t.moe.d is not None and t.moe.d != law.d:
         fail("teacher", where, f"a teacher on R^{law.d} (the law's dimension)", f"an MoE on R^{t.moe.d}")
     if not isinstance(t, HardTeacher):
         try:
             with torch.no_grad():
                 out = t.signal(torch.zeros(2, law.d, dtype=law.dtype))
+        except (ValueError, TypeError):
+            raise
         except Exception as e:  # noqa: BLE001 - any failure of a user's teacher
             fail("teacher", where, f"a teacher whose signal takes inputs of shape (N, {law.d})", f"{type(e).__name__}: {e}")
         if not isinstance(out, torch.Tensor) or out.shape != (2,):

@@ -13,26 +13,29 @@ a pure function of ``(experiment, parameters, seed)`` that yields one row. Its i
 where the parameters are the experiment's full resolved ``Config`` (defaults included, seed excluded)
 for a registered diagnostic, and the given keyword arguments for a user function.
 
-Store: ``OUT/results/part-*.parquet`` (or ``.csv``), one file per batch of finished cells, each written
-to a temporary name and renamed (:func:`softhard.results.io.atomic_write`), so a killed run leaves only
-whole files. A part holds ok rows and failure records (``status``, ``error``); :func:`read_results`
-unions the parts and keeps one row per cell id. Re-running skips the cells stored as ok; failed cells
-are tried again. ``OUT/sweep.json`` records the spec and its cell ids, for :func:`read_results` and
-``softhard sweep-report``. See docs/sweeps.md.
+Store (:mod:`softhard.results.store`): ``OUT/results/part-*.parquet`` (or ``.csv``), one file per batch of
+finished cells, each written to a temporary name and renamed, with the sha256 of its bytes in its name, so a
+killed run leaves only whole files and a part damaged later is recognised: it is reported (one line on
+stderr naming the file), moved to ``OUT/results/damaged/`` and its cells are computed again by the next
+run. A part holds ok rows and failure records (``status``, ``error``); :func:`read_results` unions the parts
+and keeps one row per cell id. Re-running skips the cells stored as ok; failed cells are tried again.
+``OUT/sweep.json`` records the spec and its cell ids, for :func:`read_results` and ``softhard sweep-report``.
+Worker processes (``workers=``) end with the sweep's process, even when it is killed (SIGKILL). See
+docs/sweeps.md.
 """
 
 from __future__ import annotations
 
-import csv
 import dataclasses
 import hashlib
 import importlib
 import inspect
-import io
 import itertools
 import json
 import math
 import os
+import re
+import sys
 import threading
 import time
 import tomllib
@@ -46,16 +49,15 @@ import numpy as np
 from .._validate import check_float, check_int, fail
 from ..experiments import REGISTRY, get, make_config
 from ..results.io import atomic_write, to_jsonable
+from ..results.store import FORMATS, Damaged, read_parts, write_part
 from ..results.table import Table
 
 __all__ = ["SpecError", "SweepSpec", "Cell", "SweepSummary", "load_spec", "run_cell", "run_sweep", "read_results"]
 
 WHERE = "softhard sweep"
-FORMATS = ("parquet", "csv")
 _KEYS = ("experiment", "table", "seeds", "format", "fixed", "axes")
 _HEAD = ("cell_id", "seed")  # columns every stored record starts with (then the axes)
 _STATUS = ("status", "error")
-_PART = itertools.count()
 
 
 class SpecError(ValueError):
@@ -100,7 +102,8 @@ class SweepSpec:
 
 @dataclass(frozen=True)
 class SweepSummary:
-    """What one :func:`run_sweep` call did: cells in the spec, already stored, computed, failed."""
+    """What one :func:`run_sweep` call did: cells in the spec, already stored, computed, failed; ``damaged``:
+    the parts found damaged (and moved aside) when it read the store, whose cells it computed again."""
 
     total: int
     cached: int
@@ -108,6 +111,7 @@ class SweepSummary:
     failed: int
     seconds: float
     errors: dict[str, str]  # cell id -> error, for the cells that failed in this run
+    damaged: tuple[str, ...] = ()
 
 
 # ---------------------------------------------------------------------------------------------- spec
@@ -131,11 +135,17 @@ def load_spec(source: str | os.PathLike | dict) -> SweepSpec:
     A scalar given to a tuple field of a diagnostic's ``Config`` becomes a one-element tuple. Seeds
     default to the diagnostic's own seed (``[0]`` for a user function).
 
+    Numbers must be finite (no ``nan``/``inf``); for a registered diagnostic, temperatures (``tau``,
+    ``taus``, ``*_taus``, ``*_tau_*``) must be > 0 and sample counts (``samples``, ``*_samples``) >= 1, so that
+    a mistyped spec fails here, before any cell runs, instead of storing NaN rows.
+
     Raises:
         SpecError: one line for an unreadable file, bad TOML, an unknown key, experiment or parameter,
-            a wrong type, an empty or repeated axis.
+            a wrong type, a value out of range, an empty or repeated axis.
     """
     name = "sweep spec"
+    if not isinstance(source, (dict, str, os.PathLike)):
+        fail("source", "load_spec", "the path of a TOML file or a dict", type(source).__name__, TypeError)
     if not isinstance(source, dict):
         name = str(source)
         try:
@@ -176,6 +186,8 @@ def _parse(doc: dict) -> SweepSpec:
         for v in ([fixed[key]] if key in fixed else axes[key]):
             if not _is_param_value(v):
                 fail(key, WHERE, "a number, string, boolean or list of numbers", v, TypeError)
+            if any(isinstance(x, float) and not math.isfinite(x) for x in (v if isinstance(v, list) else [v])):
+                fail(key, WHERE, "finite (no nan or inf)", v)
     table = doc.get("table")
     if table is not None and (not isinstance(table, str) or experiment not in REGISTRY):
         fail("table", WHERE, "a table name of a registered diagnostic (not used with 'module:function')", table)
@@ -188,6 +200,8 @@ def _parse(doc: dict) -> SweepSpec:
     for combo in itertools.product(*axes.values()):
         labels = dict(zip(axes, combo))
         params, identity = make({**fixed, **labels})
+        if experiment in REGISTRY:
+            _check_ranges(params)
         labels = {k: params[k][0] if isinstance(params[k], tuple) else params[k] for k in labels}  # as coerced
         for seed in seeds:
             cid = _cell_id({"experiment": experiment, "table": table, "params": identity, "seed": seed})
@@ -195,6 +209,20 @@ def _parse(doc: dict) -> SweepSpec:
     if len({c.id for c in cells}) < len(cells):
         fail("axes", WHERE, "axes whose values give distinct cells (1 and 1.0 are one value)", axes)
     return SweepSpec(experiment, fixed, axes, seeds, table, fmt, tuple(log_axes), tuple(cells))
+
+
+_TEMPERATURE = re.compile(r"(^|_)taus?($|_)")  # tau, taus, limit_taus, phase_taus, slope_tau_max
+_SAMPLES = re.compile(r"(^|_)samples$")  # samples, phase_samples
+
+
+def _check_ranges(params: dict) -> None:
+    """Temperatures > 0 and sample counts >= 1 in a registered diagnostic's parameters (softhard's names)."""
+    for key, value in params.items():
+        values = value if isinstance(value, (list, tuple)) else [value]
+        if _TEMPERATURE.search(key) and any(isinstance(v, (int, float)) and not v > 0 for v in values):
+            fail(key, WHERE, "temperatures > 0", value)
+        if _SAMPLES.search(key) and any(isinstance(v, int) and v < 1 for v in values):
+            fail(key, WHERE, "a sample count >= 1", value)
 
 
 def _mapping(value, key: str) -> dict:
@@ -326,6 +354,12 @@ def _import_function(path: str) -> Callable:
     return fn
 
 
+def _path(value, param: str, where: str) -> Path:
+    if not isinstance(value, (str, os.PathLike)):
+        fail(param, where, "a path (str or os.PathLike)", type(value).__name__, TypeError)
+    return Path(value)
+
+
 def _cell_id(obj: dict) -> str:
     text = json.dumps(to_jsonable(obj), sort_keys=True, separators=(",", ":"), ensure_ascii=True)
     return hashlib.sha256(text.encode("ascii")).hexdigest()
@@ -384,91 +418,42 @@ def _store(out: Path) -> Path:
     return Path(out) / "results"
 
 
-def _write_part(store: Path, records: list[dict], fmt: str) -> Path:
-    """One batch as ``part-<ns>-<pid>-<k>.<fmt>``, written atomically."""
-    path = store / f"part-{time.time_ns():020d}-{os.getpid()}-{next(_PART)}.{fmt}"
-    columns = list(dict.fromkeys(k for r in records for k in r))
-    if fmt == "csv":
-        buf = io.StringIO()
-        w = csv.DictWriter(buf, fieldnames=columns, lineterminator="\n")
-        w.writeheader()
-        w.writerows({k: (repr(v) if isinstance(v, float) else v) for k, v in r.items()} for r in records)
-        return atomic_write(path, buf.getvalue())
-    pa, pq = _pyarrow()
-    data = {}
-    for c in columns:  # a column mixing kinds (numbers, strings, booleans) is stored as text
-        values = [r.get(c) for r in records]
-        kinds = {bool if isinstance(v, bool) else (float if isinstance(v, (int, float)) else type(v))
-                 for v in values if v is not None}
-        data[c] = [None if v is None else str(v) for v in values] if len(kinds) > 1 else values
-    sink = pa.BufferOutputStream()
-    pq.write_table(pa.table(data), sink)
-    return atomic_write(path, sink.getvalue().to_pybytes())
-
-
-def _pyarrow():
-    try:
-        import pyarrow as pa
-        import pyarrow.parquet as pq
-    except ImportError:  # pragma: no cover - pyarrow is part of softhard[sweep]
-        raise ImportError("the Parquet store needs pyarrow: pip install 'softhard[sweep]' "
-                          "(or format = \"csv\")") from None
-    return pa, pq
-
-
-def _read_part(path: Path) -> list[dict]:
-    if path.suffix == ".parquet":
-        return _pyarrow()[1].read_table(path).to_pylist()
-    with path.open(encoding="utf-8", newline="") as fh:
-        return [{k: (v if k in ("cell_id", *_STATUS) else _parse_csv(v)) for k, v in r.items()}
-                for r in csv.DictReader(fh)]
-
-
-def _parse_csv(v: str):
-    if v == "":
-        return None
-    if v in ("True", "False"):
-        return v == "True"
-    for conv in (int, float):
-        try:
-            return conv(v)
-        except ValueError:
-            pass
-    return v
-
-
-def _records(store: Path) -> tuple[dict[str, dict], dict[str, dict]]:
-    """``(ok, failed)``: the first ok record of every cell, and the latest failure of cells never ok."""
+def _records(store: Path) -> tuple[dict[str, dict], dict[str, dict], list[Damaged]]:
+    """``(ok, failed, damaged)``: the first ok record of every cell, the latest failure of cells never ok, and
+    the damaged parts (reported, moved aside: their cells count as not computed)."""
     ok, failed = {}, {}
-    for path in sorted(store.glob("part-*")):
-        if path.suffix in (".parquet", ".csv"):
-            for rec in _read_part(path):
-                if rec.get("status") == "ok":
-                    ok.setdefault(rec["cell_id"], rec)
-                else:
-                    failed[rec["cell_id"]] = rec
-    return ok, {k: v for k, v in failed.items() if k not in ok}
+    parts, damaged = read_parts(store) if store.is_dir() else ([], [])
+    for records in parts:
+        for rec in records:
+            if rec.get("status") == "ok":
+                ok.setdefault(rec["cell_id"], rec)
+            else:
+                failed[rec["cell_id"]] = rec
+    return ok, {k: v for k, v in failed.items() if k not in ok}, damaged
 
 
 def read_results(out: str | os.PathLike) -> Table:
     """The rows of the sweep last run into ``out``: one per stored cell, in the spec's cell order.
 
     Columns: ``cell_id``, ``seed``, the axes, then the experiment's columns. ``meta`` holds the spec
-    (``meta["spec"]``), the failed cells (``meta["failed"]``: records with ``error``) and the number of
-    cells not yet computed (``meta["missing"]``).
+    (``meta["spec"]``), the failed cells (``meta["failed"]``: records with ``error``), the number of
+    cells not yet computed (``meta["missing"]``) and the damaged parts found and moved aside by this read
+    (``meta["damaged"]``; their cells are missing until the sweep is run again).
     """
-    out = Path(out)
+    out = _path(out, "out", "read_results")
     try:
         saved = json.loads((out / "sweep.json").read_text(encoding="utf-8"))
-    except (OSError, ValueError):
-        fail("out", "read_results", "a directory written by softhard sweep (with sweep.json)", str(out))
-    ok, failed = _records(_store(out))
-    rows = [{k: v for k, v in ok[c].items() if k not in _STATUS} for c in saved["cells"] if c in ok]
+        cells = saved["cells"]
+    except (OSError, ValueError, KeyError, TypeError):
+        fail("out", "read_results", "a directory written by softhard sweep (with a readable sweep.json)", str(out))
+    ok, failed, damaged = _records(_store(out))
+    rows = [{k: v for k, v in ok[c].items() if k not in _STATUS} for c in cells if c in ok]
     columns = list(dict.fromkeys(k for r in rows for k in r))
     rows = [{c: r.get(c) for c in columns} for r in rows]
-    meta = {"spec": saved["spec"], "softhard_version": saved.get("softhard_version"),
-            "failed": [failed[c] for c in saved["cells"] if c in failed],
-            "missing": sum(c not in ok for c in saved["cells"])}
+    meta = {"spec": saved.get("spec"), "softhard_version": saved.get("softhard_version"),
+            "failed": [failed[c] for c in cells if c in failed],
+            "missing": sum(c not in ok for c in cells),
+            "damaged": [{"part": str(d.path), "moved_to": str(d.moved_to), "reason": d.reason} for d in damaged]}
     return Table("sweep", columns, rows, meta)
 
 
@@ -480,10 +465,54 @@ def _inline(cells: list[Cell]) -> Iterator[dict]:
         yield run_cell(cell)
 
 
-def _worker_init() -> None:
+def _worker_init(parent: int | None = None) -> None:
     import torch
 
     torch.set_num_threads(1)  # one core per worker process; results do not depend on it
+    if parent is not None:
+        _die_with(parent)
+
+
+def _die_with(pid: int) -> None:
+    """End this (worker) process as soon as process ``pid`` ends, however it ends (SIGKILL included).
+
+    A watchdog thread waits on a pidfd of ``pid`` (Linux >= 5.3; elsewhere it polls every 0.2 s) and calls
+    ``os._exit``. On Linux the process also asks for SIGKILL when its parent (the forkserver) dies. Once the
+    workers are gone, the forkserver and the resource tracker see their pipes close and exit too; without
+    this, workers blocked on the pool's queue (whose write end they hold themselves) lived on for ever.
+    """
+    import select
+    import signal
+
+    if sys.platform.startswith("linux"):
+        try:
+            import ctypes
+
+            ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
+        except (OSError, AttributeError):  # pragma: no cover - no prctl in this libc
+            pass
+    try:
+        fd = os.pidfd_open(pid)
+    except ProcessLookupError:
+        os._exit(1)  # the sweep already ended
+    except (AttributeError, OSError):  # pragma: no cover - no pidfd: poll
+        fd = None
+
+    def watch() -> None:
+        if fd is not None:
+            select.select([fd], [], [])
+        else:  # pragma: no cover
+            while True:
+                try:
+                    os.kill(pid, 0)
+                except ProcessLookupError:
+                    break
+                except PermissionError:
+                    pass
+                time.sleep(0.2)
+        os._exit(1)
+
+    threading.Thread(target=watch, name="softhard-sweep-parent-watch", daemon=True).start()
 
 
 def _context():
@@ -503,7 +532,7 @@ def _context():
 def _processes(cells: list[Cell], workers: int) -> Iterator[dict]:
     from concurrent.futures import ProcessPoolExecutor, as_completed
 
-    pool = ProcessPoolExecutor(workers, mp_context=_context(), initializer=_worker_init)
+    pool = ProcessPoolExecutor(workers, mp_context=_context(), initializer=_worker_init, initargs=(os.getpid(),))
     try:
         futures = {pool.submit(run_cell, c): c for c in cells}
         for fut in as_completed(futures):
@@ -575,7 +604,7 @@ def run_sweep(spec: SweepSpec | str | os.PathLike, out: str | os.PathLike, *, wo
     flush_seconds = check_float(flush_seconds, "flush_seconds", "run_sweep", low=0.0)
     from .. import __version__
 
-    out, t0 = Path(out), time.perf_counter()
+    out, t0 = _path(out, "out", "run_sweep"), time.perf_counter()
     store = _store(out)
     store.mkdir(parents=True, exist_ok=True)
     if fresh:
@@ -583,7 +612,7 @@ def run_sweep(spec: SweepSpec | str | os.PathLike, out: str | os.PathLike, *, wo
             p.unlink()
     atomic_write(out / "sweep.json", json.dumps({"spec": spec.as_dict(), "softhard_version": __version__,
                                                  "cells": [c.id for c in spec.cells]}, indent=1) + "\n")
-    ok, _ = _records(store)
+    ok, _, damaged = _records(store)
     pending = [c for c in spec.cells if c.id not in ok]
     cached = len(spec.cells) - len(pending)
     if not pending:
@@ -594,7 +623,8 @@ def run_sweep(spec: SweepSpec | str | os.PathLike, out: str | os.PathLike, *, wo
         records = _processes(pending, workers)
     else:
         records = _inline(pending)
-    return _drain(records, store, spec, cached, progress, batch, flush_seconds, t0)
+    summary = _drain(records, store, spec, cached, progress, batch, flush_seconds, t0)
+    return dataclasses.replace(summary, damaged=tuple(str(d.path) for d in damaged))
 
 
 def _drain(records, store, spec, cached, progress, batch, flush_seconds, t0) -> SweepSummary:
@@ -650,7 +680,7 @@ class _Writer:
     def flush(self) -> None:
         with self.lock:
             if self.waiting:
-                _write_part(self.store, self.waiting, self.fmt)
+                write_part(self.store, self.waiting, self.fmt)
                 self.waiting = []
 
     def close(self) -> None:
