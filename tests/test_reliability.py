@@ -205,7 +205,7 @@ def test_critical_points_bad_starts_and_options():
 @pytest.mark.parametrize("call, exc, message", [
     (lambda: Gaussian([0.0, 0.0], dtype="float64"), TypeError, r"'dtype' parameter of Gaussian"),
     (lambda: GaussianMixture([1.0], [[0.0]], dtype=torch.int64), TypeError, r"'dtype' parameter of GaussianMixture"),
-    (lambda: _sym("reduced_operator")(np.eye(2), [1.0, 0.0, 0.0], 0.1), ValueError,
+    (lambda: _sym("reduced_operator")(np.eye(2), [1.0, 0.0, 0.0], [1.0, 0.0], 0.1), ValueError,
      r"'u' parameter of reduced_operator must be a 1-d array of shape \(2,\)"),
     (lambda: _sym("TwoExpertGaussian")(np.eye(2), [1.0, 0.0, 0.0], [0, 0], [1, 0], [1, 0], [0, 1]), ValueError,
      r"'u' parameter of TwoExpertGaussian must be a 1-d array of shape \(2,\)"),

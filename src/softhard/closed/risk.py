@@ -208,7 +208,10 @@ def _slices(moe, law, teacher, where: str) -> tuple[list[tuple[float, _Slice]], 
     comps = gaussian_components(law, where)
     for f, name in ((student[0], "moe"), (model[0], "teacher")):
         if f[0].shape[0] != law.d:
-            fail("law", where, f"a law on R^{f[0].shape[0]} (the {name}'s input dimension)", f"a law on R^{law.d}")
+            param = "law" if name == "moe" else "teacher"
+            fail(param, where, f"a {'law' if name == 'moe' else 'teacher'} on R^{law.d if name != 'moe' else f[0].shape[0]}"
+                 f" ({'the model' if name == 'moe' else 'the law'}'s input dimension)",
+                 f"a {'law' if name == 'moe' else 'teacher'} on R^{law.d if name == 'moe' else f[0].shape[0]}")
     out = []
     for w, comp in comps:
         if score_law(torch.as_tensor(student[0][0]), student[0][1], comp)[1] == 0.0:

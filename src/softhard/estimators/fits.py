@@ -35,7 +35,7 @@ class MarginTail:
 
 
 def fit_margin_tail(margins, t_max: float | None = None, tail_fraction: float = 0.05,
-                    zeros: str = "raise") -> MarginTail:
+                    zeros: str = "raise", where: str = "fit_margin_tail") -> MarginTail:
     r"""Fit :math:`\mu(\Delta \le t) \approx C t^\alpha` on :math:`(0, t_{max}]` from a sample of margins.
 
     If the power law holds on :math:`(0, t_{max}]`, the k margins in that range are, given k, i.i.d. with
@@ -55,11 +55,11 @@ def fit_margin_tail(margins, t_max: float | None = None, tail_fraction: float = 
         zeros: exact ties Δ = 0 make :math:`\mu(\Delta \le t)` stay positive as t → 0, which no
             :math:`Ct^\alpha` with α > 0 fits: ``"raise"`` (default) or ``"drop"`` them (counted in
             ``n_zero``).
+        where: the public function the user called (named in errors).
 
     Returns:
         :class:`MarginTail`.
     """
-    where = "fit_margin_tail"
     m = as_tensor(margins, "margins", where)
     if m.ndim != 1 or m.shape[0] < 2:
         fail("margins", where, "an array of shape (N,) with N >= 2", f"shape {tuple(m.shape)}")

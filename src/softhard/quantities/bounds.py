@@ -61,7 +61,10 @@ def theorem45_constant(C_delta: float, alpha: float, B_Y: float, B_h: float, K: 
     B_Y = check_float(B_Y, "B_Y", where, 0.0, math.inf, low_open=False)
     B_h = check_float(B_h, "B_h", where, 0.0, math.inf, low_open=False)
     K = check_int(K, "K", where, low=2)
-    return 4 * B_h * (B_Y + B_h) * (K - 1) * C_delta * math.gamma(alpha + 1)
+    try:
+        return 4 * B_h * (B_Y + B_h) * (K - 1) * C_delta * math.gamma(alpha + 1)
+    except OverflowError:
+        fail("alpha", where, "small enough for Γ(α + 1) to be finite (α < 171)", alpha)
 
 
 def _lemma41(a: torch.Tensor, t: torch.Tensor) -> torch.Tensor:

@@ -182,7 +182,7 @@ def _slope_kernel(c: Call) -> Estimate:
     if h is None:
         n = s.n if s.n is not None else min(s.max_samples, 1 << 20)
         with torch.no_grad():
-            h = kernel_bandwidth(top_two(logits_of(moe, pilot_sample(c.law, n, s.seed), c.where))[0].cpu().numpy(), n,
+            h = kernel_bandwidth(top_two(logits_of(moe.router, pilot_sample(c.law, n, s.seed), c.where))[0].cpu().numpy(), n,
                                  one_sided=True)
 
     def terms(x):

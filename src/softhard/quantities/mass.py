@@ -253,4 +253,4 @@ def margin_tail(router, law, *, n: int = 1 << 20, seed=0, t_max: float | None = 
     call = router_call(where, router, law, None, n, seed, None, {})
     with torch.no_grad():
         m = margin_function(kind)(logits_of(call.model, draw(call.law, call.sampling.n, call.sampling.seed), where))
-    return fit_margin_tail(m, t_max, tail_fraction, zeros)
+    return fit_margin_tail(m, t_max, tail_fraction, zeros, where)
