@@ -23,12 +23,11 @@ import math
 
 import numpy as np
 import torch
-from scipy import special
 
 from .._validate import as_tensor, check_float, fail
 from ..model.laws import Gaussian, GaussianMixture
 
-__all__ = ["SQRT2PI", "ABSEPS", "phi", "normal_cdf", "interval_mass", "gauss_legendre", "quadrature",
+__all__ = ["SQRT2PI", "ABSEPS", "phi", "normal_cdf", "logistic", "interval_mass", "gauss_legendre", "quadrature",
            "to_numpy", "gaussian_components", "linear_moments", "score_law", "condition_on_score",
            "orthant_probability", "orthant_with_bound", "interval_moments"]
 
@@ -44,9 +43,20 @@ def phi(t):
     return np.exp(-0.5 * t * t) / SQRT2PI
 
 
+def _on_numpy(fn, x) -> np.ndarray:
+    """A torch elementwise function applied to a NumPy array or float (float64), as NumPy: torch is imported
+    anyway, SciPy's special functions cost 0.4 s of start-up."""
+    return fn(torch.from_numpy(np.asarray(x, dtype=np.float64))).numpy()
+
+
 def normal_cdf(t):
     r"""Standard normal distribution function :math:`\Phi(t)` (array, float or tensor)."""
-    return torch.special.ndtr(t) if isinstance(t, torch.Tensor) else special.ndtr(t)
+    return torch.special.ndtr(t) if isinstance(t, torch.Tensor) else _on_numpy(torch.special.ndtr, t)
+
+
+def logistic(u):
+    r"""The logistic function :math:`\sigma(u) = 1/(1 + e^{-u})` (array, float or tensor), without overflow."""
+    return torch.sigmoid(u) if isinstance(u, torch.Tensor) else _on_numpy(torch.sigmoid, u)
 
 
 def interval_mass(a, b):
@@ -57,7 +67,8 @@ def interval_mass(a, b):
         return torch.where(a > 0, nd(-a) - nd(-b), nd(b) - nd(a)).clamp_min(0.0)
     a, b = np.asarray(a, dtype=np.float64), np.asarray(b, dtype=np.float64)
     with np.errstate(invalid="ignore"):
-        return np.maximum(np.where(a > 0, special.ndtr(-a) - special.ndtr(-b), special.ndtr(b) - special.ndtr(a)), 0.0)
+        nd = normal_cdf
+        return np.maximum(np.where(a > 0, nd(-a) - nd(-b), nd(b) - nd(a)), 0.0)
 
 
 @functools.lru_cache(maxsize=None)

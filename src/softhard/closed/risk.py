@@ -17,7 +17,6 @@ import math
 
 import numpy as np
 import torch
-from scipy import special
 
 from .._validate import check_grid, fail
 from ..model.experts import LinearExperts
@@ -25,7 +24,7 @@ from ..model.laws import Gaussian, GaussianMixture
 from ..model.moe import HardTeacher, MoE
 from ..model.routers import LinearRouter
 from .boundary import pair_score
-from .normal import gaussian_components, normal_cdf, phi, quadrature, score_law, to_numpy
+from .normal import gaussian_components, logistic, normal_cdf, phi, quadrature, score_law, to_numpy
 
 __all__ = ["LN2", "GAP_CONSTANT", "ENTROPY_CONSTANT", "TAIL_TAU", "g1_bracket", "g1_half_bracket",
            "is_binary_linear_gaussian", "risk_exact", "risk_gap_exact", "gap_slope_exact", "gate_entropy_exact"]
@@ -193,8 +192,8 @@ class _Slice:
         t, w = quadrature(lo, hi, np.concatenate([self._breaks(), layer, -layer]))
         u = t / tau
         on = (t >= 0).astype(float)
-        e = np.where(on > 0, special.expit(-u), -special.expit(u))
-        return float(w @ (self.psi(t) * e * (2 * self.M(t) - (on + special.expit(u)) * self.B(t))))
+        e = np.where(on > 0, logistic(-u), -logistic(u))
+        return float(w @ (self.psi(t) * e * (2 * self.M(t) - (on + logistic(u)) * self.B(t))))
 
     def slope(self) -> float:
         r"""Contribution to :math:`G_1`: :math:`\psi(0)\,[2\ln 2\,(M(0^+) - M(0^-)) - B(0)]`."""
@@ -323,6 +322,6 @@ def gate_entropy_exact(router, law, taus) -> np.ndarray:
             layer = tau * 2.0 ** np.arange(7)
             x, wt = quadrature(lo, hi, np.concatenate([[0.0], layer, -layer, m_g + s * np.arange(-TAIL_SD, TAIL_SD + 1)]))
             u = x / tau
-            H = special.expit(u) * np.logaddexp(0.0, -u) + special.expit(-u) * np.logaddexp(0.0, u)
+            H = logistic(u) * np.logaddexp(0.0, -u) + logistic(-u) * np.logaddexp(0.0, u)
             out[q] += w * float(wt @ (phi((x - m_g) / s) / s * H))
     return out
