@@ -52,9 +52,14 @@ BUDGET = 1 << 30  # sample budget of the early-stopping runs (never reached)
 
 
 def timed(f, *args, **kw):
-    t0 = time.perf_counter()
-    out = f(*args, **kw)
-    return out, time.perf_counter() - t0
+    """``(result, seconds)``; a call under 50 ms is repeated (at most 9 times, 0.2 s) and the median is taken."""
+    times = []
+    while True:
+        t0 = time.perf_counter()
+        out = f(*args, **kw)
+        times.append(time.perf_counter() - t0)
+        if times[0] >= 0.05 or len(times) >= 9 or sum(times) > 0.2:
+            return out, float(np.median(times))
 
 
 def rel(value, stderr) -> float:
@@ -244,6 +249,106 @@ def case_memory(n: float) -> dict:
                         "beta": [float(v) for v in values]}}
 
 
+# --- the registry: every method of a quantity to 1 %, and what the default call takes ---------------------
+
+CAP = 1 << 22  # sampling runs stop here and are extrapolated to the target by the 1/sqrt(n) law
+
+
+def method_row(quantity: str, point: str, method: str, call) -> dict:
+    """One registered method run to 1 % (sampling; extrapolated past ``CAP``) or once (closed form)."""
+    import warnings
+
+    from softhard.estimators.reducer import TargetNotReached
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", TargetNotReached)
+        est, t = timed(call, method=method, target_rel_error=TARGET, max_samples=CAP, seed=0)
+    r = float(np.max(np.asarray(est.rel_error)))
+    extra = est.method != "exact" and r > TARGET
+    scale = (r / TARGET) ** 2 if extra else 1.0
+    return {"quantity": quantity, "point": point, "method": method, "value": float(np.ravel(est.value)[0]),
+            "rel_error": TARGET if extra else r, "n": int(est.n * scale), "seconds": t * scale, "extrapolated": extra,
+            "error_bound": float(np.max(np.asarray(est.error_bound)))}
+
+
+def registry_points():
+    """(quantity, point, call(**kw)) for the targets of issue 13: β at K = 2, 4, 8 and three widths (d = 64),
+    the risk gap of the §7.1-like design at three temperatures (d = 16)."""
+    out = []
+    for K in (2, 4, 8):
+        g = torch.Generator().manual_seed(K)
+        r = sh.LinearRouter(torch.randn(K, 64, generator=g, dtype=torch.float64) / 8.0,
+                            torch.randn(K, generator=g, dtype=torch.float64) * 0.1)
+        law = sh.Gaussian.standard(64)
+        for w in (1e-1, 1e-2, 1e-3):
+            out.append(("boundary_mass", f"K={K} w={w:g}",
+                        lambda r=r, law=law, w=w, **kw: sh.boundary_mass(r, law, w, **kw)))
+    moe, law = gap_problem()
+    for tau in (1e-1, 1e-2, 1e-3):
+        out.append(("risk_gap", f"tau={tau:g}", lambda tau=tau, **kw: sh.risk_gap(moe, law, tau, **kw)))
+    return out
+
+
+def case_auto(quick: bool) -> dict:
+    """Every applicable method of each quantity to 1 % relative error, and the default call (no ``method``)."""
+    from softhard.quantities import QUANTITIES
+
+    rows = []
+    for quantity, point, call in registry_points():
+        methods = list(QUANTITIES[quantity].methods)
+        if quick:
+            methods = [m for m in methods if m not in ("mc",)]
+        per = []
+        for m in methods:
+            try:
+                per.append(method_row(quantity, point, m, call))
+            except ValueError as e:  # the method does not apply here
+                if "applies here" not in str(e):
+                    raise
+        est, t = timed(call, target_rel_error=TARGET, seed=0)
+        best = min(per, key=lambda r: r["seconds"])
+        for r in per:
+            r["chosen_by_auto"] = r["method"] == est.method
+        rows += per
+        rows.append({"quantity": quantity, "point": point, "method": f"default (auto -> {est.method})",
+                     "value": float(np.ravel(est.value)[0]), "rel_error": float(np.max(np.asarray(est.rel_error))),
+                     "n": est.n, "seconds": t, "extrapolated": False, "chosen_by_auto": True,
+                     "vs_fastest": t / best["seconds"], "fastest": best["method"]})
+    return {"case": "registry: time to 1 % per method, and the default call", "results": rows}
+
+
+def gap_problem():
+    g = torch.Generator().manual_seed(1)
+    d = 16
+    v = torch.randn(d, generator=g, dtype=torch.float64)
+    moe = sh.MoE(sh.LinearRouter.binary(v / v.norm(), b=0.2),
+                 sh.LinearExperts(torch.randn(2, d, generator=g, dtype=torch.float64) / 4, [0.1, -0.1]))
+    A = torch.randn(d, d, generator=g, dtype=torch.float64) / math.sqrt(d)
+    law = sh.Gaussian(0.1 * torch.randn(d, generator=g, dtype=torch.float64), A @ A.T + 0.5 * torch.eye(d))
+    return moe, law
+
+
+STARTUP = {"import torch": "import torch", "import softhard": "import softhard",
+           "from softhard import boundary_mass": "from softhard import boundary_mass",
+           "softhard --help": None, "softhard reproduce --help": None}
+
+
+def case_startup(quick: bool) -> dict:
+    """Wall time of fresh interpreters (median of 5): imports and the command line's help."""
+    exe = Path(sys.executable).with_name("softhard")
+    out = {}
+    for name, code in STARTUP.items():
+        cmd = [sys.executable, "-c", code] if code else [str(exe), *name.split()[1:]]
+        times = []
+        for _ in range(3 if quick else 5):
+            t0 = time.perf_counter()
+            subprocess.run(cmd, capture_output=True, check=True)
+            times.append(time.perf_counter() - t0)
+        out[name] = float(np.median(times))
+    out["softhard over torch"] = out["from softhard import boundary_mass"] - out["import torch"]
+    return {"case": "start-up (median wall seconds of fresh processes)", "results": out}
+
+
 # --- table --------------------------------------------------------------------------------------------
 
 
@@ -264,6 +369,21 @@ def table(results: dict) -> str:
                     lines.append(f"  {'':<18}  (router evaluations per line: {r['router_evaluations_per_line']:.0f})")
         lines.append("  * extrapolated from a shorter pilot run (1/sqrt(n) law; the kernel estimate: n^(-3/8)); "
                      "speedup = baseline seconds / seconds")
+    if "auto" in results:
+        lines.append(f"\n{results['auto']['case']}")
+        lines.append(f"  {'quantity':<15}{'point':<14}{'method':<34}{'value':>11}{'rel.err':>9}{'samples':>12}"
+                     f"{'seconds':>10}  auto?")
+        for r in results["auto"]["results"]:
+            star = "*" if r["extrapolated"] else " "
+            tail = f"  {r['vs_fastest']:.2f}x the fastest ({r['fastest']})" if "vs_fastest" in r else (
+                "  <- auto" if r["chosen_by_auto"] else "")
+            lines.append(f"  {r['quantity']:<15}{r['point']:<14}{r['method']:<34}{r['value']:>11.5g}"
+                         f"{r['rel_error']:>9.2%}{r['n']:>12,}{r['seconds']:>9.3g}{star}{tail}")
+        lines.append("  * extrapolated from a run capped at 2^22 samples by the 1/sqrt(n) law")
+    if "startup" in results:
+        lines.append(f"\n{results['startup']['case']}")
+        for k, v in results["startup"]["results"].items():
+            lines.append(f"  {k:<36}{v:6.2f} s")
     if "throughput" in results:
         t = results["throughput"]["results"]
         lines.append(f"\n{results['throughput']['case']}: {t['softhard_samples_per_s']:,.0f} samples/s = "
@@ -275,7 +395,8 @@ def table(results: dict) -> str:
     return "\n".join(lines)
 
 
-CASES = {"gap": case_gap, "top2": case_top2, "mlp": case_mlp, "throughput": case_throughput}
+CASES = {"auto": case_auto, "startup": case_startup, "gap": case_gap, "top2": case_top2, "mlp": case_mlp,
+         "throughput": case_throughput}
 
 
 def main(argv=None) -> None:

@@ -243,8 +243,9 @@ def test_illinois_finds_the_bracketed_root(coef, scale):
 
 def test_auto_rule_and_exact_estimates():
     r = k4_router()
-    auto = sh.boundary_mass(r, MIX5, [0.1, 0.2], method="auto")
+    auto = sh.boundary_mass(r, MIX5, [0.1, 0.2], method="auto", target_rel_error=1e-5)  # sampling would take minutes
     assert auto.method == "exact" and np.all(auto.stderr == 0) and auto.n == 0
+    assert sh.boundary_mass(r, MIX5, [0.1, 0.2]).method == "conditional"  # 0.5 %: its pilot is already there
     np.testing.assert_array_equal(auto.value, sh.boundary_mass_exact(r, MIX5, [0.1, 0.2]))
     assert sh.boundary_mass(r, MIX5, 0.1, method="exact").value == pytest.approx(auto.value[0], rel=1e-14)
     student, teacher, mix = binary_design()

@@ -15,8 +15,7 @@ import torch
 import softhard as sh
 from softhard.closed.risk import risk_gap_exact
 from softhard.estimators.reducer import TargetNotReached
-from softhard.estimators.registry import QUANTITIES
-from softhard.quantities import bounds, coarea, gap, mass  # noqa: F401 - registers every quantity
+from softhard.quantities import QUANTITIES
 
 F64 = torch.float64
 

@@ -23,7 +23,7 @@ _EXPORTS = {
     "closed.boundary": ["boundary_mass_exact", "flip_probability_exact", "interface_constant_exact"],
     "closed.risk": ["gap_slope_exact", "gate_entropy_exact", "risk_exact", "risk_gap_exact"],
     "estimators.reducer": ["Estimate", "TargetNotReached", "draw", "mean_estimate", "monte_carlo"],
-    "estimators.registry": ["QUANTITIES"],
+    "quantities": ["QUANTITIES"],
     "estimators.score_space": ["ScoreSpace", "score_space"],
     "estimators.kernel": ["density_at_zero", "kernel_bandwidth"],
     "estimators.fits": ["MarginTail", "fit_margin_tail"],

@@ -35,9 +35,10 @@ import torch
 
 from .._validate import DTYPE, as_tensor, check_finite, check_float, check_int, check_seed, fail
 from ..closed.moments import SpanError, region_moments
-from ..closed.normal import condition_on_score, gaussian_components, score_law
+from ..closed.normal import condition_on_score, gaussian_components, phi, score_law
 from ..estimators.reducer import Estimate, monte_carlo
 from ..model.experts import LinearExperts
+from ..model.gates import top_two
 from ..model.laws import Gaussian, GaussianMixture, as_law
 from ..model.moe import HardTeacher, MoE, as_teacher
 from ..model.routers import as_router
@@ -259,7 +260,7 @@ def _pair_integrals(W, b, WT, bT, theta, theta_t, comps, where, eta=None):
                 m_g, s = score_law(torch.as_tensor(v, dtype=comp.mean.dtype), c0, comp)
                 if s == 0.0:
                     continue
-                psi = weight * math.exp(-0.5 * (m_g / s) ** 2) / (s * math.sqrt(2 * math.pi))
+                psi = weight * float(phi(m_g / s)) / s
                 cond = condition_on_score(comp, torch.as_tensor(v, dtype=comp.mean.dtype), c0)
                 mean, L = _np(cond.mean), _np(cond.scale_tril)
                 for m in range(len(WT)):
@@ -359,12 +360,12 @@ def _shape_gradient_mc(router, teacher, law, experts, n, seed, h, progress) -> d
 
     def terms(x):
         a, hx, fs = router(x), experts(x), teacher.signal(x)
-        top2 = torch.topk(a, 2, -1).indices
+        _, first, second = top_two(a)
         out = torch.zeros(len(x), sum(int(np.prod(s)) for s in shapes), dtype=x.dtype)
         for i in range(K):
             for j in range(i + 1, K):
-                sel = ((a[:, i] - a[:, j]).abs() <= h) & (((top2[:, 0] == i) & (top2[:, 1] == j))
-                                                         | ((top2[:, 0] == j) & (top2[:, 1] == i)))
+                sel = ((a[:, i] - a[:, j]).abs() <= h) & (((first == i) & (second == j))
+                                                         | ((first == j) & (second == i)))
                 if not bool(sel.any()):
                     continue
                 J = jac(params, x[sel])  # {name: (S, K, *shape)}

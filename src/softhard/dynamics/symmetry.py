@@ -31,7 +31,6 @@ import warnings
 from dataclasses import dataclass
 from typing import Callable, NamedTuple
 
-import numpy as np
 import torch
 
 from .._validate import DTYPE, as_tensor, check_finite, check_float, check_grid, check_inputs, check_int, fail
@@ -42,6 +41,7 @@ from ..closed.balance import (
     reduced_closed_form,
     sign_moments,
 )
+from ..closed.normal import gauss_legendre, phi
 from ..estimators.reducer import Estimate, monte_carlo
 from ..model.laws import Gaussian, check_covariance
 
@@ -110,27 +110,15 @@ def _theta_and_direction(theta, direction, where: str, name: str) -> tuple[torch
 # ----------------------------------------------------------------------------------------------------
 
 _L = 8.5  # standard-normal truncation: φ(8.5) ≈ 1e-16
-_NODES = {}
-
-
-def _legendre(n: int) -> tuple[torch.Tensor, torch.Tensor]:
-    if n not in _NODES:
-        x, w = np.polynomial.legendre.leggauss(n)
-        _NODES[n] = (torch.as_tensor(x, dtype=DTYPE), torch.as_tensor(w, dtype=DTYPE))
-    return _NODES[n]
 
 
 def _panels(breaks: torch.Tensor, n: int) -> tuple[torch.Tensor, torch.Tensor]:
     """Gauss–Legendre nodes/weights on consecutive panels ``breaks (..., P+1)`` -> ``(..., P·n)`` each."""
-    x, w = _legendre(n)
+    x, w = gauss_legendre(n, like=breaks)
     a, b = breaks[..., :-1, None], breaks[..., 1:, None]
     half = (b - a) / 2
     nodes, weights = (a + b) / 2 + half * x, half * w
     return nodes.flatten(-2), weights.flatten(-2)
-
-
-def _phi(z: torch.Tensor) -> torch.Tensor:
-    return torch.exp(-0.5 * z * z) / math.sqrt(2 * math.pi)
 
 
 def _odd_moments(r: Callable, sigma: float, n: int = 24) -> tuple[float, float]:
@@ -142,7 +130,7 @@ def _odd_moments(r: Callable, sigma: float, n: int = 24) -> tuple[float, float]:
     z, w = _panels(breaks, n)
     t = sigma * z
     rt = _response_values(r, t)
-    dens = 2.0 * w * _phi(z)
+    dens = 2.0 * w * phi(z)
     return float((dens * t * rt).sum()), float((dens * t ** 3 * rt).sum())
 
 
@@ -372,7 +360,7 @@ class TwoExpertGaussian:
         b2 = torch.stack([torch.full_like(z1, -_L), vstar, torch.full_like(z1, _L)], dim=-1)
         z2, w2 = _panels(b2, n + 8)  # (N1, 2(n+8))
         z1 = z1[:, None].expand_as(z2)
-        w = (w1 * _phi(z1[:, 0]))[:, None] * w2 * _phi(z2)
+        w = (w1 * phi(z1[:, 0]))[:, None] * w2 * phi(z2)
         z1, z2, w = z1.reshape(-1), z2.reshape(-1), w.reshape(-1)
         mu = z1[:, None] * B[:, 0] + z2[:, None] * B[:, 1]  # (N, d)
         T = t1 * z1 + t2 * z2

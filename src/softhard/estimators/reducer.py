@@ -40,7 +40,7 @@ from .._validate import check_float, check_int, check_seed, fail
 from ..model.laws import as_law
 
 __all__ = ["Estimate", "Moments", "Sampling", "sampling_options", "sample_mean", "TargetNotReached",
-           "DEFAULT_TARGET", "MAX_SAMPLES", "check_device", "monte_carlo", "mean_estimate", "draw", "resolve_seed", "BLOCK"]
+           "DEFAULT_TARGET", "MAX_SAMPLES", "check_device", "first_stop", "monte_carlo", "mean_estimate", "draw", "resolve_seed", "BLOCK"]
 
 BLOCK = 1 << 14  # samples per RNG block: fixes the stream, so results depend on (seed, n) only
 
@@ -261,7 +261,7 @@ class Sampling:
     chunk: int | None = None
     device: torch.device | None = None
     workers: int = 1
-    min_n: int = BLOCK
+    min_n: int | None = None
     progress: bool = False
     desc: str = "sampling"
     where: str = "monte_carlo"
@@ -281,7 +281,7 @@ def check_device(device, where: str) -> torch.device | None:
 
 
 def sampling_options(where: str, n=None, seed=0, target_rel_error=None, *, max_samples=None, scrambles=16,
-                     chunk=None, device=None, workers=1, min_n=BLOCK, progress=False, desc=None) -> Sampling:
+                     chunk=None, device=None, workers=1, min_n=None, progress=False, desc=None) -> Sampling:
     """Validate the sampling arguments of a public function ``where`` (errors name it) into a :class:`Sampling`."""
     n = None if n is None else check_int(n, "n", where)
     target = None if target_rel_error is None else check_float(target_rel_error, "target_rel_error", where, 0.0,
@@ -289,7 +289,8 @@ def sampling_options(where: str, n=None, seed=0, target_rel_error=None, *, max_s
     cap = MAX_SAMPLES if max_samples is None else check_int(max_samples, "max_samples", where)
     return Sampling(n, resolve_seed(seed, where), target, cap, check_int(scrambles, "scrambles", where, low=2),
                     None if chunk is None else check_int(chunk, "chunk", where), check_device(device, where),
-                    check_int(workers, "workers", where), check_int(min_n, "min_n", where), bool(progress),
+                    check_int(workers, "workers", where), None if min_n is None else check_int(min_n, "min_n", where),
+                    bool(progress),
                     desc or where, where)
 
 
@@ -303,7 +304,7 @@ def _progress(total: int, enabled: bool, desc: str):
 
 def monte_carlo(terms: Callable[[torch.Tensor], torch.Tensor], law, n: int | None = None, seed=0, *,
                 method: str = "mc", target_rel_error: float | None = None, max_samples: int | None = None,
-                scrambles: int = 16, chunk: int | None = None, device=None, min_n: int = BLOCK, workers: int = 1,
+                scrambles: int = 16, chunk: int | None = None, device=None, min_n: int | None = None, workers: int = 1,
                 progress: bool = False, desc: str = "sampling") -> Estimate:
     r"""Average per-sample terms over a law: :math:`\hat E[t(X)] = \frac1n\sum_i t(X_i)` with its standard error.
 
@@ -328,7 +329,8 @@ def monte_carlo(terms: Callable[[torch.Tensor], torch.Tensor], law, n: int | Non
             avoids concatenating blocks (``workers`` blocks with ``workers > 1``), and 16 blocks per call
             on another ``device``.
         device: where ``terms`` is evaluated (inputs are drawn on the CPU and moved there).
-        min_n: (with a target) the fewest samples before stopping.
+        min_n: (with a target) the fewest samples before stopping; default :func:`first_stop`: one block
+            (16384) for "mc", 256 points of every scrambling (4096 with 16) for "qmc".
         workers: threads drawing the blocks of a chunk in parallel ("mc"; NumPy releases the GIL while
             it fills an array); never changes the result.
         progress: show a progress bar.
@@ -348,6 +350,14 @@ def monte_carlo(terms: Callable[[torch.Tensor], torch.Tensor], law, n: int | Non
     return sample_mean(terms, law, method, opts)
 
 
+def first_stop(method: str, s: Sampling) -> int:
+    """The fewest samples before a targeted run may stop: ``s.min_n``, else one block (16384) for "mc" and the
+    first dyadic checkpoint of every scrambling (256 points each, 4096 in all with 16 scramblings) for "qmc"."""
+    if s.min_n is not None:
+        return s.min_n
+    return BLOCK if method == "mc" else s.scrambles * _QMC_FIRST[0]
+
+
 def sample_mean(terms, law, method: str, s: Sampling, default_target: float | None = DEFAULT_TARGET) -> Estimate:
     """The trusted core of :func:`monte_carlo` (arguments validated by the caller, :func:`sampling_options`).
 
@@ -356,6 +366,7 @@ def sample_mean(terms, law, method: str, s: Sampling, default_target: float | No
     """
     target = s.target if s.target is not None or s.n is not None else default_target
     n = s.n if s.n is not None else s.max_samples
+    min_n = first_stop(method, s)
     R = s.scrambles
     if method == "qmc" and n < R:
         fail("n", s.where, f"at least scrambles={R} for QMC", n)
@@ -368,9 +379,9 @@ def sample_mean(terms, law, method: str, s: Sampling, default_target: float | No
     t0 = time.perf_counter()
     try:
         if method == "mc":
-            est = _mc(terms, law, n, s.seed, bpc, s.device, target, s.min_n, bar, pool, s.where)
+            est = _mc(terms, law, n, s.seed, bpc, s.device, target, min_n, bar, pool, s.where)
         else:
-            est = _qmc(terms, law, n, s.seed, R, bpc, s.device, target, s.min_n, bar, s.where)
+            est = _qmc(terms, law, n, s.seed, R, bpc, s.device, target, min_n, bar, s.where)
     finally:
         if bar is not None:
             bar.close()

@@ -5,32 +5,43 @@ A quantity (``boundary_mass``, ``risk_gap``, ...) is a :class:`Quantity`; each o
 
 - an applicability rule ``applies(call) -> None | str`` (``None``: it applies; else the reason it does
   not, which an explicit ``method=`` that does not apply reports);
-- a cost estimate ``cost(call) -> float`` in seconds (a model, deterministic given the call: closed forms
-  count their integrations, samplers run a short pilot and scale its variance to the target);
+- a cost model ``cost(call) -> float`` in seconds, deterministic given the call: closed forms count their
+  integrations; samplers multiply the samples they need for the target (from a pilot run stopped at the
+  first checkpoint of a targeted run, :func:`~softhard.estimators.reducer.first_stop`, its variance scaled by
+  the 1/n law) by a per-draw cost. A sampler without a cost model is a fallback;
 - ``run(call) -> Estimate``.
 
-``method="auto"`` (the default everywhere) takes the cheapest applicable method: the cheapest closed
-form when one applies and costs less than :data:`CHEAP` seconds, else the cheaper of that closed form and
-the first applicable sampling method (methods are registered from the most to the least efficient sampler,
-so only the first one needs a pilot). The chosen method is recorded in ``Estimate.method`` and
-``Estimate.info["chosen_by"]``. The rule and the cost constants (measured by ``benchmarks/run.py``) are
-documented in ``docs/estimators.md``.
+``method="auto"`` (the default everywhere):
+
+1. the cheapest applicable closed form, if it costs at most :data:`CHEAP` seconds;
+2. else the costed samplers' pilots are run, cheapest pilot first: the first whose pilot already meets the
+   target is taken (the pilot is the result); otherwise the cheapest of the closed forms and the samplers'
+   remaining costs;
+3. else the first applicable sampler in registration order.
+
+A pilot that already reaches the target is the result itself (:func:`reuse_pilot`: a targeted run stops at
+the same first checkpoint with the same draws, so nothing is computed twice and the result still depends on
+``(seed, n)`` only). The chosen method is in ``Estimate.method`` and ``Estimate.info["chosen_by"]``. The cost
+constants were measured by ``benchmarks/run.py --cases auto``; ``docs/estimators.md`` lists them.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
-from .._validate import fail
-from .reducer import DEFAULT_TARGET, Estimate, Sampling
+import numpy as np
 
-__all__ = ["Call", "Method", "Quantity", "QUANTITIES", "SAMPLINGS", "CHEAP", "PILOT", "target_of", "samples_for"]
+from .._validate import fail
+from .reducer import DEFAULT_TARGET, Estimate, Sampling, first_stop
+
+__all__ = ["Call", "Method", "Quantity", "QUANTITIES", "SAMPLINGS", "CHEAP", "target_of", "pilot", "reuse_pilot",
+           "remaining_cost"]
 
 SAMPLINGS = ("mc", "qmc")
-CHEAP = 0.05  # seconds: a closed form at most this expensive is taken without comparing with sampling
-PILOT = 1 << 12  # draws of a pilot run that estimates a sampler's variance
+CHEAP = 0.01  # seconds: a closed form at most this expensive is taken without comparing with sampling
 
 
 @dataclass
@@ -39,7 +50,8 @@ class Call:
 
     ``model``: the router or MoE; ``law``; ``grid``: widths or temperatures ``(G,)`` as a float64 tensor
     (``None`` for a quantity without a grid); ``teacher``: a :class:`~softhard.model.moe.Teacher` or ``None``;
-    ``options``: the quantity's own keywords (validated); ``sampling``: the budget and sampler settings.
+    ``options``: the quantity's own keywords (validated); ``sampling``: the budget and sampler settings;
+    ``cache``: what the applicability rules and cost models computed (score spaces, pilots).
     """
 
     where: str
@@ -54,7 +66,12 @@ class Call:
 
 @dataclass(frozen=True)
 class Method:
-    """A registered estimation method of one quantity (see the module docstring)."""
+    """A registered estimation method of one quantity (see the module docstring).
+
+    A closed form has ``cost(call)`` (seconds). A costed sampler has ``draws(call, sampling) -> Estimate`` (the
+    run on a given budget, also used for its pilot), ``per_draw(call)`` (seconds per draw) and ``sampler(call)``
+    ("qmc" or "mc", which sets the first checkpoint); its ``run`` reuses a pilot that met the target.
+    """
 
     name: str
     run: Callable[[Call], Estimate]
@@ -62,6 +79,9 @@ class Method:
     cost: Callable[[Call], float] | None = None
     exact: bool = False
     summary: str = ""
+    draws: Callable[[Call, Sampling], Estimate] | None = None
+    per_draw: Callable[[Call], float] | None = None
+    sampler: Callable[[Call], str] | None = None
 
 
 def target_of(call: Call) -> float | None:
@@ -70,18 +90,39 @@ def target_of(call: Call) -> float | None:
     return s.target if s.target is not None else (DEFAULT_TARGET if s.n is None else None)
 
 
-def samples_for(pilot: Estimate, call: Call) -> float:
-    r"""Samples a sampler needs for the call's target, from a pilot of ``pilot.n`` draws:
-    :math:`n = n_{pilot}\,\max_g (\mathrm{se}_g / (t\,|v_g|))^2` (at least the pilot; ``n`` itself for a fixed
-    sample size; capped by the budget)."""
-    s = call.sampling
-    t = target_of(call)
+def pilot(call: Call, m: Method) -> Estimate:
+    """The pilot run of a costed sampler for this call (cached): the same draws as a targeted run, stopped at
+    its first checkpoint."""
+    key = ("pilot", m.name)
+    if key not in call.cache:
+        s = call.sampling
+        n0 = min(first_stop(m.sampler(call), s), s.n or s.max_samples)
+        call.cache[key] = m.draws(call, dataclasses.replace(s, n=n0, target=None, progress=False))
+    return call.cache[key]
+
+
+def reuse_pilot(call: Call, m: Method) -> Estimate | None:
+    """The cached pilot if it already is this call's result: no ``n`` given, every entry within the target."""
+    est, t = call.cache.get(("pilot", m.name)), target_of(call)
+    if est is None or call.sampling.n is not None or t is None:
+        return None
+    se, v = np.asarray(est.stderr), np.asarray(est.value)
+    return est.replace(target=t, converged=True) if bool(np.all(se <= t * np.abs(v))) else None
+
+
+def remaining_cost(call: Call, m: Method) -> float:
+    r"""Seconds a costed sampler still needs after its pilot: ``per_draw`` times the draws for the target beyond
+    the pilot's :math:`n_0`, :math:`n = n_0 \max_g (\mathrm{se}_g / (t |v_g|))^2` (at most the budget); 0 when the
+    pilot met the target. With a fixed ``n`` (no target): ``per_draw · n``, and no pilot is run."""
+    s, t = call.sampling, target_of(call)
     if t is None:
-        return float(s.n)
-    rel = pilot.rel_error
-    worst = float(max(rel)) if hasattr(rel, "__len__") else float(rel)
-    need = pilot.n * (worst / t) ** 2 if math.isfinite(worst) else math.inf
-    return min(max(need, float(pilot.n)), float(s.n if s.n is not None else s.max_samples))
+        return m.per_draw(call) * s.n
+    est = pilot(call, m)
+    se, v = np.asarray(est.stderr, float), np.abs(np.asarray(est.value, float))
+    with np.errstate(divide="ignore", invalid="ignore"):
+        worst = float(np.max(np.where(se == 0, 0.0, se / (t * v))))
+    need = est.n * worst ** 2 if math.isfinite(worst) else math.inf
+    return m.per_draw(call) * max(0.0, min(need, float(s.n if s.n is not None else s.max_samples)) - est.n)
 
 
 class Quantity:
@@ -95,9 +136,20 @@ class Quantity:
 
     def register(self, name: str, *, applies: Callable[[Call], str | None], cost: Callable[[Call], float] | None = None,
                  exact: bool = False, summary: str = ""):
+        """Decorator registering ``run(call) -> Estimate`` (a closed form with ``cost``, or an un-costed sampler)."""
         def deco(run):
             self.methods[name] = Method(name, run, applies, cost, exact, summary)
             return run
+        return deco
+
+    def register_sampler(self, name: str, *, applies: Callable[[Call], str | None], per_draw: Callable[[Call], float],
+                         sampler: Callable[[Call], str], summary: str = ""):
+        """Decorator registering a costed sampler ``draws(call, sampling) -> Estimate``."""
+        def deco(draws):
+            method = Method(name, lambda c: reuse_pilot(c, method) or draws(c, c.sampling), applies, None, False,
+                            summary, draws, per_draw, sampler)
+            self.methods[name] = method
+            return draws
         return deco
 
     @property
@@ -109,24 +161,29 @@ class Quantity:
             fail("method", where, f"one of {self.names}", method)
         return method
 
-    def applicable(self, call: Call) -> list[Method]:
-        return [m for m in self.methods.values() if m.applies(call) is None]
-
     def choose(self, call: Call) -> Method:
         """The method ``"auto"`` takes for this call (module docstring)."""
-        cands = self.applicable(call)
-        if not cands:
-            reasons = "; ".join(f"'{m.name}' needs {m.applies(call)}" for m in self.methods.values())
-            fail("method", call.where, f"a method that applies to this model and law ({reasons})", "auto")
-        closed = [m for m in cands if m.exact]
-        sampled = [m for m in cands if not m.exact]
-        if not closed:
-            return sampled[0]
-        costs = [m.cost(call) if m.cost else 0.0 for m in closed]
-        best = closed[costs.index(min(costs))]
-        if not sampled or min(costs) <= CHEAP or sampled[0].cost is None:
-            return best
-        return best if min(costs) <= sampled[0].cost(call) else sampled[0]
+        methods = list(self.methods.values())
+        closed = sorted(((m.cost(call), i, m) for i, m in enumerate(methods) if m.exact and m.applies(call) is None),
+                        key=lambda c: c[:2])
+        if closed and closed[0][0] <= CHEAP:
+            return closed[0][2]
+        sampled = [(i, m) for i, m in enumerate(methods) if not m.exact and m.applies(call) is None]
+        costed = sorted(((m.per_draw(call) * first_stop(m.sampler(call), call.sampling), i, m)
+                         for i, m in sampled if m.draws), key=lambda c: c[:2])
+        best = closed[0] if closed else None
+        for _, i, m in costed:  # cheapest pilot first; a pilot that met the target is the answer
+            left = remaining_cost(call, m)
+            if left == 0.0:
+                return m
+            if best is None or left < best[0]:
+                best = (left, i, m)
+        if best is not None:
+            return best[2]
+        if sampled:
+            return sampled[0][1]
+        reasons = "; ".join(f"'{m.name}' needs {m.applies(call)}" for m in methods)
+        fail("method", call.where, f"a method that applies to this model and law ({reasons})", "auto")
 
     def estimate(self, call: Call, method: str) -> Estimate:
         """Run ``method`` (validated by :meth:`check_method`) on the call; ``"auto"`` chooses first."""

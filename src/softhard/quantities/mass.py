@@ -20,12 +20,12 @@ import math
 import torch
 
 from .._validate import check_float, check_int, fail
-from ..closed.boundary import PAIRWISE_MAX_K, boundary_mass_closed
-from ..closed.normal import ABSEPS
+from ..closed.boundary import COAREA_FORM_WIDTH, PAIRWISE_MAX_K, boundary_mass_closed
+from ..closed.normal import ABSEPS, gaussian_components, linear_moments
 from ..estimators import conditional, lines
 from ..estimators.fits import MarginTail, fit_margin_tail
 from ..estimators.reducer import Estimate, draw, sample_mean
-from ..estimators.registry import PILOT, Call, Quantity, samples_for
+from ..estimators.registry import Call, Quantity
 from ..estimators.score_space import score_space
 from ..model.gates import pairwise_separation, top_two, topk_margin
 from ..model.routers import LinearRouter
@@ -112,19 +112,34 @@ def _exact_applies(c: Call):
     return None
 
 
-def _orthant_seconds(q: int) -> float:
-    """Model of one orthant probability's cost in q free dimensions (benchmarks/run.py measures it)."""
-    return 3e-4 if q <= 2 else 4e-3 * q * q
+def _orthant_seconds(q: int, relaxed: bool = False) -> float:
+    """Cost model of one orthant probability in q free dimensions: exact to rounding for q ≤ 2; Genz's algorithm
+    at abseps 1e-6 (complement form), or at the relaxed accuracy of the coarea form (benchmarks/run.py)."""
+    if q <= 2:
+        return 3e-4
+    return 5e-3 * 1.8 ** (q - 3) if relaxed else 1.2e-2 * 2.4 ** (q - 3)
 
 
 def _exact_cost(c: Call) -> float:
-    K, W = c.model.num_experts, c.grid.numel()
-    C = len(getattr(c.law, "components", [c.law]))
+    """Seconds of :func:`~softhard.closed.boundary.boundary_mass_closed`: orthant probabilities per width and
+    Gaussian component (the coarea form at small widths, the complement form otherwise)."""
+    K, kind = c.model.num_experts, c.options["kind"]
     if K == 2:
-        return 1e-4 * C
-    if c.options["kind"] == "pairwise":
-        return C * W * math.factorial(K) * _orthant_seconds(K - 1)
-    return C * W * min(K * _orthant_seconds(K - 1), 8 * K * (K - 1) / 2 * _orthant_seconds(K - 2) / 4)
+        return 1e-4
+    total = 0.0
+    for _, comp in gaussian_components(c.law, c.where):
+        C = linear_moments(c.model.weight, c.model.bias, comp)[1]
+        d = torch.diagonal(C)
+        var = d[:, None] + d[None, :] - 2 * C + torch.eye(K, dtype=C.dtype) * math.inf  # Var(a_i - a_j), i != j
+        pair_sd = math.sqrt(max(float(var.min()), 0.0))
+        for w in c.grid.tolist():
+            if kind == "pairwise":
+                total += math.factorial(K) * _orthant_seconds(K - 1)
+            elif 0 < w <= COAREA_FORM_WIDTH * pair_sd:
+                total += 8 * K * (K - 1) / 2 * _orthant_seconds(K - 2, relaxed=True)
+            else:
+                total += K * _orthant_seconds(K - 1)
+    return total
 
 
 @BOUNDARY_MASS.register("exact", applies=_exact_applies, cost=_exact_cost, exact=True,
@@ -142,24 +157,17 @@ def _conditional_applies(c: Call):
     return None
 
 
-def _conditional_run(c: Call, opts=None) -> Estimate:
-    fn = conditional.boundary_mass_linear if isinstance(c.model, LinearRouter) else lines.boundary_mass_lines
-    return fn(c.model, c.law, c.grid, opts or c.sampling, sampler(c, "qmc"))
-
-
-def _conditional_cost(c: Call) -> float:
-    """Samples needed (from a pilot of :data:`PILOT` draws) times a per-draw cost model."""
-    from dataclasses import replace
-
-    pilot = _conditional_run(c, replace(c.sampling, n=PILOT, target=None, progress=False))
+def _conditional_per_draw(c: Call) -> float:
     K, W = c.model.num_experts, c.grid.numel()
-    per_draw = (2e-7 * K * (K - 1) / 2 * (1 + W / 4)) if isinstance(c.model, LinearRouter) else 2e-4
-    return samples_for(pilot, c) * per_draw
+    return 1e-6 + 2.2e-7 * K * (K - 1) / 2 * (1 + (W - 1) / 4) if isinstance(c.model, LinearRouter) else 3e-4
 
 
-BOUNDARY_MASS.register("conditional", applies=_conditional_applies, cost=_conditional_cost,
-                       summary="conditional MC across each interface (linear router) or lines + Crofton weight")(
-    _conditional_run)
+@BOUNDARY_MASS.register_sampler("conditional", applies=_conditional_applies, per_draw=_conditional_per_draw,
+                                sampler=lambda c: sampler(c, "qmc"),
+                                summary="conditional MC across each interface (linear router) or lines + Crofton weight")
+def _conditional(c: Call, opts) -> Estimate:
+    fn = conditional.boundary_mass_linear if isinstance(c.model, LinearRouter) else lines.boundary_mass_lines
+    return fn(c.model, c.law, c.grid, opts, sampler(c, "qmc"))
 
 
 def _mass_terms(c: Call, logits):
@@ -176,12 +184,14 @@ def _register_samplers(quantity: Quantity, terms_of):
     """Register "score" (a LinearRouter under a Gaussian (mixture) law: the K logits sampled directly, at a cost
     independent of d, :func:`~softhard.estimators.score_space.score_space`), then "qmc" and "mc" over inputs, for
     indicator terms ``terms_of(call, logits)``."""
-    @quantity.register("score", applies=lambda c: None if is_linear_gaussian(c.model, c.law) else
-                       "a LinearRouter and a Gaussian or GaussianMixture law", summary="QMC/MC over the logits")
-    def _score(c: Call) -> Estimate:
-        space = score_space(c.model, c.law)
+    @quantity.register_sampler("score", applies=lambda c: None if is_linear_gaussian(c.model, c.law) else
+                               "a LinearRouter and a Gaussian or GaussianMixture law",
+                               per_draw=lambda c: 3e-7 + 3e-8 * c.model.num_experts * (1 + (c.grid.numel() - 1) / 8),
+                               sampler=lambda c: sampler(c, "qmc"), summary="QMC/MC over the logits")
+    def _score(c: Call, opts) -> Estimate:
         how = sampler(c, "qmc")
-        return sample_mean(terms_of(c, lambda y: y), space.law, how, c.sampling).replace(info={"sampling": how})
+        est = sample_mean(terms_of(c, lambda y: y), score_space(c.model, c.law).law, how, opts)
+        return est.replace(info={"sampling": how})
 
     for name in ("qmc", "mc"):
         quantity.register(name, applies=lambda c: None, summary=f"{name} over inputs")(
