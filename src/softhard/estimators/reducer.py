@@ -36,11 +36,11 @@ import warnings
 import numpy as np
 import torch
 
-from .._validate import check_float, check_int, check_seed, fail
+from .._validate import check_device, check_float, check_int, check_seed, fail
 from ..model.laws import as_law
 
 __all__ = ["Estimate", "Moments", "Sampling", "sampling_options", "sample_mean", "TargetNotReached",
-           "DEFAULT_TARGET", "MAX_SAMPLES", "check_device", "first_stop", "monte_carlo", "mean_estimate", "draw", "resolve_seed", "BLOCK"]
+           "DEFAULT_TARGET", "MAX_SAMPLES", "first_stop", "monte_carlo", "mean_estimate", "draw", "resolve_seed", "BLOCK"]
 
 BLOCK = 1 << 14  # samples per RNG block: fixes the stream, so results depend on (seed, n) only
 
@@ -233,6 +233,7 @@ def draw(law, n: int, seed=0, device=None) -> torch.Tensor:
     law = as_law(law, "draw")
     n = check_int(n, "n", "draw")
     seed = resolve_seed(seed, "draw")
+    device = None if device is None else check_device(device, "draw")
     x = torch.cat([law.sample(m, _block_generator(seed, b)) for b, m in _block_sizes(n)])
     return x if device is None else x.to(device)
 
@@ -267,19 +268,6 @@ class Sampling:
     where: str = "monte_carlo"
 
 
-def check_device(device, where: str) -> torch.device | None:
-    """``None`` or a usable ``torch.device`` (a clear error for a bad name or an unavailable CUDA)."""
-    if device is None:
-        return None
-    try:
-        dev = torch.device(device)
-    except (RuntimeError, TypeError, ValueError):
-        fail("device", where, "a torch device such as 'cpu' or 'cuda'", device)
-    if dev.type == "cuda" and not torch.cuda.is_available():
-        fail("device", where, "a device this machine has (CUDA is not available here)", device)
-    return dev
-
-
 def sampling_options(where: str, n=None, seed=0, target_rel_error=None, *, max_samples=None, scrambles=16,
                      chunk=None, device=None, workers=1, min_n=None, progress=False, desc=None) -> Sampling:
     """Validate the sampling arguments of a public function ``where`` (errors name it) into a :class:`Sampling`."""
@@ -288,10 +276,9 @@ def sampling_options(where: str, n=None, seed=0, target_rel_error=None, *, max_s
                                                                math.inf)
     cap = MAX_SAMPLES if max_samples is None else check_int(max_samples, "max_samples", where)
     return Sampling(n, resolve_seed(seed, where), target, cap, check_int(scrambles, "scrambles", where, low=2),
-                    None if chunk is None else check_int(chunk, "chunk", where), check_device(device, where),
-                    check_int(workers, "workers", where), None if min_n is None else check_int(min_n, "min_n", where),
-                    bool(progress),
-                    desc or where, where)
+                    None if chunk is None else check_int(chunk, "chunk", where),
+                    None if device is None else check_device(device, where), check_int(workers, "workers", where),
+                    None if min_n is None else check_int(min_n, "min_n", where), bool(progress), desc or where, where)
 
 
 def _progress(total: int, enabled: bool, desc: str):
