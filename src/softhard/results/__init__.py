@@ -1,0 +1,1 @@
+"""Results: tidy tables, their CSV/JSON/LaTeX writers, and the sweep store."""
