@@ -1,0 +1,109 @@
+r"""The paper's symbols for result columns, and numbers rounded to their standard error.
+
+One vocabulary for every output: LaTeX headers (``$\beta(2\tau)$``), matplotlib mathtext axis labels
+(the same strings) and plain-text labels for HTML and the terminal (``β(2τ)``). A column without a
+symbol falls back to its name with underscores as spaces. Suffixes ``_exact``, ``_first_order``,
+``_paper``, ``_stderr`` qualify the base column's symbol.
+"""
+
+from __future__ import annotations
+
+import math
+
+__all__ = ["SYMBOLS", "latex_label", "plot_label", "text_label", "round_to_error", "latex_number"]
+
+# column -> (LaTeX / mathtext, plain Unicode)
+SYMBOLS: dict[str, tuple[str, str]] = {
+    "tau": (r"$\tau$", "τ"),
+    "offset": (r"$o$", "o"),
+    "K": (r"$K$", "K"),
+    "boundary_mass": (r"$\beta(2\tau)$", "β(2τ)"),
+    "risk_gap": (r"$L_\tau - L_0$", "L_τ − L_0"),
+    "gap_over_tau": (r"$(L_\tau - L_0)/\tau$", "(L_τ − L_0)/τ"),
+    "risk_gap_first_order": (r"$G_1\tau$", "G₁τ"),
+    "flip_rate": (r"flip rate", "flip rate"),
+    "mass_over_2w": (r"$\beta(w)/2w$", "β(w)/2w"),
+    "G1": (r"$G_1$", "G₁"),
+    "psi0": (r"$\psi(0)$", "ψ(0)"),
+    "final_risk": (r"$L_\tau(\theta_T)$", "L_τ(θ_T)"),
+    "final_alignment": (r"$|\cos(\theta_T, u)|$", "|cos(θ_T, u)|"),
+    "router_norm": (r"$|\theta_T|$", "|θ_T|"),
+    "gate_entropy": (r"$\overline{H}(\pi_1)$", "mean H(π₁)"),
+    "step": (r"step $t$", "step t"),
+    "alignment_deficit": (r"$1 - |\cos(\theta_t, u)|$", "1 − |cos(θ_t, u)|"),
+    "risk": (r"$L_\tau(\theta_t)$", "L_τ(θ_t)"),
+    "student_contrast": (r"$\varepsilon$", "ε"),
+    "taus": (r"$\tau$", "τ"),
+    "offsets": (r"$o$", "o"),
+    "anisotropy": (r"$a$", "a"),
+}
+
+_SUFFIXES = (("_first_order", " (first order)", " (first order)"), ("_exact", " (exact)", " (exact)"),
+             ("_paper", " (paper)", " (paper)"), ("_stderr", " s.e.", " s.e."))
+
+
+def _split(column: str) -> tuple[str, int]:
+    if column in SYMBOLS:
+        return column, -1
+    for i, (suffix, _, _) in enumerate(_SUFFIXES):
+        if column.endswith(suffix) and column[: -len(suffix)] in SYMBOLS:
+            return column[: -len(suffix)], i
+    return column, -2
+
+
+def latex_label(column: str) -> str:
+    """LaTeX (and matplotlib mathtext) label of ``column``, e.g. ``risk_gap_exact`` → ``$L_\\tau - L_0$ (exact)``."""
+    base, i = _split(column)
+    if i == -2:
+        return column.replace("_", r"\_")
+    return SYMBOLS[base][0] + ("" if i < 0 else _SUFFIXES[i][1])
+
+
+def plot_label(column: str) -> str:
+    """Matplotlib label of ``column``: the mathtext symbol, or the name with spaces for underscores."""
+    base, i = _split(column)
+    return column.replace("_", " ") if i == -2 else latex_label(column)
+
+
+def text_label(column: str) -> str:
+    """Plain Unicode label of ``column`` (HTML, terminal), e.g. ``boundary_mass`` → ``β(2τ)``."""
+    base, i = _split(column)
+    if i == -2:
+        return column.replace("_", " ")
+    return SYMBOLS[base][1] + ("" if i < 0 else _SUFFIXES[i][2])
+
+
+def round_to_error(value: float, stderr: float | None) -> tuple[str, str | None]:
+    """``value`` and ``stderr`` as decimal strings: the error to two significant digits, the value to the
+    same decimal place (``0.67251, 0.1032`` → ``"0.67", "0.10"``). Without a usable error, four
+    significant digits and ``None``."""
+    if not isinstance(value, (int, float)) or not math.isfinite(value):
+        return str(value), None
+    if stderr is None or not isinstance(stderr, (int, float)) or not math.isfinite(stderr) or stderr <= 0:
+        return _sig(value, 4), None
+    se = float(f"{stderr:.2g}")
+    decimals = 1 - math.floor(math.log10(se))
+    if decimals >= 0:
+        return f"{value:.{decimals}f}", f"{se:.{decimals}f}"
+    q = 10.0 ** (-decimals)
+    return f"{round(value / q) * q:.0f}", f"{round(se / q) * q:.0f}"
+
+
+def _sig(value: float, digits: int) -> str:
+    if value == 0:
+        return "0"
+    decimals = max(0, digits - 1 - math.floor(math.log10(abs(value))))
+    return f"{value:.{decimals}f}" if decimals <= 8 else f"{value:.{digits - 1}e}"
+
+
+def latex_number(value, stderr: float | None = None) -> str:
+    r"""A table cell: ``$0.0316 \pm 0.0021$`` (rounded by :func:`round_to_error`), a plain number, or text."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        return str(value).replace("_", r"\_")
+    if isinstance(value, int):
+        return f"${value}$"
+    v, se = round_to_error(value, stderr)
+    if "e" in v:
+        mant, exp = v.split("e")
+        v = rf"{mant}\times 10^{{{int(exp)}}}"
+    return f"${v}$" if se is None else rf"${v} \pm {se}$"
