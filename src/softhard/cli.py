@@ -70,7 +70,7 @@ class _Group(TyperGroup):
         except exc.ClickException as e:
             click.secho(f"error: {_one_line(e.format_message())}", err=True, fg="red")
             code = e.exit_code
-        except exc.Abort:
+        except typer.Abort:
             click.echo("aborted", err=True)
             code = 130
         except Exception as e:  # a bug: one line unless --debug
@@ -206,6 +206,7 @@ def landscape(
             s.link_existing()
             with s.owner("landscape"):
                 write_table(table, s.stage)
+            with s.owner("figures of landscape"):
                 figure_landscape(s.stage)
             paths = s.publish({"command": "landscape", "problem": problem, "samples": samples, "seed": seed})
     except OutputError as e:

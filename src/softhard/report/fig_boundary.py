@@ -40,7 +40,7 @@ def figure1(out: Path) -> list[Path]:
     slopes = t.meta.get("slopes", {})
     limit = out / "table1_limit.json"
     ncols = 3 if limit.exists() else 2
-    fig, ax = plt.subplots(1, ncols, figsize=(4.4 * ncols + (1.6 if limit.exists() else 0), 4.0))
+    fig, ax = plt.subplots(1, ncols, figsize=(4.6 * ncols + (1.6 if limit.exists() else 0), 4.8))
 
     a = ax[0]
     a.errorbar(tau, m, yerr=ms, fmt="o", color="C0", ms=5, label=f"{MASS} (MC), {_slope(slopes, 'boundary_mass')}")
@@ -53,7 +53,7 @@ def figure1(out: Path) -> list[Path]:
     a.set(xscale="log", yscale="log", xlabel=r"temperature $\tau$", ylabel=f"{MASS}, {GAP}",
           title="(a) mass and gap against τ")
     log_axis(a.xaxis, tau)
-    a.legend(loc="upper left", fontsize=7, frameon=False)
+    a.legend(loc="upper center", bbox_to_anchor=(0.5, -0.16), ncol=2, fontsize=7, frameon=False)
 
     b = ax[1]
     b.errorbar(m, g, xerr=ms, yerr=gs, fmt="o", color="C2", ms=5, label="Monte Carlo")
@@ -104,7 +104,7 @@ def figure1_multi(out: Path) -> list[Path]:
     ax.set(xscale="log", yscale="log", xlabel=r"temperature $\tau$", ylabel=f"{MASS}, {GAP}",
            title=f"K = {K} experts, linear router")
     log_axis(ax.xaxis, tau)
-    ax.legend(loc="upper left", fontsize=7, frameon=False)
+    ax.legend(loc="upper center", bbox_to_anchor=(0.5, -0.16), ncol=2, fontsize=7, frameon=False)
     fig.tight_layout()
     return [savefig(fig, out / "figure1_multi.png")]
 

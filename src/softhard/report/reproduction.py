@@ -192,7 +192,7 @@ def render_page(out: str | Path, tables: dict, command: str | None = None) -> st
         t, info = tables[n], tables[n].meta["paper"]
         parts += [f"<h2 id='{n}'>Table {n[5:]}: {_e(info['title'])} ({_e(info['section'])})</h2>", _design(t),
                   "<h3>Ours beside the paper</h3>", _comparison(t),
-                  "<details><summary>Every column of ours (exact and first-order values included)</summary>",
+                  "<details open><summary>Every column of ours (exact and first-order values included)</summary>",
                   _all_columns(t), "</details>", _extras(out, tables, n), _figures(out, _FIGURES.get(n, []))]
     for n in beyond:
         t = tables[n]

@@ -75,25 +75,18 @@ def text_label(column: str) -> str:
 
 def round_to_error(value: float, stderr: float | None) -> tuple[str, str | None]:
     """``value`` and ``stderr`` as decimal strings: the error to two significant digits, the value to the
-    same decimal place (``0.67251, 0.1032`` → ``"0.67", "0.10"``). Without a usable error, four
-    significant digits and ``None``."""
+    same decimal place (``0.67251, 0.1032`` → ``"0.67", "0.10"``). Without a usable error, up to four
+    significant digits (``"0.02"``, ``"0.03191"``, ``"1.234e-05"``) and ``None``."""
     if not isinstance(value, (int, float)) or not math.isfinite(value):
         return str(value), None
     if stderr is None or not isinstance(stderr, (int, float)) or not math.isfinite(stderr) or stderr <= 0:
-        return _sig(value, 4), None
+        return f"{value:.4g}", None
     se = float(f"{stderr:.2g}")
     decimals = 1 - math.floor(math.log10(se))
     if decimals >= 0:
         return f"{value:.{decimals}f}", f"{se:.{decimals}f}"
     q = 10.0 ** (-decimals)
     return f"{round(value / q) * q:.0f}", f"{round(se / q) * q:.0f}"
-
-
-def _sig(value: float, digits: int) -> str:
-    if value == 0:
-        return "0"
-    decimals = max(0, digits - 1 - math.floor(math.log10(abs(value))))
-    return f"{value:.{decimals}f}" if decimals <= 8 else f"{value:.{digits - 1}e}"
 
 
 def latex_number(value, stderr: float | None = None) -> str:

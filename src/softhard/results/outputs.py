@@ -184,6 +184,8 @@ class OutputSet:
         self.recovered: list[str] = []
         self._owners: dict[str, str] = {}
         self._linked: dict[str, int] = {}
+        self._entered: set[str] = set()
+        self._cleared: set[str] = set()
         self._created: list[Path] = []
         self._lock: _Lock | None = None
         self._published = False
@@ -245,9 +247,9 @@ class OutputSet:
             dst = self.stage / name
             try:
                 os.link(src, dst)
-                self._linked[name] = dst.stat().st_ino
             except OSError:
-                shutil.copy2(src, dst)  # no hard links here: the copy is published again, unchanged
+                shutil.copy2(src, dst)  # no hard links on this file system
+            self._linked[name] = dst.stat().st_ino  # unchanged in the stage: not published again
             self._owners.setdefault(name, str(entry.get("owner", "")))
             linked.append(name)
         return linked
@@ -257,7 +259,18 @@ class OutputSet:
 
     @contextlib.contextmanager
     def owner(self, name: str):
-        """Files created or replaced in the stage inside this block belong to ``name`` (e.g. ``"table1"``)."""
+        """Files created or replaced in the stage inside this block belong to ``name`` (e.g. ``"table1"``).
+
+        The first time ``name`` is entered, the published files it owned are dropped from the stage: what the
+        block does not write again is removed from ``OUT`` on publication (a stale file of the same owner never
+        survives beside new ones)."""
+        if name not in self._entered:
+            self._entered.add(name)
+            for f, ino in list(self._linked.items()):
+                if self._owners.get(f) == name:
+                    (self.stage / f).unlink(missing_ok=True)
+                    del self._linked[f]
+                    self._cleared.add(f)
         before = self._snapshot()
         yield self.stage
         for f, sig in self._snapshot().items():
@@ -272,10 +285,8 @@ class OutputSet:
     def publish(self, meta: dict | None = None) -> list[Path]:
         """Steps 2–3 of the module docstring; returns the published paths (manifest last)."""
         new = self._new_files()
-        regenerated = {self._owners.get(n) for n in new} - {None, ""}
         old = {e["path"]: e for e in read_manifest(self.out)["files"] if isinstance(e, dict) and "path" in e}
-        stale = sorted(p for p, e in old.items() if e.get("owner") in regenerated and p not in new
-                       and p != MANIFEST and "/" not in p)
+        stale = sorted(self._cleared - set(new))
         keep = sorted(p for p in old if p not in new and p not in stale and p != MANIFEST
                       and (self.out / p).is_file())
         files = []

@@ -125,14 +125,18 @@ def _reading(table: Table, paper: PaperTable, c: str, decimals: int) -> str:
                              f"π²/12 = {ENTROPY_OVER_MASS:.3f}")
         parts.append(f"unprinted design constants ({unprinted or 'the design'}): compare shapes, not digits")
     elif zmax is not None and zmax <= Z_NOISE:
-        parts.append(f"within our Monte Carlo noise (|z| ≤ {zmax:.1f}, {len(rows)} rows)")
+        parts.append(f"within our Monte Carlo noise (|z| ≤ {zmax:.1f}, {len(zs)} of {len(rows)} rows with a "
+                     "standard error)" if len(zs) < len(rows) else
+                     f"within our Monte Carlo noise (|z| ≤ {zmax:.1f}, {len(rows)} rows)")
         if unprinted:
             parts.append(f"it depends on {unprinted}, which the paper does not print{_ours_choice(table)}")
-    elif has_exact and all(_finite(r.get(f"{c}_stderr")) for r in rows) and max(
+    elif has_exact and zmax is not None and all(_finite(r.get(f"{c}_stderr")) and r[f"{c}_stderr"] > 0
+                                                 for r in rows) and max(
             abs(r[c] - r[f"{c}_exact"]) / r[f"{c}_stderr"] for r in rows) <= Z_NOISE:
         rel = [(p - e) / e * 100 for p, e in zip(theirs, exact) if e]
         ze = max(abs(r[c] - r[f"{c}_exact"]) / r[f"{c}_stderr"] for r in rows)
-        parts.append(f"Monte Carlo noise in the paper: its values lie {min(rel):+.1f}% to {max(rel):+.1f}% from "
+        lo, hi = f"{min(rel):+.1f}%", f"{max(rel):+.1f}%"
+        parts.append(f"Monte Carlo noise in the paper: its values lie {lo if lo == hi else f'{lo} to {hi}'} from "
                      f"the exact ones, ours within {ze:.1f} standard errors of them (|z| up to {zmax:.1f})")
     elif unprinted:
         parts.append(f"an unprinted design constant: {unprinted} (not printed in the paper){_ours_choice(table)}; "

@@ -207,7 +207,7 @@ def _render_into(s: OutputSet, changed: set[str] | None, command: str | None) ->
     for name in FIGURES:
         inputs = FIGURE_INPUTS.get(name, (name,))
         if (s.stage / f"{name}.json").exists() and (changed is None or changed & set(inputs)):
-            with s.owner(name):
+            with s.owner(f"figures of {name}"):
                 render_figure(name, s.stage)
     tables = {}
     for path in sorted(s.stage.glob("table*.json")):
