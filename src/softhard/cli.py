@@ -143,7 +143,7 @@ def reproduce(
         [table3]
         steps = 500
 
-    Takes about 3 minutes with the defaults on 2 CPU cores; '--samples 16384' about 1 minute.
+    Takes about 2-3 minutes with the defaults on 2 CPU cores; '--samples 16384' about 35 s.
     """
     from .runs.reproduce import ReproduceError
     from .runs.reproduce import reproduce as run
@@ -179,7 +179,7 @@ def landscape(
     seed: int = typer.Option(0, "--seed", metavar="S", help="Seed, an integer >= 0."),
 ) -> None:
     """Teacher-student landscape (§4.4-§5): critical points and their Hessian spectra, recovery of the teacher
-    against τ, and the uniform soft-hard gap against τ. Takes about 40 s for the binary problem."""
+    against τ, and the uniform soft-hard gap against τ. Takes about 30 s (binary) or 60 s (voronoi3)."""
     from .dynamics.teacher import PROBLEMS
     from .experiments import did_you_mean
 

@@ -80,7 +80,7 @@ def log_axis(axis, values) -> None:
     if not v:
         return
     decades = math.log10(v[-1] / v[0])
-    fmt = FuncFormatter(lambda x, _: f"{x:g}")
+    fmt = FuncFormatter(lambda x, _: f"{x:.3g}")
     if 1 < len(v) <= 8 and decades < 2 and min(b / a for a, b in zip(v, v[1:])) >= 1.5:
         axis.set_major_locator(FixedLocator(v))
         axis.set_major_formatter(fmt)

@@ -9,11 +9,13 @@ and ``c_paper_z``, the difference in units of our standard error,
 one-line reading of each column's differences to ``meta["paper"]``. A reading is computed from the numbers,
 never written in advance:
 
+- for a ``"shape"`` table (its design constants are not printed): the trends across the rows of ours and
+  the paper's, and known relations (mean gate entropy / boundary mass against its first-order value π²/12);
 - **within our noise**: every :math:`|z| \le 3`;
+- **an unprinted design constant**: the column depends on a constant the paper does not print (Table 2's
+  flip perturbation), ours stated beside it;
 - **Monte Carlo noise in the paper**: the differences are larger, but ours agree with the exact column
   (within 3 standard errors) and the paper's do not;
-- **an unprinted design constant**: the column depends on a constant the paper does not print (for a
-  ``"shape"`` table: every column); then trends across the rows and known relations are compared instead;
 - **a deliberate change**: listed by the diagnostic itself in ``meta["deviations"]`` and quoted;
 - otherwise the difference is flagged as unexplained.
 """
@@ -130,23 +132,30 @@ def _reading(table: Table, paper: PaperTable, c: str, decimals: int) -> str:
                      f"within our Monte Carlo noise (|z| ≤ {zmax:.1f}, {len(rows)} rows)")
         if unprinted:
             parts.append(f"it depends on {unprinted}, which the paper does not print{_ours_choice(table)}")
-    elif has_exact and zmax is not None and all(_finite(r.get(f"{c}_stderr")) and r[f"{c}_stderr"] > 0
-                                                 for r in rows) and max(
-            abs(r[c] - r[f"{c}_exact"]) / r[f"{c}_stderr"] for r in rows) <= Z_NOISE:
+    elif unprinted:
+        agree = _exact_agreement(rows, c) if has_exact else None
+        parts.append(f"an unprinted design constant: {unprinted} (not printed in the paper){_ours_choice(table)}; "
+                     + (f"|z| up to {zmax:.1f}" if zmax is not None else "no standard error")
+                     + (f"; ours agree with the exact value of our design within {agree:.1f} standard errors"
+                        if agree is not None and agree <= Z_NOISE else ""))
+    elif has_exact and zmax is not None and (ze := _exact_agreement(rows, c)) is not None and ze <= Z_NOISE:
         rel = [(p - e) / e * 100 for p, e in zip(theirs, exact) if e]
-        ze = max(abs(r[c] - r[f"{c}_exact"]) / r[f"{c}_stderr"] for r in rows)
         lo, hi = f"{min(rel):+.1f}%", f"{max(rel):+.1f}%"
         parts.append(f"Monte Carlo noise in the paper: its values lie {lo if lo == hi else f'{lo} to {hi}'} from "
                      f"the exact ones, ours within {ze:.1f} standard errors of them (|z| up to {zmax:.1f})")
-    elif unprinted:
-        parts.append(f"an unprinted design constant: {unprinted} (not printed in the paper){_ours_choice(table)}; "
-                     + (f"|z| up to {zmax:.1f}" if zmax is not None else "no standard error"))
     else:
         parts.append("unexplained: " + (f"|z| up to {zmax:.1f}" if zmax is not None else "no standard error")
                      + (" and ours are off the exact values too" if has_exact else " and no exact value to decide"))
     if deviations:
         parts.append(deviations)
     return "; ".join(parts)
+
+
+def _exact_agreement(rows: list[dict], c: str) -> float | None:
+    """Largest |ours − exact| / stderr over ``rows`` (None when a row has no positive standard error)."""
+    if not all(_finite(r.get(f"{c}_stderr")) and r[f"{c}_stderr"] > 0 for r in rows):
+        return None
+    return max(abs(r[c] - r[f"{c}_exact"]) / r[f"{c}_stderr"] for r in rows)
 
 
 def _ours_choice(table: Table) -> str:

@@ -212,7 +212,7 @@ def _render_into(s: OutputSet, changed: set[str] | None, command: str | None) ->
     tables = {}
     for path in sorted(s.stage.glob("table*.json")):
         t = read_table(path)
-        if t.name in PAPER and "paper" not in t.meta:  # written by an earlier version: join in memory
+        if t.name in PAPER:  # in memory: the readings of this version, also for tables of an earlier one
             join_paper(t)
         tables[t.name] = t
     with s.owner("report"):
