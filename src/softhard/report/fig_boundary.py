@@ -123,7 +123,7 @@ def figure2(out: Path) -> list[Path]:
         if f"{col}_exact" in t.columns:
             a.plot(_col(t, "boundary_mass_exact"), _col(t, f"{col}_exact"), "-", color="C1", alpha=0.7, label="exact")
         for o, x, yy in zip(_col(t, "offset"), m, y):
-            a.annotate(rf"$o = {o:g}$", (x, yy), fontsize=7, xytext=(-4, 7), textcoords="offset points", ha="right")
+            a.annotate(rf"$o = {o:g}$", (x, yy), fontsize=7, xytext=(7, -10), textcoords="offset points")
         a.set(xlabel=f"boundary mass {MASS}", ylabel=ylabel)
         a.margins(x=0.12, y=0.12)
         a.legend(loc="lower right", fontsize=8, frameon=False)

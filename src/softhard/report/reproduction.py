@@ -13,11 +13,10 @@ import base64
 import datetime
 import html
 import json
-import math
 from pathlib import Path
 
 from ..results.io import atomic_write
-from ..results.labels import round_to_error, text_label
+from ..results.labels import cell_parts, text_label
 
 __all__ = ["render_page", "write_report"]
 
@@ -40,17 +39,13 @@ def _e(x) -> str:
     return html.escape(str(x))
 
 
-def _num(v, se=None) -> str:
-    if v is None or (isinstance(v, str) and v == ""):
-        return ""
-    if isinstance(v, bool) or not isinstance(v, (int, float)):
-        return _e(v)
-    if isinstance(v, int):
-        return str(v)
-    if not math.isfinite(v):
-        return _e(v)
-    s, e = round_to_error(v, se)
-    return s if e is None else f"{s} ± {e}"
+def _num(row: dict, c: str) -> str:
+    """``row[c]`` rounded as in the LaTeX fragments (:func:`softhard.results.labels.cell_parts`)."""
+    parts = cell_parts(row, c)
+    if parts is None:
+        v = row.get(c)
+        return "" if v is None else _e(v)
+    return parts[0] if parts[1] is None else f"{parts[0]} ± {parts[1]}"
 
 
 def _table(header: list[str], rows: list[list[str]], classes: list[list[str]] | None = None) -> str:
@@ -74,12 +69,12 @@ def _comparison(t) -> str:
             f"{lab}<br>paper", "z"]
     rows, classes = [], []
     for r in t.rows:
-        row, cls = [_num(r[key])], [""]
+        row, cls = [_num(r, key)], [""]
         for c in cols:
-            row.append(_num(r[c], r.get(f"{c}_stderr")))
+            row.append(_num(r, c))
             cls.append("")
             if f"{c}_exact" in t.columns:
-                row.append(_num(r[f"{c}_exact"]))
+                row.append(_num(r, f"{c}_exact"))
                 cls.append("")
             p, z = r.get(f"{c}_paper"), r.get(f"{c}_paper_z")
             dec = info["columns"][c].get("decimals", 4)
@@ -95,7 +90,7 @@ def _comparison(t) -> str:
 
 def _all_columns(t) -> str:
     cols = [c for c in t.columns if not c.endswith(("_stderr", "_paper", "_paper_z"))]
-    rows = [[_num(r.get(c), r.get(f"{c}_stderr")) for c in cols] for r in t.rows]
+    rows = [[_num(r, c) for c in cols] for r in t.rows]
     return _table([_e(text_label(c)) for c in cols], rows)
 
 

@@ -11,7 +11,7 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
-from .labels import latex_label, latex_number
+from .labels import latex_cell, latex_label
 from .table import Table
 
 __all__ = ["atomic_write", "write_table", "read_table", "to_jsonable", "tex_columns"]
@@ -96,7 +96,7 @@ def _tex_text(table: Table, columns: list[str] | None = None) -> str:
              r"\begin{tabular}{" + "r" * len(cols) + "}", r"\toprule",
              " & ".join(latex_label(c) for c in cols) + r" \\", r"\midrule"]
     for row in table.rows:
-        lines.append(" & ".join(latex_number(row[c], row.get(f"{c}_stderr")) for c in cols) + r" \\")
+        lines.append(" & ".join(latex_cell(row, c) for c in cols) + r" \\")
     lines += [r"\bottomrule", r"\end{tabular}", ""]
     return "\n".join(lines)
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import math
 
-__all__ = ["SYMBOLS", "latex_label", "plot_label", "text_label", "round_to_error", "latex_number"]
+__all__ = ["SYMBOLS", "latex_label", "plot_label", "text_label", "round_to_error", "cell_parts", "latex_cell"]
 
 # column -> (LaTeX / mathtext, plain Unicode)
 SYMBOLS: dict[str, tuple[str, str]] = {
@@ -80,7 +80,10 @@ def round_to_error(value: float, stderr: float | None) -> tuple[str, str | None]
     if not isinstance(value, (int, float)) or not math.isfinite(value):
         return str(value), None
     if stderr is None or not isinstance(stderr, (int, float)) or not math.isfinite(stderr) or stderr <= 0:
-        return f"{value:.4g}", None
+        text = f"{value:.4g}"
+        if "e" not in text and float(text) != value and float(text).is_integer():  # 0.99996 is not "1"
+            text = f"{value:.6g}"
+        return text, None
     se = float(f"{stderr:.2g}")
     decimals = 1 - math.floor(math.log10(se))
     if decimals >= 0:
@@ -89,13 +92,33 @@ def round_to_error(value: float, stderr: float | None) -> tuple[str, str | None]
     return f"{round(value / q) * q:.0f}", f"{round(se / q) * q:.0f}"
 
 
-def latex_number(value, stderr: float | None = None) -> str:
-    r"""A table cell: ``$0.0316 \pm 0.0021$`` (rounded by :func:`round_to_error`), a plain number, or text."""
+def cell_parts(row: dict, column: str) -> tuple[str, str | None] | None:
+    """A table cell as ``(value, error)`` strings: ``column`` rounded to its ``_stderr`` (:func:`round_to_error`);
+    an ``_exact`` or ``_first_order`` value beside an estimate to one more decimal place than the estimate; an
+    int as it is. ``None`` for a value that is not a number."""
+    value = row.get(column)
     if isinstance(value, bool) or not isinstance(value, (int, float)):
-        return str(value).replace("_", r"\_")
+        return None
     if isinstance(value, int):
-        return f"${value}$"
-    v, se = round_to_error(value, stderr)
+        return str(value), None
+    base = next((column[: -len(s)] for s in ("_exact", "_first_order") if column.endswith(s)), None)
+    if base is not None and math.isfinite(value):
+        est, se = row.get(base), row.get(f"{base}_stderr")
+        if isinstance(est, float) and math.isfinite(est):
+            v, e = round_to_error(est, se)
+            if e is not None and "e" not in v:
+                d = (len(v.split(".")[1]) if "." in v else 0) + 1
+                if d <= 8:
+                    return f"{value:.{d}f}", None
+    return round_to_error(value, row.get(f"{column}_stderr"))
+
+
+def latex_cell(row: dict, column: str) -> str:
+    r""":func:`cell_parts` for LaTeX: ``$0.0316 \pm 0.0021$``, ``$1.234\times 10^{-5}$``, or escaped text."""
+    parts = cell_parts(row, column)
+    if parts is None:
+        return str(row.get(column, "")).replace("_", r"\_")
+    v, se = parts
     if "e" in v:
         mant, exp = v.split("e")
         v = rf"{mant}\times 10^{{{int(exp)}}}"
