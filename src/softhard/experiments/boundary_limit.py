@@ -82,6 +82,7 @@ def run(config: Config = Config(), progress: bool = False) -> Table:
                        "boundary_mass": f"β(w), w = {config.width_factor:g}·τ"},
             "method": {"risk_gap": gap.method, "boundary_mass": mass.method,
                        "samples_used": {"risk_gap": int(gap.n), "boundary_mass": int(mass.n)}},
-            "note": "gap/τ → G_1 and β(w)/(2w) → ψ(0) as τ → 0 (w = 2τ); sampled columns: conditional estimator",
+            "note": "gap/τ → G_1 and β(w)/(2w) → ψ(0) as τ → 0 (w = 2τ); sampled columns: the conditional "
+                    "estimator",
             "G1": g1, "psi0": psi0}
     return Table("table1_limit", cols, rows, meta)

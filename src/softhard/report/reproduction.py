@@ -31,7 +31,8 @@ details{margin:.5em 0}summary{cursor:pointer;color:#245}"""
 _PAPER_ORDER = ("table1", "table2", "table3")
 _FIGURES = {"table1": ["figure1"], "table1_multi": ["figure1_multi"], "table2": ["figure2"],
             "table3": ["figure3", "figure3_phase"]}
-_BEYOND = {"table1_limit": "τ → 0: gap/τ → G₁ and β(w)/2w → ψ(0), conditional estimator beside the exact values",
+_BEYOND = {"table1_limit": "τ → 0: gap/τ → G₁ and β(w)/2w → ψ(0), the conditional estimator beside the exact "
+                           "values",
            "table1_multi": "K experts: top-two boundary mass, exact through Gaussian orthant probabilities"}
 
 
