@@ -115,16 +115,16 @@ def test_laws(name):
 @pytest.mark.parametrize("name", ESTIMATORS)
 def test_estimators(name, law_name):
     est, law, router = ESTIMATORS[name], LAWS[law_name](), ROUTERS["MLPRouter"][0](0)
-    e = est(router, law, n=2000, seed=1)
+    e = est(router, law, method="mc", n=2000, seed=1)
     assert e.value.shape == e.stderr.shape == (2,) and e.value.dtype == np.float64 and e.n == 2000
     assert np.all((0 <= e.value) & (e.value <= 1)) and np.all(e.stderr >= 0)
-    again = est(router, law, n=2000, seed=1)
+    again = est(router, law, method="mc", n=2000, seed=1)
     assert np.array_equal(again.value, e.value) and np.array_equal(again.stderr, e.stderr)
-    assert not np.array_equal(est(router, law, n=2000, seed=2).value, e.value)
+    assert not np.array_equal(est(router, law, method="mc", n=2000, seed=2).value, e.value)
     fn = name.split("(")[0]
     with pytest.raises(ValueError, match=rf"The 'n' parameter of {fn} must be an int in \[1, inf\]"):
         est(router, law, n=0, seed=1)
-    with pytest.raises(ValueError, match=r"The 'seed' parameter of monte_carlo must be an int in \[0, inf\]"):
+    with pytest.raises(ValueError, match=rf"The 'seed' parameter of {fn} must be an int in \[0, inf\]"):
         est(router, law, n=10, seed=-1)
     with pytest.raises(ValueError, match=rf"The 'law' parameter of {fn} must be a law on R\^4"):
         est(router, Gaussian.standard(D + 1), n=10, seed=1)

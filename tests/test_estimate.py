@@ -144,7 +144,8 @@ def test_estimate_helpers():
     e = Estimate(np.array([2.0, 0.0, -4.0]), np.array([0.1, 0.0, 0.2]), 100, seed=1)
     assert np.allclose(e.rel_error, [0.05, 0.0, 0.05])
     assert e[2].value == -4.0 and e[2].stderr == 0.2 and e[2].n == 100 and len(e) == 3
-    assert e.as_dict() == {"value": [2.0, 0.0, -4.0], "stderr": [0.1, 0.0, 0.2], "n": 100, "method": "mc", "seed": 1}
+    assert e.as_dict() == {"value": [2.0, 0.0, -4.0], "stderr": [0.1, 0.0, 0.2], "n": 100, "method": "mc", "seed": 1,
+                           "converged": True, "dof": math.inf, "error_bound": [0.0, 0.0, 0.0], "target": None}
     assert f"{e[0]}" == "2 ± 0.1 (n=100, mc)"
 
 

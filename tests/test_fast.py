@@ -13,7 +13,7 @@ from scipy import integrate, stats
 
 import softhard as sh
 from softhard.estimators import lines as L
-from softhard.estimators import registry
+from softhard.estimators.reducer import DEFAULT_TARGET
 from softhard.estimators.reducer import BLOCK
 from softhard.estimators.score_space import score_space
 from softhard.model.gates import top_two
@@ -23,6 +23,7 @@ TEMPLATE = r"The '\w+' parameter of [\w.]+ must be "
 
 
 def within(exact, est, k=5.0):
+    exact = exact.value if isinstance(exact, sh.Estimate) else exact
     v, s = np.asarray(est.value), np.asarray(est.stderr)
     assert np.all(np.abs(np.asarray(exact) - v) <= k * s), (exact, v, s)
 
@@ -106,8 +107,8 @@ def test_auto_falls_back_to_qmc_in_score_space():
     """The top-2 margin k = 2 has no closed form: auto samples the 4 logits (not the inputs) with QMC."""
     r = k4_router()
     est = sh.boundary_mass(r, MIX5, [0.1, 0.5], k=2, method="auto", n=1 << 15, seed=3)
-    ref = sh.boundary_mass(r, MIX5, [0.1, 0.5], k=2, n=1 << 16, seed=4)
-    assert est.method == "qmc" and est.info["space"] == "score"
+    ref = sh.boundary_mass(r, MIX5, [0.1, 0.5], k=2, method="mc", n=1 << 16, seed=4)
+    assert est.method == "score" and est.info["sampling"] == "qmc"
     assert np.all(np.abs(est.value - ref.value) <= 5 * np.hypot(est.stderr, ref.stderr))
 
 
@@ -129,7 +130,7 @@ def test_risk_gap_conditional_matches_quadrature():
     taus = [0.6, 0.05, 1e-3]
     exact = sh.risk_gap_exact(student, mix, taus, teacher)
     for sampling in ("mc", "qmc"):
-        within(exact, sh.risk_gap(student, mix, taus, teacher, method="conditional", n=1 << 12, seed=6,
+        within(exact, sh.risk_gap(student, mix, taus, teacher=teacher, method="conditional", n=1 << 12, seed=6,
                                   sampling=sampling))
     moe, law = k3_design()  # K = 3 has no closed form: gap/τ at small τ against G_1 (both conditional)
     tau = 1e-3
@@ -141,15 +142,16 @@ def test_risk_gap_conditional_matches_quadrature():
 
 def test_gap_slope_conditional_linear_and_lines():
     student, teacher, mix = binary_design()
-    exact = sh.gap_slope(student, mix, teacher)  # closed form
-    within(exact, sh.gap_slope(student, mix, teacher, method="conditional", n=1 << 14, seed=9))
+    exact = sh.gap_slope(student, mix, teacher=teacher).value  # closed form
+    within(exact, sh.gap_slope(student, mix, teacher=teacher, method="conditional", n=1 << 14, seed=9))
     # the same MoE with its router as a plain callable: lines, one-sided teacher traces at the crossings
     lines = sh.MoE(as_callable(student.router, 2), student.experts)
-    est = sh.gap_slope(lines, mix, teacher, method="conditional", n=1 << 13, seed=10)
+    est = sh.gap_slope(lines, mix, teacher=teacher, method="conditional", n=1 << 13, seed=10)
     assert est.info["estimator"] == "lines + Crofton weight"
     within(exact, est)
-    realizable = sh.gap_slope(student, mix)
-    within(realizable, sh.gap_slope(lines, mix, sh.HardTeacher(lines), method="conditional", n=1 << 13, seed=11))
+    realizable = sh.gap_slope(student, mix).value
+    within(realizable, sh.gap_slope(lines, mix, teacher=sh.HardTeacher(lines), method="conditional", n=1 << 13,
+                                    seed=11))
 
 
 # --- 3. lines with the Crofton weight -----------------------------------------------------------------
@@ -246,36 +248,39 @@ def test_auto_rule_and_exact_estimates():
     np.testing.assert_array_equal(auto.value, sh.boundary_mass_exact(r, MIX5, [0.1, 0.2]))
     assert sh.boundary_mass(r, MIX5, 0.1, method="exact").value == pytest.approx(auto.value[0], rel=1e-14)
     student, teacher, mix = binary_design()
-    gap = sh.risk_gap(student, mix, 0.1, teacher, method="auto")
+    gap = sh.risk_gap(student, mix, 0.1, teacher=teacher, method="auto")
     assert gap.method == "exact" and gap.value == pytest.approx(sh.risk_gap_exact(student, mix, [0.1], teacher)[0])
     assert sh.risk_gap(*k3_design(), 0.1, method="auto", n=1 << 12).method == "conditional"
-    fn = sh.FunctionTeacher(lambda x: x[:, 0])  # no score space for a general teacher: plain MC
-    assert sh.risk_gap(*k3_design(), 0.1, fn, method="auto", n=1 << 12).method == "mc"
+    fn = sh.FunctionTeacher(lambda x: x[:, 0])  # no score space for a general teacher: QMC over inputs
+    assert sh.risk_gap(*k3_design(), 0.1, teacher=fn, method="auto", n=1 << 12).method == "qmc"
     uni = sh.Uniform([-1.0, -1.0], [1.0, 1.0])  # no conditional estimator off Gaussian laws
     assert sh.coarea_constant(sphere_router(2, 0.5), uni, method="auto", n=1 << 12).method == "kernel"
-    assert sh.boundary_mass(sphere_router(2, 0.5), uni, 0.1, method="auto", n=1 << 12).method == "mc"
-    assert sh.coarea_constant(sphere_router(2, 0.5), uni, method="qmc", n=1 << 12).info["kernel"] == "Epanechnikov"
+    assert sh.boundary_mass(sphere_router(2, 0.5), uni, 0.1, method="auto", n=1 << 12).method == "qmc"
+    assert sh.coarea_constant(sphere_router(2, 0.5), uni, method="kernel", sampling="qmc",
+                              n=1 << 12).info["kernel"] == "Epanechnikov"
 
 
-def test_conditional_n_is_a_budget():
+def test_n_with_a_target_is_a_budget_and_alone_a_sample_size():
     r = k4_router()
-    stopped = sh.boundary_mass(r, MIX5, 0.3, method="conditional", n=1 << 20, seed=1)
-    assert stopped.n < 1 << 20 and stopped.stderr <= registry.CONDITIONAL_TARGET * stopped.value
-    full = sh.boundary_mass(r, MIX5, 0.3, method="conditional", n=1 << 15, seed=1, target_rel_error=None)
-    assert full.n == 1 << 15
+    stopped = sh.boundary_mass(r, MIX5, 0.3, method="conditional", n=1 << 20, seed=1, target_rel_error=5e-3)
+    assert stopped.n < 1 << 20 and stopped.stderr <= 5e-3 * stopped.value and stopped.converged
+    default = sh.boundary_mass(r, MIX5, 0.3, method="conditional", seed=1)  # no n: the default target, 0.5 %
+    assert default.n == stopped.n and default.target == DEFAULT_TARGET == 5e-3
+    full = sh.boundary_mass(r, MIX5, 0.3, method="conditional", n=1 << 15, seed=1)
+    assert full.n == 1 << 15 and full.target is None
 
 
 def test_bad_methods_raise_with_template():
     r = k4_router()
     uni = sh.Uniform([-1.0] * 5, [1.0] * 5)
-    with pytest.raises(ValueError, match=TEMPLATE + "one of .* here: 'conditional' needs"):
+    with pytest.raises(ValueError, match=TEMPLATE + "a method that applies here: 'conditional' needs"):
         sh.boundary_mass(r, uni, 0.1, method="conditional")
     with pytest.raises(ValueError, match=TEMPLATE):
         sh.boundary_mass(r, MIX5, 0.1, kind="pairwise", method="conditional")
-    with pytest.raises(ValueError, match=TEMPLATE + r"one of \('auto', 'mc', 'qmc', 'conditional', 'exact'\)"):
+    with pytest.raises(ValueError, match=TEMPLATE + r"one of \('auto', 'exact', 'conditional', 'score', 'qmc', 'mc'\)"):
         sh.boundary_mass(r, MIX5, 0.1, method="sobol")
-    with pytest.raises(ValueError, match=TEMPLATE + "one of"):
-        sh.risk_gap(*k3_design(), 0.1, sh.FunctionTeacher(lambda x: x[:, 0]), method="conditional")
+    with pytest.raises(ValueError, match=TEMPLATE + "a method that applies here: 'conditional' needs"):
+        sh.risk_gap(*k3_design(), 0.1, teacher=sh.FunctionTeacher(lambda x: x[:, 0]), method="conditional")
     with pytest.raises(ValueError, match=r"'sampling' parameter of boundary_mass must be one of \('mc', 'qmc'\)"):
         sh.boundary_mass(r, MIX5, 0.1, method="conditional", sampling="sobol")
     with pytest.raises(ValueError, match=TEMPLATE + "one of"):
@@ -313,7 +318,7 @@ def test_float32_law_and_router():
     r32 = sh.LinearRouter(r64.weight.float(), r64.bias.float())
     law = sh.Gaussian(torch.zeros(5, dtype=torch.float32), dtype=torch.float32)
     assert sh.draw(law, 10, seed=0).dtype == torch.float32
-    est = sh.boundary_mass(r32, law, [0.1, 0.5], n=1 << 16, seed=6)
+    est = sh.boundary_mass(r32, law, [0.1, 0.5], method="mc", n=1 << 16, seed=6)
     within(sh.boundary_mass_exact(r64, sh.Gaussian.standard(5), [0.1, 0.5]), est)
 
 

@@ -100,7 +100,8 @@ def test_k3_orthant_formula_matches_independent_mc(kind):
     router = sh.LinearRouter(W, [0.1, 0.0, -0.1])
     law = sh.Gaussian([0.1, 0.0, 0.2], [[1, 0.2, 0], [0.2, 1, 0.1], [0, 0.1, 0.5]])
     w = [0.05, 0.3, 1.0]
-    within(boundary.boundary_mass_exact(router, law, w, kind=kind), sh.boundary_mass(router, law, w, kind, n=1 << 15, seed=2))
+    within(boundary.boundary_mass_exact(router, law, w, kind=kind), sh.boundary_mass(router, law, w, kind=kind, method="mc",
+                                                                                      n=1 << 15, seed=2))
 
 
 def test_k5_orthant_formula_matches_independent_mc():
@@ -108,7 +109,8 @@ def test_k5_orthant_formula_matches_independent_mc():
     router = sh.LinearRouter(torch.randn(5, 4, generator=gen, dtype=torch.float64), [0.2, 0.0, -0.1, 0.1, 0.0])
     law = sh.Gaussian(torch.zeros(4), torch.eye(4) * 0.5)
     w = [0.1, 0.5]  # abseps = 1e-4 (Genz, 4 dimensions) is plenty against a Monte Carlo error of 2e-3
-    within(boundary.boundary_mass_exact(router, law, w, abseps=1e-4), sh.boundary_mass(router, law, w, n=1 << 15, seed=3))
+    within(boundary.boundary_mass_exact(router, law, w, abseps=1e-4), sh.boundary_mass(router, law, w, method="mc", n=1 << 15,
+                                                                                            seed=3))
 
 
 def test_k5_gauge_singular_and_mixture():
@@ -120,11 +122,11 @@ def test_k5_gauge_singular_and_mixture():
     law = sh.GaussianMixture([0.4, 0.6], [[0.3, 0.0], [-0.2, 0.1]])
     w = [0.05, 0.3]
     exact = boundary.boundary_mass_exact(router, law, w)
-    within(exact, sh.boundary_mass(router, law, w, n=1 << 15, seed=4))
+    within(exact, sh.boundary_mass(router, law, w, method="mc", n=1 << 15, seed=4))
     parts = [boundary.boundary_mass_exact(router, c, w) for c in law.components]
     np.testing.assert_allclose(exact, 0.4 * parts[0] + 0.6 * parts[1], atol=1e-14)
     within(boundary.boundary_mass_exact(router, law, [0.3], kind="pairwise"),
-           sh.boundary_mass(router, law, [0.3], "pairwise", n=1 << 15, seed=4))
+           sh.boundary_mass(router, law, [0.3], kind="pairwise", method="mc", n=1 << 15, seed=4))
 
 
 def test_identical_experts_degenerate_differences():

@@ -59,13 +59,13 @@ def test_binary_beta_for_a_mixture():
     law = GaussianMixture([0.25, 0.75], torch.stack([M, -M]), torch.stack([S, 0.5 * S]))
     exact = sum(w * binary_exact(WIDTHS[1:], float(V @ c.mean) + B0, math.sqrt(float(V @ c.cov @ V)))
                 for w, c in zip([0.25, 0.75], law.components))
-    within_5_se(boundary_mass(LinearRouter.binary(V, B0), law, WIDTHS, n=1 << 17, seed=2)[1:], exact)
+    within_5_se(boundary_mass(LinearRouter.binary(V, B0), law, WIDTHS, method="mc", n=1 << 17, seed=2)[1:], exact)
 
 
 def test_binary_ambiguity_mass_matches_3_11():
     taus = [0.05, 0.2, 0.6]
     eps = 0.1
-    est = ambiguity_mass(LinearRouter.binary(V, B0), Gaussian(M, S), taus, eps=eps, n=1 << 17, seed=3)
+    est = ambiguity_mass(LinearRouter.binary(V, B0), Gaussian(M, S), taus, eps=eps, method="mc", n=1 << 17, seed=3)
     # K = 2: m_ε(τ) = μ(|g| < w_{τ,ε}) (Remark 5.4 with log(K−1) = 0)
     within_5_se(est, binary_exact([tolerance_width(t, eps) for t in taus], M_G, S_G))
 
@@ -113,8 +113,8 @@ def test_three_experts_in_one_dimension_exact():
     router = LinearRouter(torch.tensor(C[:, None]), torch.tensor(E))
     law = Gaussian([MU], [[SIG ** 2]])
     widths = [0.02, 0.1, 0.3, 0.8]
-    top = boundary_mass(router, law, widths, n=1 << 17, seed=4)
-    pair = boundary_mass(router, law, widths, kind="pairwise", n=1 << 17, seed=4)
+    top = boundary_mass(router, law, widths, method="mc", n=1 << 17, seed=4)
+    pair = boundary_mass(router, law, widths, kind="pairwise", method="mc", n=1 << 17, seed=4)
     within_5_se(top, [beta_exact(w) for w in widths])
     within_5_se(pair, [beta_pair_exact(w) for w in widths])
     assert np.all(top.value <= pair.value)
@@ -126,7 +126,7 @@ def test_profiles_equal_a_brute_force_count_on_the_same_sample(kind, k):
     router = MLPRouter(3, 4, hidden=(8,), seed=1)
     law = Gaussian.standard(3)
     widths = [0.01, 0.1, 0.5]
-    est = boundary_mass(router, law, widths, kind=kind, k=k, n=5000, seed=9)
+    est = boundary_mass(router, law, widths, kind=kind, k=k, method="mc", n=5000, seed=9)
     with torch.no_grad():
         a = router(draw(law, 5000, seed=9)).numpy()
     s = -np.sort(-a, axis=1)
@@ -144,8 +144,8 @@ LAW2 = Gaussian([0.5, -0.5], [[1.0, 0.5], [0.5, 1.5]])
 @given(st.integers(0, 2 ** 31), st.lists(st.floats(0.0, 2.0), min_size=2, max_size=6))
 def test_profiles_are_monotone_and_ordered(seed, widths):
     widths = sorted(widths)
-    top = boundary_mass(ROUTER4, LAW2, widths, n=3000, seed=seed)
-    pair = boundary_mass(ROUTER4, LAW2, widths, kind="pairwise", n=3000, seed=seed)
+    top = boundary_mass(ROUTER4, LAW2, widths, method="mc", n=3000, seed=seed)
+    pair = boundary_mass(ROUTER4, LAW2, widths, kind="pairwise", method="mc", n=3000, seed=seed)
     assert np.all(np.diff(top.value) >= 0) and np.all(np.diff(pair.value) >= 0)  # non-decreasing in w
     assert np.all(top.value <= pair.value)  # β ≤ β_pair since δ ≤ Δ
 
@@ -156,8 +156,8 @@ def sandwich_flags(a, tau, eps):
     K = len(a)
     law, router = Empirical(a[None]), (lambda x: x)
     w = tolerance_width(tau, eps)
-    amb = ambiguity_mass(router, law, tau, eps=eps, n=1, seed=0).value
-    lo, hi = boundary_mass(router, law, [w, w + tau * math.log(K - 1)], n=1, seed=0).value
+    amb = ambiguity_mass(router, law, tau, eps=eps, method="mc", n=1, seed=0).value
+    lo, hi = boundary_mass(router, law, [w, w + tau * math.log(K - 1)], method="mc", n=1, seed=0).value
     return lo == 1.0, amb == 1.0, hi == 1.0
 
 
@@ -180,14 +180,14 @@ def test_remark_5_4_sandwich_per_sample(a, tau, eps):
 def test_sandwich_on_one_sample_and_k2_equality():
     taus, eps = np.array([0.02, 0.1, 0.3]), 0.05
     w = np.array([tolerance_width(t, eps) for t in taus])
-    m = ambiguity_mass(ROUTER4, LAW2, taus, eps=eps, n=20_000, seed=6)
-    lo = boundary_mass(ROUTER4, LAW2, w, n=20_000, seed=6)
-    hi = boundary_mass(ROUTER4, LAW2, w + taus * math.log(3), n=20_000, seed=6)
+    m = ambiguity_mass(ROUTER4, LAW2, taus, eps=eps, method="mc", n=20_000, seed=6)
+    lo = boundary_mass(ROUTER4, LAW2, w, method="mc", n=20_000, seed=6)
+    hi = boundary_mass(ROUTER4, LAW2, w + taus * math.log(3), method="mc", n=20_000, seed=6)
     assert np.all(lo.value <= m.value) and np.all(m.value <= hi.value)
     assert np.all(lo.value < hi.value)  # not vacuous
     binary = LinearRouter.binary(V, B0)
-    assert np.array_equal(ambiguity_mass(binary, LAW2, taus, eps=eps, n=20_000, seed=6).value,
-                          boundary_mass(binary, LAW2, w, n=20_000, seed=6).value)
+    assert np.array_equal(ambiguity_mass(binary, LAW2, taus, eps=eps, method="mc", n=20_000, seed=6).value,
+                          boundary_mass(binary, LAW2, w, method="mc", n=20_000, seed=6).value)
 
 
 # --- interface and bad input --------------------------------------------------------------------------
@@ -195,9 +195,9 @@ def test_sandwich_on_one_sample_and_k2_equality():
 
 def test_scalar_width_and_callable_router():
     r = LinearRouter.binary(V, B0)
-    e = boundary_mass(r, Gaussian(M, S), 0.2, n=4096, seed=0)
+    e = boundary_mass(r, Gaussian(M, S), 0.2, method="mc", n=4096, seed=0)
     assert isinstance(e.value, float) and isinstance(e.stderr, float) and e.n == 4096
-    f = boundary_mass(lambda x: r(x), Gaussian(M, S), 0.2, n=4096, seed=0)  # d is taken from the law
+    f = boundary_mass(lambda x: r(x), Gaussian(M, S), 0.2, method="mc", n=4096, seed=0)  # d is taken from the law
     assert f.value == e.value
 
 
@@ -214,7 +214,7 @@ def test_scalar_width_and_callable_router():
     (lambda r, law: boundary_mass(r, law, 0.1, k=2), ValueError, r"'k' parameter of boundary_mass must be an int in \[1, 1\]"),
     (lambda r, law: boundary_mass(r, law, 0.1, kind="pairwise", k=2), ValueError, r"'k' parameter of boundary_mass must be 1"),
     (lambda r, law: boundary_mass(r, "gauss", 0.1), TypeError, r"'law' parameter of boundary_mass must be a softhard Law"),
-    (lambda r, law: boundary_mass(5, law, 0.1), TypeError, r"'router' parameter of as_router"),
+    (lambda r, law: boundary_mass(5, law, 0.1), TypeError, r"'router' parameter of boundary_mass"),
     (lambda r, law: ambiguity_mass(r, law, [0.1, 0.0]), ValueError, r"'taus' parameter of ambiguity_mass must be an array of values > 0"),
     (lambda r, law: ambiguity_mass(r, law, 0.1, eps=0.5), ValueError, r"'eps' parameter of ambiguity_mass must be a float in \(0, 0.5\)"),
     (lambda r, law: ambiguity_mass(r, law, 0.1, n=-3), ValueError, r"'n' parameter of ambiguity_mass"),

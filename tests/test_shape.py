@@ -144,24 +144,162 @@ def test_shape_gradient_chains_through_unit_router():
     assert abs(float(np.sum(g["weight"].value * r.weight.detach().numpy()))) < 1e-10
 
 
-def test_one_sided_derivative_at_a_teacher_interface():
-    """At the teacher partition the hard risk has a kink: both one-sided derivatives are positive (§2 of the doc)."""
-    prob = binary_problem()
-    ts = prob.teacher_student()
-    r = ts.router.as_linear()
-    experts = prob.teacher.moe.experts
+def _kink_case(name):
+    """(router, teacher, law, experts, (dW, db)) with the student's interface on the teacher's, realizable."""
+    if name == "voronoi3":  # K = 3, correlated law, three oblique interfaces meeting off the mean
+        prob = voronoi3_problem()
+        r = prob.teacher_student().router.as_linear()
+        g = torch.Generator().manual_seed(1)
+        return r, prob.teacher, prob.law, prob.teacher.moe.experts, (torch.randn(3, 2, generator=g, dtype=F64),
+                                                                      torch.randn(3, generator=g, dtype=F64))
+    d = 3 if name == "correlated_3d" else 2
+    v = {"axis": [1.0, 0.0], "oblique": [1.0, 0.3], "correlated": [1.0, 0.3], "correlated_3d": [1.0, 0.3, -0.5]}[name]
+    v, b = torch.tensor(v, dtype=F64), (0.0 if name in ("axis", "oblique") else 0.37)
+    if name.startswith("correlated"):
+        S = torch.tensor([[1.0, 0.4, 0.1], [0.4, 0.7, -0.2], [0.1, -0.2, 1.3]], dtype=F64)[:d, :d]
+        law = Gaussian(torch.tensor([0.2, -0.1, 0.3], dtype=F64)[:d], S)
+    else:
+        law = Gaussian.standard(d)
+    experts = LinearExperts(torch.tensor([[1.0, 1.0, 0.5], [-1.0, -1.0, 0.2]], dtype=F64)[:, :d], [1.0, -1.0])
+    teacher = PartitionTeacher(MoE(LinearRouter.binary(v, b), experts))
+    r = LinearRouter.binary(v, b)
+    dW = torch.tensor([[0.0, 0.3, 0.2], [0.0, -0.3, -0.2]], dtype=F64)[:, :d]  # rotate the interface
+    return r, teacher, law, experts, (dW, torch.tensor([0.2, -0.2], dtype=F64))  # and shift it
+
+
+def _one_sided_fd(r, teacher, law, experts, direction, t=1e-4):
+    """Richardson-extrapolated one-sided difference (2D(t) − D(2t), error O(t²)) of the exact hard risk."""
+    def L(s):
+        moved = LinearRouter(r.weight + s * direction[0], r.bias + s * direction[1])
+        return hard_risk(MoE(moved, experts), teacher, law, method="exact").value
+
+    L0 = L(0.0)
+    return 2 * (L(t) - L0) / t - (L(2 * t) - L0) / (2 * t)
+
+
+def _line_integral(r, law, experts, direction):
+    """Realizable teacher at its own partition: both one-sided derivatives are ψ(0)E[|s|(h_1 − h_2)² | g = 0] =
+    ∫_{g=0} |s| D² p/|∇g| dH¹ (doc §2) — here by SciPy quadrature along the line (d = 2), another route than the
+    polyhedral moments of the conditioned law."""
+    from scipy.integrate import quad
+    from scipy.stats import multivariate_normal
+
+    v, c = (r.weight[0] - r.weight[1]).numpy(), float(r.bias[0] - r.bias[1])
+    ev, ec = (direction[0][0] - direction[0][1]).numpy(), float(direction[1][0] - direction[1][1])
+    dw, db = (experts.weight[0] - experts.weight[1]).numpy(), float(experts.bias[0] - experts.bias[1])
+    D = lambda x: float(dw @ x + db)  # noqa: E731
+    x0, p = -c * v / (v @ v), np.array([-v[1], v[0]]) / np.linalg.norm(v)
+    pdf = multivariate_normal(law.mean.numpy(), law.cov.numpy()).pdf
+    f = lambda y: abs(ev @ (x0 + y * p) + ec) * D(x0 + y * p) ** 2 * pdf(x0 + y * p)  # noqa: E731
+    return quad(f, -12, 12, epsabs=0, epsrel=1e-12, limit=200)[0] / np.linalg.norm(v)
+
+
+@pytest.mark.parametrize("name", ["axis", "oblique", "correlated", "correlated_3d", "voronoi3"])
+def test_one_sided_derivative_at_a_teacher_interface(name):
+    """At the teacher partition the hard risk has a kink: both one-sided derivatives are positive (§2 of the doc).
+
+    Before the rank-revealing factor of the conditioned law only "axis" (x_1 = 0 under N(0, I_2), where Cholesky of
+    the rank-1 conditional covariance fails) was right: for an oblique or correlated interface Cholesky succeeded
+    with a rounding-level pivot, the coinciding teacher constraint looked non-constant on the interface and the
+    two traces were averaged (oblique: ∓2.5e-8 instead of +2.1048 both ways), and shape_gradient did not refuse.
+    References: Richardson one-sided differences of the exact hard risk; for d = 2 binary cases also SciPy
+    quadrature of ψ(0)E[|s|(h_1 − h_2)² | g = 0] along the interface."""
+    r, teacher, law, experts, (dW, db) = _kink_case(name)
     with pytest.raises(ValueError, match="one-sided derivatives"):
-        shape_gradient(r, prob.teacher, prob.law, experts=experts)
-    dW = torch.tensor([[0.0, 0.3], [0.0, -0.3]], dtype=F64)  # rotate the interface
-    db = torch.tensor([0.2, -0.2], dtype=F64)  # and shift it
+        shape_gradient(r, teacher, law, experts=experts)
     for sign in (1.0, -1.0):
-        d = shape_derivative(r, prob.teacher, prob.law, (sign * dW, sign * db), experts=experts)
-        t = 1e-6
-        moved = LinearRouter(r.weight + sign * t * dW, r.bias + sign * t * db)
-        fd = (hard_risk(MoE(moved, experts), prob.teacher, prob.law, method="exact").value
-              - hard_risk(MoE(r, experts), prob.teacher, prob.law, method="exact").value) / t
+        direction = (sign * dW, sign * db)
+        d = shape_derivative(r, teacher, law, direction, experts=experts)
         assert d > 0.1
-        assert d == pytest.approx(fd, rel=1e-3)
+        assert d == pytest.approx(_one_sided_fd(r, teacher, law, experts, direction), rel=1e-6)
+        if law.d == 2 and name != "voronoi3":
+            assert d == pytest.approx(_line_integral(r, law, experts, direction), rel=1e-10)
+        # L_0(φ + tη)/t → D_η: at t = 1e-9 the student's interface is ~3e-10 rad off the teacher's, which the rank
+        # test of region_moments (then 1e-9) took for parallel: 0.42·D_η in the oblique case
+        t = 1e-9
+        moved = MoE(LinearRouter(r.weight + t * direction[0], r.bias + t * direction[1]), experts)
+        assert hard_risk(moved, teacher, law, method="exact").value / t == pytest.approx(d, rel=1e-6)
+
+
+def test_exact_hard_risk_against_polar_quadrature():
+    """Exact hard risk against an independent route: polar coordinates of the whitened law, radial integrals in
+    closed form, angular Gauss–Kronrod (SciPy) split where the ray crosses a vertex or turns parallel to a line."""
+    prob = voronoi3_problem()
+    g = torch.Generator().manual_seed(3)
+    cases = [(prob.student(seed=2, router="linear"), prob.teacher, prob.law),
+             (MoE(_router(2, 5), LinearExperts(torch.randn(2, 2, generator=g, dtype=F64), [0.3, -0.2])),
+              prob.teacher, Gaussian(torch.tensor([0.5, -1.0], dtype=F64), [[2.0, -0.6], [-0.6, 0.5]]))]
+    for student, tch, lw in cases:
+        ex = hard_risk(student, tch, lw, method="exact").value
+        ref = _polar_hard_risk(student, tch, lw)
+        assert ex == pytest.approx(ref, rel=1e-13)
+
+
+def test_exact_hard_risk_on_a_conditioned_law():
+    """A law of rank 2 in R³ (N(0, I₃) conditioned on a plane): the hard risk equals the 2-D problem in the plane's
+    coordinates. Before the rank-revealing factor, Cholesky left a spurious third column and the exact method
+    refused ("3 directions")."""
+    from softhard.closed.normal import condition_on_score
+
+    g = torch.Generator().manual_seed(4)
+    rnd = lambda *s: torch.randn(*s, generator=g, dtype=F64)  # noqa: E731
+    v = rnd(3)
+    law3 = condition_on_score(Gaussian.standard(3), v, 0.2)
+    B = torch.linalg.svd(law3.cov).U[:, :2] * torch.linalg.svd(law3.cov).S[:2].sqrt()  # X = m + B z, z ~ N(0, I₂)
+    m = law3.mean
+    WT, bT, ET, cT, W, b, E, c = rnd(2, 3), rnd(2), rnd(2, 3), rnd(2), rnd(3, 3), rnd(3), rnd(3, 3), rnd(3)
+    ex = hard_risk(MoE(LinearRouter(W, b), LinearExperts(E, c)),
+                   PartitionTeacher.linear(WT, bT, LinearExperts(ET, cT)), law3, method="exact").value
+    ref = _polar_hard_risk(MoE(LinearRouter(W @ B, b + W @ m), LinearExperts(E @ B, c + E @ m)),
+                           PartitionTeacher.linear(WT @ B, bT + WT @ m, LinearExperts(ET @ B, cT + ET @ m)),
+                           Gaussian.standard(2))
+    assert ex == pytest.approx(ref, rel=1e-13)
+
+
+def _polar_hard_risk(student, teacher, law):
+    """E[(f* − h_{k*})²] for d = 2 linear routers, affine experts, X ~ N(m, S), in polar coordinates of z (X = m + Lz):
+    on each ray the cells are intervals of ρ and ∫(c₀ + c₁ρ)² ρ e^{−ρ²/2} dρ is closed form."""
+    from scipy.integrate import quad
+    from scipy.special import ndtr
+
+    num = lambda t: t.detach().numpy()  # noqa: E731
+    W, b = num(student.router.weight), num(student.router.bias)
+    WT, bT = num(teacher.moe.router.weight), num(teacher.moe.router.bias)
+    th = np.c_[num(student.experts.weight), num(student.experts.bias)]
+    tt = np.c_[num(teacher.moe.experts.weight), num(teacher.moe.experts.bias)]
+    m, L = law.mean.numpy(), np.linalg.cholesky(law.cov.numpy())
+    routers = [(W @ L, W @ m + b), (WT @ L, WT @ m + bT)]
+    lines = [(A[i] - A[j], a[i] - a[j]) for A, a in routers for i in range(len(A)) for j in range(i + 1, len(A))]
+
+    def antiderivative(r, c0, c1):  # of (c0 + c1 ρ)² ρ e^{−ρ²/2}
+        if r == np.inf:
+            return 2 * c0 * c1 * math.sqrt(2 * math.pi)
+        e = math.exp(-r * r / 2)
+        return -c0 * c0 * e + 2 * c0 * c1 * (math.sqrt(2 * math.pi) * ndtr(r) - r * e) - c1 * c1 * (r * r + 2) * e
+
+    def ray(a):
+        e = np.array([math.cos(a), math.sin(a)])
+        cuts = sorted({0.0, np.inf} | {-c / (n @ e) for n, c in lines if n @ e != 0 and -c / (n @ e) > 0})
+        total = 0.0
+        for lo, hi in zip(cuts[:-1], cuts[1:]):
+            mid = lo + 1.0 if hi == np.inf else (lo + hi) / 2
+            k, km = (int(np.argmax(A @ e * mid + a)) for A, a in routers)
+            dth = tt[km] - th[k]
+            c0, c1 = dth[:-1] @ m + dth[-1], dth[:-1] @ (L @ e)
+            total += antiderivative(hi, c0, c1) - antiderivative(lo, c0, c1)
+        return total / (2 * math.pi)
+
+    angles = {0.0, 2 * math.pi}
+    for i, (n, c) in enumerate(lines):
+        angles |= {math.atan2(n[0], -n[1]) % (2 * math.pi), math.atan2(-n[0], n[1]) % (2 * math.pi)}
+        for n2, c2 in lines[i + 1:]:
+            M = np.array([n, n2])
+            if abs(np.linalg.det(M)) > 1e-14:
+                p = np.linalg.solve(M, -np.array([c, c2]))
+                angles.add(math.atan2(p[1], p[0]) % (2 * math.pi))
+    angles = sorted(angles)
+    return sum(quad(ray, a0 + (a1 - a0) * j / 4, a0 + (a1 - a0) * (j + 1) / 4, epsabs=1e-16, epsrel=1e-13,
+                    limit=200)[0] for a0, a1 in zip(angles[:-1], angles[1:]) for j in range(4)) + teacher.noise_std ** 2
 
 
 def test_directional_derivative_is_the_gradient_where_transverse():

@@ -137,32 +137,57 @@ def test_fixed_point_of_the_linearised_descent():
 def test_reduced_operator_identity_eigenvalues():
     d, tau = 4, 0.3
     for u in (torch.eye(d, dtype=F64)[0], torch.nn.functional.normalize(_t([1.0, -2.0, 0.5, 3.0]), dim=0)):
-        M = reduced_operator(torch.eye(d, dtype=F64), u, tau, "sign")
+        c = 0.7 * u + 0.4 * torch.linalg.svd(u[None]).Vh[1]  # c_u = 0.7, plus a part ⟂ u
+        M = reduced_operator(torch.eye(d, dtype=F64), u, c, tau, "sign")
         spec = operator_spectrum(M, u)
-        torch.testing.assert_close(spec.values, _t([SQ / tau] + [SQ / (2 * tau)] * (d - 1)))
+        torch.testing.assert_close(spec.values, 0.7 * _t([SQ / tau] + [SQ / (2 * tau)] * (d - 1)))
         assert float(spec.alignment[0]) == pytest.approx(1.0)
-        torch.testing.assert_close(M @ u, (SQ / tau) * u)
+        torch.testing.assert_close(M @ u, 0.7 * (SQ / tau) * u)
 
 
 @pytest.mark.parametrize("response", ["sign", "tanh", lambda t: t ** 3 / (1 + t ** 2)])
-def test_reduced_operator_matches_monte_carlo(response):
+@pytest.mark.parametrize("contrast", [[1.0, 2.0, 0.5], [-0.3, 1.0, 0.4]])
+def test_reduced_operator_matches_monte_carlo(response, contrast):
     cov = _t([[2.0, 0.6, 0.0], [0.6, 1.0, 0.3], [0.0, 0.3, 0.5]])
     u, tau = _t([1.0, 0.5, -1.0]), 0.15
-    est = reduced_operator_mc(cov, u, tau, response, n=1 << 17, seed=4)
-    assert _z(est, reduced_operator(cov, u, tau, response)) < 5.0
+    est = reduced_operator_mc(cov, u, _t(contrast), tau, response, n=1 << 17, seed=4)
+    assert _z(est, reduced_operator(cov, u, _t(contrast), tau, response)) < 5.0
 
 
 def test_odd_moment_quadrature_against_closed_forms():
-    cov, u = _t([[2.0, 0.6], [0.6, 1.0]]), _t([1.0, 0.5])
-    torch.testing.assert_close(reduced_operator(cov, u, 0.2, torch.sign), reduced_operator(cov, u, 0.2, "sign"),
+    cov, u, c = _t([[2.0, 0.6], [0.6, 1.0]]), _t([1.0, 0.5]), _t([1.0, 0.5])  # c_u = |u|
+    torch.testing.assert_close(reduced_operator(cov, u, c, 0.2, torch.sign), reduced_operator(cov, u, c, 0.2, "sign"),
                                rtol=1e-12, atol=1e-12)
-    # r(t) = t: E[T²] = σ², E[T⁴] = 3σ⁴, so M = (1/2τ)E[T²XXᵀ] = (1/2τ)(σ_u²Σ + 2ΣuuᵀΣ) (Isserlis)
+    # r(t) = t: E[T²] = σ², E[T⁴] = 3σ⁴, so M = (c_u/2τ)E[T²XXᵀ] = (c_u/2τ)(σ_u²Σ + 2ΣuuᵀΣ) (Isserlis)
     su = cov @ u
-    expected = (float(u @ su) * cov + 2 * torch.outer(su, su)) / (2 * 0.2)
-    torch.testing.assert_close(reduced_operator(cov, u, 0.2, lambda t: t), expected, rtol=1e-12, atol=1e-12)
+    expected = float(u.norm()) * (float(u @ su) * cov + 2 * torch.outer(su, su)) / (2 * 0.2)
+    torch.testing.assert_close(reduced_operator(cov, u, c, 0.2, lambda t: t), expected, rtol=1e-12, atol=1e-12)
     # tanh(t/τ) → sign as τ → 0: M·τ converges to the sign operator·τ
-    torch.testing.assert_close(reduced_operator(cov, u, 1e-7, "tanh"), reduced_operator(cov, u, 1e-7, "sign"),
+    torch.testing.assert_close(reduced_operator(cov, u, c, 1e-7, "tanh"), reduced_operator(cov, u, c, 1e-7, "sign"),
                                rtol=1e-5, atol=0)
+
+
+def test_sign_of_the_reduced_operator_is_the_sign_of_the_contrast_on_the_separator():
+    """(6.8): M = c_u·M₁ with c_u = c·u/|u| — M ⪰ 0 for c_u > 0, ⪯ 0 for c_u < 0, 0 (with a warning: Prop. 6.3's
+    hypothesis fails) for c ⟂ u. Before c_u was restored M was ⪰ 0 whatever the contrast."""
+    cov = _t([[2.0, 0.6, 0.0], [0.6, 1.0, 0.3], [0.0, 0.3, 0.5]])
+    u, tau = _t([1.0, 0.5, -1.0]), 0.3
+    perp = _t([0.5, 0.0, 0.5])  # ⟂ u
+    unit = reduced_operator(cov, u, u / u.norm(), tau)  # c_u = 1
+    for c_u in (2.0, -0.7):
+        c = c_u * u / u.norm() + 3.0 * perp
+        M = reduced_operator(cov, u, c, tau)
+        torch.testing.assert_close(M, c_u * unit, rtol=1e-12, atol=1e-14)
+        lam = torch.linalg.eigvalsh(M)
+        assert bool((c_u * lam > 0).all())  # definite, with the sign of c_u (Σ non-singular)
+        assert math.copysign(1.0, float(u @ M @ u)) == math.copysign(1.0, c_u)
+    with pytest.warns(RuntimeWarning, match="Prop. 6.3's hypothesis fails"):
+        M0 = reduced_operator(cov, u, 3.0 * perp, tau)
+    assert bool((M0 == 0).all())
+    # the §7.3 anisotropic design: c = 2e_2 ⟂ u = e_1
+    e = torch.eye(3, dtype=F64)
+    with pytest.warns(RuntimeWarning, match="c·u = 0"):
+        assert bool((reduced_operator(e, e[0], 2 * e[1], tau) == 0).all())
 
 
 def _psd(entries, d):
@@ -183,7 +208,7 @@ def test_lemma_6_1_and_prop_6_3(data, response, tau):
     cov, u, v = _psd(entries, d), _t(u), _t(v)
     if float(u.norm()) < 0.1:
         u = u + 1.0
-    M = reduced_operator(cov, u, tau, response)
+    M = reduced_operator(cov, u, u, tau, response)  # c = u: c_u = |u|
     assert torch.allclose(M, M.T)
     # Lemma 6.1, with E[T r(T)] and E[T³ r(T)] from SciPy (an outside reference) or Lemma 6.2
     s = math.sqrt(float(u @ cov @ u))
@@ -194,25 +219,38 @@ def test_lemma_6_1_and_prop_6_3(data, response, tau):
         m1, m3 = (2 * quad(lambda t: t ** k * math.tanh(t / tau) * dens(t), 0, 12 * s, points=[tau], limit=200)[0]
                   for k in (1, 3))
     vs = float(v @ cov @ u)
-    lemma = (vs ** 2 / s ** 4 * m3 + (float(v @ cov @ v) - vs ** 2 / s ** 2) * m1) / (2 * tau)
+    lemma = float(u.norm()) * (vs ** 2 / s ** 4 * m3 + (float(v @ cov @ v) - vs ** 2 / s ** 2) * m1) / (2 * tau)
     assert float(v @ M @ v) == pytest.approx(lemma, rel=1e-8, abs=1e-10)
-    # Prop. 6.3: M ⪰ 0, and a positive eigenvalue has an eigenvector not orthogonal to u
+    # Prop. 6.3 (c_u > 0): M ⪰ 0, and a positive eigenvalue has an eigenvector not orthogonal to u
     spec = operator_spectrum(M, u)
     assert float(spec.values[-1]) >= -1e-10 * float(spec.values[0])
     assert bool(((spec.values > 0) & (spec.alignment > 1e-8)).any())
+    # c_u < 0: the mirror image, an eigenpair with λ < 0 and e·u ≠ 0
+    spec = operator_spectrum(reduced_operator(cov, u, -0.5 * u, tau, response), u)
+    assert float(spec.values[0]) <= 1e-10 * abs(float(spec.values[-1]))
+    assert bool(((spec.values < 0) & (spec.alignment > 1e-8)).any())
 
 
-def test_prop_6_3_leading_eigenvector_may_be_orthogonal_to_u():
-    # Σ = diag(1, 100), u = e1: M ∝ diag(2, 100), the leading mode is e2 ⟂ u (Prop. 6.3 only promises *a* mode)
-    spec = operator_spectrum(reduced_operator(torch.diag(_t([1.0, 100.0])), _t([1.0, 0.0]), 1.0), _t([1.0, 0.0]))
-    torch.testing.assert_close(spec.values, SQ / 2 * _t([100.0, 2.0]))
-    assert float(spec.alignment[0]) == 0.0 and float(spec.alignment[1]) == 1.0
+@pytest.mark.parametrize("c_u", [1.0, -2.0])
+def test_prop_6_3_leading_eigenvector_may_be_orthogonal_to_u(c_u):
+    # Σ = diag(1, 100), u = e1, c = c_u e1 + 3e2: M = c_u(√(2/π)/2)diag(2, 100). The eigenpair Prop. 6.3 promises,
+    # (λ, e) = (c_u√(2/π), e1) with sign λ = sign c_u and e·u = 1, exists; the leading eigenvector (c_u > 0) is
+    # e2 ⟂ u — it refutes a "leading eigenvector" reading only
+    u = _t([1.0, 0.0])
+    spec = operator_spectrum(reduced_operator(torch.diag(_t([1.0, 100.0])), u, _t([c_u, 3.0]), 1.0), u)
+    expected = c_u * SQ / 2 * _t([100.0, 2.0])
+    order = [0, 1] if c_u > 0 else [1, 0]
+    torch.testing.assert_close(spec.values, expected[order])
+    k = order.index(1)  # the mode along e1
+    assert float(spec.alignment[k]) == 1.0 and math.copysign(1.0, float(spec.values[k])) == c_u / abs(c_u)
+    if c_u > 0:
+        assert float(spec.alignment[0]) == 0.0 and float(spec.values[k]) > 0
 
 
 def test_alignment_rate_matches_the_simulated_iteration_when_non_leading_modes_are_equal():
     d, tau, eta = 5, 0.2, 0.03
     u = torch.eye(d, dtype=F64)[0]
-    M = reduced_operator(torch.eye(d, dtype=F64), u, tau)
+    M = reduced_operator(torch.eye(d, dtype=F64), u, u, tau)
     th0 = _t([0.05, 1.0, -0.5, 0.3, 0.2])
     ratio = alignment_ratio(linear_iteration(M, th0, eta, 200), u)
     rho = alignment_rate(M, eta)
@@ -224,7 +262,7 @@ def test_alignment_rate_matches_the_simulated_iteration_when_non_leading_modes_a
 def test_alignment_rate_bounds_and_asymptotics_in_general():
     cov = _t([[2.0, 0.6, 0.0], [0.6, 1.0, 0.3], [0.0, 0.3, 0.5]])
     u, tau, eta = _t([1.0, 0.5, -1.0]), 0.3, 0.02
-    M = reduced_operator(cov, u, tau)
+    M = reduced_operator(cov, u, u / u.norm(), tau)
     spec = operator_spectrum(M, u)
     e1 = spec.vectors[:, 0]
     th = linear_iteration(M, _t([0.1, 1.0, 1.0]), eta, 150)
@@ -303,15 +341,17 @@ def test_bad_input():
     with pytest.raises(ValueError, match="invertible"):
         singular.linearisation(0.5).fixed_point()
     with pytest.raises(ValueError, match="nonzero separator"):
-        reduced_operator(e, z, 0.1)
+        reduced_operator(e, z, e[0], 0.1)
     with pytest.raises(ValueError, match="σ_u² = uᵀΣu > 0"):
-        reduced_operator(torch.diag(_t([0.0, 1.0, 1.0])), e[0], 0.1)
+        reduced_operator(torch.diag(_t([0.0, 1.0, 1.0])), e[0], e[0], 0.1)
     with pytest.raises(ValueError, match="must be an odd function"):
-        reduced_operator(e, e[0], 0.1, lambda t: t ** 2)
+        reduced_operator(e, e[0], e[0], 0.1, lambda t: t ** 2)
     with pytest.raises(ValueError, match="'sign', 'tanh' or an odd callable"):
-        reduced_operator(e, e[0], 0.1, "relu")
+        reduced_operator(e, e[0], e[0], 0.1, "relu")
     with pytest.raises(ValueError, match="'tau' parameter of reduced_operator must be a float in \\(0, inf\\)"):
-        reduced_operator(e, e[0], -1.0)
+        reduced_operator(e, e[0], e[0], -1.0)
+    with pytest.raises(ValueError, match="'contrast' parameter of reduced_operator must be a 1-d array of shape"):
+        reduced_operator(e, e[0], _t([1.0, 0.0]), 0.1)
     with pytest.raises(ValueError, match="1 \\+ η·λ_i > 0"):
         alignment_rate(torch.diag(_t([1.0, -3.0])), 0.5)
     with pytest.raises(ValueError, match="symmetric"):

@@ -9,7 +9,8 @@ import math
 
 import torch
 
-__all__ = ["sign_moments", "split_on_score", "drift_at_balance", "hessian_at_balance", "reduced_closed_form"]
+__all__ = ["sign_moments", "split_on_score", "drift_at_balance", "hessian_at_balance", "contrast_on_separator",
+           "reduced_closed_form"]
 
 
 def sign_moments(sigma_u: float) -> tuple[float, float]:
@@ -46,7 +47,15 @@ def hessian_at_balance(cov, delta, tau) -> torch.Tensor:
     return (float(delta @ sd) * cov + 2.0 * torch.outer(sd, sd)) / (8.0 * tau ** 2)
 
 
-def reduced_closed_form(cov, u, m1: float, m3: float, tau: float) -> torch.Tensor:
-    r"""Lemma 6.1 in matrix form: :math:`M = \frac{1}{2\tau}[E[T^3 r(T)]\,kk^\top + E[T r(T)]\,C_R]`."""
+def contrast_on_separator(c, u) -> float:
+    r"""The teacher contrast's projection on the separator, :math:`c_u = c\cdot u/|u|` (paper §6; its sign is the
+    sign of M, (6.8)). ``c``, ``u`` of shape ``(d,)``; exactly 0 when :math:`|c\cdot u| \le 10^{-12}|c|\,|u|`
+    (rounding), so that Prop. 6.3's hypothesis :math:`c_u \ne 0` is decided without noise."""
+    cu, scale = float(c @ u), float(c.norm()) * float(u.norm())
+    return 0.0 if abs(cu) <= 1e-12 * scale else cu / float(u.norm())
+
+
+def reduced_closed_form(cov, u, c_u: float, m1: float, m3: float, tau: float) -> torch.Tensor:
+    r"""Lemma 6.1 in matrix form: :math:`M = \frac{c_u}{2\tau}[E[T^3 r(T)]\,kk^\top + E[T r(T)]\,C_R]`."""
     _, k, CR = split_on_score(cov, u)
-    return (m3 * torch.outer(k, k) + m1 * CR) / (2.0 * tau)
+    return c_u * (m3 * torch.outer(k, k) + m1 * CR) / (2.0 * tau)

@@ -13,22 +13,14 @@ import math
 import numpy as np
 import torch
 
-from .._validate import check_grid, fail
+from .._validate import check_float, check_grid, fail
 from ..model.laws import Gaussian
 from ..model.routers import LinearRouter, check_pair
-from .normal import (
-    ABSEPS,
-    condition_on_score,
-    gaussian_components,
-    interval_mass,
-    linear_moments,
-    orthant_probability,
-    phi,
-    score_law,
-    to_numpy,
-)
+from .normal import (ABSEPS, gauss_legendre, gaussian_components, interval_mass, linear_moments,
+                     orthant_probability, orthant_with_bound, phi, score_law, to_numpy)
 
-__all__ = ["PAIRWISE_MAX_K", "pair_score", "pair_density_at_zero", "boundary_mass_exact", "interface_constant_exact",
+__all__ = ["PAIRWISE_MAX_K", "COAREA_FORM_WIDTH", "pair_score", "pair_density_at_zero", "boundary_mass_exact",
+           "boundary_mass_closed", "interface_constant_exact", "interface_constant_closed",
            "flip_probability_exact"]
 
 
@@ -114,7 +106,20 @@ def boundary_mass_exact(router, law, widths, kind: str = "top2", *, abseps: floa
 
     K! orthant probabilities (K ≤ 6). Mixtures: the weighted sum over components. A singular C (e.g.
     the gauge :math:`\sum_k a_k = 0`, or d < K − 1) is handled (:func:`orthant_probability`).
-    Accuracy: about 1e-14 for K ≤ 3 or logits of rank ≤ 2 (e.g. d ≤ 2); about ``abseps`` (1e-6) otherwise.
+    Small widths [beyond]: the complement form loses β(w) ≈ 2wC_Σ to the absolute error of Genz's algorithm
+    (about ``abseps`` per orthant), so for K ≥ 3 and :math:`w \le w_c` (:data:`COAREA_FORM_WIDTH` times the
+    smallest standard deviation of a score difference) the coarea form is used instead, which has no
+    cancellation:
+
+    .. math:: \beta(w) = \sum_{i<j} \int_{-w}^{w} \psi_{ij}(t)\,
+              P\big(A_k < \min(A_i, A_j)\ \ \forall k \ne i, j \;\big|\; g_{ij}(X) = t\big)\,dt,
+
+    by 8-point Gauss–Legendre in t (the integrand is analytic on a scale of the score's standard deviation,
+    so the rule is exact to rounding for such w); each conditional probability is a (K−2)-dimensional orthant
+    probability of the conditional Gaussian law. The absolute error of either form is bounded by
+    :func:`boundary_mass_closed` (0 where no Genz integration is involved).
+    Accuracy: about 1e-14 for K ≤ 3 or logits of rank ≤ 2 (e.g. d ≤ 2); otherwise about ``abseps`` (1e-6)
+    absolutely (complement form) or relatively (coarea form).
 
     Args:
         router: a :class:`~softhard.model.routers.LinearRouter` (weight ``(K, d)``).
@@ -125,17 +130,27 @@ def boundary_mass_exact(router, law, widths, kind: str = "top2", *, abseps: floa
     Returns:
         ``numpy`` array of shape ``(W,)``.
     """
-    where = "boundary_mass_exact"
+    return boundary_mass_closed(router, law, widths, kind, abseps, "boundary_mass_exact")[0]
+
+
+COAREA_FORM_WIDTH = 0.05  # w below this times the smallest score sd: β by the coarea form (no cancellation)
+
+
+def boundary_mass_closed(router, law, widths, kind: str = "top2", abseps: float = ABSEPS,
+                         where: str = "boundary_mass_exact") -> tuple[np.ndarray, np.ndarray, list[str]]:
+    """``(β (W,), absolute error bounds (W,), form per width)`` of :func:`boundary_mass_exact`."""
     router = _linear_router(router, where)
     comps = _components(router, law, where)
     w = to_numpy(check_grid(widths, "widths", where, low=0.0))
+    abseps = check_float(abseps, "abseps", where, 0.0, 0.1, high_open=False)
     K = router.num_experts
     if kind not in ("top2", "pairwise"):
         fail("kind", where, "one of ('top2', 'pairwise')", kind)
     if kind == "pairwise" and K > PAIRWISE_MAX_K:
         fail("kind", where, f"'top2' for K > {PAIRWISE_MAX_K} experts (the pairwise form sums K! orthant "
              "probabilities)", kind)
-    out = np.zeros_like(w)
+    out, bound = np.zeros_like(w), np.zeros_like(w)
+    forms = ["binary (3.11)" if K == 2 else "complement"] * len(w)
     for weight, comp in comps:
         M, C = _logit_law(router, comp)
         if K == 2:
@@ -143,9 +158,84 @@ def boundary_mass_exact(router, law, widths, kind: str = "top2", *, abseps: floa
             continue
         rows = [_winner_differences(K, k) for k in range(K)] if kind == "top2" else [
             _differences(K, order) for order in itertools.permutations(range(K))]
-        for i, wi in enumerate(w):
-            out[i] += weight * (1.0 - sum(orthant_probability(E @ M, E @ C @ E.T, wi, abseps=abseps) for E in rows))
-    return np.clip(out, 0.0, 1.0)
+        pair_sd = min(math.sqrt(max(C[i, i] + C[j, j] - 2 * C[i, j], 0.0)) for i, j in itertools.combinations(range(K), 2))
+        for q, wq in enumerate(w):
+            if kind == "top2" and 0.0 < wq <= COAREA_FORM_WIDTH * pair_sd:
+                v, e = _coarea_form(M, C, float(wq), abseps, where)
+                forms[q] = "coarea"
+            else:
+                parts = [orthant_with_bound(E @ M, E @ C @ E.T, wq, abseps=abseps, where=where) for E in rows]
+                v, e = 1.0 - sum(p for p, _ in parts), sum(err for _, err in parts)
+            out[q] += weight * v
+            bound[q] += weight * e
+    return np.clip(out, 0.0, 1.0), bound, forms
+
+
+def _pair_slices(M: np.ndarray, C: np.ndarray, where: str):
+    r"""For each pair (i, j) of logits ``A ~ N(M, C)``: ``(m_g, s, law_at)`` with :math:`g_{ij} = A_i - A_j \sim
+    N(m_g, s^2)` and ``law_at(t) -> (E M_t, E C_t Eᵀ)``, the law of :math:`\min(A_i, A_j) - A_k` (k ∉ {i, j})
+    given :math:`g_{ij} = t`, from :math:`A \mid g = t \sim N(M + Cv(t - m_g)/s^2,\ C - Cvv^\top C/s^2)`."""
+    K = len(M)
+    for i, j in itertools.combinations(range(K), 2):
+        v = np.zeros(K)
+        v[i], v[j] = 1.0, -1.0
+        Cv = C @ v
+        m_g, s2 = float(v @ M), float(v @ Cv)
+        if not s2 > 0.0:
+            fail("router", where, "a router whose score differences g_ij have non-degenerate laws (vᵀSv > 0)",
+                 f"pair {(i, j)} with vᵀSv = 0")
+        Cc = C - np.outer(Cv, Cv) / s2
+        others = [k for k in range(K) if k not in (i, j)]
+
+        def law_at(t, Cv=Cv, Cc=Cc, m_g=m_g, s2=s2, i=i, j=j, others=others):
+            E = np.zeros((len(others), K))
+            E[:, j if t >= 0 else i] = 1.0  # the smaller of A_i, A_j given A_i - A_j = t
+            E[np.arange(len(others)), others] = -1.0
+            return E @ (M + Cv * (t - m_g) / s2), E @ Cc @ E.T
+
+        yield m_g, math.sqrt(s2), law_at
+
+
+def _conditional_abseps(M, C, scale: float, abseps: float) -> float:
+    """Absolute accuracy asked of each conditional orthant probability so that, weighted by a total mass
+    ``scale`` of the densities, the sum stays within ``abseps`` (at most 1e-4, at least ``abseps``)."""
+    return float(min(1e-4, max(abseps, abseps / max(scale, 1e-300))))
+
+
+def _coarea_form(M: np.ndarray, C: np.ndarray, w: float, abseps: float, where: str) -> tuple[float, float]:
+    """β(w) of one Gaussian component with logits ``A ~ N(M, C)`` by the coarea form (see
+    :func:`boundary_mass_exact`) and its absolute error bound."""
+    x, gw = gauss_legendre(8)
+    pairs = list(_pair_slices(M, C, where))
+    scale = sum(2 * w * float(phi(m_g / s)) / s for m_g, s, _ in pairs) * 1.5
+    eps = _conditional_abseps(M, C, scale, abseps)
+    total, err = 0.0, 0.0
+    for m_g, s, law_at in pairs:
+        for tk, wk in zip(w * x, w * gw):
+            p, e = orthant_with_bound(*law_at(float(tk)), 0.0, abseps=eps) if len(M) > 2 else (1.0, 0.0)
+            dens = wk * float(phi((tk - m_g) / s)) / s
+            total += dens * p
+            err += dens * e
+    return total, err
+
+
+def interface_constant_closed(router, law, abseps: float = ABSEPS,
+                              where: str = "interface_constant_exact") -> tuple[float, float]:
+    """``(C_Σ, absolute error bound)`` of :func:`interface_constant_exact`."""
+    router = _linear_router(router, where)
+    comps = _components(router, law, where)
+    abseps = check_float(abseps, "abseps", where, 0.0, 0.1, high_open=False)
+    total, err = 0.0, 0.0
+    for weight, comp in comps:
+        M, C = _logit_law(router, comp)
+        pairs = list(_pair_slices(M, C, where))
+        psis = [float(phi(m_g / s)) / s for m_g, s, _ in pairs]
+        eps = _conditional_abseps(M, C, sum(psis), abseps)
+        for psi, (_, _, law_at) in zip(psis, pairs):
+            p, e = orthant_with_bound(*law_at(0.0), 0.0, abseps=eps) if len(M) > 2 else (1.0, 0.0)
+            total += weight * psi * p
+            err += weight * psi * e
+    return total, err
 
 
 def _binary_mass(m_g: float, s: float, w: np.ndarray) -> np.ndarray:
@@ -164,28 +254,12 @@ def interface_constant_exact(router, law, *, abseps: float = ABSEPS) -> float:
     .. math:: \int_{\Gamma_{ij}} \frac{p}{|\nabla g_{ij}|}\, dH^{d-1}
               = \psi_{ij}(0)\; P\big(A_i - A_k > 0\ \ \forall k \ne i, j \;\big|\; g_{ij}(X) = 0\big),
 
-    a (K−2)-dimensional orthant probability of the conditional Gaussian law (condition_on_score).
-    Mixtures: the weighted sum over components.
+    a (K−2)-dimensional orthant probability of the conditional Gaussian law, computed in logit space
+    (:math:`A \mid g_{ij} = 0`). Mixtures: the weighted sum over components. Each conditional orthant is asked
+    for the accuracy that keeps the total within ``abseps`` (:func:`interface_constant_closed` returns the
+    bound).
     """
-    where = "interface_constant_exact"
-    router = _linear_router(router, where)
-    comps = _components(router, law, where)
-    K = router.num_experts
-    total = 0.0
-    for weight, comp in comps:
-        for i, j in itertools.combinations(range(K), 2):
-            v, c = pair_score(router, (i, j))
-            m_g, s = score_law(v, c, comp)
-            if s == 0.0:
-                fail("router", where, "a router whose scores g_ij have non-degenerate laws (vᵀSv > 0)",
-                     f"pair {(i, j)} with vᵀSv = 0")
-            psi = float(phi(m_g / s)) / s
-            if K > 2:
-                M, C = _logit_law(router, condition_on_score(comp, v, c, 0.0))
-                E = _winner_differences(K, i)[[r for r, k in enumerate(q for q in range(K) if q != i) if k != j]]
-                psi *= orthant_probability(E @ M, E @ C @ E.T, 0.0, abseps=abseps)
-            total += weight * psi
-    return total
+    return interface_constant_closed(router, law, abseps)[0]
 
 
 def flip_probability_exact(router, other, law, *, abseps: float = ABSEPS) -> float:

@@ -5,8 +5,12 @@ hyperplane) and a region :math:`\{Ax + \alpha > 0\}`, :func:`region_moments` com
 :math:`T = E[\tilde x\otimes\tilde x\otimes\tilde x\, 1_{region}]`, :math:`\tilde x = (x, 1)`, shape ``(d+1,)*3``;
 it holds every moment up to order 3 (``T[..., d]`` the second, ``T[:, d, d]`` the first, ``T[d, d, d]`` the
 mass). In z the constraints read :math:`(AL)z + (Am + \alpha) > 0`; their normals span q ≤ 2 directions Q
-(else :class:`SpanError`), :math:`z = Qu + Pw` with w ⟂ u independent, so only the q-dimensional u is
-truncated:
+(else :class:`SpanError`; normals whose relative singular value is below 1e-12 count as parallel, an
+absolute error of at most ~1e-12), :math:`z = Qu + Pw` with w ⟂ u independent, so only the q-dimensional u
+is truncated. A constraint constant on the support (:math:`|AL| \le 10^{-11}|A|\,|L|`) is decided by its
+value; that needs L to be rank revealing (exact zero columns where the law is degenerate, as
+:class:`softhard.model.laws.Gaussian` makes them), else a rounding-level column makes it look variable.
+
 
 - q = 1: an interval, :math:`\int t^k\varphi = [-t^{k-1}\varphi]_{lo}^{hi} + (k-1)\int t^{k-2}\varphi`
   (closed form, :func:`softhard.closed.normal.interval_moments`);
@@ -99,7 +103,7 @@ def region_moments(mean: np.ndarray, L: np.ndarray, A: np.ndarray, alpha: np.nda
     Az, off = Az / nrm[:, None], off / nrm
     if len(Az):
         _, sv, Vt = np.linalg.svd(Az)
-        q = int((sv > 1e-9 * sv[0]).sum())
+        q = int((sv > 1e-12 * sv[0]).sum())
     else:
         Vt, q = np.eye(r), 0
     if q > 2:

@@ -25,12 +25,12 @@ import numpy as np
 import torch
 from scipy import special
 
-from .._validate import as_tensor, fail
+from .._validate import as_tensor, check_float, fail
 from ..model.laws import Gaussian, GaussianMixture
 
 __all__ = ["SQRT2PI", "ABSEPS", "phi", "normal_cdf", "interval_mass", "gauss_legendre", "quadrature",
            "to_numpy", "gaussian_components", "linear_moments", "score_law", "condition_on_score",
-           "orthant_probability", "interval_moments"]
+           "orthant_probability", "orthant_with_bound", "interval_moments"]
 
 SQRT2PI = math.sqrt(2 * math.pi)
 ABSEPS = 1e-6  # absolute accuracy asked of Genz's algorithm (scipy.stats.multivariate_normal.cdf)
@@ -72,8 +72,8 @@ def gauss_legendre(m: int, like: torch.Tensor | None = None):
     x, w = _leggauss(m)
     if like is None:
         return x, w
-    return (torch.as_tensor(x, dtype=like.dtype, device=like.device),
-            torch.as_tensor(w, dtype=like.dtype, device=like.device))
+    return (torch.tensor(x, dtype=like.dtype, device=like.device),
+            torch.tensor(w, dtype=like.dtype, device=like.device))
 
 
 def quadrature(lo: float, hi: float, breaks, m: int = 24) -> tuple[np.ndarray, np.ndarray]:
@@ -99,9 +99,12 @@ def gaussian_components(law, where: str) -> list[tuple[float, Gaussian]]:
 
 
 def linear_moments(weight: torch.Tensor, bias: torch.Tensor, law: Gaussian) -> tuple[torch.Tensor, torch.Tensor]:
-    r"""Mean ``(K,)`` and covariance ``(K, K)`` of :math:`A = W X + b` for ``X ~ N(m, S)``: ``(W m + b, W S Wᵀ)``."""
-    W = weight.to(law.mean)
-    return W @ law.mean + bias.to(law.mean), W @ law.cov @ W.T
+    r"""Mean ``(K,)`` and covariance ``(K, K)`` of :math:`A = W X + b` for ``X ~ N(m, S)``: ``(W m + b, W S Wᵀ)``,
+    computed in float64 (whatever the dtypes of the router and the law) and symmetrised."""
+    f64 = torch.float64
+    W, m, S = weight.detach().to(f64), law.mean.to(f64), law.cov.to(f64)
+    C = W @ S @ W.T
+    return W @ m + bias.detach().to(f64), 0.5 * (C + C.T)
 
 
 def score_law(v: torch.Tensor, c: float, law: Gaussian) -> tuple[float, float]:
@@ -138,7 +141,14 @@ def orthant_probability(mean, cov, low, closed=None, abseps: float = ABSEPS) -> 
     randomised lattice rules with absolute error ``abseps`` and a fixed generator beyond, so the
     result is deterministic; singular covariances of rank ≥ 3 converge slowly, seconds per call).
     """
-    where = "orthant_probability"
+    return orthant_with_bound(mean, cov, low, closed, abseps)[0]
+
+
+def orthant_with_bound(mean, cov, low, closed=None, abseps: float = ABSEPS,
+                       where: str = "orthant_probability") -> tuple[float, float]:
+    """:func:`orthant_probability` and a bound on its absolute error: 0 where the result is exact to rounding
+    (at most two free components, or rank ≤ 2), ``abseps`` where Genz's algorithm integrates."""
+    abseps = check_float(abseps, "abseps", where, 0.0, 0.1, high_open=False)
     m, C = to_numpy(as_tensor(mean, "mean", where)), to_numpy(as_tensor(cov, "cov", where))
     if m.ndim != 1 or m.size < 1 or not np.isfinite(m).all():
         fail("mean", where, "a finite array of shape (q,)", m)
@@ -156,23 +166,24 @@ def orthant_probability(mean, cov, low, closed=None, abseps: float = ABSEPS) -> 
     tol = 1e-12 * scale
     ok = (m > low + tol) | (closed & (m >= low - tol))
     if np.any(fixed & ~ok):
-        return 0.0
+        return 0.0, 0.0
     keep = ~fixed
     if not keep.any():
-        return 1.0
+        return 1.0, 0.0
     m, C, low, sd = m[keep], C[np.ix_(keep, keep)], low[keep], sd[keep]
     if m.size == 1:
-        return float(normal_cdf((m[0] - low[0]) / sd[0]))
+        return float(normal_cdf((m[0] - low[0]) / sd[0])), 0.0
     lam, V = np.linalg.eigh(C)
     big = lam > 1e-12 * lam.max()
     if big.sum() <= 2 and big.sum() < m.size:  # singular: Z = m + L ξ with ξ ~ N(0, I_r), r <= 2, exactly
         L = V[:, big] * np.sqrt(lam[big])
-        return _polygon_probability(L, low - m) if L.shape[1] == 2 else _interval_probability(L[:, 0], low - m)
+        p = _polygon_probability(L, low - m) if L.shape[1] == 2 else _interval_probability(L[:, 0], low - m)
+        return p, 0.0
     from scipy.stats import multivariate_normal  # slow to import: only where Genz is needed
 
     p = multivariate_normal.cdf(-low, mean=-m, cov=C, allow_singular=True, abseps=abseps, releps=0.0,
-                                      rng=np.random.default_rng(0))
-    return float(np.clip(p, 0.0, 1.0))
+                                rng=np.random.default_rng(0))
+    return float(np.clip(p, 0.0, 1.0)), (0.0 if m.size == 2 else abseps)
 
 
 def _interval_probability(l: np.ndarray, c: np.ndarray) -> float:

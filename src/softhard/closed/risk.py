@@ -28,7 +28,7 @@ from .boundary import pair_score
 from .normal import gaussian_components, normal_cdf, phi, quadrature, score_law, to_numpy
 
 __all__ = ["LN2", "GAP_CONSTANT", "ENTROPY_CONSTANT", "TAIL_TAU", "g1_bracket", "g1_half_bracket",
-           "is_binary_linear_gaussian", "risk_exact", "risk_gap_exact", "gap_slope_exact"]
+           "is_binary_linear_gaussian", "risk_exact", "risk_gap_exact", "gap_slope_exact", "gate_entropy_exact"]
 
 LN2 = math.log(2.0)  # ∫_0^∞ σ(-u) du
 GAP_CONSTANT = 2 * LN2 - 1  # ∫_R (1{u>0} - σ(u))² du
@@ -289,3 +289,37 @@ def gap_slope_exact(moe, law, teacher=None) -> float:
     """
     slices, _ = _slices(moe, law, teacher, "gap_slope_exact")
     return float(sum(w * s.slope() for w, s in slices))
+
+
+def gate_entropy_exact(router, law, taus) -> np.ndarray:
+    r"""Mean binary gate entropy :math:`E[H(\sigma(g(X)/\tau))]` (nats) of a binary linear router under a Gaussian
+    (mixture) law, by 1-d quadrature against the density ψ of :math:`g = a_1 - a_2` (3.8):
+
+    .. math:: E[H(\pi^\tau)] = \int \psi(t)\, H(\sigma(t/\tau))\,dt, \qquad
+              H(\sigma(u)) = \sigma(u)\log(1 + e^{-u}) + \sigma(-u)\log(1 + e^{u}),
+
+    split at 0, :math:`\pm\tau 2^k` (k ≤ 6) and :math:`m_g \pm k s`, cut at :math:`|t| = 64\tau`
+    (:math:`H(\sigma(u)) < 65 e^{-64}` beyond). Its first-order limit is :math:`\tau\,\frac{\pi^2}{3}\,\psi(0)`.
+
+    Returns:
+        ``numpy`` array of shape ``(T,)``.
+    """
+    where = "gate_entropy_exact"
+    if not isinstance(router, LinearRouter) or router.num_experts != 2:
+        fail("router", where, "a binary LinearRouter (the closed form integrates over the one score g)",
+             type(router).__name__, TypeError)
+    t = to_numpy(check_grid(taus, "taus", where, low=0.0, low_open=True))
+    v, c = pair_score(router, (0, 1))
+    out = np.zeros_like(t)
+    for w, comp in gaussian_components(law, where):
+        m_g, s = score_law(v, c, comp)
+        for q, tau in enumerate(t):
+            lo, hi = max(m_g - TAIL_SD * s, -TAIL_TAU * tau), min(m_g + TAIL_SD * s, TAIL_TAU * tau)
+            if lo >= hi:
+                continue
+            layer = tau * 2.0 ** np.arange(7)
+            x, wt = quadrature(lo, hi, np.concatenate([[0.0], layer, -layer, m_g + s * np.arange(-TAIL_SD, TAIL_SD + 1)]))
+            u = x / tau
+            H = special.expit(u) * np.logaddexp(0.0, -u) + special.expit(-u) * np.logaddexp(0.0, u)
+            out[q] += w * float(wt @ (phi((x - m_g) / s) / s * H))
+    return out

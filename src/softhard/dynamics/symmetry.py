@@ -13,9 +13,11 @@ What is here (derivations: ``docs/symmetry.md``):
   (the one reducer, :func:`softhard.estimators.reducer.monte_carlo`) and exactly (:meth:`TwoExpertGaussian.exact`:
   Gaussian conditioning on the plane of (θ·X, u·X) and two-dimensional Gauss–Legendre quadrature);
   the exact linearisation at θ = 0 (:meth:`TwoExpertGaussian.linearisation`, closed form).
-- the paper's reduced operator M (6.6), Lemmas 6.1/6.2 (:func:`reduced_operator`, Monte Carlo check
-  :func:`reduced_operator_mc`), its spectrum (Prop. 6.3, :func:`operator_spectrum`), the linearised
-  iteration (6.7) (:func:`linear_iteration`) and the alignment rate (6.9)–(6.12) (:func:`alignment_rate`).
+- the paper's reduced operator M (6.6), scaled by the teacher contrast's projection on the separator
+  :math:`c_u = c\cdot u/|u|`, Lemmas 6.1/6.2 (:func:`reduced_operator`, Monte Carlo check
+  :func:`reduced_operator_mc`), its spectrum (Prop. 6.3 — hypothesis :math:`c_u \ne 0` —,
+  :func:`operator_spectrum`), the linearised iteration (6.7) (:func:`linear_iteration`) and the alignment
+  rate (6.9)–(6.12) (:func:`alignment_rate`).
 - full-batch router-only gradient descent on one fixed sample (:func:`train_router`, the §7.3 diagnostic).
 
 Its Gaussian-moment closed forms live in :mod:`softhard.closed` (``split_on_score``, ``sign_moments``,
@@ -33,7 +35,13 @@ import numpy as np
 import torch
 
 from .._validate import DTYPE, as_tensor, check_finite, check_float, check_grid, check_inputs, check_int, fail
-from ..closed.balance import drift_at_balance, hessian_at_balance, reduced_closed_form, sign_moments
+from ..closed.balance import (
+    contrast_on_separator,
+    drift_at_balance,
+    hessian_at_balance,
+    reduced_closed_form,
+    sign_moments,
+)
 from ..estimators.reducer import Estimate, monte_carlo
 from ..model.laws import Gaussian
 
@@ -461,58 +469,69 @@ def _response(response, tau: float, sigma_u: float, where: str) -> Callable | No
     return response
 
 
-def _operator_inputs(cov, u, tau, where):
+def _operator_inputs(cov, u, contrast, tau, where):
     u = _vector(u, "u", where)
     if float(u.norm()) == 0.0:
         fail("u", where, "a nonzero separator (|u| > 0)", u)
+    c = _vector(contrast, "contrast", where, u.shape[0])
     cov = Gaussian(torch.zeros(u.shape[0], dtype=DTYPE), as_tensor(cov, "cov", where, dtype=DTYPE)).cov
     var = float(u @ cov @ u)
     if var <= 1e-12 * float(u @ u) * max(1.0, float(cov.abs().max())):
         fail("cov", where, "such that σ_u² = uᵀΣu > 0 (Lemma 6.1 divides by it)", f"uᵀΣu = {var:.3g}")
-    return cov, u, _tau(tau, where), math.sqrt(var)
+    c_u = contrast_on_separator(c, u)
+    if c_u == 0.0:
+        warnings.warn(f"{where}: Prop. 6.3's hypothesis fails — the teacher contrast has no projection on the "
+                      "separator (c·u = 0), so M = 0 and the reduced model predicts no growth, rate or limit "
+                      "direction of the router", RuntimeWarning, stacklevel=3)
+    return cov, u, c_u, _tau(tau, where), math.sqrt(var)
 
 
-def reduced_operator(cov, u, tau: float, response="sign") -> torch.Tensor:
+def reduced_operator(cov, u, contrast, tau: float, response="sign") -> torch.Tensor:
     r"""The reduced operator (6.6) in closed form (Lemma 6.1 [recon], Lemma 6.2), shape ``(d, d)``.
 
-    .. math:: M = \frac{1}{2\tau}E[\kappa(u\cdot X)XX^\top],\quad \kappa(t) = t\,r(t),\quad X\sim N(0,\Sigma);
+    .. math:: M = \frac{c_u}{2\tau}E[\kappa(u\cdot X)XX^\top],\quad \kappa(t) = t\,r(t),\quad
+              c_u = \frac{c\cdot u}{|u|},\quad X\sim N(0,\Sigma);
 
-    with :math:`T = u\cdot X`, :math:`\sigma_u^2 = u^\top\Sigma u`, :math:`X = (\Sigma u/\sigma_u^2)T + R`
-    (R independent of T), Lemma 6.1:
+    :math:`c_u`, the teacher contrast's projection on the separator, fixes the sign of M (6.8): M ⪰ 0 for
+    :math:`c_u > 0`, M ⪯ 0 for :math:`c_u < 0`, and M = 0 when :math:`c_u = 0` — where Prop. 6.3's hypothesis
+    fails and a ``RuntimeWarning`` says so. With :math:`T = u\cdot X`, :math:`\sigma_u^2 = u^\top\Sigma u`,
+    :math:`X = (\Sigma u/\sigma_u^2)T + R` (R independent of T), Lemma 6.1:
 
-    .. math:: v^\top Mv = \frac{1}{2\tau}\Big[\frac{(v^\top\Sigma u)^2}{\sigma_u^4}E[T^3r(T)]
+    .. math:: v^\top Mv = \frac{c_u}{2\tau}\Big[\frac{(v^\top\Sigma u)^2}{\sigma_u^4}E[T^3r(T)]
               + \Big(v^\top\Sigma v - \frac{(v^\top\Sigma u)^2}{\sigma_u^2}\Big)E[Tr(T)]\Big];
 
     for the sign response (Lemma 6.2)
-    :math:`M = \frac{\sqrt{2/\pi}}{2\tau}[\sigma_u\Sigma + \Sigma uu^\top\Sigma/\sigma_u]`.
+    :math:`M = \frac{c_u\sqrt{2/\pi}}{2\tau}[\sigma_u\Sigma + \Sigma uu^\top\Sigma/\sigma_u]`.
     For other responses the two moments are one-dimensional integrals (Gauss–Legendre, see
     ``docs/symmetry.md``).
 
     Args:
         cov: Σ, shape ``(d, d)``.
         u: teacher separator, shape ``(d,)``, with :math:`u^\top\Sigma u > 0`.
+        contrast: the teacher contrast c, shape ``(d,)`` (teacher experts :math:`(\beta_0 \pm c/2)\cdot x`).
         tau: temperature τ > 0.
         response: ``"sign"``, ``"tanh"`` (:math:`r(t) = \tanh(t/\tau)`) or an odd callable ``r`` mapping a
             tensor of t values to a tensor of the same shape (oddness is checked at a few points).
     """
     where = "reduced_operator"
-    cov, u, tau, s_u = _operator_inputs(cov, u, tau, where)
+    cov, u, c_u, tau, s_u = _operator_inputs(cov, u, contrast, tau, where)
     r = _response(response, tau, s_u, where)
     m1, m3 = sign_moments(s_u) if r is None else _odd_moments(r, s_u)
-    return reduced_closed_form(cov, u, m1, m3, tau)
+    return reduced_closed_form(cov, u, c_u, m1, m3, tau)
 
 
-def reduced_operator_mc(cov, u, tau: float, response="sign", n: int = 1 << 18, seed=0, **mc) -> Estimate:
-    r"""Monte Carlo estimate of M (6.6), :math:`\frac{1}{2\tau}\frac1n\sum_i \kappa(u\cdot X_i)X_iX_i^\top`,
+def reduced_operator_mc(cov, u, contrast, tau: float, response="sign", n: int = 1 << 18, seed=0,
+                        **mc) -> Estimate:
+    r"""Monte Carlo estimate of M (6.6), :math:`\frac{c_u}{2\tau}\frac1n\sum_i \kappa(u\cdot X_i)X_iX_i^\top`,
     an :class:`Estimate` of shape ``(d, d)`` (arguments as :func:`reduced_operator`)."""
     where = "reduced_operator_mc"
-    cov, u, tau, s_u = _operator_inputs(cov, u, tau, where)
+    cov, u, c_u, tau, s_u = _operator_inputs(cov, u, contrast, tau, where)
     r = _response(response, tau, s_u, where) or torch.sign
 
     def terms(x):
         t = x @ u.to(x)
         kappa = t * _response_values(r, t)
-        return (kappa / (2.0 * tau))[:, None, None] * x[:, :, None] * x[:, None, :]
+        return (c_u * kappa / (2.0 * tau))[:, None, None] * x[:, :, None] * x[:, None, :]
 
     return monte_carlo(terms, Gaussian(torch.zeros(u.shape[0], dtype=DTYPE), cov), n, seed, **mc)
 
@@ -539,11 +558,13 @@ def _symmetric(M, where: str) -> torch.Tensor:
 def operator_spectrum(M, u) -> Spectrum:
     r"""Spectrum of M with each eigenvector's alignment with u (Prop. 6.3).
 
-    Prop. 6.3: for a response with :math:`t\,r(t) \ge 0`, M ⪰ 0 and :math:`u^\top Mu > 0`, so some positive
-    eigenvalue has an eigenvector with :math:`e_i\cdot u \ne 0` — not necessarily the leading one
-    (Σ = diag(1, 100), u = e_1 gives M ∝ diag(2, 100); ``docs/symmetry.md`` §5), hence the alignment of every
-    eigenvector is returned. Eigenvector signs are fixed so that :math:`e_i\cdot u \ge 0`.
-    ``M (d, d)``, ``u (d,)``; values descending.
+    Prop. 6.3 (hypothesis: :math:`c_u \ne 0`): for a response with :math:`t\,r(t) \ge 0`,
+    :math:`u^\top Mu = c_u E[T^3 r(T)]/(2\tau)` has the sign of :math:`c_u`, so M has an eigenpair with
+    :math:`e_i\cdot u \ne 0` and :math:`\mathrm{sign}\,\lambda_i = \mathrm{sign}\,c_u` — for
+    :math:`c_u > 0` a growing mode (λ > 0) correlated with u. It need not be the leading one (Σ = diag(1, 100),
+    u = e_1 gives M ∝ c_u·diag(2, 100); ``docs/symmetry.md`` §5), hence the alignment of every eigenvector is
+    returned. (For :math:`c_u = 0`, M = 0 and nothing follows; :func:`reduced_operator` warns.) Eigenvector
+    signs are fixed so that :math:`e_i\cdot u \ge 0`. ``M (d, d)``, ``u (d,)``; values descending.
     """
     M = _symmetric(M, "operator_spectrum")
     u = _vector(u, "u", "operator_spectrum", M.shape[0])

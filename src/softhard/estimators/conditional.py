@@ -26,7 +26,7 @@ from ..closed.normal import gauss_legendre, interval_mass, phi
 from ..closed.risk import TAIL_TAU, g1_bracket
 from ..model.moe import MoE, hard_from
 from ..model.routers import LinearRouter
-from .reducer import Estimate
+from .reducer import Estimate, Sampling
 from .score_space import ScoreSpace, StandardDraws, gaussian_factors, pick_component, run_conditional, score_space
 
 __all__ = ["boundary_mass_linear", "risk_gap_linear", "gap_slope_linear"]
@@ -102,8 +102,8 @@ class _PairLines:
         return lo, torch.where(never, -math.inf, hi)
 
 
-def boundary_mass_linear(router: LinearRouter, law, widths: torch.Tensor, n: int, seed, sampling: str = "qmc",
-                         **mc) -> Estimate:
+def boundary_mass_linear(router: LinearRouter, law, widths: torch.Tensor, opts: Sampling,
+                         sampling: str = "qmc") -> Estimate:
     r"""Conditional estimate of β(w) (2.13) for a K-expert linear router under a Gaussian (mixture) law.
 
     .. math:: \beta(w) = \sum_{i<j} E_\alpha\big[\Phi(\min(u, \tfrac{w - m_g}{s}))
@@ -125,7 +125,7 @@ def boundary_mass_linear(router: LinearRouter, law, widths: torch.Tensor, n: int
     def terms(d):
         return pl.per_component(d, component)
 
-    return run_conditional(terms, pl.draws, n, seed, sampling, "boundary_mass", mc, {"estimator": "pairwise conditioning"})
+    return run_conditional(terms, pl.draws, opts, sampling, {"estimator": "pairwise conditioning"})
 
 
 def _winner(a: torch.Tensor, slope: torch.Tensor, side: float) -> torch.Tensor:
@@ -136,8 +136,8 @@ def _winner(a: torch.Tensor, slope: torch.Tensor, side: float) -> torch.Tensor:
     return torch.where(tied, side * slope, -math.inf).argmax(-1)
 
 
-def risk_gap_linear(moe: MoE, law, taus: torch.Tensor, teacher, space: ScoreSpace, n: int, seed,
-                    sampling: str = "qmc", **mc) -> Estimate:
+def risk_gap_linear(moe: MoE, law, taus: torch.Tensor, teacher, space: ScoreSpace, opts: Sampling,
+                    sampling: str = "qmc") -> Estimate:
     r"""Conditional estimate of :math:`L_\tau - L_0` (2.5), (2.11) for a linear router with linear experts
     (and a hard linear teacher) under a Gaussian (mixture) law, on a grid of temperatures ``taus (T,)``.
 
@@ -187,12 +187,10 @@ def risk_gap_linear(moe: MoE, law, taus: torch.Tensor, teacher, space: ScoreSpac
         lo, hi = pl.interval(k, y, tau)
         return sum(pair_terms(k, y, tau, lo, hi, p) for p in range(len(pl.pairs)))
 
-    return run_conditional(lambda d: pl.per_component(d, component), pl.draws, n, seed, sampling, "risk_gap", mc,
-                {"estimator": "pairwise conditioning + Gauss-Legendre in g"})
+    return run_conditional(lambda d: pl.per_component(d, component), pl.draws, opts, sampling, {"estimator": "pairwise conditioning + Gauss-Legendre in g"})
 
 
-def gap_slope_linear(moe: MoE, law, teacher, space: ScoreSpace, n: int, seed, sampling: str = "qmc",
-                     **mc) -> Estimate:
+def gap_slope_linear(moe: MoE, law, teacher, space: ScoreSpace, opts: Sampling, sampling: str = "qmc") -> Estimate:
     r"""Conditional estimate of :math:`G_1` (paper.md §3 [beyond]) for a K-expert linear router with linear
     experts (and a hard linear teacher) under a Gaussian (mixture) law:
 
@@ -227,5 +225,4 @@ def gap_slope_linear(moe: MoE, law, teacher, space: ScoreSpace, n: int, seed, sa
         on = (lo < t0) & (t0 < hi)
         return torch.where(on, phi(t0) / k["s"] * bracket, 0.0).sum(1)
 
-    return run_conditional(lambda d: pl.per_component(d, component), pl.draws, n, seed, sampling, "gap_slope", mc,
-                {"estimator": "pairwise conditioning"})
+    return run_conditional(lambda d: pl.per_component(d, component), pl.draws, opts, sampling, {"estimator": "pairwise conditioning"})

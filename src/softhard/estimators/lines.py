@@ -22,14 +22,13 @@ from dataclasses import dataclass
 
 import torch
 
-from .._validate import DTYPE, fail
+from .._validate import DTYPE
 from ..closed.normal import phi
 from ..closed.risk import g1_bracket
 from ..model.gates import top_two
-from ..model.laws import Gaussian, GaussianMixture
 from ..model.moe import HardTeacher, MoE, Teacher
 from ..model.routers import cast_to_module
-from .reducer import Estimate
+from .reducer import Estimate, Sampling
 from .score_space import StandardDraws, by_component, gaussian_factors, pick_component, run_conditional
 
 __all__ = ["crofton_constant", "coarea_lines", "boundary_mass_lines", "gap_slope_lines"]
@@ -269,26 +268,19 @@ class _Scan:
         return rows, _illinois(fn, torch.cat(LO), torch.cat(HI), torch.cat(VLO), torch.cat(VHI))
 
 
-def _line_draws_check(law, where: str):
-    if not isinstance(law, (Gaussian, GaussianMixture)):
-        fail("law", where, "a Gaussian or GaussianMixture for method='conditional' (lines through the law)",
-             type(law).__name__, TypeError)
-
-
-def _line_run(router, law, terms_of_lines, n, seed, sampling, where, mc, info) -> Estimate:
+def _line_run(router, law, terms_of_lines, opts: Sampling, sampling: str, info: dict) -> Estimate:
     """Reduce per-line terms ``terms_of_lines(lines) -> (N, ...)`` with the one reducer."""
-    _line_draws_check(law, where)
     lines = _Lines(router, law)
 
     def terms(d):
         lines.setup(d)
         return terms_of_lines(lines)
 
-    return run_conditional(terms, lines.draws, n, seed, sampling, where, mc,
-                {"estimator": "lines + Crofton weight", "grid": (_T_MAX, _GRID, _REFINE), **info})
+    return run_conditional(terms, lines.draws, opts, sampling,
+                           {"estimator": "lines + Crofton weight", "grid": (_T_MAX, _GRID, _REFINE), **info})
 
 
-def coarea_lines(router, law, pair: tuple[int, int], n: int, seed, sampling: str = "qmc", **mc) -> Estimate:
+def coarea_lines(router, law, pair: tuple[int, int], opts: Sampling, sampling: str = "qmc") -> Estimate:
     r"""Line estimate of the coarea constant :math:`\psi_{ij}(0)` (3.8) for any router under a Gaussian
     (mixture) law (module docstring, item 3; unbiased, no bandwidth):
 
@@ -304,10 +296,10 @@ def coarea_lines(router, law, pair: tuple[int, int], n: int, seed, sampling: str
         gn = lines.grad_norm(rows, tc, I, torch.full_like(rows, j))
         return _scatter(lines.x0.shape[0], rows, phi(tc) / (lines.kappa * gn))
 
-    return _line_run(router, law, terms, n, seed, sampling, "coarea_constant", mc, {})
+    return _line_run(router, law, terms, opts, sampling, {})
 
 
-def boundary_mass_lines(router, law, widths: torch.Tensor, n: int, seed, sampling: str = "qmc", **mc) -> Estimate:
+def boundary_mass_lines(router, law, widths: torch.Tensor, opts: Sampling, sampling: str = "qmc") -> Estimate:
     r"""Line estimate of β(w) (2.13) for any router under a Gaussian (mixture) law: with a level
     :math:`s = wU`, U ~ U(0, 1) (module docstring, item 3, applied to the level sets of Δ),
 
@@ -346,12 +338,11 @@ def boundary_mass_lines(router, law, widths: torch.Tensor, n: int, seed, samplin
         missed[0] += scan.missed
         return out
 
-    est = _line_run(router, law, terms, n, seed, sampling, "boundary_mass", mc, {})
-    est.info["unresolved_crossings"] = missed[0]
-    return est
+    est = _line_run(router, law, terms, opts, sampling, {})
+    return est.replace(info={"unresolved_crossings": missed[0]})
 
 
-def gap_slope_lines(moe: MoE, law, teacher: Teacher, n: int, seed, sampling: str = "qmc", **mc) -> Estimate:
+def gap_slope_lines(moe: MoE, law, teacher: Teacher, opts: Sampling, sampling: str = "qmc") -> Estimate:
     r"""Line estimate of :math:`G_1` (paper.md §3 [beyond]) for any MoE under a Gaussian (mixture) law:
 
     .. math:: G_1 = \frac1{\kappa_d} E\Big[\sum_{t_c} \frac{\varphi(t_c)}{|L^\top\nabla g_{ij}|}
@@ -384,9 +375,8 @@ def gap_slope_lines(moe: MoE, law, teacher: Teacher, n: int, seed, sampling: str
         bracket = g1_bracket(D, fp, hi_, fm, hj)
         return _scatter(N, rows, phi(tc) * bracket / (lines.kappa * lines.grad_norm(rows, tc, i, j)))
 
-    est = _line_run(moe.router, law, terms, n, seed, sampling, "gap_slope", mc, {})
-    est.info["unresolved_crossings"] = missed[0]
-    return est
+    est = _line_run(moe.router, law, terms, opts, sampling, {})
+    return est.replace(info={"unresolved_crossings": missed[0]})
 
 
 def _scatter(n: int, rows: torch.Tensor, v: torch.Tensor) -> torch.Tensor:

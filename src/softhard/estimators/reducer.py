@@ -24,12 +24,14 @@ sizes at which early stopping (``target_rel_error``) looks at all scramblings to
 
 from __future__ import annotations
 
+import dataclasses
 import itertools
 import math
 import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Callable
+import warnings
 
 import numpy as np
 import torch
@@ -37,16 +39,32 @@ import torch
 from .._validate import check_float, check_int, check_seed, fail
 from ..model.laws import as_law
 
-__all__ = ["Estimate", "Moments", "exact_estimate", "monte_carlo", "mean_estimate", "draw", "resolve_seed", "BLOCK"]
+__all__ = ["Estimate", "Moments", "Sampling", "sampling_options", "sample_mean", "TargetNotReached",
+           "DEFAULT_TARGET", "MAX_SAMPLES", "check_device", "monte_carlo", "mean_estimate", "draw", "resolve_seed", "BLOCK"]
 
 BLOCK = 1 << 14  # samples per RNG block: fixes the stream, so results depend on (seed, n) only
 
 
 @dataclass(frozen=True)
 class Estimate:
-    """A Monte Carlo estimate: ``value`` and ``stderr`` (floats, or arrays of one shape), ``n`` samples.
+    r"""An estimate: ``value`` and ``stderr`` (floats, or arrays of one shape) from ``n`` samples.
 
-    ``method`` names the estimator ("mc", "qmc", ...); ``seed`` is the integer seed used.
+    Attributes:
+        value, stderr: the estimate and its standard error (``stderr = 0`` for a closed form).
+        n: samples used (after any rounding, e.g. QMC's ``n`` is a multiple of its scramblings; 0 for a
+            closed form).
+        method: the estimator that produced it (``"exact"``, ``"conditional"``, ``"qmc"``, ``"mc"``, ...).
+        seed: the integer seed used (``None`` for a closed form).
+        info: details (closed form used, bandwidth, timing, requested ``n``, ...).
+        converged: ``False`` when a ``target_rel_error`` was asked and a budget or cap stopped the sampling
+            before every entry reached it (a warning says so too); ``True`` otherwise.
+        dof: degrees of freedom of ``stderr``: ``n − 1`` for i.i.d. sampling, ``R − 1`` for QMC with R
+            independent scramblings (whose standard error is the spread of R estimates), ``inf`` for a
+            closed form. Intervals use the Student-t quantile with ``dof`` degrees of freedom.
+        error_bound: a deterministic bound on the absolute error left by a closed form's numerical
+            integration (e.g. Genz's algorithm, ``abseps`` per orthant), 0 where the closed form is exact
+            to rounding; added to the half-width of :meth:`interval`.
+        target: the relative error that was asked (``None``: none).
     """
 
     value: np.ndarray | float
@@ -55,19 +73,63 @@ class Estimate:
     method: str = "mc"
     seed: int | None = None
     info: dict = field(default_factory=dict, compare=False, repr=False)
+    converged: bool = True
+    dof: float = math.inf
+    error_bound: np.ndarray | float = 0.0
+    target: float | None = None
+
+    @classmethod
+    def exact(cls, value, closed_form: str, error_bound=0.0, **info) -> "Estimate":
+        """A closed-form value (``stderr = 0``, ``n = 0``, method ``"exact"``) with its integration error bound."""
+        v = np.asarray(value, dtype=np.float64)
+        b = np.broadcast_to(np.asarray(error_bound, dtype=np.float64), v.shape)
+        return cls(_out(v), _out(np.zeros_like(v)), 0, "exact", None, {"closed_form": closed_form, **info},
+                   error_bound=_out(b))
 
     @property
     def rel_error(self):
-        """``stderr / |value|`` (inf where the value is 0)."""
+        """``stderr / |value|`` (0 where ``stderr`` is 0, inf where only the value is 0)."""
         with np.errstate(divide="ignore", invalid="ignore"):
             r = np.abs(np.asarray(self.stderr)) / np.abs(np.asarray(self.value))
         r = np.where(np.asarray(self.stderr) == 0, 0.0, r)
         return float(r) if np.ndim(r) == 0 else r
 
+    def multiplier(self, level: float = 0.95) -> float:
+        r"""Half-width of the ``level`` interval in standard errors: the Student-t quantile
+        :math:`t_{\nu}((1 + \text{level})/2)` with :math:`\nu` = ``dof`` (1.96 for large ``n`` at 95 %;
+        2.13 for QMC with 16 scramblings)."""
+        level = check_float(level, "level", "Estimate.multiplier", 0.0, 1.0)
+        from scipy.special import stdtrit, ndtri
+
+        q = 0.5 + level / 2
+        return float(ndtri(q)) if not math.isfinite(self.dof) else float(stdtrit(max(self.dof, 1.0), q))
+
+    def interval(self, level: float = 0.95):
+        """``(low, high)``: ``value ∓ (multiplier(level)·stderr + error_bound)`` (arrays for an array value)."""
+        half = self.multiplier(level) * np.asarray(self.stderr) + np.asarray(self.error_bound)
+        v = np.asarray(self.value)
+        return _out(v - half), _out(v + half)
+
+    def replace(self, **changes) -> "Estimate":
+        """A copy with some fields changed (``info`` is merged, not replaced)."""
+        if "info" in changes:
+            changes["info"] = {**self.info, **changes["info"]}
+        return dataclasses.replace(self, **changes)
+
+    def scaled(self, c: float) -> "Estimate":
+        """The estimate of ``c`` times the quantity (value, stderr and error bound scaled by ``|c|``)."""
+        return self.replace(value=_out(np.asarray(self.value) * c), stderr=_out(np.asarray(self.stderr) * abs(c)),
+                            error_bound=_out(np.asarray(self.error_bound) * abs(c)))
+
+    def __float__(self):
+        if np.ndim(self.value) != 0:
+            raise TypeError(f"float() of an Estimate with an array value of shape {np.shape(self.value)}")
+        return float(self.value)
+
     def __getitem__(self, idx) -> "Estimate":
         """The estimate of one entry (or a slice) of an array-valued estimate."""
-        v, s = np.asarray(self.value)[idx], np.asarray(self.stderr)[idx]
-        return Estimate(_out(v), _out(s), self.n, self.method, self.seed, dict(self.info))
+        pick = lambda a: _out(np.broadcast_to(np.asarray(a), np.shape(self.value))[idx])  # noqa: E731
+        return self.replace(value=pick(self.value), stderr=pick(self.stderr), error_bound=pick(self.error_bound))
 
     def __len__(self):
         return len(np.asarray(self.value))
@@ -75,21 +137,20 @@ class Estimate:
     def __format__(self, spec):
         if np.ndim(self.value) == 0:
             spec = spec or ".6g"
-            return f"{self.value:{spec}} ± {self.stderr:.2g} (n={self.n}, {self.method})"
+            if self.method == "exact":
+                bound = f" (±{self.error_bound:.1g})" if self.error_bound else ""
+                return f"{self.value:{spec}}{bound} (exact)"
+            flag = "" if self.converged else ", target not reached"
+            return f"{self.value:{spec}} ± {self.stderr:.2g} (n={self.n}, {self.method}{flag})"
         return repr(self)
 
     def as_dict(self) -> dict:
         """JSON-ready dict (lists for arrays)."""
         tolist = lambda a: np.asarray(a).tolist()  # noqa: E731
         return {"value": tolist(self.value), "stderr": tolist(self.stderr), "n": self.n, "method": self.method,
-                "seed": self.seed}
-
-
-def exact_estimate(value, where: str) -> Estimate:
-    """A closed-form value as an :class:`Estimate` (``stderr = 0``, ``n = 0``, method ``"exact"``)."""
-    v = np.asarray(value, dtype=np.float64)
-    return Estimate(float(v) if v.ndim == 0 else v, 0.0 if v.ndim == 0 else np.zeros_like(v), 0, "exact", None,
-                    {"closed_form": where})
+                "seed": self.seed, "converged": self.converged, "dof": self.dof,
+                "error_bound": tolist(np.broadcast_to(np.asarray(self.error_bound, float), np.shape(self.value))),
+                "target": self.target}
 
 
 def _out(a):
@@ -176,6 +237,62 @@ def draw(law, n: int, seed=0, device=None) -> torch.Tensor:
     return x if device is None else x.to(device)
 
 
+DEFAULT_TARGET = 5e-3  # relative error sampled to when neither n nor target_rel_error is given
+MAX_SAMPLES = 1 << 24  # the cap on samples when n is not given (raise it with max_samples=)
+
+
+class TargetNotReached(UserWarning):
+    """A ``target_rel_error`` was asked and a budget or cap stopped the sampling first."""
+
+
+@dataclass(frozen=True)
+class Sampling:
+    """How to sample, validated once at the public door by :func:`sampling_options`.
+
+    ``n``: a fixed sample size, or (with ``target``) the budget; ``None``: sample until ``target`` (the
+    default target :data:`DEFAULT_TARGET` if none is given), at most ``max_samples``.
+    """
+
+    n: int | None = None
+    seed: int = 0
+    target: float | None = None
+    max_samples: int = MAX_SAMPLES
+    scrambles: int = 16
+    chunk: int | None = None
+    device: torch.device | None = None
+    workers: int = 1
+    min_n: int = BLOCK
+    progress: bool = False
+    desc: str = "sampling"
+    where: str = "monte_carlo"
+
+
+def check_device(device, where: str) -> torch.device | None:
+    """``None`` or a usable ``torch.device`` (a clear error for a bad name or an unavailable CUDA)."""
+    if device is None:
+        return None
+    try:
+        dev = torch.device(device)
+    except (RuntimeError, TypeError, ValueError):
+        fail("device", where, "a torch device such as 'cpu' or 'cuda'", device)
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        fail("device", where, "a device this machine has (CUDA is not available here)", device)
+    return dev
+
+
+def sampling_options(where: str, n=None, seed=0, target_rel_error=None, *, max_samples=None, scrambles=16,
+                     chunk=None, device=None, workers=1, min_n=BLOCK, progress=False, desc=None) -> Sampling:
+    """Validate the sampling arguments of a public function ``where`` (errors name it) into a :class:`Sampling`."""
+    n = None if n is None else check_int(n, "n", where)
+    target = None if target_rel_error is None else check_float(target_rel_error, "target_rel_error", where, 0.0,
+                                                               math.inf)
+    cap = MAX_SAMPLES if max_samples is None else check_int(max_samples, "max_samples", where)
+    return Sampling(n, resolve_seed(seed, where), target, cap, check_int(scrambles, "scrambles", where, low=2),
+                    None if chunk is None else check_int(chunk, "chunk", where), check_device(device, where),
+                    check_int(workers, "workers", where), check_int(min_n, "min_n", where), bool(progress),
+                    desc or where, where)
+
+
 def _progress(total: int, enabled: bool, desc: str):
     if not enabled:
         return None
@@ -184,83 +301,104 @@ def _progress(total: int, enabled: bool, desc: str):
     return tqdm(total=total, desc=desc, unit="sample", unit_scale=True, leave=False)
 
 
-def monte_carlo(terms: Callable[[torch.Tensor], torch.Tensor], law, n: int, seed=0, *, method: str = "mc",
-                scrambles: int = 16, chunk: int | None = None, device=None, target_rel_error: float | None = None,
-                min_n: int = 1 << 14, workers: int = 1, progress: bool = False, desc: str = "sampling") -> Estimate:
+def monte_carlo(terms: Callable[[torch.Tensor], torch.Tensor], law, n: int | None = None, seed=0, *,
+                method: str = "mc", target_rel_error: float | None = None, max_samples: int | None = None,
+                scrambles: int = 16, chunk: int | None = None, device=None, min_n: int = BLOCK, workers: int = 1,
+                progress: bool = False, desc: str = "sampling") -> Estimate:
     r"""Average per-sample terms over a law: :math:`\hat E[t(X)] = \frac1n\sum_i t(X_i)` with its standard error.
 
     Args:
         terms: ``x (N, d) -> (N, ...)`` per-sample terms (the trailing shape is the value's shape).
         law: a :class:`softhard.model.laws.Law`.
-        n: number of samples (total over scramblings for QMC).
+        n: number of samples (total over scramblings for QMC, rounded down to a multiple of ``scrambles``;
+            ``Estimate.n`` is what was used). With ``target_rel_error`` it is the budget. ``None``: sample
+            until ``target_rel_error`` (:data:`DEFAULT_TARGET` = 0.5 % if not given), at most ``max_samples``.
         seed: ``int``, ``torch.Generator`` (one integer is drawn from it) or ``None`` (fresh, recorded).
         method: ``"mc"`` (i.i.d. draws) or ``"qmc"`` (scrambled Sobol, ``scrambles`` independent copies).
+        target_rel_error: stop once every entry has ``stderr <= target·|value|``, after at least ``min_n``
+            samples. The rule is checked after every block ("mc"), or after 256, 512, 1024, ..., 16384 and
+            then every further 16384 points of every scrambling ("qmc"), so the stopping point, and the
+            result, depend on ``(seed, n)`` only, not on ``chunk``; the result equals a plain run of the length
+            where it stopped. An entry whose terms are all 0 so far has ``stderr = 0`` and counts as converged.
+            If the budget (``n``) or the cap (``max_samples``) stops the run first, the estimate has
+            ``converged=False`` and a :class:`TargetNotReached` warning names the reached and requested errors.
+        max_samples: the cap when ``n`` is ``None`` (default :data:`MAX_SAMPLES` = 2²⁴).
         chunk: samples evaluated per call of ``terms`` (rounded to whole blocks); changes speed and
             memory, never the result. ``None``: one block (``BLOCK`` samples) per call on the CPU, which
             avoids concatenating blocks (``workers`` blocks with ``workers > 1``), and 16 blocks per call
             on another ``device``.
         device: where ``terms`` is evaluated (inputs are drawn on the CPU and moved there).
-        target_rel_error: stop once every entry has ``stderr <= target·|value|``, after at least ``min_n``
-            samples; ``n`` is then the budget. The rule is checked after every block ("mc"), or after 256,
-            512, 1024, ..., 16384 and then every further 16384 points of every scrambling ("qmc"),
-            so the stopping point, and the result, depend on ``(seed, n)`` only, not on ``chunk``; the
-            result equals a plain run of the length where it stopped. An entry whose terms are all 0 so
-            far has ``stderr = 0`` and counts as converged.
-        min_n: (with ``target_rel_error``) the fewest samples before stopping.
+        min_n: (with a target) the fewest samples before stopping.
         workers: threads drawing the blocks of a chunk in parallel ("mc"; NumPy releases the GIL while
             it fills an array); never changes the result.
         progress: show a progress bar.
 
     Returns:
-        :class:`Estimate` with ``value`` and ``stderr`` of the terms' trailing shape.
+        :class:`Estimate` with ``value`` and ``stderr`` of the terms' trailing shape; ``dof`` is ``n − 1``
+        ("mc") or ``scrambles − 1`` ("qmc").
     """
+    where = "monte_carlo"
     if not callable(terms):
-        fail("terms", "monte_carlo", "a callable x (N, d) -> per-sample terms (N, ...)", type(terms).__name__,
-             TypeError)
-    law = as_law(law, "monte_carlo")
-    n = check_int(n, "n", "monte_carlo")
+        fail("terms", where, "a callable x (N, d) -> per-sample terms (N, ...)", type(terms).__name__, TypeError)
+    law = as_law(law, where)
     if method not in ("mc", "qmc"):
-        fail("method", "monte_carlo", "one of 'mc', 'qmc'", method)
-    seed = resolve_seed(seed)
-    workers = check_int(workers, "workers", "monte_carlo")
-    if chunk is None:
-        blocks_per_chunk = workers if device is None or torch.device(device).type == "cpu" else max(16, workers)
+        fail("method", where, "one of 'mc', 'qmc'", method)
+    opts = sampling_options(where, n, seed, target_rel_error, max_samples=max_samples, scrambles=scrambles,
+                            chunk=chunk, device=device, workers=workers, min_n=min_n, progress=progress, desc=desc)
+    return sample_mean(terms, law, method, opts)
+
+
+def sample_mean(terms, law, method: str, s: Sampling, default_target: float | None = DEFAULT_TARGET) -> Estimate:
+    """The trusted core of :func:`monte_carlo` (arguments validated by the caller, :func:`sampling_options`).
+
+    Budget: ``s.n`` samples (or until ``s.target`` within them); with ``s.n = None``, until ``s.target`` or
+    ``default_target``, at most ``s.max_samples``.
+    """
+    target = s.target if s.target is not None or s.n is not None else default_target
+    n = s.n if s.n is not None else s.max_samples
+    R = s.scrambles
+    if method == "qmc" and n < R:
+        fail("n", s.where, f"at least scrambles={R} for QMC", n)
+    if s.chunk is None:
+        bpc = s.workers if s.device is None or s.device.type == "cpu" else max(16, s.workers)
     else:
-        blocks_per_chunk = max(1, check_int(chunk, "chunk", "monte_carlo") // BLOCK)
-    if target_rel_error is not None:
-        target_rel_error = check_float(target_rel_error, "target_rel_error", "monte_carlo", 0.0, math.inf)
-        min_n = check_int(min_n, "min_n", "monte_carlo")
-    if method == "qmc":
-        scrambles = check_int(scrambles, "scrambles", "monte_carlo", low=2)
-        if n < scrambles:
-            fail("n", "monte_carlo", f"at least scrambles={scrambles} for QMC", n)
-    bar = _progress(n, progress, desc)
-    pool = ThreadPoolExecutor(workers) if workers > 1 else None
+        bpc = max(1, s.chunk // BLOCK)
+    bar = _progress(n, s.progress, s.desc)
+    pool = ThreadPoolExecutor(s.workers) if s.workers > 1 and method == "mc" else None
     t0 = time.perf_counter()
     try:
         if method == "mc":
-            est = _mc(terms, law, n, seed, blocks_per_chunk, device, target_rel_error, min_n, bar, pool)
+            est = _mc(terms, law, n, s.seed, bpc, s.device, target, s.min_n, bar, pool, s.where)
         else:
-            est = _qmc(terms, law, n, seed, scrambles, blocks_per_chunk, device, target_rel_error, min_n, bar)
+            est = _qmc(terms, law, n, s.seed, R, bpc, s.device, target, s.min_n, bar, s.where)
     finally:
         if bar is not None:
             bar.close()
         if pool is not None:
             pool.shutdown()
-    est.info["seconds"] = time.perf_counter() - t0
-    return est
+    info = {"seconds": time.perf_counter() - t0}
+    if s.n is not None and est.n != s.n and target is None:
+        info["n_requested"] = s.n
+    converged = target is None or _converged(np.asarray(est.value), np.asarray(est.stderr), target)
+    if not converged:
+        reached = float(np.max(np.where(np.asarray(est.stderr) == 0, 0.0, np.asarray(est.rel_error))))
+        stop = f"the budget n={s.n}" if s.n is not None else f"the cap max_samples={s.max_samples}"
+        warnings.warn(f"{s.where}: target relative error {target:g} not reached: {reached:.3g} after {est.n} "
+                      f"samples ({stop}); raise {'n' if s.n is not None else 'max_samples'} or relax the target",
+                      TargetNotReached, stacklevel=3)
+    return est.replace(info=info, converged=converged, target=target)
 
 
-def _eval(terms, x, device) -> np.ndarray:
+def _eval(terms, x, device, where: str) -> np.ndarray:
     if device is not None:
         x = x.to(device)
     with torch.no_grad():
-        t = _to_numpy(terms(x))
+        t = _to_numpy(terms(x), where=where)
     if t.shape[0] != x.shape[0]:
-        fail("terms", "monte_carlo", f"a function returning one row per sample ({x.shape[0]})",
-             f"{t.shape[0]} rows")
+        fail("terms", where, f"a function returning one row per sample ({x.shape[0]})", f"{t.shape[0]} rows")
     if not np.isfinite(t).all():
-        raise FloatingPointError("monte_carlo: the per-sample terms contain NaN or inf")
+        raise FloatingPointError(f"{where}: the per-sample terms contain NaN or inf (the model, the teacher or the "
+                                 "law produced a non-finite value)")
     return t
 
 
@@ -278,19 +416,22 @@ def _converged(mean: np.ndarray, stderr: np.ndarray, target: float) -> bool:
     return bool(np.all(stderr <= target * np.abs(mean)))
 
 
-def _mc(terms, law, n, seed, bpc, device, target, min_n, bar, pool) -> Estimate:
+def _mc(terms, law, n, seed, bpc, device, target, min_n, bar, pool, where) -> Estimate:
     acc = Moments()
     sample = lambda bm: law.sample(bm[1], _block_generator(seed, bm[0]))  # noqa: E731
     for part in _chunks(n, bpc):
         x = _cat(list(pool.map(sample, part)) if pool is not None else [sample(bm) for bm in part])
-        t = _eval(terms, x, device)
+        t = _eval(terms, x, device, where)
         if bar is not None:
             bar.update(x.shape[0])
         for a, b in _offsets([m for _, m in part]):  # blocks merged in order; early stop checked after each
             acc.add_block(t[a:b])
             if target is not None and acc.n >= min_n and _converged(acc.mean, acc.stderr(), target):
-                return Estimate(_out(acc.mean), _out(acc.stderr()), acc.n, "mc", seed)
-    return Estimate(_out(acc.mean), _out(acc.stderr()), acc.n, "mc", seed)
+                break
+        else:
+            continue
+        break
+    return Estimate(_out(acc.mean), _out(acc.stderr()), acc.n, "mc", seed, dof=acc.n - 1)
 
 
 def _sobol_block(engine, jitter: np.random.Generator, m: int) -> torch.Tensor:
@@ -322,7 +463,7 @@ def _grouped(sizes, bpc: int):
         yield part
 
 
-def _qmc(terms, law, n, seed, R, bpc, device, target, min_n, bar) -> Estimate:
+def _qmc(terms, law, n, seed, R, bpc, device, target, min_n, bar, where) -> Estimate:
     """``R`` independent scramblings of ``n // R`` points each, advanced together chunk by chunk so that
     early stopping can look at all of them after every block."""
     engines = [torch.quasirandom.SobolEngine(law.qmc_dim, scramble=True, seed=int(
@@ -332,13 +473,14 @@ def _qmc(terms, law, n, seed, R, bpc, device, target, min_n, bar) -> Estimate:
 
     def result() -> Estimate:
         means = np.stack([a.mean for a in accs])
-        return Estimate(_out(means.mean(0)), _out(means.std(0, ddof=1) / math.sqrt(R)), R * accs[0].n, "qmc", seed)
+        return Estimate(_out(means.mean(0)), _out(means.std(0, ddof=1) / math.sqrt(R)), R * accs[0].n, "qmc", seed,
+                        dof=R - 1)
 
     for part in _grouped(_qmc_sizes(n // R), bpc):
         ts = []
         for r in range(R):
             u = _cat([_sobol_block(engines[r], jitters[r], m) for m in part])
-            ts.append(_eval(terms, law.from_uniform(u), device))
+            ts.append(_eval(terms, law.from_uniform(u), device, where))
             if bar is not None:
                 bar.update(u.shape[0])
         for a, b in _offsets(part):
@@ -367,4 +509,4 @@ def mean_estimate(values) -> Estimate:
     acc = Moments()
     for a, b in _offsets([m for _, m in _block_sizes(t.shape[0])]):
         acc.add_block(t[a:b])
-    return Estimate(_out(acc.mean), _out(acc.stderr()), acc.n, "sample")
+    return Estimate(_out(acc.mean), _out(acc.stderr()), acc.n, "sample", dof=acc.n - 1)

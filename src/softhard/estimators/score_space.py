@@ -18,11 +18,10 @@ from ..model.experts import ConstantExperts, LinearExperts
 from ..model.laws import U_EPS, Gaussian, GaussianMixture, Law, standard_normal, standard_uniform
 from ..model.moe import HardTeacher, MoE
 from ..model.routers import LinearRouter
-from .reducer import Estimate, monte_carlo
-from .registry import CONDITIONAL_TARGET, SAMPLINGS
+from .reducer import Estimate, Sampling, sample_mean
 
 __all__ = ["ScoreSpace", "score_space", "linear_gap_space", "StandardDraws", "pick_component", "gaussian_factors",
-           "by_component", "batched", "check_sampling", "run_conditional", "ROWS"]
+           "by_component", "batched", "run_conditional", "ROWS"]
 
 ROWS = 2048  # draws per vectorised batch inside the terms (memory), never changes a result
 
@@ -163,18 +162,10 @@ def batched(fn, draws: torch.Tensor) -> torch.Tensor:
     return torch.cat([fn(draws[i:i + ROWS]) for i in range(0, draws.shape[0], ROWS)])
 
 
-def check_sampling(sampling, where: str) -> str:
-    if sampling not in SAMPLINGS:
-        fail("sampling", where, f"one of {SAMPLINGS}", sampling)
-    return sampling
-
-
-def run_conditional(terms, draws: Law, n, seed, sampling: str, where: str, mc: dict, info: dict) -> Estimate:
-    """Reduce conditional terms with the one reducer; ``n`` is a budget: unless ``target_rel_error`` is given
-    (``None``: use all ``n`` draws), sampling stops at ``CONDITIONAL_TARGET``."""
-    mc = {"target_rel_error": CONDITIONAL_TARGET, **mc}
-    est = monte_carlo(lambda d: batched(terms, d), draws, n, seed, method=check_sampling(sampling, where), **mc)
-    return Estimate(est.value, est.stderr, est.n, "conditional", est.seed, {**est.info, "sampling": sampling, **info})
+def run_conditional(terms, draws: Law, opts: Sampling, sampling: str, info: dict) -> Estimate:
+    """Reduce per-draw conditional terms with the one reducer (``sampling``: "mc" or "qmc" over the draws)."""
+    est = sample_mean(lambda d: batched(terms, d), draws, sampling, opts)
+    return est.replace(method="conditional", info={"sampling": sampling, **info})
 
 
 def linear_gap_space(moe: MoE, law, teacher) -> ScoreSpace | None:

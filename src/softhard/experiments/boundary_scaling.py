@@ -70,9 +70,10 @@ def scaling_rows(moe, law, taus, cfg, exact_gap: bool, desc: str, progress: bool
     ``cfg`` supplies ``width_factor``, ``samples`` and ``seed``."""
     t = np.asarray(taus, dtype=np.float64)
     widths = cfg.width_factor * t
-    mass = boundary_mass(moe.router, law, widths, n=cfg.samples, seed=cfg.seed, progress=progress,
+    mass = boundary_mass(moe.router, law, widths, method="mc", n=cfg.samples, seed=cfg.seed, progress=progress,
                          desc=f"{desc}: mass")
-    gap = _gap.risk_gap(moe, law, t, n=cfg.samples, seed=cfg.seed, progress=progress, desc=f"{desc}: gap")
+    gap = _gap.risk_gap(moe, law, t, method="mc", n=cfg.samples, seed=cfg.seed, progress=progress,
+                        desc=f"{desc}: gap")
     mass_exact = boundary_mass_exact(moe.router, law, widths)
     gap_exact = risk_gap_exact(moe, law, t) if exact_gap else None
     rows = []

@@ -83,13 +83,27 @@ def _check_cov(cov: torch.Tensor, d: int, where: str, param: str = "cov") -> tor
     return 0.5 * (cov + cov.T)
 
 
+# eigenvalues below this fraction of the largest are rounding, not variance: a covariance built as
+# S − SvvᵀS/vᵀSv (a law conditioned on a hyperplane) keeps ~1e-16–1e-12·λ_max where it should have 0
+_RANK_RTOL = 1e-10
+
+
 def _sqrt_factor(cov: torch.Tensor) -> torch.Tensor:
-    """A matrix ``L`` with ``L Lᵀ = cov`` (Cholesky, or a symmetric eigen-factor if singular)."""
-    L, info = torch.linalg.cholesky_ex(cov)
-    if int(info) == 0:
-        return L
+    r"""A rank-revealing factor ``L`` (``(d, d)``) with :math:`LL^\top = \Sigma`.
+
+    Cholesky when Σ is numerically positive definite (every eigenvalue above ``_RANK_RTOL``·λ_max);
+    otherwise the eigen-factor :math:`V\,\mathrm{diag}(\sqrt{\lambda_i}\,1\{\lambda_i > \mathrm{cut}\})`, whose
+    columns for the dropped eigenvalues are exactly 0. Cholesky of a singular Σ may succeed with a
+    rounding-level pivot and leave a spurious column (~1e-7 for a conditioned N(0, I₂)); code that asks
+    whether a direction has zero variance (``closed.moments.region_moments``) would then miss it.
+    """
     lam, V = torch.linalg.eigh(cov)
-    return V * lam.clamp_min(0).sqrt()
+    cut = _RANK_RTOL * float(lam[-1].clamp_min(0))
+    if float(lam[0]) > cut:
+        L, info = torch.linalg.cholesky_ex(cov)
+        if int(info) == 0:
+            return L
+    return V * torch.where(lam > cut, lam, torch.zeros_like(lam)).sqrt()
 
 
 class Gaussian(Law):

@@ -149,25 +149,25 @@ def probe_module(fn, d: int, where: str, param: str) -> torch.Tensor:
         fail(param, where, f"callable on inputs of shape (N, {d})", f"{type(e).__name__}: {e}")
 
 
-def as_router(router, d: int | None = None) -> Router:
+def as_router(router, d: int | None = None, where: str = "as_router") -> Router:
     """Wrap a ``Router``, an ``nn.Module`` or a callable ``(N, d) -> (N, K)`` as a :class:`Router`.
 
     For a plain module or callable, ``K`` is found by calling it once on zeros of shape ``(2, d)``,
-    which needs ``d``.
+    which needs ``d``. Errors name ``where`` (the public function that was called).
     """
     if isinstance(router, Router):
         return router
     if not callable(router):
-        fail("router", "as_router", "a Router, an nn.Module or a callable (N, d) -> (N, K)", type(router).__name__,
+        fail("router", where, "a Router, an nn.Module or a callable (N, d) -> (N, K)", type(router).__name__,
              TypeError)
     if d is None:
         d = getattr(router, "in_features", None)
     if d is None:
-        fail("d", "as_router", "given (the input dimension) for a plain callable router", d)
-    d = check_int(d, "d", "as_router")
-    out = probe_module(router, d, "as_router", "router")
+        fail("d", where, "given (the input dimension) for a plain callable router", d)
+    d = check_int(d, "d", where)
+    out = probe_module(router, d, where, "router")
     if not isinstance(out, torch.Tensor) or out.ndim != 2 or out.shape[0] != 2 or out.shape[1] < 2:
-        fail("router", "as_router", "a map (N, d) -> (N, K) with K >= 2", f"output {getattr(out, 'shape', out)}")
+        fail("router", where, "a map (N, d) -> (N, K) with K >= 2", f"output {getattr(out, 'shape', out)}")
     return _CallableRouter(router, out.shape[1], d)
 
 

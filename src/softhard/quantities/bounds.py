@@ -31,12 +31,18 @@ import numpy as np
 import torch
 
 from .._validate import check_float, check_int, fail
-from ..estimators.reducer import Estimate, monte_carlo
+from ..estimators.reducer import Estimate, sample_mean
+from ..estimators.registry import Call, Quantity
 from ..model.gates import tail_sum
-from ..model.moe import as_teacher, hard_from, soft_from
-from .gap import _model, _taus
+from ..model.moe import hard_from, soft_from
+from .door import finish, moe_call, temperature_grid
 
-__all__ = ["theorem45_constant", "gap_certificate", "local_gap_certificate", "cauchy_schwarz_bound"]
+__all__ = ["theorem45_constant", "gap_certificate", "local_gap_certificate", "cauchy_schwarz_bound",
+           "GAP_CERTIFICATE", "LOCAL_GAP_CERTIFICATE", "CAUCHY_SCHWARZ_BOUND"]
+
+GAP_CERTIFICATE = Quantity("gap_certificate")
+LOCAL_GAP_CERTIFICATE = Quantity("local_gap_certificate")
+CAUCHY_SCHWARZ_BOUND = Quantity("cauchy_schwarz_bound")
 
 
 def theorem45_constant(C_delta: float, alpha: float, B_Y: float, B_h: float, K: int) -> float:
@@ -58,24 +64,31 @@ def theorem45_constant(C_delta: float, alpha: float, B_Y: float, B_h: float, K: 
     return 4 * B_h * (B_Y + B_h) * (K - 1) * C_delta * math.gamma(alpha + 1)
 
 
-def _setup(moe, law, taus, teacher, where):
-    law = _model(moe, law, where)
-    t, scalar = _taus(taus, where)
-    return law, t, scalar, as_teacher(teacher, moe)
-
-
-def _finish(est: Estimate, scalar: bool, method: str) -> Estimate:
-    est = Estimate(est.value, est.stderr, est.n, method, est.seed, est.info)
-    return est[0] if scalar else est
-
-
 def _lemma41(a: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
     r""":math:`\min(1, \sum_{j\ge2} e^{-(a_{(1)}-a_{(j)})/\tau})`, shape ``(N, T)``."""
     return torch.stack([tail_sum(a, float(tau)).clamp(max=1.0) for tau in t], dim=-1)
 
 
-def gap_certificate(moe, law, taus, B_Y: float, B_h: float, teacher=None, n: int = 1 << 20, seed=0,
-                    **mc) -> Estimate:
+def _bound(quantity: Quantity, where: str, moe, law, taus, teacher, method, n, seed, target_rel_error, sampling,
+           **options) -> Estimate:
+    method = quantity.check_method(method, where)
+    t, scalar = temperature_grid(taus, where)
+    call = moe_call(where, moe, law, t, teacher, n, seed, target_rel_error, sampling, **options)
+    return finish(quantity.estimate(call, method), scalar)
+
+
+def _register_samplers(quantity: Quantity, terms_of, post=None):
+    """Register "mc" and "qmc" for a bound whose per-sample terms are ``terms_of(call)`` ("mc" first: its
+    standard error is the i.i.d. one, which the delta method of :func:`cauchy_schwarz_bound` needs)."""
+    for name in ("mc", "qmc"):
+        def run(c: Call, name=name) -> Estimate:
+            est = sample_mean(terms_of(c), c.law, name, c.sampling)
+            return post(est) if post else est
+        quantity.register(name, applies=lambda c: None, summary=f"{name} over inputs")(run)
+
+
+def gap_certificate(moe, law, taus, *, B_Y: float, B_h: float, teacher=None, method: str = "auto",
+                    n: int | None = None, seed=0, target_rel_error: float | None = None, **sampling) -> Estimate:
     r"""Sample certificate of Theorem 4.5 (its proof with the last step replaced by a sample mean):
 
     .. math:: |L_\tau - L_0| \le 4B_h(B_Y + B_h)\;
@@ -86,7 +99,9 @@ def gap_certificate(moe, law, taus, B_Y: float, B_h: float, teacher=None, n: int
     violation raises a ``ValueError`` (the certificate would not be one).
 
     Args:
-        moe: any MoE; law: any law; taus: temperatures ``(T,)`` or a float; n, seed: Monte Carlo.
+        moe: any MoE; law: any law; taus: temperatures ``(T,)`` or a float; B_Y, B_h: the bounds;
+        method: ``"auto"`` (= ``"mc"``), ``"mc"``, ``"qmc"``; n, seed, target_rel_error, sampling keywords: as
+        in :func:`softhard.boundary_mass`.
 
     Returns:
         :class:`~softhard.estimators.reducer.Estimate` over ``taus`` (the bound, with its standard error).
@@ -94,41 +109,60 @@ def gap_certificate(moe, law, taus, B_Y: float, B_h: float, teacher=None, n: int
     where = "gap_certificate"
     B_Y = check_float(B_Y, "B_Y", where, 0.0, math.inf, low_open=False)
     B_h = check_float(B_h, "B_h", where, 0.0, math.inf, low_open=False)
-    law, t, scalar, teacher = _setup(moe, law, taus, teacher, where)
+    return _bound(GAP_CERTIFICATE, where, moe, law, taus, teacher, method, n, seed, target_rel_error, sampling,
+                  B_Y=B_Y, B_h=B_h)
+
+
+def _certificate_terms(c: Call):
+    moe, teacher, t, B_Y, B_h = c.model, c.teacher, c.grid, c.options["B_Y"], c.options["B_h"]
 
     def terms(x):
-        h, fs = moe.expert_outputs(x), teacher.signal(x)
+        a, h = moe._scores(x)
+        fs = teacher._signal(x)
         for name, val, bound, what in (("B_h", h, B_h, "|h_k(x)|"), ("B_Y", fs, B_Y, "|f*(x)|")):
             val = val.abs().max()
             if float(val) > bound:
-                fail(name, where, f"a bound on {what} over the law's support", f"{bound:g} with a sample at "
+                fail(name, c.where, f"a bound on {what} over the law's support", f"{bound:g} with a sample at "
                      f"{float(val):.4g}")
-        return 4 * B_h * (B_Y + B_h) * _lemma41(moe.logits(x), t)
+        return 4 * B_h * (B_Y + B_h) * _lemma41(a, t)
+    return terms
 
-    return _finish(monte_carlo(terms, law, n, seed, **mc), scalar, "certificate")
+
+_register_samplers(GAP_CERTIFICATE, _certificate_terms)
 
 
-def local_gap_certificate(moe, law, taus, teacher=None, n: int = 1 << 20, seed=0, **mc) -> Estimate:
+def local_gap_certificate(moe, law, taus, *, teacher=None, method: str = "auto", n: int | None = None, seed=0,
+                          target_rel_error: float | None = None, **sampling) -> Estimate:
     r"""Theorem 4.5's chain of inequalities taken pointwise (module docstring), needing no bounds B:
 
     .. math:: |L_\tau - L_0| \le E\Big[\max_k |h_k - h_{k^*}|\cdot 2\max_k |h_k - f^*| \cdot
               \min\Big(1, \sum_{j\ge 2} e^{-(a_{(1)} - a_{(j)})/\tau}\Big)\Big].
 
+    Methods and keywords as :func:`gap_certificate`.
+
     Returns:
         :class:`~softhard.estimators.reducer.Estimate` over ``taus``.
     """
-    law, t, scalar, teacher = _setup(moe, law, taus, teacher, "local_gap_certificate")
+    return _bound(LOCAL_GAP_CERTIFICATE, "local_gap_certificate", moe, law, taus, teacher, method, n, seed,
+                  target_rel_error, sampling)
+
+
+def _local_terms(c: Call):
+    moe, teacher, t = c.model, c.teacher, c.grid
 
     def terms(x):
-        a, h = moe.logits(x), moe.expert_outputs(x)
+        a, h = moe._scores(x)
         spread = (h - hard_from(a, h)[:, None]).abs().max(-1).values
-        reach = 2 * (h - teacher.signal(x)[:, None]).abs().max(-1).values
+        reach = 2 * (h - teacher._signal(x)[:, None]).abs().max(-1).values
         return (spread * reach)[:, None] * _lemma41(a, t)
+    return terms
 
-    return _finish(monte_carlo(terms, law, n, seed, **mc), scalar, "certificate")
+
+_register_samplers(LOCAL_GAP_CERTIFICATE, _local_terms)
 
 
-def cauchy_schwarz_bound(moe, law, taus, teacher=None, n: int = 1 << 20, seed=0, **mc) -> Estimate:
+def cauchy_schwarz_bound(moe, law, taus, *, teacher=None, method: str = "auto", n: int | None = None, seed=0,
+                         target_rel_error: float | None = None, **sampling) -> Estimate:
     r"""Cauchy–Schwarz bound on the gap, finite for unbounded experts:
 
     .. math:: |L_\tau - L_0| = \big|E[(f_0 - f_\tau)(2f^* - f_\tau - f_0)]\big|
@@ -138,19 +172,27 @@ def cauchy_schwarz_bound(moe, law, taus, teacher=None, n: int = 1 << 20, seed=0,
     :math:`\mathrm{se}^2 = \nabla b^\top \hat\Sigma \nabla b / n`,
     :math:`\nabla b = \tfrac12(\sqrt{m_2/m_1}, \sqrt{m_1/m_2})` with :math:`\hat\Sigma` the sample
     covariance of the two per-sample terms. An equality when the teacher is realizable (:math:`f^* = f_0`).
+    Methods and keywords as :func:`gap_certificate` (a target applies to every sampled moment).
 
     Returns:
         :class:`~softhard.estimators.reducer.Estimate` over ``taus``.
     """
-    law, t, scalar, teacher = _setup(moe, law, taus, teacher, "cauchy_schwarz_bound")
+    return _bound(CAUCHY_SCHWARZ_BOUND, "cauchy_schwarz_bound", moe, law, taus, teacher, method, n, seed,
+                  target_rel_error, sampling)
+
+
+def _cs_terms(c: Call):
+    moe, teacher, t = c.model, c.teacher, c.grid
 
     def terms(x):
-        a, h = moe.logits(x), moe.expert_outputs(x)
+        a, h = moe._scores(x)
         ft, f0 = soft_from(a, h, t), hard_from(a, h)[:, None]
-        t1, t2 = (ft - f0) ** 2, (2 * teacher.signal(x)[:, None] - ft - f0) ** 2
+        t1, t2 = (ft - f0) ** 2, (2 * teacher._signal(x)[:, None] - ft - f0) ** 2
         return torch.stack([t1, t2, t1 * t1, t2 * t2, t1 * t2], dim=1)  # (N, 5, T)
+    return terms
 
-    est = monte_carlo(terms, law, n, seed, **mc)
+
+def _delta_method(est: Estimate) -> Estimate:
     m1, m2, s11, s22, s12 = np.asarray(est.value)
     c11, c22, c12 = s11 - m1 ** 2, s22 - m2 ** 2, s12 - m1 * m2
     b = np.sqrt(m1 * m2)
@@ -158,4 +200,7 @@ def cauchy_schwarz_bound(moe, law, taus, teacher=None, n: int = 1 << 20, seed=0,
         g1, g2 = 0.5 * np.sqrt(m2 / m1), 0.5 * np.sqrt(m1 / m2)
         var = np.where(b > 0, g1 * g1 * c11 + g2 * g2 * c22 + 2 * g1 * g2 * c12, 0.0)
     se = np.sqrt(np.clip(var, 0.0, None) / est.n)
-    return _finish(Estimate(b, se, est.n, "delta", est.seed, est.info), scalar, "delta")
+    return est.replace(value=b, stderr=se, info={"stderr": "delta method"})
+
+
+_register_samplers(CAUCHY_SCHWARZ_BOUND, _cs_terms, _delta_method)

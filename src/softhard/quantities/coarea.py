@@ -16,44 +16,44 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 
-from .._validate import check_float, check_int, fail
-from ..closed.boundary import interface_constant_exact, pair_density_at_zero
+from .._validate import check_float, check_int
+from ..closed.boundary import interface_constant_closed, pair_density_at_zero
+from ..closed.risk import ENTROPY_CONSTANT
 from ..estimators.fits import fit_margin_tail
 from ..estimators.kernel import kernel, kernel_bandwidth, kernel_estimate, pilot_sample
 from ..estimators.lines import coarea_lines
-from ..estimators.reducer import Estimate, draw, monte_carlo, resolve_seed
-from ..estimators.registry import resolve_method
-from ..model.laws import Gaussian, GaussianMixture, as_law
-from ..model.routers import LinearRouter, as_router, check_pair, score_gradient
+from ..estimators.reducer import Estimate, draw, sample_mean
+from ..estimators.registry import Call, Quantity
+from ..model.gates import top_two
+from ..model.routers import check_pair, score_gradient
+from .door import is_gaussian, is_linear_gaussian, logits_of, router_call, sampler
 
-__all__ = ["coarea_constant", "coarea_sum", "interface_constant", "interface_diagnostic", "InterfaceDiagnostic",
-           "METHODS"]
+__all__ = ["coarea_constant", "coarea_sum", "interface_constant", "entropy_slope", "interface_diagnostic",
+           "InterfaceDiagnostic", "COAREA_CONSTANT", "COAREA_SUM", "INTERFACE_CONSTANT"]
 
-
-METHODS = ("auto", "exact", "kernel")
-
-
-def _method(method, where: str) -> str:
-    if method not in METHODS:
-        fail("method", where, f"one of {METHODS}", method)
-    return method
+COAREA_CONSTANT = Quantity("coarea_constant")
+COAREA_SUM = Quantity("coarea_sum")
+INTERFACE_CONSTANT = Quantity("interface_constant")
 
 
-def _linear_gaussian(router, law) -> bool:
-    return isinstance(router, LinearRouter) and isinstance(law, (Gaussian, GaussianMixture))
+def _bandwidth(c: Call, values_of) -> float:
+    """The kernel bandwidth: the user's, or the rule of :mod:`softhard.estimators.kernel` applied to the first block
+    of the sample (a pilot of the same draws) at the sample size the run will use."""
+    if c.options["bandwidth"] is not None:
+        return c.options["bandwidth"]
+    s = c.sampling
+    n = s.n if s.n is not None else min(s.max_samples, 1 << 20)
+    with torch.no_grad():
+        v = values_of(pilot_sample(c.law, n, s.seed))
+    return kernel_bandwidth(v.cpu().numpy(), n, one_sided=c.options.get("one_sided", False))
 
 
-def _router(router, law, where: str):
-    """``(law, router)`` validated; a plain callable router gets ``d`` from the law."""
-    law = as_law(law, where)
-    r = as_router(router, law.d)
-    if r.d is not None and r.d != law.d:
-        fail("law", where, f"a law on R^{r.d} (the router's input dimension)", f"a law on R^{law.d}")
-    return law, r
+def _options(where, bandwidth):
+    return {"bandwidth": None if bandwidth is None else check_float(bandwidth, "bandwidth", where, 0.0, math.inf)}
 
 
-def coarea_constant(router, law, pair=(0, 1), method: str = "auto", n: int = 1 << 20, seed=0,
-                    bandwidth: float | None = None, **mc) -> float | Estimate:
+def coarea_constant(router, law, pair=(0, 1), *, method: str = "auto", n: int | None = None, seed=0,
+                    target_rel_error: float | None = None, bandwidth: float | None = None, **sampling) -> Estimate:
     r"""Coarea constant :math:`\psi_{ij}(0)` (3.8): the density of :math:`g_{ij}(X) = a_i(X) - a_j(X)` at 0.
 
     .. math:: \psi_{ij}(0) = \int_{\{g_{ij} = 0\}} \frac{p}{|\nabla g_{ij}|}\, dH^{d-1}
@@ -61,97 +61,156 @@ def coarea_constant(router, law, pair=(0, 1), method: str = "auto", n: int = 1 <
 
     Args:
         router: any router; law: any law on ℝ^d; pair: ``(i, j)``.
-        method: ``"exact"`` (linear router, Gaussian or mixture law: (3.14)), ``"kernel"`` (or ``"mc"``;
-            ``"qmc"`` with scrambled Sobol sampling: Monte Carlo kernel estimate, module docstring;
-            bandwidth from the first block of the sample unless given), ``"conditional"`` (any router under
-            a Gaussian (mixture) law: lines with the Crofton weight, unbiased, no bandwidth,
-            :func:`softhard.estimators.lines.coarea_lines`; keyword ``sampling="mc"|"qmc"``; ``n`` is a budget: it
-            stops at ``target_rel_error``, 5e-3 unless given), ``"auto"``: exact, else
-            conditional, else kernel (``docs/estimators.md``).
-        n, seed: sample size and seed of the kernel estimate; further keywords go to ``monte_carlo``.
+        method: ``"auto"``, ``"exact"`` (linear router, Gaussian (mixture) law: (3.14)), ``"conditional"`` (any router
+            under a Gaussian (mixture) law: lines with the Crofton weight, unbiased, no bandwidth;
+            :func:`softhard.estimators.lines.coarea_lines`), ``"kernel"`` (any router and law: the kernel estimate
+            of :mod:`softhard.estimators.kernel` on sampled inputs; ``sampling="qmc"|"mc"``, bandwidth from the
+            first block of the sample unless ``bandwidth`` is given).
+        n, seed, target_rel_error, sampling keywords: as in :func:`softhard.boundary_mass`.
 
     Returns:
-        a float (exact) or an :class:`~softhard.estimators.reducer.Estimate`.
+        :class:`~softhard.estimators.reducer.Estimate` (a float value).
     """
     where = "coarea_constant"
-    gaussian = isinstance(law, (Gaussian, GaussianMixture))
-    method = resolve_method(method, where, exact=_linear_gaussian(router, law), conditional=gaussian,
-                                 fallback="kernel", methods=("auto", "exact", "conditional", "kernel", "mc", "qmc"))
-    if method == "exact":
-        return pair_density_at_zero(router, law, pair)
-    law, r = _router(router, law, where)
-    i, j = check_pair(pair, r.num_experts, where)
-    n, seed = check_int(n, "n", where), resolve_seed(seed, where)  # one seed for the pilot and the sample
-    if method == "conditional":
-        return coarea_lines(r, law, (i, j), n, seed, **mc)
+    method = COAREA_CONSTANT.check_method(method, where)
+    call = router_call(where, router, law, None, n, seed, target_rel_error, sampling, **_options(where, bandwidth))
+    call.options["pair"] = check_pair(pair, call.model.num_experts, where)
+    return COAREA_CONSTANT.estimate(call, method)
+
+
+@COAREA_CONSTANT.register("exact", applies=lambda c: None if is_linear_gaussian(c.model, c.law) else
+                          "a LinearRouter and a Gaussian or GaussianMixture law", cost=lambda c: 1e-4, exact=True,
+                          summary="(3.14): ψ(0) = φ(m_g/s)/s per component")
+def _coarea_exact(c: Call) -> Estimate:
+    return Estimate.exact(pair_density_at_zero(c.model, c.law, c.options["pair"]), "pair_density_at_zero (3.14)")
+
+
+@COAREA_CONSTANT.register("conditional", applies=lambda c: None if is_gaussian(c.law) else
+                          "a Gaussian or GaussianMixture law", summary="lines through the law, Crofton weight")
+def _coarea_lines(c: Call) -> Estimate:
+    return coarea_lines(c.model, c.law, c.options["pair"], c.sampling, sampler(c, "qmc"))
+
+
+@COAREA_CONSTANT.register("kernel", applies=lambda c: None, summary="kernel density of g_ij at 0 over inputs")
+def _coarea_kernel(c: Call) -> Estimate:
+    i, j = c.options["pair"]
 
     def g(x):
-        a = r.logits(x)
+        a = logits_of(c.model, x, c.where)
         return a[:, i] - a[:, j]
 
-    h = kernel_bandwidth(g(pilot_sample(law, n, seed)).detach().cpu().numpy(), n) if bandwidth is None else check_float(
-        bandwidth, "bandwidth", where, 0.0, math.inf)
-    est = monte_carlo(lambda x: kernel(g(x), h, False), law, n, seed, method="qmc" if method == "qmc" else "mc",
-                      **mc)
-    return kernel_estimate(est, h, False)
+    h = _bandwidth(c, g)
+    return kernel_estimate(sample_mean(lambda x: kernel(g(x), h, False), c.law, sampler(c, "mc"), c.sampling),
+                           h, False)
 
 
-def coarea_sum(router, law, method: str = "auto", n: int = 1 << 20, seed=0, **mc) -> float | Estimate:
+def coarea_sum(router, law, *, method: str = "auto", n: int | None = None, seed=0,
+               target_rel_error: float | None = None, **sampling) -> Estimate:
     r"""The pairwise sum of (3.9): :math:`\sum_{i<j} \psi_{ij}(0)`, so that
     :math:`\beta_{pair}(w) \le 2w \sum_{i<j}\psi_{ij}(0) + o(w)`.
 
-    Exact (float) or kernel-estimated (one Monte Carlo pass, per-pair bandwidths by the rule) as in
-    :func:`coarea_constant`.
+    Methods as :func:`coarea_constant`: ``"exact"``, ``"conditional"`` (one line estimate per pair, standard errors
+    added in quadrature), ``"kernel"`` (one sampling pass, per-pair bandwidths by the rule).
     """
     where = "coarea_sum"
-    method = _method(method, where)
-    if method == "exact" or (method == "auto" and _linear_gaussian(router, law)):
-        K = router.num_experts if isinstance(router, LinearRouter) else 2  # else pair_density_at_zero raises
-        return sum(pair_density_at_zero(router, law, (i, j)) for i in range(K) for j in range(i + 1, K))
-    law, r = _router(router, law, where)
-    pairs = [(i, j) for i in range(r.num_experts) for j in range(i + 1, r.num_experts)]
-    n, seed = check_int(n, "n", where), resolve_seed(seed, where)  # one seed for the pilot and the sample
+    method = COAREA_SUM.check_method(method, where)
+    call = router_call(where, router, law, None, n, seed, target_rel_error, sampling, bandwidth=None)
+    K = call.model.num_experts
+    call.options["pairs"] = [(i, j) for i in range(K) for j in range(i + 1, K)]
+    return COAREA_SUM.estimate(call, method)
+
+
+@COAREA_SUM.register("exact", applies=lambda c: None if is_linear_gaussian(c.model, c.law) else
+                     "a LinearRouter and a Gaussian or GaussianMixture law", cost=lambda c: 1e-4, exact=True,
+                     summary="sum of (3.14)")
+def _sum_exact(c: Call) -> Estimate:
+    return Estimate.exact(sum(pair_density_at_zero(c.model, c.law, p) for p in c.options["pairs"]),
+                          "pair_density_at_zero (3.14), summed")
+
+
+@COAREA_SUM.register("conditional", applies=lambda c: None if is_gaussian(c.law) else "a Gaussian or GaussianMixture law",
+                     summary="lines per pair")
+def _sum_lines(c: Call) -> Estimate:
+    parts = [coarea_lines(c.model, c.law, p, c.sampling, sampler(c, "qmc")) for p in c.options["pairs"]]
+    return parts[0].replace(value=float(sum(e.value for e in parts)), stderr=math.sqrt(sum(e.stderr ** 2 for e in parts)),
+                            n=sum(e.n for e in parts), converged=all(e.converged for e in parts),
+                            dof=min(e.dof for e in parts))
+
+
+@COAREA_SUM.register("kernel", applies=lambda c: None, summary="kernel densities over inputs, one pass")
+def _sum_kernel(c: Call) -> Estimate:
+    pairs = c.options["pairs"]
     I, J = torch.tensor([p[0] for p in pairs]), torch.tensor([p[1] for p in pairs])
-    a0 = r.logits(pilot_sample(law, n, seed)).detach()
-    hs = torch.tensor([kernel_bandwidth((a0[:, i] - a0[:, j]).cpu().numpy(), n) for i, j in pairs],
-                      dtype=torch.float64)
+    s = c.sampling
+    n = s.n if s.n is not None else min(s.max_samples, 1 << 20)
+    with torch.no_grad():
+        a0 = logits_of(c.model, pilot_sample(c.law, n, s.seed), c.where)
+    hs = torch.tensor([kernel_bandwidth((a0[:, i] - a0[:, j]).cpu().numpy(), n) for i, j in pairs], dtype=torch.float64)
 
     def terms(x):
-        a = r.logits(x)
-        u = (a[:, I] - a[:, J]) / hs.to(a)
-        return (torch.where(u.abs() <= 1, 0.75 * (1 - u * u), torch.zeros_like(u)) / hs.to(a)).sum(-1)
+        a = logits_of(c.model, x, c.where)
+        return kernel(a[:, I] - a[:, J], hs.to(a), False).sum(-1)
 
-    est = monte_carlo(terms, law, n, seed, **mc)
-    return Estimate(est.value, est.stderr, est.n, "kernel", est.seed,
-                    {**est.info, "bandwidth": hs.tolist(), "kernel": "Epanechnikov"})
+    est = sample_mean(terms, c.law, sampler(c, "mc"), c.sampling)
+    return est.replace(info={"bandwidth": hs.tolist(), "kernel": "Epanechnikov"})
 
 
-def interface_constant(router, law, method: str = "auto", n: int = 1 << 20, seed=0,
-                       bandwidth: float | None = None, **mc) -> float | Estimate:
+def interface_constant(router, law, *, method: str = "auto", n: int | None = None, seed=0,
+                       target_rel_error: float | None = None, bandwidth: float | None = None, **sampling) -> Estimate:
     r"""Surface constant :math:`C_\Sigma = \sum_{i<j}\int_{\Gamma_{ij}} p/|\nabla g_{ij}|\,dH^{d-1}` of
     Prop. 3.5, with :math:`\Gamma_{ij}` the part of :math:`\{g_{ij}=0\}` where i, j are the top two.
 
     .. math:: \beta(w) = \mu(\Delta \le w) = 2w\,C_\Sigma + o(w), \qquad C_\Sigma = \tfrac12 f_\Delta(0^+)
 
-    (K = 2: :math:`C_\Sigma = \psi(0)`). Exact for a linear router under a Gaussian (mixture) law
-    (:func:`softhard.closed.boundary.interface_constant_exact`); otherwise half the one-sided kernel estimate
-    of the density of Δ at 0⁺.
+    (K = 2: :math:`C_\Sigma = \psi(0)`). Methods: ``"exact"`` (linear router, Gaussian (mixture) law:
+    :func:`softhard.closed.boundary.interface_constant_exact`, with its integration error bound), ``"kernel"``
+    (half the one-sided kernel estimate of the density of Δ at 0⁺ over sampled inputs).
     """
     where = "interface_constant"
-    method = _method(method, where)
-    if method == "exact" or (method == "auto" and _linear_gaussian(router, law)):
-        return interface_constant_exact(router, law)
-    law, r = _router(router, law, where)
-    n, seed = check_int(n, "n", where), resolve_seed(seed, where)  # one seed for the pilot and the sample
+    method = INTERFACE_CONSTANT.check_method(method, where)
+    call = router_call(where, router, law, None, n, seed, target_rel_error, sampling, **_options(where, bandwidth),
+                       one_sided=True)
+    return INTERFACE_CONSTANT.estimate(call, method)
 
+
+def _interface_cost(c: Call) -> float:
+    K = c.model.num_experts
+    return 1e-4 * K * K if K <= 4 else 2e-2 * K * (K - 1) / 2
+
+
+@INTERFACE_CONSTANT.register("exact", applies=lambda c: None if is_linear_gaussian(c.model, c.law) else
+                             "a LinearRouter and a Gaussian or GaussianMixture law", cost=_interface_cost,
+                             exact=True, summary="ψ_ij(0) times a (K−2)-dimensional orthant probability")
+def _interface_exact(c: Call) -> Estimate:
+    v, bound = interface_constant_closed(c.model, c.law, where=c.where)
+    return Estimate.exact(v, "interface_constant_exact", bound)
+
+
+@INTERFACE_CONSTANT.register("kernel", applies=lambda c: None, summary="one-sided kernel density of Δ at 0")
+def _interface_kernel(c: Call) -> Estimate:
     def margin(x):
-        top = torch.topk(r.logits(x), 2, dim=-1).values
-        return top[:, 0] - top[:, 1]
+        return top_two(logits_of(c.model, x, c.where))[0]
 
-    h = kernel_bandwidth(margin(pilot_sample(law, n, seed)).detach().cpu().numpy(), n, one_sided=True) \
-        if bandwidth is None else check_float(bandwidth, "bandwidth", where, 0.0, math.inf)
-    est = monte_carlo(lambda x: kernel(margin(x), h, True), law, n, seed, **mc)
+    h = _bandwidth(c, margin)
+    est = sample_mean(lambda x: kernel(margin(x), h, True), c.law, sampler(c, "mc"), c.sampling)
     return kernel_estimate(est, h, True, 0.5)
+
+
+def entropy_slope(router, law, *, method: str = "auto", n: int | None = None, seed=0,
+                  target_rel_error: float | None = None, bandwidth: float | None = None, **sampling) -> Estimate:
+    r"""First-order constant of the mean routing entropy [beyond] (nats):
+
+    .. math:: E[H(\pi^\tau(X))] = \tau\,\frac{\pi^2}{3}\,C_\Sigma + o(\tau), \qquad
+              \int_{\mathbb R} H(\sigma(u))\,du = \frac{\pi^2}{3},
+
+    with :math:`C_\Sigma` the surface constant of Prop. 3.5 (:func:`interface_constant`, whose methods and
+    keywords it takes; :math:`C_\Sigma = \psi(0)` for K = 2).
+    """
+    where = "entropy_slope"
+    method = INTERFACE_CONSTANT.check_method(method, where)
+    call = router_call(where, router, law, None, n, seed, target_rel_error, sampling, **_options(where, bandwidth),
+                       one_sided=True)
+    return INTERFACE_CONSTANT.estimate(call, method).scaled(ENTROPY_CONSTANT)
 
 
 @dataclass(frozen=True)
@@ -188,7 +247,7 @@ def _top2_grad_norms(r, x: torch.Tensor, top: torch.Tensor) -> np.ndarray:
     return out
 
 
-def interface_diagnostic(router, law, n: int = 1 << 16, seed=0, *, tail_fraction: float = 0.05,
+def interface_diagnostic(router, law, *, n: int = 1 << 16, seed=0, tail_fraction: float = 0.05,
                          near_fraction: float = 0.01, bins: int = 20, grad_tol: float = 0.05,
                          alpha_tol: float = 0.2) -> InterfaceDiagnostic:
     r"""The Assumption 3.4 diagnostic: the law of Δ near 0 and :math:`|\nabla_x g_{(1)(2)}|` on near-ties.
@@ -213,18 +272,19 @@ def interface_diagnostic(router, law, n: int = 1 << 16, seed=0, *, tail_fraction
         :class:`InterfaceDiagnostic`.
     """
     where = "interface_diagnostic"
-    law, r = _router(router, law, where)
     n = check_int(n, "n", where, low=100)
     tail_fraction = check_float(tail_fraction, "tail_fraction", where, 0.0, 1.0, high_open=False)
     near_fraction = check_float(near_fraction, "near_fraction", where, 0.0, tail_fraction, high_open=False)
     bins = check_int(bins, "bins", where)
     grad_tol = check_float(grad_tol, "grad_tol", where, 0.0, 1.0)
     alpha_tol = check_float(alpha_tol, "alpha_tol", where, 0.0, 1.0)
-    seed = resolve_seed(seed, where)
-    x = draw(law, n, seed)
+    call = router_call(where, router, law, None, n, seed, None, {})
+    r, seed = call.model, call.sampling.seed
+    x = draw(call.law, n, seed)
     with torch.no_grad():
-        vals, top = torch.topk(r.logits(x), 2, dim=-1)
-    delta = (vals[:, 0] - vals[:, 1]).cpu().numpy()
+        delta, first, second = top_two(logits_of(r, x, where))
+    top = torch.stack([first, second], 1)
+    delta = delta.cpu().numpy()
     t_max = float(np.quantile(delta, tail_fraction))
     near_width = float(np.quantile(delta, near_fraction))
     counts, edges = np.histogram(delta, bins=bins, range=(0.0, t_max)) if t_max > 0 else (

@@ -15,104 +15,125 @@ import math
 
 import torch
 
-from .._validate import check_float, check_grid, check_int, fail
-from ..closed.risk import ENTROPY_CONSTANT, g1_half_bracket, gap_slope_exact, is_binary_linear_gaussian, risk_gap_exact
+from .._validate import check_float
+from ..closed.risk import (
+    g1_half_bracket,
+    gap_slope_exact,
+    gate_entropy_exact,
+    is_binary_linear_gaussian,
+    risk_gap_exact,
+)
 from ..estimators import conditional, lines
 from ..estimators.kernel import kernel, kernel_bandwidth, kernel_estimate, pilot_sample
-from ..estimators.reducer import Estimate, exact_estimate, monte_carlo, resolve_seed
-from ..estimators.registry import resolve_method
+from ..estimators.reducer import Estimate, sample_mean
+from ..estimators.registry import Call, Quantity
 from ..estimators.score_space import linear_gap_space
 from ..model.gates import gate_entropy, top_two
-from ..model.laws import Gaussian, GaussianMixture, as_law
-from ..model.moe import HardTeacher, MoE, as_teacher, hard_from, soft_from
-from .coarea import _router, interface_constant
+from ..model.moe import HardTeacher, hard_from, soft_from
+from .door import (
+    finish,
+    is_gaussian,
+    is_linear_gaussian,
+    logits_of,
+    moe_call,
+    router_call,
+    sampler,
+    temperature_grid,
+)
 
-__all__ = ["risk_gap", "gap_slope", "entropy_slope", "gate_entropy_mean"]
+__all__ = ["risk_gap", "gap_slope", "gate_entropy_mean", "RISK_GAP", "GAP_SLOPE", "GATE_ENTROPY"]
 
-_SLOPE_METHODS = ("auto", "exact", "conditional", "kernel", "mc", "qmc")
-
-
-def _taus(taus, where: str) -> tuple[torch.Tensor, bool]:
-    """Temperatures as a tensor ``(T,)`` and whether a scalar was given."""
-    scalar = isinstance(taus, (int, float)) and not isinstance(taus, bool) or (
-        isinstance(taus, torch.Tensor) and taus.ndim == 0)
-    if scalar:
-        return torch.tensor([check_float(taus, "taus", where, 0.0, math.inf)], dtype=torch.float64), True
-    return check_grid(taus, "taus", where, low=0.0, low_open=True), False
-
-
-def _model(moe, law, where: str):
-    if not isinstance(moe, MoE):
-        fail("moe", where, "a softhard MoE", type(moe).__name__, TypeError)
-    law = as_law(law, where)
-    if moe.d is not None and moe.d != law.d:
-        fail("law", where, f"a law on R^{moe.d} (the MoE's input dimension)", f"a law on R^{law.d}")
-    return law
+RISK_GAP = Quantity("risk_gap")
+GAP_SLOPE = Quantity("gap_slope")
+GATE_ENTROPY = Quantity("gate_entropy_mean")
+_EXACT_RULE = ("a binary MoE with a LinearRouter and LinearExperts, a Gaussian (mixture) law and a teacher that is "
+               "None or a hard binary linear MoE")
+_LINEAR_RULE = ("a LinearRouter with linear or constant experts, a Gaussian (mixture) law and a teacher that is None "
+                "or a hard linear MoE")
 
 
-def risk_gap(moe, law, taus, teacher=None, n: int = 1 << 20, seed=0, method: str = "mc", **mc) -> Estimate:
-    r"""Monte Carlo soft–hard gap :math:`L_\tau - L_0` (2.5), (2.11) on a grid of temperatures.
+def _exact_applies(c: Call):
+    return None if is_binary_linear_gaussian(c.model, c.law, c.teacher) else _EXACT_RULE
+
+
+def _space(c: Call):
+    if "space" not in c.cache:
+        c.cache["space"] = linear_gap_space(c.model, c.law, c.teacher)
+    return c.cache["space"]
+
+
+def risk_gap(moe, law, taus, *, teacher=None, method: str = "auto", n: int | None = None, seed=0,
+             target_rel_error: float | None = None, **sampling) -> Estimate:
+    r"""The soft–hard gap :math:`L_\tau - L_0` (2.5), (2.11) on a grid of temperatures.
 
     .. math:: L_\tau - L_0 = E\big[\,E[(Y - f_\tau(X))^2 \mid X] - E[(Y - f_0(X))^2 \mid X]\,\big]
+              = E\big[(f_0 - f_\tau)(2f^* - f_\tau - f_0)\big]
 
-    Per-sample terms ``teacher.conditional_risk(x, f_τ) - teacher.conditional_risk(x, f_0)`` on the same
-    draws for every τ (common random numbers, so differences across τ are smooth), reduced by
-    :func:`~softhard.estimators.reducer.monte_carlo`.
+    (the noise cancels). Sampled estimates use the same draws for every τ (common random numbers, so
+    differences across τ are smooth).
 
     Args:
         moe: an :class:`~softhard.model.moe.MoE`; law: law on ℝ^d.
         taus: temperatures, shape ``(T,)``, or a float.
         teacher: ``None`` (the hard-routed ``moe`` itself, :math:`L_0 = 0` without noise), an MoE, a
             :class:`~softhard.model.moe.Teacher` or a callable ``f*``.
-        n, seed: as in ``monte_carlo``; further keywords go there (``target_rel_error`` included).
-        method: ``"mc"`` (the default) or ``"qmc"``: sampling inputs; ``"exact"`` (binary linear MoE with
-            linear experts, Gaussian (mixture) law, a hard binary linear teacher or None:
-            :func:`softhard.closed.risk.risk_gap_exact`, ``stderr = 0``); ``"conditional"`` (LinearRouter with
-            linear or constant experts, Gaussian (mixture) law, teacher None or a hard linear MoE: pairwise
-            conditioning in score space with quadrature across each interface, :mod:`softhard.estimators`;
-            keyword ``sampling="mc"|"qmc"``; ``n`` is a budget: it stops at ``target_rel_error``, 5e-3
-            unless given); ``"auto"``: exact, else conditional, else ``"mc"``
-            (``docs/estimators.md``).
+        method: ``"auto"`` (default: the fastest that applies), ``"exact"`` (binary linear MoE with linear
+            experts, Gaussian (mixture) law, teacher None or a hard binary linear MoE: 1-d quadrature,
+            :func:`softhard.closed.risk.risk_gap_exact`), ``"conditional"`` (LinearRouter with linear or constant
+            experts, Gaussian (mixture) law, teacher None or a hard linear MoE: pairwise conditioning with
+            quadrature across each interface, :mod:`softhard.estimators.conditional`), ``"qmc"``, ``"mc"``
+            (sampling inputs; any MoE, law and teacher).
+        n, seed, target_rel_error, sampling keywords: as in :func:`softhard.boundary_mass`.
 
     Returns:
-        :class:`~softhard.estimators.reducer.Estimate` with value/stderr of shape ``(T,)`` (floats for a float τ).
+        :class:`~softhard.estimators.reducer.Estimate` of shape ``(T,)`` (floats for a float τ).
     """
     where = "risk_gap"
-    law = _model(moe, law, where)
-    t, scalar = _taus(taus, where)
-    space = linear_gap_space(moe, law, teacher)
-    method = resolve_method(method, where, exact=is_binary_linear_gaussian(moe, law, teacher),
-                                 conditional=space is not None,
-                                 conditional_rule="a LinearRouter with linear experts, a Gaussian (mixture) law and a "
-                                 "teacher that is None or a hard linear MoE")
-    if method == "exact":
-        est = exact_estimate(risk_gap_exact(moe, law, t, teacher), "risk_gap_exact")
-    elif method == "conditional":
-        est = conditional.risk_gap_linear(moe, law, t, teacher, space, check_int(n, "n", where), seed, **mc)
-    else:
-        teacher = as_teacher(teacher, moe)
-        same = isinstance(teacher, HardTeacher) and teacher.moe is moe
-
-        def terms(x):  # x comes from the law: the trusted path, no validation per block
-            a, h = moe._scores(x)
-            f0 = hard_from(a, h)
-            s = (f0 if same else teacher._signal(x))[:, None]
-            return (s - soft_from(a, h, t)) ** 2 - (s - f0[:, None]) ** 2  # the noise variance cancels
-
-        est = monte_carlo(terms, law, n, seed, method=method, **mc)
-    return est[0] if scalar else est
+    method = RISK_GAP.check_method(method, where)
+    t, scalar = temperature_grid(taus, where)
+    call = moe_call(where, moe, law, t, teacher, n, seed, target_rel_error, sampling)
+    return finish(RISK_GAP.estimate(call, method), scalar)
 
 
-def gap_slope(moe, law, teacher=None, n: int = 1 << 20, seed=0, method: str = "auto",
-              bandwidth: float | None = None, **mc) -> float | Estimate:
+@RISK_GAP.register("exact", applies=_exact_applies, cost=lambda c: 2e-3 * c.grid.numel(), exact=True,
+                   summary="1-d quadrature across the interface (binary linear MoE)")
+def _gap_exact(c: Call) -> Estimate:
+    return Estimate.exact(risk_gap_exact(c.model, c.law, c.grid, c.teacher), "risk_gap_exact")
+
+
+@RISK_GAP.register("conditional", applies=lambda c: None if _space(c) is not None else _LINEAR_RULE,
+                   summary="pairwise conditioning + Gauss–Legendre across each interface")
+def _gap_conditional(c: Call) -> Estimate:
+    return conditional.risk_gap_linear(c.model, c.law, c.grid, c.teacher, _space(c), c.sampling, sampler(c, "qmc"))
+
+
+def _gap_terms(c: Call):
+    moe, teacher, t = c.model, c.teacher, c.grid
+    same = isinstance(teacher, HardTeacher) and teacher.moe is moe
+
+    def terms(x):  # x comes from the law: the trusted path, no validation per block
+        a, h = moe._scores(x)
+        f0 = hard_from(a, h)
+        s = (f0 if same else teacher._signal(x))[:, None]
+        return (s - soft_from(a, h, t)) ** 2 - (s - f0[:, None]) ** 2  # the noise variance cancels
+    return terms
+
+
+for _name in ("qmc", "mc"):
+    RISK_GAP.register(_name, applies=lambda c: None, summary=f"{_name} over inputs")(
+        lambda c, _name=_name: sample_mean(_gap_terms(c), c.law, _name, c.sampling))
+
+
+def gap_slope(moe, law, *, teacher=None, method: str = "auto", n: int | None = None, seed=0,
+              target_rel_error: float | None = None, bandwidth: float | None = None, **sampling) -> Estimate:
     r"""First-order constant :math:`G_1` of the gap, :math:`L_\tau - L_0 = G_1\tau + o(\tau)` [beyond].
 
     .. math:: G_1 = \sum_{i<j}\int_{\Gamma_{ij}} \frac{p}{|\nabla g_{ij}|}\Big[(2\ln2 - 1)D_{ij}^2
               + 2\ln2\,\big(D_{ij}(f^*_+ - h_i) - D_{ij}(f^*_- - h_j)\big)\Big]\,dH^{d-1}
 
     (``docs/first_order_gap.md``). ``method="exact"`` (binary linear MoE with linear experts, Gaussian
-    (mixture) law, teacher ``None`` or a hard binary linear MoE): a float. ``method="kernel"`` (or
-    ``"mc"``; ``"qmc"`` with scrambled Sobol sampling): the
+    (mixture) law, teacher ``None`` or a hard binary linear MoE): by quadrature. ``method="kernel"`` (any MoE
+    and law; ``sampling="mc"`` (default) or ``"qmc"``): the
     surface integral by the coarea formula, as a boundary-kernel average over the samples near an
     interface. Each sample lies on its winner w's side of the interface with its runner-up r, at
     distance :math:`\Delta = g_{wr} \ge 0`, and one-sided averages converge to one-sided traces:
@@ -126,34 +147,43 @@ def gap_slope(moe, law, teacher=None, n: int = 1 << 20, seed=0, method: str = "a
     sides of :math:`\Gamma_{ij}` gives the formula above. ``method="conditional"`` (Gaussian (mixture)
     law; no bandwidth, no bias): pairwise conditioning in score space for a LinearRouter with linear
     experts and a hard linear teacher (or None), else lines with the Crofton weight for any MoE and
-    teacher (:mod:`softhard.estimators`; keyword ``sampling="mc"|"qmc"``; ``n`` is a budget: it stops at
-    ``target_rel_error``, 5e-3 unless given). ``"auto"``: exact, else
-    conditional, else kernel (``docs/estimators.md``).
+    teacher (:mod:`softhard.estimators`; keyword ``sampling="qmc"|"mc"``). ``"auto"`` (default): the fastest that
+    applies (``docs/estimators.md``); n, seed, target_rel_error and the sampling keywords as in
+    :func:`softhard.boundary_mass`.
 
     Returns:
-        a float (exact) or an :class:`~softhard.estimators.reducer.Estimate` (method ``"kernel"`` or ``"conditional"``).
+        :class:`~softhard.estimators.reducer.Estimate` (a float value).
     """
     where = "gap_slope"
-    gaussian = isinstance(law, (Gaussian, GaussianMixture))
-    method = resolve_method(method, where, exact=is_binary_linear_gaussian(moe, law, teacher),
-                                 conditional=gaussian, fallback="kernel", methods=_SLOPE_METHODS)
-    if method == "exact":
-        return gap_slope_exact(moe, law, teacher)
-    law = _model(moe, law, where)
-    n, seed = check_int(n, "n", where), resolve_seed(seed, where)  # one seed for the pilot and the sample
-    if method == "conditional":
-        space = linear_gap_space(moe, law, teacher)
-        if space is not None:
-            return conditional.gap_slope_linear(moe, law, teacher, space, n, seed, **mc)
-        return lines.gap_slope_lines(moe, law, as_teacher(teacher, moe), n, seed, **mc)
-    teacher = as_teacher(teacher, moe)
+    method = GAP_SLOPE.check_method(method, where)
+    bw = None if bandwidth is None else check_float(bandwidth, "bandwidth", where, 0.0, math.inf)
+    call = moe_call(where, moe, law, None, teacher, n, seed, target_rel_error, sampling, bandwidth=bw)
+    return GAP_SLOPE.estimate(call, method)
 
 
-    if bandwidth is None:
+@GAP_SLOPE.register("exact", applies=_exact_applies, cost=lambda c: 1e-3, exact=True,
+                    summary="closed form at the interface (binary linear MoE)")
+def _slope_exact(c: Call) -> Estimate:
+    return Estimate.exact(gap_slope_exact(c.model, c.law, c.teacher), "gap_slope_exact")
+
+
+@GAP_SLOPE.register("conditional", applies=lambda c: None if is_gaussian(c.law) else
+                    "a Gaussian or GaussianMixture law", summary="pairwise conditioning, or lines + Crofton weight")
+def _slope_conditional(c: Call) -> Estimate:
+    if _space(c) is not None:
+        return conditional.gap_slope_linear(c.model, c.law, c.teacher, _space(c), c.sampling, sampler(c, "qmc"))
+    return lines.gap_slope_lines(c.model, c.law, c.teacher, c.sampling, sampler(c, "qmc"))
+
+
+@GAP_SLOPE.register("kernel", applies=lambda c: None, summary="one-sided boundary kernel over inputs")
+def _slope_kernel(c: Call) -> Estimate:
+    moe, teacher, s = c.model, c.teacher, c.sampling
+    h = c.options["bandwidth"]
+    if h is None:
+        n = s.n if s.n is not None else min(s.max_samples, 1 << 20)
         with torch.no_grad():
-            h = kernel_bandwidth(top_two(moe.logits(pilot_sample(law, n, seed)))[0].cpu().numpy(), n, one_sided=True)
-    else:
-        h = check_float(bandwidth, "bandwidth", where, 0.0, math.inf)
+            h = kernel_bandwidth(top_two(logits_of(moe, pilot_sample(c.law, n, s.seed), c.where))[0].cpu().numpy(), n,
+                                 one_sided=True)
 
     def terms(x):
         a, e = moe._scores(x)
@@ -161,39 +191,41 @@ def gap_slope(moe, law, teacher=None, n: int = 1 << 20, seed=0, method: str = "a
         hw, hr = e.gather(1, w[:, None])[:, 0], e.gather(1, r[:, None])[:, 0]
         return kernel(delta, h, True) * g1_half_bracket(hw - hr, teacher._signal(x), hw)
 
-    return kernel_estimate(monte_carlo(terms, law, n, seed, method="qmc" if method == "qmc" else "mc", **mc), h,
-                            True)
+    return kernel_estimate(sample_mean(terms, c.law, sampler(c, "mc"), s), h, True)
 
 
-def entropy_slope(router, law, method: str = "auto", n: int = 1 << 20, seed=0, bandwidth: float | None = None,
-                  **mc) -> float | Estimate:
-    r"""First-order constant of the mean routing entropy [beyond] (nats):
+def gate_entropy_mean(router, law, taus, *, method: str = "auto", n: int | None = None, seed=0,
+                      target_rel_error: float | None = None, **sampling) -> Estimate:
+    r"""Mean routing entropy :math:`E[-\sum_k \pi_k^\tau \log \pi_k^\tau]` (nats) on a τ grid.
 
-    .. math:: E[H(\pi^\tau(X))] = \tau\,\frac{\pi^2}{3}\,C_\Sigma + o(\tau), \qquad
-              \int_{\mathbb R} H(\sigma(u))\,du = \frac{\pi^2}{3},
-
-    with :math:`C_\Sigma` the surface constant of Prop. 3.5 (:func:`softhard.quantities.coarea.interface_constant`;
-    :math:`C_\Sigma = \psi(0)` for K = 2). Exact or kernel-estimated as ``interface_constant``.
-    """
-    c = interface_constant(router, law, method, n, seed, bandwidth, **mc)
-    if isinstance(c, Estimate):
-        return Estimate(c.value * ENTROPY_CONSTANT, c.stderr * ENTROPY_CONSTANT, c.n, c.method, c.seed, c.info)
-    return ENTROPY_CONSTANT * c
-
-
-def gate_entropy_mean(router, law, taus, n: int = 1 << 20, seed=0, **mc) -> Estimate:
-    r"""Monte Carlo mean routing entropy :math:`E[-\sum_k \pi_k^\tau \log \pi_k^\tau]` (nats) on a τ grid.
+    Methods: ``"exact"`` (binary linear router, Gaussian (mixture) law: :math:`\int \psi(t)\,H(\sigma(t/\tau))\,dt`
+    by quadrature, :func:`softhard.closed.risk.gate_entropy_exact`), ``"qmc"``, ``"mc"``; keywords as
+    :func:`softhard.boundary_mass`.
 
     Returns:
         :class:`~softhard.estimators.reducer.Estimate` over ``taus`` (shape ``(T,)``; floats for a float τ).
     """
     where = "gate_entropy_mean"
-    law, r = _router(router, law, where)
-    t, scalar = _taus(taus, where)
+    method = GATE_ENTROPY.check_method(method, where)
+    t, scalar = temperature_grid(taus, where)
+    call = router_call(where, router, law, t, n, seed, target_rel_error, sampling)
+    return finish(GATE_ENTROPY.estimate(call, method), scalar)
 
+
+@GATE_ENTROPY.register("exact", applies=lambda c: None if c.model.num_experts == 2 and is_linear_gaussian(
+    c.model, c.law) else "a binary LinearRouter and a Gaussian (mixture) law", cost=lambda c: 1e-3 * c.grid.numel(),
+    exact=True, summary="1-d quadrature of H(σ(g/τ)) against the density of g")
+def _entropy_exact(c: Call) -> Estimate:
+    return Estimate.exact(gate_entropy_exact(c.model, c.law, c.grid), "gate_entropy_exact")
+
+
+def _entropy_terms(c: Call):
     def terms(x):
-        a = r.logits(x)
-        return torch.stack([gate_entropy(a, float(tau)) for tau in t], dim=-1)
+        a = logits_of(c.model, x, c.where)
+        return torch.stack([gate_entropy(a, float(tau)) for tau in c.grid], dim=-1)
+    return terms
 
-    est = monte_carlo(terms, law, n, seed, **mc)
-    return est[0] if scalar else est
+
+for _name in ("qmc", "mc"):
+    GATE_ENTROPY.register(_name, applies=lambda c: None, summary=f"{_name} over inputs")(
+        lambda c, _name=_name: sample_mean(_entropy_terms(c), c.law, _name, c.sampling))

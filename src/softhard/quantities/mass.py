@@ -1,4 +1,4 @@
-r"""Boundary-mass profiles (paper (2.13)–(2.15), (5.4)–(5.5)) estimated from one sample.
+r"""Boundary-mass profiles (paper (2.13)–(2.15), (5.4)–(5.5)).
 
 - top-two profile :math:`\beta(w) = \mu(\Delta(X) \le w)` (2.13),
 - pairwise profile :math:`\beta_{pair}(w) = \mu(\delta(X) \le w)` (2.14), :math:`\beta \le \beta_{pair}`,
@@ -6,7 +6,11 @@ r"""Boundary-mass profiles (paper (2.13)–(2.15), (5.4)–(5.5)) estimated from
   sandwich of Remark 5.4 (derived in ``docs/ambiguity_sandwich.md``):
   :math:`\mu(\Delta < w_{\tau,\varepsilon}) \le m_\varepsilon(\tau) \le \mu(\Delta < w_{\tau,\varepsilon} + \tau\log(K-1))`.
 
-Every estimate is evaluated on the whole grid from the same draws, so a profile is monotone in ``w``.
+Every sampled profile is evaluated on the whole grid from the same draws, so it is monotone in ``w``.
+Methods (``docs/estimators.md``): ``"exact"`` (closed forms of :mod:`softhard.closed.boundary`),
+``"conditional"`` (:mod:`softhard.estimators.conditional` for a linear router, lines with the Crofton
+weight, :mod:`softhard.estimators.lines`, for any other router, under a Gaussian (mixture) law), ``"qmc"``
+and ``"mc"`` (sampling inputs); ``"auto"`` picks the fastest for the accuracy asked.
 """
 
 from __future__ import annotations
@@ -15,34 +19,46 @@ import math
 
 import torch
 
-from .._validate import check_float, check_grid, check_int, check_logits, fail
-from ..closed.boundary import PAIRWISE_MAX_K, boundary_mass_exact
+from .._validate import check_float, check_int, fail
+from ..closed.boundary import PAIRWISE_MAX_K, boundary_mass_closed
+from ..closed.normal import ABSEPS
 from ..estimators import conditional, lines
 from ..estimators.fits import MarginTail, fit_margin_tail
-from ..estimators.reducer import Estimate, draw, exact_estimate, monte_carlo
-from ..estimators.registry import resolve_method
+from ..estimators.reducer import Estimate, draw, sample_mean
+from ..estimators.registry import PILOT, Call, Quantity, samples_for
 from ..estimators.score_space import score_space
-from ..model.gates import pairwise_separation, top_two_margin, topk_margin
-from ..model.laws import Gaussian, GaussianMixture, as_law
-from ..model.routers import LinearRouter, as_router
+from ..model.gates import pairwise_separation, top_two, topk_margin
+from ..model.routers import LinearRouter
+from .door import (
+    finish,
+    is_gaussian,
+    is_linear_gaussian,
+    logits_of,
+    router_call,
+    sampler,
+    temperature_grid,
+    width_grid,
+)
 
-__all__ = ["boundary_mass", "ambiguity_mass", "margin_tail", "margin_function", "MARGINS"]
+__all__ = ["boundary_mass", "ambiguity_mass", "margin_tail", "BOUNDARY_MASS", "AMBIGUITY_MASS", "MARGINS",
+           "margin_function"]
 
 MARGINS = ("top2", "pairwise")
+BOUNDARY_MASS = Quantity("boundary_mass")
+AMBIGUITY_MASS = Quantity("ambiguity_mass")
+EPS_2TAU = 1 / (1 + math.e ** 2)  # the tolerance at which w_{τ,ε} = 2τ (the paper's β(2τ))
 
 
-def margin_function(kind: str = "top2", k: int = 1, where: str = "boundary_mass"):
-    """The margin ``logits (N, K) -> (N,)`` named by ``kind``: "top2" (Δ, or the top-k margin if ``k > 1``)
-    or "pairwise" (δ)."""
-    if kind == "top2":
-        return top_two_margin if k == 1 else (lambda a: topk_margin(a, k))
+def margin_function(kind: str = "top2", k: int = 1):
+    """The margin ``logits (N, K) -> (N,)`` named by ``kind`` (trusted logits): "top2" (Δ (2.6), or the top-k
+    margin :math:`a_{(k)} - a_{(k+1)}` if ``k > 1``) or "pairwise" (δ (2.12))."""
     if kind == "pairwise":
         return pairwise_separation
-    fail("kind", where, f"one of {MARGINS}", kind)
+    return (lambda a: top_two(a)[0]) if k == 1 else (lambda a: topk_margin(a, k))
 
 
-def boundary_mass(router, law, widths, kind: str = "top2", n: int = 1 << 20, seed=0, *, k: int = 1,
-                  method: str = "mc", **mc) -> Estimate:
+def boundary_mass(router, law, widths, *, kind: str = "top2", k: int = 1, method: str = "auto", n: int | None = None,
+                  seed=0, target_rel_error: float | None = None, abseps: float = ABSEPS, **sampling) -> Estimate:
     r"""Boundary-mass profile on a grid of widths (2.13)/(2.14).
 
     .. math:: \beta(w) = \mu(\Delta(X) \le w), \qquad \beta_{pair}(w) = \mu(\delta(X) \le w)
@@ -53,57 +69,131 @@ def boundary_mass(router, law, widths, kind: str = "top2", n: int = 1 << 20, see
         router: router ``(N, d) -> (N, K)`` (LinearRouter, MLPRouter, any module/callable).
         law: input law μ on ℝ^d.
         widths: widths ``w >= 0``, shape ``(W,)`` (or a float).
-        kind: ``"top2"`` or ``"pairwise"``.
-        n, seed: sample size and seed; the estimate depends on ``(seed, n)`` only.
-        k: with ``kind="top2"``, use the top-k margin :math:`a_{(k)} - a_{(k+1)}` instead [beyond].
-        method: ``"mc"`` (plain Monte Carlo over inputs, the default) or ``"qmc"`` (scrambled Sobol);
-            ``"exact"`` (LinearRouter, Gaussian (mixture) law, k = 1:
-            :func:`softhard.closed.boundary.boundary_mass_exact`, ``stderr = 0``); ``"conditional"`` (Gaussian
-            (mixture) law, ``kind="top2"``, k = 1: pairwise conditioning in score space for a LinearRouter,
-            lines with the Crofton weight otherwise, :mod:`softhard.estimators`; keyword ``sampling="mc"|"qmc"``;
-            ``n`` is a budget: it stops at ``target_rel_error``, 5e-3 unless given);
-            ``"auto"``: exact, else conditional, else QMC in score space for a LinearRouter under a
-            Gaussian law, else plain MC (``docs/estimators.md``). Further keywords go to
-            :func:`softhard.estimators.reducer.monte_carlo` (``target_rel_error`` works for every sampling method).
+        kind: ``"top2"`` (β) or ``"pairwise"`` (β_pair).
+        k: with ``kind="top2"``, the top-k margin :math:`a_{(k)} - a_{(k+1)}` instead of Δ [beyond].
+        method: ``"auto"`` (default: the fastest method that reaches the accuracy asked, recorded in
+            ``Estimate.method``), ``"exact"`` (LinearRouter, Gaussian (mixture) law, k = 1:
+            :func:`~softhard.closed.boundary.boundary_mass_exact`, with its integration error bound in
+            ``Estimate.error_bound``), ``"conditional"`` (Gaussian (mixture) law, ``kind="top2"``, k = 1; keyword
+            ``sampling="qmc"|"mc"``), ``"qmc"`` or ``"mc"`` (any router and law).
+        n: samples of a sampling method (with ``target_rel_error``: the budget); ``None``: sample until
+            ``target_rel_error`` (0.5 % if not given), at most ``max_samples`` (2²⁴).
+        seed: ``int``, ``torch.Generator`` or ``None``; a sampled estimate depends on ``(seed, n)`` only.
+        target_rel_error: relative standard error to reach on every width (a miss says
+            ``converged=False`` and warns).
+        abseps: absolute accuracy of Genz's algorithm in the closed form.
+        **sampling: ``max_samples``, ``scrambles``, ``chunk``, ``device``, ``workers``, ``min_n``, ``progress``,
+            ``sampling`` (see :func:`softhard.estimators.reducer.monte_carlo`).
 
     Returns:
-        :class:`Estimate` whose ``value``/``stderr`` have shape ``(W,)`` (floats for a float width).
+        :class:`~softhard.estimators.reducer.Estimate` of shape ``(W,)`` (floats for a float width).
     """
-    law = as_law(law, "boundary_mass")
-    r = _router(router, law, "boundary_mass")
-    w = check_grid(widths, "widths", "boundary_mass", low=0.0)
-    n = check_int(n, "n", "boundary_mass")
+    where = "boundary_mass"
+    method = BOUNDARY_MASS.check_method(method, where)
+    w, scalar = width_grid(widths, where)
+    if kind not in MARGINS:
+        fail("kind", where, f"one of {MARGINS}", kind)
+    call = router_call(where, router, law, w, n, seed, target_rel_error, sampling, kind=kind, k=k,
+                       abseps=check_float(abseps, "abseps", where, 0.0, 0.1, high_open=False))
+    K = call.model.num_experts
     if kind == "pairwise" and k != 1:
-        fail("k", "boundary_mass", "1 with kind='pairwise' (the top-k margin is for kind='top2')", k)
-    margin = margin_function(kind, check_int(k, "k", "boundary_mass", 1, r.num_experts - 1))
-    gaussian = isinstance(law, (Gaussian, GaussianMixture))
-    linear = isinstance(r, LinearRouter) and gaussian
-    in_score_space = linear and method == "auto"  # auto's last resort samples the logits directly
-    method = resolve_method(
-        method, "boundary_mass", exact=linear and k == 1 and (kind == "top2" or r.num_experts <= PAIRWISE_MAX_K),
-        conditional=gaussian and kind == "top2" and k == 1, fallback="qmc" if linear else "mc",
-        conditional_rule="a Gaussian or GaussianMixture law, kind='top2' and k=1")
-    if method == "exact":
-        est = exact_estimate(boundary_mass_exact(r, law, w, kind), "boundary_mass_exact")
-    elif method == "conditional":
-        est = (conditional.boundary_mass_linear if isinstance(r, LinearRouter) else lines.boundary_mass_lines)(
-            r, law, w, n, seed, **mc)
-    elif in_score_space:
-        space = score_space(r, law)
-        est = monte_carlo(lambda y: (margin(y)[:, None] <= w.to(y)).to(torch.float64), space.law, n, seed,
-                          method=method, **mc)
-        est.info["space"] = "score"
-    else:
-        def terms(x):  # x comes from the law (finite, (N, d)); the margin validates the logits
-            m = margin(r(x))
-            return (m[:, None] <= w.to(m)).to(torch.float64)
-
-        est = monte_carlo(terms, law, n, seed, method=method, **mc)
-    return est[0] if _is_scalar(widths) else est
+        fail("k", where, "1 with kind='pairwise' (the top-k margin is for kind='top2')", k)
+    call.options["k"] = check_int(k, "k", where, 1, K - 1)
+    return finish(BOUNDARY_MASS.estimate(call, method), scalar)
 
 
-def ambiguity_mass(router, law, taus, eps: float = 1 / (1 + math.e ** 2), n: int = 1 << 20, seed=0,
-                   **mc) -> Estimate:
+def _exact_applies(c: Call):
+    if not is_linear_gaussian(c.model, c.law):
+        return "a LinearRouter and a Gaussian or GaussianMixture law"
+    if c.options["k"] != 1:
+        return "k = 1 (the top-two margin)"
+    if c.options["kind"] == "pairwise" and c.model.num_experts > PAIRWISE_MAX_K:
+        return f"K <= {PAIRWISE_MAX_K} experts for kind='pairwise' (K! orthant probabilities)"
+    return None
+
+
+def _orthant_seconds(q: int) -> float:
+    """Model of one orthant probability's cost in q free dimensions (benchmarks/run.py measures it)."""
+    return 3e-4 if q <= 2 else 4e-3 * q * q
+
+
+def _exact_cost(c: Call) -> float:
+    K, W = c.model.num_experts, c.grid.numel()
+    C = len(getattr(c.law, "components", [c.law]))
+    if K == 2:
+        return 1e-4 * C
+    if c.options["kind"] == "pairwise":
+        return C * W * math.factorial(K) * _orthant_seconds(K - 1)
+    return C * W * min(K * _orthant_seconds(K - 1), 8 * K * (K - 1) / 2 * _orthant_seconds(K - 2) / 4)
+
+
+@BOUNDARY_MASS.register("exact", applies=_exact_applies, cost=_exact_cost, exact=True,
+                        summary="Gaussian orthant probabilities (3.11 and its K-expert extension)")
+def _exact(c: Call) -> Estimate:
+    v, bound, forms = boundary_mass_closed(c.model, c.law, c.grid, c.options["kind"], c.options["abseps"], c.where)
+    return Estimate.exact(v, "boundary_mass_exact", bound, forms=forms)
+
+
+def _conditional_applies(c: Call):
+    if not is_gaussian(c.law):
+        return "a Gaussian or GaussianMixture law"
+    if c.options["kind"] != "top2" or c.options["k"] != 1:
+        return "kind='top2' and k=1"
+    return None
+
+
+def _conditional_run(c: Call, opts=None) -> Estimate:
+    fn = conditional.boundary_mass_linear if isinstance(c.model, LinearRouter) else lines.boundary_mass_lines
+    return fn(c.model, c.law, c.grid, opts or c.sampling, sampler(c, "qmc"))
+
+
+def _conditional_cost(c: Call) -> float:
+    """Samples needed (from a pilot of :data:`PILOT` draws) times a per-draw cost model."""
+    from dataclasses import replace
+
+    pilot = _conditional_run(c, replace(c.sampling, n=PILOT, target=None, progress=False))
+    K, W = c.model.num_experts, c.grid.numel()
+    per_draw = (2e-7 * K * (K - 1) / 2 * (1 + W / 4)) if isinstance(c.model, LinearRouter) else 2e-4
+    return samples_for(pilot, c) * per_draw
+
+
+BOUNDARY_MASS.register("conditional", applies=_conditional_applies, cost=_conditional_cost,
+                       summary="conditional MC across each interface (linear router) or lines + Crofton weight")(
+    _conditional_run)
+
+
+def _mass_terms(c: Call, logits):
+    """Per-sample indicators ``(N, W)`` of margin ≤ w, from ``logits(draws) -> (N, K)``."""
+    w, margin = c.grid, margin_function(c.options["kind"], c.options["k"])
+
+    def terms(x):
+        m = margin(logits(x))
+        return (m[:, None] <= w.to(m)).to(torch.float64)
+    return terms
+
+
+def _register_samplers(quantity: Quantity, terms_of):
+    """Register "score" (a LinearRouter under a Gaussian (mixture) law: the K logits sampled directly, at a cost
+    independent of d, :func:`~softhard.estimators.score_space.score_space`), then "qmc" and "mc" over inputs, for
+    indicator terms ``terms_of(call, logits)``."""
+    @quantity.register("score", applies=lambda c: None if is_linear_gaussian(c.model, c.law) else
+                       "a LinearRouter and a Gaussian or GaussianMixture law", summary="QMC/MC over the logits")
+    def _score(c: Call) -> Estimate:
+        space = score_space(c.model, c.law)
+        how = sampler(c, "qmc")
+        return sample_mean(terms_of(c, lambda y: y), space.law, how, c.sampling).replace(info={"sampling": how})
+
+    for name in ("qmc", "mc"):
+        quantity.register(name, applies=lambda c: None, summary=f"{name} over inputs")(
+            lambda c, name=name: sample_mean(terms_of(c, lambda x: logits_of(c.model, x, c.where)), c.law, name,
+                                             c.sampling))
+
+
+_register_samplers(BOUNDARY_MASS, _mass_terms)
+
+
+def ambiguity_mass(router, law, taus, *, eps: float = EPS_2TAU, method: str = "auto", n: int | None = None, seed=0,
+                   target_rel_error: float | None = None, **sampling) -> Estimate:
     r"""Mass of the ambiguity region (5.4)–(5.5) on a grid of temperatures.
 
     .. math:: m_\varepsilon(\tau) = \mu\big(\max_k \pi_k^\tau(X) < 1 - \varepsilon\big)
@@ -114,47 +204,53 @@ def ambiguity_mass(router, law, taus, eps: float = 1 / (1 + math.e ** 2), n: int
     Args:
         router: router ``(N, d) -> (N, K)``; law: input law μ on ℝ^d.
         taus: temperatures τ > 0, shape ``(T,)`` (or a float); eps: tolerance ε ∈ (0, 1/2).
-        n, seed: sample size and seed; further keywords go to :func:`softhard.estimators.reducer.monte_carlo`.
+        method: ``"auto"``, ``"exact"`` (K = 2 linear router, Gaussian (mixture) law: β(w_{τ,ε}) exactly,
+            Remark 5.4), ``"qmc"``, ``"mc"``; n, seed, target_rel_error, sampling keywords: as in
+            :func:`boundary_mass`.
 
     Returns:
-        :class:`Estimate` over ``taus``.
+        :class:`~softhard.estimators.reducer.Estimate` over ``taus``.
     """
-    law = as_law(law, "ambiguity_mass")
-    r = _router(router, law, "ambiguity_mass")
-    t = check_grid(taus, "taus", "ambiguity_mass", low=0.0, low_open=True)
-    e = check_float(eps, "eps", "ambiguity_mass", 0.0, 0.5)
-    n = check_int(n, "n", "ambiguity_mass")
+    where = "ambiguity_mass"
+    method = AMBIGUITY_MASS.check_method(method, where)
+    t, scalar = temperature_grid(taus, where)
+    e = check_float(eps, "eps", where, 0.0, 0.5)
+    call = router_call(where, router, law, t, n, seed, target_rel_error, sampling, eps=e)
+    return finish(AMBIGUITY_MASS.estimate(call, method), scalar)
+
+
+@AMBIGUITY_MASS.register("exact", applies=lambda c: None if is_linear_gaussian(c.model, c.law) and
+                         c.model.num_experts == 2 else "a binary LinearRouter and a Gaussian (mixture) law",
+                         cost=lambda c: 1e-4, exact=True, summary="β(w_{τ,ε}) for K = 2 (Remark 5.4)")
+def _ambiguity_exact(c: Call) -> Estimate:
+    factor = math.log((1 - c.options["eps"]) / c.options["eps"])
+    v, bound, _ = boundary_mass_closed(c.model, c.law, c.grid * factor, "top2", ABSEPS, c.where)
+    return Estimate.exact(v, "boundary_mass_exact at w = τ log((1-ε)/ε)", bound)
+
+
+def _ambiguity_terms(c: Call, logits):
+    t, e = c.grid, c.options["eps"]
 
     def terms(x):
-        a = check_logits(r(x), "ambiguity_mass", "router logits")
+        a = logits(x)
         z = (a - a.max(-1, keepdim=True).values).unsqueeze(1) / t.to(a)[:, None]
-        # max_k π_k = 1 / Σ_j exp(z_j) since the top z is 0
-        pmax = 1.0 / torch.exp(z).sum(-1)
+        pmax = 1.0 / torch.exp(z).sum(-1)  # max_k π_k = 1 / Σ_j exp(z_j) since the top z is 0
         return (pmax < 1 - e).to(torch.float64)
-
-    est = monte_carlo(terms, law, n, seed, **mc)
-    return est[0] if _is_scalar(taus) else est
+    return terms
 
 
-def _router(router, law, where: str):
-    """The router as a :class:`Router` on the law's dimension (a plain callable gets ``d`` from the law)."""
-    r = as_router(router, law.d)
-    if r.d is not None and r.d != law.d:
-        fail("law", where, f"a law on R^{r.d} (the router's input dimension)", f"a law on R^{law.d}")
-    return r
+_register_samplers(AMBIGUITY_MASS, _ambiguity_terms)
 
 
-def _is_scalar(v) -> bool:
-    return isinstance(v, (int, float)) or (hasattr(v, "ndim") and v.ndim == 0)
-
-
-def margin_tail(router, law, n: int = 1 << 20, seed=0, t_max: float | None = None, tail_fraction: float = 0.05,
+def margin_tail(router, law, *, n: int = 1 << 20, seed=0, t_max: float | None = None, tail_fraction: float = 0.05,
                 kind: str = "top2", zeros: str = "raise") -> MarginTail:
-    r"""Draw ``n`` inputs (``estimate.draw``) and fit the margin tail of Δ (``kind="top2"``, (2.6)) or δ
-    (``kind="pairwise"``, (2.12)) with :func:`fit_margin_tail`."""
-    law = as_law(law, "margin_tail")
-    r = _router(router, law, "margin_tail")
-    margin = margin_function(kind, where="margin_tail")
+    r"""Draw ``n`` inputs (:func:`~softhard.estimators.reducer.draw`) and fit the margin tail
+    :math:`\mu(\Delta \le t) \approx C t^\alpha` of Δ (``kind="top2"``, (2.6)) or δ (``kind="pairwise"``, (2.12))
+    with :func:`~softhard.estimators.fits.fit_margin_tail` (Assumption 4.2)."""
+    where = "margin_tail"
+    if kind not in MARGINS:
+        fail("kind", where, f"one of {MARGINS}", kind)
+    call = router_call(where, router, law, None, n, seed, None, {})
     with torch.no_grad():
-        m = margin(r.logits(draw(law, n, seed)))
+        m = margin_function(kind)(logits_of(call.model, draw(call.law, call.sampling.n, call.sampling.seed), where))
     return fit_margin_tail(m, t_max, tail_fraction, zeros)

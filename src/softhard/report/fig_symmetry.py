@@ -18,7 +18,11 @@ _PHASES = (("table3_phase_contrast", "student_contrast", "student contrast ε (�
 
 
 def _col(t, c) -> np.ndarray:
-    return np.asarray(t.column(c), dtype=float)
+    return np.asarray([math.nan if v is None else v for v in t.column(c)], dtype=float)
+
+
+def _num(v) -> float:
+    return math.nan if v is None else float(v)
 
 
 def figure3(out: Path) -> list[Path]:
@@ -54,22 +58,27 @@ def _phase_figure(out: Path, plt) -> Path:
         taus, vals = sorted(set(_col(p, "tau"))), sorted(set(_col(p, key)))
         grid = np.full((len(taus), len(vals)), np.nan)
         labels = {}
+        # the reduced model (6.7) has no student contrast ε: its steps are shown at fixed ε only (anisotropy grid)
+        both = key == "anisotropy"
         for row in p.rows:
             i, k = taus.index(float(row["tau"])), vals.index(float(row[key]))
-            meas, pred = float(row["steps_to_align"]), float(row["steps_predicted"])
+            meas, pred = _num(row["steps_to_align"]), _num(row["steps_predicted"])
             grid[i, k] = meas
-            labels[i, k] = "\n".join("×–"[m] if math.isnan(v) else f"{v:.0f}" for m, v in enumerate((meas, pred)))
+            shown = (meas, pred) if both else (meas,)
+            labels[i, k] = "\n".join("×–"[m] if math.isnan(v) else f"{v:.0f}" for m, v in enumerate(shown))
         im = ax[j].imshow(np.log10(grid), origin="lower", aspect="auto", cmap="viridis")
         for (i, k), text in labels.items():
             dark = math.isnan(grid[i, k]) or im.norm(math.log10(grid[i, k])) > 0.6
             ax[j].text(k, i, text, ha="center", va="center", fontsize=7, color="k" if dark else "w")
         ax[j].set_xticks(range(len(vals)), [f"{v:g}" for v in vals])
         ax[j].set_yticks(range(len(taus)), [f"{v:g}" for v in taus])
-        ax[j].set(xlabel=label, ylabel="τ", title="steps to align: measured (top) / reduced model (6.7)")
+        ax[j].set(xlabel=label, ylabel="τ", title="steps to align: measured (top) / reduced model (6.7)" if both
+                  else "steps to align, measured (the reduced model has no ε)")
         fig.colorbar(im, ax=ax[j], label="log10 measured steps (blank: not aligned)")
-        rm, rp = _col(p, "rate_measured"), _col(p, "rate_predicted")
-        ok = np.isfinite(rm) & (rm > 0) & np.isfinite(rp)
-        ax[2].scatter(rp[ok], rm[ok], s=18, marker="os"[j], label=label)
+        if both:  # ρ (6.11) does not depend on ε, the measured rate does: compare them at one ε only
+            rm, rp = _col(p, "rate_measured"), _col(p, "rate_predicted")
+            ok = np.isfinite(rm) & (rm > 0) & np.isfinite(rp)
+            ax[2].scatter(rp[ok], rm[ok], s=18, label=f"{label}, ε = {_num(p.rows[0]['student_contrast']):g}")
         if key == "student_contrast":
             eps, scaled, tau = _col(p, key), _col(p, "steps_scaled"), _col(p, "tau")
             for i, tv in enumerate(taus):
@@ -79,7 +88,7 @@ def _phase_figure(out: Path, plt) -> Path:
     hi = max(ax[2].get_xlim()[1], ax[2].get_ylim()[1])
     ax[2].plot([lo, hi], [lo, hi], "k:", lw=1, label="measured = predicted")
     ax[2].set(xscale="log", yscale="log", xlabel="predicted rate ρ (6.11)",
-              ylabel="measured rate log(tan∠₀/tan∠_T)/T", title="Alignment rate: measured vs ρ")
+              ylabel="measured rate log(tan∠₁/tan∠_T)/(T − 1)", title="Alignment rate after the first step, fixed ε")
     ax[2].legend(fontsize=7)
     ax[3].set(xscale="log", yscale="log", xlabel="student contrast ε", ylabel="steps to align × ηε/τ²",
               title="Scaling of router-only descent (first order in ε)")
