@@ -31,6 +31,8 @@ SYMBOLS: dict[str, tuple[str, str]] = {
     "gate_entropy": (r"$\overline{H}(\pi_1)$", "mean H(π₁)"),
     "step": (r"step $t$", "step t"),
     "alignment_deficit": (r"$1 - |\cos(\theta_t, u)|$", "1 − |cos(θ_t, u)|"),
+    "alignment_step1": (r"$|\cos(\theta_1, u)|$", "|cos(θ₁, u)|"),
+    "steps_to_align": (r"steps to align", "steps to align"),
     "risk": (r"$L_\tau(\theta_t)$", "L_τ(θ_t)"),
     "student_contrast": (r"$\varepsilon$", "ε"),
     "taus": (r"$\tau$", "τ"),
