@@ -144,7 +144,7 @@ def reproduce(
         [table3]
         steps = 500
 
-    Takes about 2-3 minutes with the defaults on 2 CPU cores; '--samples 16384' about 35 s.
+    Takes about 2 minutes with the defaults on 2 CPU cores; '--samples 16384' under a minute.
     """
     from .runs.reproduce import ReproduceError
     from .runs.reproduce import reproduce as run
