@@ -217,11 +217,11 @@ def test_reproduce_only_table3(tmp_path):
     res = CliRunner().invoke(app, ["reproduce", "--only", "table3", "--out", str(out), "--samples", "2048",
                                    "--config", str(cfg)])
     assert res.exit_code == 0, res.output
-    for f in [f"{n}.{ext}" for n in ("table3", "table3_trajectory") for ext in ("csv", "json", "tex")]:
+    for f in [f"{n}.{ext}" for n in ("table3", "table3_trajectory") for ext in ("csv", "json")] + ["table3.tex"]:
         assert (out / f).stat().st_size > 0
     assert (out / "figure3.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert not (out / "figure3_phase.png").exists()  # no phase tables, no phase figure
     back = read_table(out / "table3.json")
-    assert back.columns == COLUMNS
+    assert [c for c in back.columns if not c.endswith(("_paper", "_paper_z"))] == COLUMNS  # + the paper's values
     assert back.meta["samples"] == 2048 and back.meta["design"]["training_samples"] == 2048
     assert back.meta["seed"] == Config().seed and back.meta["design"]["steps"] == 100

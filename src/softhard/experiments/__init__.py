@@ -1,48 +1,97 @@
 """The paper's §7 diagnostics as data: config in, tidy table out (no plotting here).
 
 Each diagnostic module defines a frozen dataclass ``Config`` (defaults = the paper's design) and
-``run(config, progress=False) -> Table``. :data:`REGISTRY` maps a table name ("table1", ...) to its
-module; ``softhard reproduce`` and sweeps use only this registry.
+``run(config, progress=False) -> Table`` (and, optionally, ``check(config)``, which raises for a config
+that cannot run). :data:`REGISTRY` maps a table name ("table1", ...) to its module; ``softhard reproduce``
+and sweeps use only this registry. :func:`make_config` checks a config before anything runs.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import difflib
 import importlib
+import math
 from typing import Any
 
-from .._validate import fail
+__all__ = ["REGISTRY", "MIN_SAMPLES", "get", "make_config", "did_you_mean"]
 
-__all__ = ["REGISTRY", "get", "make_config"]
+# the smallest Monte Carlo sample size `softhard reproduce` accepts: a standard error from fewer draws is
+# not worth printing (the library itself accepts 2)
+MIN_SAMPLES = 100
+
+
+def fail(*args, **kwargs):
+    """The project's error template, imported on first use (this module stays light for the command line)."""
+    from .._validate import fail as _fail
+
+    _fail(*args, **kwargs)
 
 
 # table name -> module path (imported lazily, so that `softhard --help` stays fast)
 REGISTRY: dict[str, str] = {
     "table1": "softhard.experiments.boundary_scaling",
+    "table1_limit": "softhard.experiments.boundary_limit",
     "table1_multi": "softhard.experiments.boundary_multi",
     "table2": "softhard.experiments.boundary_geometry",
     "table3": "softhard.experiments.symmetry_breaking",
 }
 
 
+def did_you_mean(word: str, choices) -> str:
+    """`` (did you mean 'x'?)`` for the closest of ``choices`` to ``word``, or ``""``."""
+    close = difflib.get_close_matches(str(word), [str(c) for c in choices], n=1, cutoff=0.6)
+    return f" (did you mean {close[0]!r}?)" if close else ""
+
+
 def get(name: str):
     """The module of diagnostic ``name`` (has ``Config`` and ``run``)."""
     if name not in REGISTRY:
-        fail("name", "experiments.get", f"one of {sorted(REGISTRY)}", name)
+        fail("name", "experiments.get", f"one of {sorted(REGISTRY)}{did_you_mean(name, REGISTRY)}", name)
     return importlib.import_module(REGISTRY[name])
 
 
 def make_config(name: str, overrides: dict[str, Any] | None = None):
-    """``Config`` of diagnostic ``name`` with ``overrides`` checked: unknown keys and wrong types raise."""
-    cls = get(name).Config
+    """``Config`` of diagnostic ``name`` with ``overrides`` checked before anything runs.
+
+    Unknown keys (with the closest field suggested) and wrong types raise; then the values: sample sizes
+    and ``steps``/``d``/``K`` at least 1 (``samples`` at least 2), seeds in [0, 2**63), temperatures
+    (``tau``, ``taus``, ``*_taus``) positive, every number finite, no empty tuple; then the module's own
+    ``check(config)`` if it has one. Errors use the project's template (``ValueError``/``TypeError``).
+    """
+    module = get(name)
+    cls = module.Config
     fields = {f.name: f for f in dataclasses.fields(cls)}
     overrides = dict(overrides or {})
     for key, value in overrides.items():
         if key not in fields:
-            fail("config", name, f"a mapping with keys among {sorted(fields)}", key)
+            fail("config", name, f"a mapping with keys among {sorted(fields)}{did_you_mean(key, fields)}", key)
         default = getattr(cls(), key)
         overrides[key] = _coerce(value, default, f"{name}.{key}")
-    return cls(**overrides)
+    config = cls(**overrides)
+    for key in fields:
+        _check_value(key, getattr(config, key), name)
+    if callable(getattr(module, "check", None)):
+        module.check(config)
+    return config
+
+
+def _check_value(key: str, value, where: str) -> None:
+    """The rules of :func:`make_config` that hold for every diagnostic, by field name."""
+    values = value if isinstance(value, (tuple, list)) else (value,)
+    if isinstance(value, (tuple, list)) and not value:
+        fail(key, where, "a non-empty list", list(value))
+    numbers = [v for v in values if isinstance(v, (int, float)) and not isinstance(v, bool)]
+    if any(not math.isfinite(v) for v in numbers):
+        fail(key, where, "finite (no NaN or inf)", value)
+    if key == "seed" and not 0 <= value < 2 ** 63:
+        fail(key, where, "an int in [0, 2**63)", value)
+    if (key == "samples" or key.endswith("_samples")) and value < 2:
+        fail(key, where, "an int >= 2", value)
+    if key in ("steps", "d", "K") and value < 1:
+        fail(key, where, "an int >= 1", value)
+    if (key in ("tau", "taus") or key.endswith("_taus")) and any(v <= 0 for v in numbers):
+        fail(key, where, "positive temperatures (> 0)", value)
 
 
 def _coerce(value, default, where):

@@ -14,6 +14,7 @@ from dataclasses import dataclass
 
 import torch
 
+from .._validate import check_float, check_grid, check_int
 from ..model.experts import LinearExperts
 from ..model.laws import Gaussian
 from ..model.moe import MoE
@@ -21,7 +22,7 @@ from ..model.routers import LinearRouter
 from ..results.table import Table
 from .boundary_scaling import scaling_rows
 
-__all__ = ["Config", "run", "multi_design"]
+__all__ = ["Config", "check", "run", "multi_design"]
 
 
 @dataclass(frozen=True)
@@ -50,8 +51,20 @@ def multi_design(K: int = 4, d: int = 3, contrast_gradient: float = 2.0) -> tupl
     return MoE(LinearRouter(W), LinearExperts(E)), Gaussian.standard(d)
 
 
+def check(config: Config) -> None:
+    """Raise ``ValueError``/``TypeError`` (the project's template) for a config that cannot run."""
+    where = "table1_multi"
+    check_int(config.K, "K", where, low=2)
+    check_int(config.d, "d", where, low=3)
+    check_grid(config.taus, "taus", where, low=0.0, low_open=True)
+    check_float(config.contrast_gradient, "contrast_gradient", where, 0.0)
+    check_float(config.width_factor, "width_factor", where, 0.0)
+    check_int(config.samples, "samples", where, low=2)
+
+
 def run(config: Config = Config(), progress: bool = False) -> Table:
     """Compute ``table1_multi`` for ``config``."""
+    check(config)
     moe, law = multi_design(config.K, config.d, config.contrast_gradient)
     rows = scaling_rows(moe, law, config.taus, config, False, "table1_multi", progress)
     for r in rows:

@@ -8,9 +8,9 @@ boundary mass :math:`\beta(2\tau)` (2.13), the risk gap :math:`L_\tau - L_0` and
 standard errors, the exact values (3.11) and 1-d quadrature, and the first-order prediction
 :math:`G_1\tau` with :math:`G_1 = (2\ln2-1)\,\psi(0)\,E[D^2\mid g=0]` (paper.md §3 [beyond]).
 
-Extension written beside it: ``table1_limit`` (τ down to 1e-4, exact and Monte Carlo: gap/τ → G_1 and
-β(2τ)/(4τ) → ψ(0)). The K-expert version is its own diagnostic, ``table1_multi``
-(:mod:`softhard.experiments.boundary_multi`).
+Extensions are their own diagnostics: ``table1_limit`` (τ down to 1e-4 with the conditional estimator:
+gap/τ → G_1 and β(2τ)/(4τ) → ψ(0), :mod:`softhard.experiments.boundary_limit`) and the K-expert version
+``table1_multi`` (:mod:`softhard.experiments.boundary_multi`).
 """
 
 from __future__ import annotations
@@ -20,6 +20,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
+from .._validate import check_float, check_grid, check_int
 from ..closed.boundary import boundary_mass_exact, pair_density_at_zero
 from ..closed.risk import risk_gap_exact
 from ..estimators.reducer import Estimate
@@ -31,7 +32,7 @@ from ..quantities import gap as _gap
 from ..quantities.mass import boundary_mass
 from ..results.table import Table, loglog_fit
 
-__all__ = ["Config", "run", "design", "scaling_rows"]
+__all__ = ["Config", "check", "run", "design", "scaling_rows"]
 
 
 @dataclass(frozen=True)
@@ -44,7 +45,6 @@ class Config:
     width_factor: float = 2.0  # boundary mass at temperature τ is β(width_factor·τ)
     samples: int = 1 << 20
     seed: int = 71
-    limit_taus: tuple[float, ...] = (1e-1, 3e-2, 1e-2, 3e-3, 1e-3, 3e-4, 1e-4)
     slope_tau_max: float = 0.2  # log–log slopes are fitted on τ <= this
 
 
@@ -92,8 +92,21 @@ def scaling_rows(moe, law, taus, cfg, exact_gap: bool, desc: str, progress: bool
     return rows
 
 
+def check(config: Config) -> None:
+    """Raise ``ValueError``/``TypeError`` (the project's template) for a config that cannot run."""
+    where = "table1"
+    check_grid(config.taus, "taus", where, low=0.0, low_open=True)
+    check_int(config.d, "d", where, low=2)
+    check_float(config.contrast_gradient, "contrast_gradient", where, 0.0)
+    check_float(config.width_factor, "width_factor", where, 0.0)
+    check_int(config.samples, "samples", where, low=2)
+    check_int(config.seed, "seed", where, low=0)
+    check_float(config.slope_tau_max, "slope_tau_max", where, 0.0)
+
+
 def run(config: Config = Config(), progress: bool = False) -> Table:
-    """Compute Table 1 (and the extensions ``table1_limit``, ``table1_multi``) for ``config``."""
+    """Compute Table 1 for ``config``."""
+    check(config)
     moe, law = design(config.d, 0.0, config.contrast_gradient)
     g1 = float(_gap.gap_slope(moe, law))
     psi0 = pair_density_at_zero(moe.router, law)
@@ -110,23 +123,12 @@ def run(config: Config = Config(), progress: bool = False) -> Table:
             "gap_slope_G1": g1, "coarea_constant_psi0": psi0}
     small = [r for r in rows if r["tau"] <= config.slope_tau_max]
     meta["slopes"] = {"tau_max": config.slope_tau_max}
-    for c in ("boundary_mass", "risk_gap"):  # a slope needs 3 points; fewer (e.g. a one-τ sweep cell) give NaN
-        fit = loglog_fit([r["tau"] for r in small], [r[c] for r in small], [r[f"{c}_stderr"] for r in small]) if len(
-            small) >= 3 else {"slope": float("nan"), "slope_stderr": float("nan")}
+    for c in ("boundary_mass", "risk_gap"):  # a slope needs 3 positive points; fewer (a one-τ sweep cell,
+        pts = [r for r in small if r[c] > 0]  # a tiny sample with empty slabs) give NaN, said in the meta
+        fit = loglog_fit([r["tau"] for r in pts], [r[c] for r in pts], [r[f"{c}_stderr"] for r in pts]) if len(
+            pts) >= 3 else {"slope": float("nan"), "slope_stderr": float("nan")}
         meta["slopes"][c], meta["slopes"][f"{c}_stderr"] = fit["slope"], fit["slope_stderr"]
-    table = Table("table1", cols, rows, meta)
+        if len(pts) < 3:
+            meta["slopes"][f"{c}_note"] = f"no slope: {len(pts)} positive points with tau <= {config.slope_tau_max:g}"
+    return Table("table1", cols, rows, meta)
 
-    lim = scaling_rows(moe, law, config.limit_taus, config, True, "table1_limit", progress)
-    for r in lim:
-        w = config.width_factor * r["tau"]
-        r["mass_over_2w"] = r["boundary_mass"] / (2 * w)
-        r["mass_over_2w_stderr"] = r["boundary_mass_stderr"] / (2 * w)
-        r["mass_over_2w_exact"] = r["boundary_mass_exact"] / (2 * w)
-        r["G1"], r["psi0"] = g1, psi0
-    table.extras["table1_limit"] = Table(
-        "table1_limit", ["tau", "gap_over_tau", "gap_over_tau_stderr", "gap_over_tau_exact", "G1", "mass_over_2w",
-                         "mass_over_2w_stderr", "mass_over_2w_exact", "psi0", "risk_gap", "risk_gap_stderr",
-                         "risk_gap_exact", "boundary_mass", "boundary_mass_stderr", "boundary_mass_exact"], lim,
-        {"note": "gap/τ → G_1 and β(w)/(2w) → ψ(0) as τ → 0 (w = 2τ)", "G1": g1, "psi0": psi0})
-
-    return table

@@ -38,8 +38,8 @@ def figure3(out: Path) -> list[Path]:
         k = tau == tv
         ax[0].plot(step[k] + 1, np.maximum(deficit[k], 1e-16), color=f"C{i}", label=f"τ = {tv:g}")
         ax[1].plot(step[k] + 1, risk[k], color=f"C{i}", label=f"τ = {tv:g}")
-    ax[0].set(yscale="log", ylabel="1 − |cos(θ_t, u)|", title="Alignment deficit")
-    ax[1].set(ylabel="training objective", title="Objective (fixed sample)")
+    ax[0].set(yscale="log", ylabel=r"$1 - |\cos(\theta_t, u)|$", title="Alignment deficit")
+    ax[1].set(ylabel=r"training objective $L_\tau(\theta_t)$", title="Objective (fixed sample)")
     for a in ax:
         a.set(xscale="log", xlabel="step + 1")
         a.legend(fontsize=8)
@@ -88,7 +88,7 @@ def _phase_figure(out: Path, plt) -> Path:
     hi = max(ax[2].get_xlim()[1], ax[2].get_ylim()[1])
     ax[2].plot([lo, hi], [lo, hi], "k:", lw=1, label="measured = predicted")
     ax[2].set(xscale="log", yscale="log", xlabel="predicted rate ρ (6.11)",
-              ylabel="measured rate log(tan∠₁/tan∠_T)/(T − 1)", title="Alignment rate after the first step, fixed ε")
+              ylabel=r"measured rate $\log(\tan\angle_1/\tan\angle_T)/(T - 1)$", title="Alignment rate after the first step, fixed ε")
     ax[2].legend(fontsize=7)
     ax[3].set(xscale="log", yscale="log", xlabel="student contrast ε", ylabel="steps to align × ηε/τ²",
               title="Scaling of router-only descent (first order in ε)")

@@ -1,13 +1,18 @@
-"""``softhard reproduce``: run the §7 diagnostics, write tables, figures and a manifest.
+"""``softhard reproduce`` and ``softhard render``: the §7 diagnostics into one directory, beside the paper.
 
-For each selected table: build its config (defaults = the paper's design, then the TOML config file,
-then ``--samples``/``--seed``), run it, write ``NAME.csv``/``NAME.json``/``NAME.tex`` (and its extra
-tables) atomically, render its figures from the written files, and list everything in
-``manifest.json``. A short summary table is printed at the end.
+:func:`plan` checks everything a user gives (table names, sample size, seed, the TOML config, the output
+directory) and creates nothing; :func:`reproduce` then runs each selected diagnostic (defaults = the
+paper's design, then the config file, then ``--samples``/``--seed``), joins the paper's printed values
+(:func:`softhard.runs.compare.join_paper`), and writes — through one staged output set
+(:class:`softhard.results.outputs.OutputSet`: published together, manifest last) — per table
+``NAME.csv``/``NAME.json`` (rows + config, seed, samples, versions, timing) and ``NAME.tex`` (short tables),
+the figures (PNG, PDF, SVG), ``report.html`` and ``manifest.json``. :func:`render_all` redraws the figures
+and the report from the written tables alone.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import platform
 import sys
@@ -16,17 +21,21 @@ import tomllib
 from pathlib import Path
 from typing import Callable
 
-from .. import __version__
-from ..experiments import REGISTRY, get, make_config
-from ..report.figures import FIGURES, render_figure
-from ..results.io import write_manifest, write_table
-from ..results.table import Table
+from ..experiments import MIN_SAMPLES, REGISTRY, did_you_mean, get, make_config
+from ..results.outputs import OutputError, OutputSet, check_output_dir
 
-__all__ = ["ReproduceError", "reproduce", "render_all", "summary_text", "SUMMARY_COLUMNS"]
+# this module is imported by the command line before the arguments are checked: numpy, torch and the
+# writers are imported inside the functions that compute
+
+__all__ = ["ReproduceError", "Plan", "plan", "reproduce", "render_all", "summary_text", "SUMMARY_COLUMNS",
+           "MIN_SAMPLES", "TABLES"]
+
+TABLES = tuple(REGISTRY)
 
 # the columns printed at the end, per table
 SUMMARY_COLUMNS = {
     "table1": ["tau", "boundary_mass", "boundary_mass_exact", "risk_gap", "risk_gap_exact", "gap_over_tau"],
+    "table1_limit": ["tau", "gap_over_tau", "gap_over_tau_exact", "G1", "mass_over_2w", "mass_over_2w_exact"],
     "table1_multi": ["K", "tau", "boundary_mass", "boundary_mass_exact", "risk_gap", "gap_over_tau"],
     "table2": ["offset", "boundary_mass", "boundary_mass_exact", "risk_gap", "risk_gap_exact", "flip_rate"],
     "table3": ["tau", "final_risk", "final_alignment", "router_norm", "boundary_mass", "gate_entropy"],
@@ -37,15 +46,27 @@ class ReproduceError(Exception):
     """A problem the user can fix (bad --only, bad config, unwritable directory); one line."""
 
 
+@dataclasses.dataclass(frozen=True)
+class Plan:
+    """A checked request: the output directory, the tables in run order and their configs."""
+
+    out: Path
+    names: tuple[str, ...]
+    configs: dict
+
+
 def _select(only: str | None) -> list[str]:
-    if not only:
+    if only is None:
         return list(REGISTRY)
     names = [s.strip() for s in only.split(",") if s.strip()]
-    unknown = [s for s in names if s not in REGISTRY]
-    if unknown or not names:
-        raise ReproduceError(f"unknown table {unknown[0] if unknown else only!r} in --only; "
-                             f"choose from {', '.join(REGISTRY)}")
-    return names
+    if not names:
+        raise ReproduceError(f"--only needs at least one table name; choose from {', '.join(REGISTRY)}")
+    for s in names:
+        if s not in REGISTRY:
+            parent = max((t for t in REGISTRY if s.startswith(t + "_")), key=len, default=None)
+            hint = f" ({s} is written by {parent}: use --only {parent})" if parent else did_you_mean(s, REGISTRY)
+            raise ReproduceError(f"unknown table {s!r} in --only{hint}; choose from {', '.join(REGISTRY)}")
+    return [t for t in REGISTRY if t in names]
 
 
 def _load_config(path: Path | None) -> dict:
@@ -54,36 +75,43 @@ def _load_config(path: Path | None) -> dict:
     try:
         data = tomllib.loads(Path(path).read_text(encoding="utf-8"))
     except OSError as e:
-        raise ReproduceError(f"cannot read config file {path}: {e.strerror}") from None
+        raise ReproduceError(f"cannot read config file {path}: {e.strerror or e}") from None
+    except UnicodeDecodeError:
+        raise ReproduceError(f"config file {path} is not UTF-8 text") from None
     except tomllib.TOMLDecodeError as e:
         raise ReproduceError(f"config file {path} is not valid TOML: {e}") from None
     for key, value in data.items():
         if key not in REGISTRY:
-            raise ReproduceError(f"config file {path}: unknown section [{key}]; sections are {', '.join(REGISTRY)}")
+            raise ReproduceError(f"config file {path}: unknown section [{key}]{did_you_mean(key, REGISTRY)}; "
+                                 f"sections are {', '.join(f'[{t}]' for t in REGISTRY)}")
         if not isinstance(value, dict):
             raise ReproduceError(f"config file {path}: '{key}' must be a section [{key}] of key = value lines")
+        fields = [f.name for f in dataclasses.fields(get(key).Config)]
+        for k in value:
+            if k not in fields:
+                raise ReproduceError(f"config file {path}: [{key}] has no key {k!r}{did_you_mean(k, fields)}; "
+                                     f"keys are {', '.join(fields)}")
     return data
 
 
-def _check_writable(out: Path) -> None:
-    try:
-        out.mkdir(parents=True, exist_ok=True)
-        probe = out / f".write-test-{os.getpid()}"
-        probe.write_text("")
-        probe.unlink()
-    except OSError as e:
-        raise ReproduceError(f"output directory {out} cannot be written: {e.strerror or e}") from None
+def plan(out: str | os.PathLike = "results", only: str | None = None, samples: int | None = None,
+         seed: int | None = None, config: str | os.PathLike | None = None) -> Plan:
+    """Check a request without creating anything (raises :class:`ReproduceError`, one line).
 
-
-def reproduce(out: str | os.PathLike = "results", only: str | None = None, samples: int | None = None,
-              seed: int | None = None, config: str | os.PathLike | None = None,
-              echo: Callable[[str], None] = print, progress: bool = True) -> list[Path]:
-    """Run the selected diagnostics into ``out``; returns the written paths (manifest last)."""
-    out = Path(out)
+    The cheap checks come first (table names, ``--samples``, ``--seed``, the output path), then the config
+    file and each table's ``Config`` (which imports the diagnostics)."""
     names = _select(only)
+    if samples is not None and (isinstance(samples, bool) or not isinstance(samples, int) or samples < MIN_SAMPLES):
+        raise ReproduceError(f"--samples must be an integer >= {MIN_SAMPLES} (Monte Carlo draws per estimate), "
+                             f"got {samples}")
+    if seed is not None and (isinstance(seed, bool) or not isinstance(seed, int) or not 0 <= seed < 2 ** 63):
+        raise ReproduceError(f"--seed must be an integer in [0, 2**63), got {seed}")
+    try:
+        out = check_output_dir(out)
+    except OutputError as e:
+        raise ReproduceError(str(e)) from None
+    where = f"config file {config}" if config is not None else "config"
     overrides = _load_config(Path(config) if config is not None else None)
-    if samples is not None and samples < 1:
-        raise ReproduceError(f"--samples must be a positive integer, got {samples}")
     configs = {}
     for name in names:
         ov = dict(overrides.get(name, {}))
@@ -92,44 +120,129 @@ def reproduce(out: str | os.PathLike = "results", only: str | None = None, sampl
         if seed is not None:
             ov["seed"] = seed
         try:
-            configs[name] = make_config(name, ov)
+            cfg = make_config(name, ov)
         except (TypeError, ValueError) as e:
-            raise ReproduceError(f"config for {name}: {e}") from None
-    _check_writable(out)
+            raise ReproduceError(f"{where}, [{name}]: {e}") from None
+        for f in dataclasses.fields(cfg):
+            v = getattr(cfg, f.name)
+            if (f.name == "samples" or f.name.endswith("_samples")) and isinstance(v, int) and v < MIN_SAMPLES:
+                raise ReproduceError(f"{where}, [{name}]: {f.name} must be >= {MIN_SAMPLES}, got {v}")
+        configs[name] = cfg
+    return Plan(Path(out), tuple(names), configs)
 
+
+def versions() -> dict:
+    """Versions of softhard, Python and the numerical stack (written into every table's meta)."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    from .. import __version__
+
+    out = {"softhard": __version__, "python": platform.python_version(), "platform": platform.platform()}
+    for pkg in ("torch", "numpy", "scipy", "matplotlib"):
+        try:
+            out[pkg] = version(pkg)
+        except PackageNotFoundError:  # pragma: no cover
+            out[pkg] = "not installed"
+    return out
+
+
+def reproduce(out: str | os.PathLike = "results", only: str | None = None, samples: int | None = None,
+              seed: int | None = None, config: str | os.PathLike | None = None,
+              echo: Callable[[str], None] = print, progress: bool = True, command: str | None = None) -> list[Path]:
+    """Run the selected diagnostics into ``out``; returns the published paths (manifest last)."""
+    p = plan(out, only, samples, seed, config)
     from tqdm.auto import tqdm
 
-    paths, tables, timings = [], {}, {}
-    bar = tqdm(names, desc="reproduce", unit="table", disable=not progress, file=sys.stderr)
+    from .. import __version__
+    from ..results.io import write_table
+    from .compare import join_paper
+
+    vers = versions()
+    timings: dict[str, float] = {}
+    tables = {}
     t_all = time.perf_counter()
-    for name in bar:
-        bar.set_postfix_str(name)
-        t0 = time.perf_counter()
-        table: Table = get(name).run(configs[name], progress=progress and sys.stderr.isatty())
-        timings[name] = time.perf_counter() - t0
-        table.meta.update({"config": configs[name], "seed": configs[name].seed, "samples": configs[name].samples,
-                           "softhard_version": __version__, "seconds": timings[name],
-                           "python": platform.python_version()})
-        paths += write_table(table, out)
-        paths += render_figure(name, out)
-        tables[name] = table
-    paths.append(write_manifest(out, paths, {"softhard_version": __version__, "tables_last_run": names,
-                                             "seconds_last_run": {**timings, "total": time.perf_counter() - t_all}}))
+    try:
+        with OutputSet(p.out) as s:
+            for line in s.recovered:
+                echo(line)
+            s.link_existing()
+            bar = tqdm(p.names, desc="reproduce", unit="table", disable=not progress, file=sys.stderr)
+            for name in bar:
+                bar.set_postfix_str(name)
+                cfg = p.configs[name]
+                t0 = time.perf_counter()
+                table = get(name).run(cfg, progress=progress and sys.stderr.isatty())
+                timings[name] = time.perf_counter() - t0
+                run_meta = {"config": cfg, "seed": cfg.seed, "samples": cfg.samples, "softhard_version": __version__,
+                            "seconds": timings[name], "python": vers["python"], "versions": vers,
+                            "produced_by": name}
+                table.meta.update(run_meta)
+                for extra in table.extras.values():  # the extras carry the same provenance
+                    for k, v in run_meta.items():
+                        extra.meta.setdefault(k, v)
+                join_paper(table)
+                with s.owner(name):
+                    write_table(table, s.stage)
+                tables[name] = table
+            _render_into(s, set(p.names), command)
+            manifest = {"softhard_version": __version__, "tables_last_run": list(p.names),
+                        "seconds_last_run": {**timings, "total": time.perf_counter() - t_all}, "versions": vers}
+            paths = s.publish(manifest)
+    except OutputError as e:
+        raise ReproduceError(str(e)) from None
     echo(summary_text(tables))
-    echo(f"wrote {len(paths)} files to {out} in {time.perf_counter() - t_all:.1f} s")
+    echo(f"wrote {len(paths)} files to {p.out} in {time.perf_counter() - t_all:.1f} s; "
+         f"open {p.out / 'report.html'}")
     return paths
 
 
-def render_all(out: str | os.PathLike) -> list[Path]:
-    """Re-render every figure from the tables found in ``out`` (no recomputation)."""
+def _render_into(s: OutputSet, changed: set[str] | None, command: str | None) -> None:
+    """Render the figures whose tables changed (all when ``changed`` is None), then the report, in the stage."""
+    from ..experiments.paper import PAPER
+    from ..report.figures import FIGURE_INPUTS, FIGURES, render_figure
+    from ..report.reproduction import write_report
+    from ..results.io import read_table
+    from .compare import join_paper
+
+    for name in FIGURES:
+        inputs = FIGURE_INPUTS.get(name, (name,))
+        if (s.stage / f"{name}.json").exists() and (changed is None or changed & set(inputs)):
+            with s.owner(f"figures of {name}"):
+                render_figure(name, s.stage)
+    tables = {}
+    for path in sorted(s.stage.glob("table*.json")):
+        t = read_table(path)
+        if t.name in PAPER:  # in memory: the readings of this version, also for tables of an earlier one
+            join_paper(t)
+        tables[t.name] = t
+    with s.owner("report"):
+        write_report(s.stage, tables, command=command)
+
+
+def render_all(out: str | os.PathLike, echo: Callable[[str], None] = print, command: str | None = None) -> list[Path]:
+    """Redraw every figure and ``report.html`` from the tables in ``out`` (no recomputation); returns the
+    published paths (manifest last)."""
     out = Path(out)
-    names = [n for n in FIGURES if (out / f"{n}.json").exists()]
-    if not names:
+    if not out.is_dir():
+        raise ReproduceError(f"{out} is not a directory written by 'softhard reproduce'")
+    tables = sorted(p.name for p in out.iterdir() if p.suffix in (".json", ".csv") and p.stem.startswith("table"))
+    if not any(p.endswith(".json") and p[:-5] in REGISTRY for p in tables):
         raise ReproduceError(f"no tables found in {out} (expected files like table1.json)")
-    return [p for n in names for p in render_figure(n, out)]
+    from ..results.outputs import read_manifest
+
+    keep = {k: v for k, v in read_manifest(out).items() if k != "files"}
+    try:
+        with OutputSet(out) as s:
+            for line in s.recovered:
+                echo(line)
+            s.link_existing(tables)  # tables written without a manifest are seen too
+            _render_into(s, None, command)
+            return s.publish(keep)
+    except OutputError as e:
+        raise ReproduceError(str(e)) from None
 
 
-def summary_text(tables: dict[str, Table]) -> str:
+def summary_text(tables: dict) -> str:
     """A short plain-text summary of each table (the columns of :data:`SUMMARY_COLUMNS`)."""
     blocks = []
     for name, t in tables.items():
@@ -138,6 +251,8 @@ def summary_text(tables: dict[str, Table]) -> str:
         widths = [max(len(c), *(len(row[i]) for row in cells)) for i, c in enumerate(cols)]
         lines = [name, "  ".join(c.rjust(w) for c, w in zip(cols, widths))]
         lines += ["  ".join(v.rjust(w) for v, w in zip(row, widths)) for row in cells]
+        for c, info in t.meta.get("paper", {}).get("columns", {}).items():
+            lines.append(f"  vs paper, {c}: {info['reading']}")
         blocks.append("\n".join(lines))
     return "\n\n".join(blocks)
 
