@@ -111,11 +111,11 @@ def test_malformed_spec_one_line(tmp_path, text, words):
 
 
 @pytest.mark.parametrize("text, words", [
-    ('experiment = "table2"\n[axes]\ntau = [0]', ["'tau'", "temperatures > 0", "0.0"]),
+    ('experiment = "table2"\n[axes]\ntau = [0]', ["'tau'", "positive temperatures (> 0)", "0.0"]),
     ('experiment = "table2"\n[axes]\ntau = [0.1, nan]', ["'tau'", "finite", "nan"]),
-    ('experiment = "table2"\n[fixed]\nsamples = 0', ["'samples'", "sample count >= 1", "0"]),
+    ('experiment = "table2"\n[fixed]\nsamples = 0', ["'samples'", "an int >= 2", "0"]),
     ('experiment = "table2"\n[fixed]\noffsets = [1.0, inf]', ["'offsets'", "finite", "inf"]),
-    ('experiment = "table1"\n[fixed]\nlimit_taus = [0.1, -0.1]', ["'limit_taus'", "temperatures > 0"]),
+    ('experiment = "table1_limit"\n[fixed]\ntaus = [0.1, -0.1]', ["'taus'", "positive temperatures (> 0)"]),
     ('experiment = "sweep_cells:mass"\n[axes]\ntau = [nan]\noffset = [0]', ["'tau'", "finite"]),
 ])
 def test_values_out_of_range_fail_at_load(tmp_path, text, words):

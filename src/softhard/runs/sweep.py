@@ -34,7 +34,6 @@ import itertools
 import json
 import math
 import os
-import re
 import sys
 import threading
 import time
@@ -200,8 +199,6 @@ def _parse(doc: dict) -> SweepSpec:
     for combo in itertools.product(*axes.values()):
         labels = dict(zip(axes, combo))
         params, identity = make({**fixed, **labels})
-        if experiment in REGISTRY:
-            _check_ranges(params)
         labels = {k: params[k][0] if isinstance(params[k], tuple) else params[k] for k in labels}  # as coerced
         for seed in seeds:
             cid = _cell_id({"experiment": experiment, "table": table, "params": identity, "seed": seed})
@@ -209,20 +206,6 @@ def _parse(doc: dict) -> SweepSpec:
     if len({c.id for c in cells}) < len(cells):
         fail("axes", WHERE, "axes whose values give distinct cells (1 and 1.0 are one value)", axes)
     return SweepSpec(experiment, fixed, axes, seeds, table, fmt, tuple(log_axes), tuple(cells))
-
-
-_TEMPERATURE = re.compile(r"(^|_)taus?($|_)")  # tau, taus, limit_taus, phase_taus, slope_tau_max
-_SAMPLES = re.compile(r"(^|_)samples$")  # samples, phase_samples
-
-
-def _check_ranges(params: dict) -> None:
-    """Temperatures > 0 and sample counts >= 1 in a registered diagnostic's parameters (softhard's names)."""
-    for key, value in params.items():
-        values = value if isinstance(value, (list, tuple)) else [value]
-        if _TEMPERATURE.search(key) and any(isinstance(v, (int, float)) and not v > 0 for v in values):
-            fail(key, WHERE, "temperatures > 0", value)
-        if _SAMPLES.search(key) and any(isinstance(v, int) and v < 1 for v in values):
-            fail(key, WHERE, "a sample count >= 1", value)
 
 
 def _mapping(value, key: str) -> dict:
