@@ -14,7 +14,8 @@ A quantity (``boundary_mass``, ``risk_gap``, ...) is a :class:`Quantity`; each o
 ``method="auto"`` (the default everywhere):
 
 1. the cheapest applicable closed form, if it costs at most :data:`CHEAP` seconds;
-2. else the costed samplers' pilots are run, cheapest pilot first: the first whose pilot already meets the
+2. else the costed samplers' pilots are run in registration order (the most efficient estimator first),
+   skipping a pilot that alone would cost more than the best so far: the first whose pilot already meets the
    target is taken (the pilot is the result); otherwise the cheapest of the closed forms and the samplers'
    remaining costs;
 3. else the first applicable sampler in registration order.
@@ -169,13 +170,15 @@ class Quantity:
         if closed and closed[0][0] <= CHEAP:
             return closed[0][2]
         sampled = [(i, m) for i, m in enumerate(methods) if not m.exact and m.applies(call) is None]
-        costed = sorted(((m.per_draw(call) * first_stop(m.sampler(call), call.sampling), i, m)
-                         for i, m in sampled if m.draws), key=lambda c: c[:2])
         best = closed[0] if closed else None
-        for _, i, m in costed:  # cheapest pilot first; a pilot that met the target is the answer
+        for i, m in sampled:  # in registration order, the most efficient estimator first
+            if not m.draws:
+                continue
+            if best is not None and m.per_draw(call) * first_stop(m.sampler(call), call.sampling) >= best[0]:
+                continue  # its pilot alone would cost more than the best so far
             left = remaining_cost(call, m)
             if left == 0.0:
-                return m
+                return m  # its pilot met the target: it is the answer
             if best is None or left < best[0]:
                 best = (left, i, m)
         if best is not None:
