@@ -25,9 +25,10 @@ PERTURBATIONS = ("fp16", "noise")
 class RouterCapture:
     """Context manager: a forward hook on every router of ``sites``.
 
-    Each router call hands ``sink(site, logits (N, K), selected (N, k), args)`` the logits as float64
-    (detached copies) and the experts the model selected. ``args`` are the router's positional inputs
-    (``args[0]`` is the hidden states entering it). Set ``active = False`` to pause.
+    Each router call hands ``sink(site, routed, args)`` the call as read by the site
+    (:class:`~softhard.inspect.layouts.Routed`: detached logits in the router's dtype, the experts the model
+    selected, ...). ``args`` are the router's positional inputs (``args[0]`` is the hidden states entering it).
+    Set ``active = False`` to pause.
     """
 
     def __init__(self, sites: list[RouterSite], sink: Callable):
@@ -39,8 +40,9 @@ class RouterCapture:
         def hook(module, args, output):
             if self.active:
                 with torch.no_grad():
-                    logits, selected = site.parse(args, output)
-                    self.sink(site, logits.detach().to(torch.float64), selected.detach(), args)
+                    routed = site.read(args, output)
+                    routed.logits = routed.logits.detach()
+                    self.sink(site, routed, args)
             return None
 
         return hook
