@@ -15,9 +15,8 @@ when the experts take no index). ``scripts/inspect_families.py`` writes the resu
 
 from __future__ import annotations
 
-import dataclasses
-import importlib
-import os
+import contextlib
+import functools
 import re
 import tempfile
 from dataclasses import dataclass, field
@@ -25,10 +24,12 @@ from pathlib import Path
 
 import torch
 
-__all__ = ["Family", "moe_families", "tiny_config", "build_tiny", "check_family", "NOT_TOKEN_MOE"]
+__all__ = ["Family", "moe_families", "family", "tiny_config", "build_tiny", "check_family", "NOT_TOKEN_MOE"]
 
 _EXPERT_FIELDS = ("num_experts", "num_local_experts", "n_routed_experts", "moe_num_experts")
 _MOE_CLASS = re.compile(r"^class (\w*(?:Router|TopKGating|Experts|SparseMoe\w*|MoE|Moe|NaiveMoe|CDMoE))\(", re.M)
+_EXPERT_FIELD = re.compile(r"^\s+(?:%s)\s*:" % "|".join(("num_experts", "num_local_experts", "n_routed_experts",
+                                                             "moe_num_experts")), re.M)
 _SUBCONFIG_KEYS = ("text_config", "thinker_config", "llm_config", "language_config")
 
 # families whose "experts" are not chosen per token by a router: one line saying what they are instead
@@ -53,6 +54,7 @@ _SIZES = {
     "first_k_dense_replace": 0, "n_shared_experts": 1, "num_shared_experts": 1, "moe_num_shared_experts": 1,
     "out_hidden_size": 32, "depth": 1, "expert_capacity": 64,
     "linear_num_key_heads": 2, "linear_num_value_heads": 4, "linear_key_head_dim": 8, "linear_value_head_dim": 8,
+    "linear_num_heads": 2, "linear_head_dim": 8,
     "mamba_n_heads": 4, "mamba_d_head": 16, "mamba_head_dim": 16, "mamba_d_state": 8, "ssm_state_size": 8,
     "n_groups": 1, "mamba_n_groups": 1, "mamba_expand": 2, "mamba_dt_rank": 4, "time_step_rank": 4,
     "index_n_heads": 2, "index_head_dim": 8, "index_topk": 16, "num_nextn_predict_layers": 0,
@@ -151,6 +153,20 @@ def _model_class_name(model_type: str) -> tuple[str | None, bool]:
 
 def moe_families() -> list[Family]:
     """Every MoE family of the installed transformers (module docstring), sorted by name."""
+    return list(_moe_families())
+
+
+def family(name: str) -> Family:
+    """The :class:`Family` called ``name`` (a package name under ``transformers.models``)."""
+    for f in _moe_families():
+        if f.name == name:
+            return f
+    raise ValueError(f"The 'family' parameter of family must be one of the MoE families of transformers. "
+                     f"Got {name!r}.")
+
+
+@functools.lru_cache(maxsize=1)
+def _moe_families() -> tuple[Family, ...]:
     import transformers
     from transformers.models.auto import configuration_auto as ca
 
@@ -164,8 +180,10 @@ def moe_families() -> list[Family]:
         if not pkg.is_dir():
             continue
         moe = any(_MOE_CLASS.search(f.read_text(encoding="utf-8")) for f in pkg.glob("modeling_*.py"))
-        if not moe:
-            for mt in by_dir[d]:
+        if not moe:  # a wrapper whose language model is another package's MoE (its default text_config says so)
+            src = "".join(f.read_text(encoding="utf-8") for f in pkg.glob("configuration_*.py"))
+            moe = bool(_EXPERT_FIELD.search(src))
+            for mt in by_dir[d] if not moe and "text_config" in src else ():
                 try:
                     cfg = getattr(transformers, ca.CONFIG_MAPPING_NAMES[mt])()
                 except Exception:  # noqa: BLE001 - a config that cannot be built with defaults
@@ -183,7 +201,7 @@ def moe_families() -> list[Family]:
                 ranked.append((mt not in (d, d.replace("_", "-")), mm is False, len(mt), mt, cls, mm))
         main = min(ranked) if ranked else None
         out.append(Family(d, types, main[3] if main else None, main[4] if main else None, bool(main and main[5])))
-    return out
+    return tuple(out)
 
 
 def _get(obj, name):
@@ -259,22 +277,23 @@ def _shrink_kwargs(cfg_cls, overrides: dict | None = None, depth: int = 0) -> di
     return kw
 
 
-def tiny_config(family: Family | str):
-    """The family's default configuration with the size fields shrunk (module docstring)."""
+def tiny_config(fam: Family | str, overrides: dict | None = None):
+    """The family's default configuration with the size fields shrunk (module docstring), then ``overrides``."""
     import transformers
     from transformers.models.auto import configuration_auto as ca
 
-    fam = family if isinstance(family, Family) else next(f for f in moe_families() if f.name == family)
+    fam = fam if isinstance(fam, Family) else family(fam)
     cls = getattr(transformers, ca.CONFIG_MAPPING_NAMES[fam.main])
-    return cls(**_shrink_kwargs(cls, _OVERRIDES.get(fam.name)))
+    return cls(**_shrink_kwargs(cls, {**_OVERRIDES.get(fam.name, {}), **(overrides or {})}))
 
 
-def build_tiny(family: Family | str, seed: int = 0, bias_scale: float = 0.05):
-    """A tiny random model of the family (eval mode), every selection bias drawn ``N(0, bias_scale²)``."""
+def build_tiny(fam: Family | str, seed: int = 0, bias_scale: float = 0.05, overrides: dict | None = None):
+    """A tiny random model of the family (eval mode): router weights ``N(0, 1/d)`` (logits of order 1, as in
+    trained routers), every selection bias drawn ``N(0, bias_scale²)``."""
     import transformers
 
-    fam = family if isinstance(family, Family) else next(f for f in moe_families() if f.name == family)
-    cfg = tiny_config(fam)
+    fam = fam if isinstance(fam, Family) else family(fam)
+    cfg = tiny_config(fam, overrides)
     g = torch.Generator().manual_seed(seed)
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
@@ -290,66 +309,68 @@ def build_tiny(family: Family | str, seed: int = 0, bias_scale: float = 0.05):
                 for p in s.router.parameters():
                     if p.ndim == 2 and p.is_floating_point():
                         p.copy_(torch.randn(p.shape, generator=g, dtype=torch.float64).to(p.dtype) / p.shape[1] ** 0.5)
+                for b in s.router.buffers(recurse=False):  # a hash table token id -> experts: distinct experts
+                    if b.ndim == 2 and not b.is_floating_point() and b.shape[1] <= s.num_experts:
+                        rows = torch.stack([torch.randperm(s.num_experts, generator=g)[:b.shape[1]]
+                                            for _ in range(b.shape[0])])
+                        b.copy_(rows.to(b.dtype))
             for name, t in list(model.named_parameters()) + list(model.named_buffers()):
                 if name.rsplit(".", 1)[-1] in ("e_score_correction_bias", "expert_bias") and t.is_floating_point():
                     t.copy_(torch.randn(t.shape, generator=g, dtype=torch.float64).to(t.dtype) * bias_scale)
     return model
 
 
-def check_family(family: Family | str, workdir=None, seed: int = 0, tokens: int = 48) -> dict:
+def check_family(fam: Family | str, workdir=None, seed: int = 0, tokens: int = 48, overrides: dict | None = None,
+                 keep: bool = False):
     """Build, save, reload, run and check one family. Returns ``{"family", "status", "rule", "layers",
-    "agreement", "note", "model_class"}`` where status is ``supported``, ``unsupported`` or ``no-moe``."""
+    "agreement", "note", "model_class"}`` where status is ``supported``, ``unsupported``, ``not built`` or
+    ``no-moe``; with ``keep`` also ``(model, sites, batch)`` (``None`` when not built)."""
     from .hooks import RouterCapture
     from .layouts import InspectError, find_routers
     from .loading import load_model, token_batches, vocab_size
 
-    fam = family if isinstance(family, Family) else next(f for f in moe_families() if f.name == family)
+    fam = fam if isinstance(fam, Family) else family(fam)
     row = {"family": fam.name, "model_class": fam.model_class, "status": "unsupported", "rule": "", "layers": 0,
            "agreement": float("nan"), "note": ""}
+    kept = (None, None, None)
+
+    def done():
+        return (row, *kept) if keep else row
+
     if fam.name in NOT_TOKEN_MOE:
         row.update(status="no-moe", note=NOT_TOKEN_MOE[fam.name])
-        return row
+        return done()
     if fam.model_class is None:
         row["note"] = "no model class with a language-model head or a base model is registered"
-        return row
+        return done()
     tmp = tempfile.TemporaryDirectory() if workdir is None else None
     path = Path(workdir or tmp.name) / fam.name
     try:
         try:
-            model = build_tiny(fam, seed)
+            model = build_tiny(fam, seed, overrides=overrides)
             model.save_pretrained(path)
             model, _ = load_model(path)
         except Exception as e:  # noqa: BLE001 - recorded in the table
-            row["note"] = f"tiny model not built: {type(e).__name__}: {_line(e)}"
-            return row
+            row.update(status="not built", note=f"tiny model not built: {type(e).__name__}: {_line(e)}")
+            return done()
         try:
             sites = find_routers(model)
         except InspectError as e:
             row["note"] = _line(e)
             row["status"] = "no-moe" if "has no MoE layers" in str(e) else "unsupported"
-            return row
+            return done()
         ids = torch.randint(0, vocab_size(model), (tokens,), generator=torch.Generator().manual_seed(seed))
         batch = token_batches(model, ids, tokens // 2, 2)[0]
         got, truth = {}, {}
-        handles = []
-        for s in sites:
-            ex = getattr(s.block, "experts", None)
-            if not isinstance(ex, torch.nn.Module):  # Doge: the selection indexes an expert embedding
-                ex = next((m for m in s.router.children() if isinstance(m, torch.nn.Embedding)
-                           and m.num_embeddings == s.num_experts), None)
-                ex = None if ex is None else _EmbeddingArgs(ex)
-            if ex is not None:
-                handles.append(ex.register_forward_pre_hook(_grab(truth, s)))
-        try:
-            with RouterCapture(sites, lambda site, routed, args: got.setdefault(site.index, []).append(
-                    (routed, site.rule.select(routed.logits, routed.token_ids)))), torch.no_grad():
-                model(**batch.inputs)
-        except Exception as e:  # noqa: BLE001
-            row["note"] = f"{type(e).__name__}: {_line(e)}"
-            return row
-        finally:
-            for h in handles:
-                h.remove()
+        with handed_selection(sites, truth):
+            try:
+                with RouterCapture(sites, lambda site, routed, args: got.setdefault(site.index, []).append(
+                        (routed, site.rule.select(routed.logits, routed.token_ids)))), torch.no_grad():
+                    model(**batch.inputs)
+            except Exception as e:  # noqa: BLE001
+                row["note"] = f"{type(e).__name__}: {_line(e)}"
+                return done()
+        kept = (model, sites, batch)
         agree, n = 0, 0
         for s in sites:
             for j, (routed, mine) in enumerate(got.get(s.index, [])):
@@ -357,8 +378,7 @@ def check_family(family: Family | str, workdir=None, seed: int = 0, tokens: int 
                 handed = j < len(ref) and ref[j].shape == mine.shape and not s.rule.zero_experts
                 if not routed.observed and not handed:
                     continue
-                own = ref[j] if handed else routed.selected
-                own = torch.sort(own.to(mine.device), -1).values
+                own = torch.sort((ref[j] if handed else routed.selected).to(mine.device), -1).values
                 ok = (mine == own).all(-1) | (own < 0).any(-1)
                 agree += int(ok.sum())
                 n += ok.numel()
@@ -373,10 +393,32 @@ def check_family(family: Family | str, workdir=None, seed: int = 0, tokens: int 
             row["status"] = "supported"
         else:
             row["note"] = f"softhard's selection differs from the model's on {n - agree} of {n} tokens"
-        return row
+        if row["status"] == "supported" and called and not called[0].rule.weights:
+            row["note"] = "weights not identified: no temperature re-routing"
+        return done()
     finally:
         if tmp is not None:
             tmp.cleanup()
+
+
+@contextlib.contextmanager
+def handed_selection(sites, store: dict):
+    """Within the block, ``store[site.index]`` collects the integer selection ``(N, k)`` each MoE block hands its
+    experts module (Doge: its expert embedding) — the model's own choice, independent of softhard's reading."""
+    handles = []
+    for s in sites:
+        ex = getattr(s.block, "experts", None)
+        if not isinstance(ex, torch.nn.Module):  # Doge: the selection indexes an expert embedding
+            ex = next((m for m in s.router.children() if isinstance(m, torch.nn.Embedding)
+                       and m.num_embeddings == s.num_experts), None)
+            ex = None if ex is None else _EmbeddingArgs(ex)
+        if ex is not None:
+            handles.append(ex.register_forward_pre_hook(_grab(store, s)))
+    try:
+        yield store
+    finally:
+        for h in handles:
+            h.remove()
 
 
 class _EmbeddingArgs:

@@ -34,8 +34,8 @@ from .loading import DTYPES, Batch, encode_text, load_model, token_batches, voca
 from .sensitivity import Sensitivity, final_output
 from .stats import LayerStats
 
-__all__ = ["Inspection", "inspect_model", "inspect_path", "write_inspection", "default_widths", "DIGITS",
-           "MIN_CPU_SECONDS"]
+__all__ = ["Inspection", "inspect_model", "inspect_path", "inspect_paths", "compare_rows", "write_inspection",
+           "default_widths", "DIGITS", "MIN_CPU_SECONDS"]
 
 DIGITS = "softhard:digits"
 MIN_CPU_SECONDS = 0.5  # plain-forward CPU time below which the hook overhead is not reported
@@ -156,7 +156,7 @@ def inspect_model(model, batches: Iterable[Batch], *, describe: Callable | None 
         from tqdm.auto import tqdm
 
         bar = tqdm(desc="inspecting", unit="batch", leave=False)
-    cpu_plain = cpu_hooked = 0.0
+    pairs = []  # per batch: CPU seconds of the plain and of the hooked forward
     capture = RouterCapture(sites, sink)
     ids_all = []
 
@@ -179,7 +179,7 @@ def inspect_model(model, batches: Iterable[Batch], *, describe: Callable | None 
                 t_plain = _cpu_timed(_forward, model, batch)[1]
                 (out, base_blocks), t_hook = _cpu_timed(hooked, batch)
             if measure_overhead:
-                cpu_plain, cpu_hooked = cpu_plain + t_plain, cpu_hooked + t_hook
+                pairs.append((t_plain, t_hook))
             if sens is not None:
                 sens.update(model, batch.inputs, base_blocks, final_output(out))
             state["offset"] += batch.ids.numel()
@@ -201,25 +201,38 @@ def inspect_model(model, batches: Iterable[Batch], *, describe: Callable | None 
         rows.append(_row(s, r, lay, taus, tie_widths, dense))
         if save_tokens:
             tokens.update({f"layer{s.index:02d}_{k}": v for k, v in st.tokens().items()})
-    overhead, note = None, None
-    if not measure_overhead:
-        note = "not measured (--no-overhead)"
-    elif cpu_plain < MIN_CPU_SECONDS:
-        note = (f"run too short to measure: the plain forwards took {cpu_plain:.3f} s of CPU time in all "
-                f"(at least {MIN_CPU_SECONDS:g} s needed)")
-    else:
-        overhead = cpu_hooked / cpu_plain - 1.0
+    overhead, overhead_se, note = _overhead(pairs) if measure_overhead else (None, None, "not measured (--no-overhead)")
+    cpu_plain, cpu_hooked = (sum(p for p, _ in pairs), sum(h for _, h in pairs)) if pairs else (None, None)
     meta = {
         "model_class": type(model).__name__, "layers": len(layers_out), "tokens": state["offset"], "batches": b,
         "seed": seed, "taus": taus, "dense": dense, "tie_widths": tie_widths, "perturbation": perturbation,
         "noise": noise if perturbation == "noise" else None, "reservoir": reservoir,
-        "cpu_seconds_plain_forward": cpu_plain if measure_overhead else None,
-        "cpu_seconds_hooked_forward": cpu_hooked if measure_overhead else None,
-        "hook_overhead": overhead, "hook_overhead_note": note,
+        "cpu_seconds_plain_forward": cpu_plain, "cpu_seconds_hooked_forward": cpu_hooked,
+        "hook_overhead": overhead, "hook_overhead_stderr": overhead_se, "hook_overhead_note": note,
         "routers_not_called": [s.name for s in unread] + silent,
         "versions": _versions(),
     }
     return Inspection(rows, layers_out, meta, tokens)
+
+
+def _overhead(pairs: list[tuple[float, float]]) -> tuple[float | None, float | None, str | None]:
+    r"""Hook overhead over the whole run from per-batch CPU times ``(plain, hooked)``:
+    :math:`R = \sum_b h_b / \sum_b p_b - 1`, with the ratio estimator's standard error
+    :math:`\mathrm{se} = \sqrt{\sum_b (h_b - (1+R) p_b)^2 / (n(n-1))} / \bar p` over the ``n`` batches.
+    ``(None, None, reason)`` when the plain forwards took less than :data:`MIN_CPU_SECONDS`, when fewer than 4
+    batches were timed, or when the estimate is negative beyond two standard errors (CPU-time noise)."""
+    n = len(pairs)
+    plain = sum(p for p, _ in pairs)
+    hooked = sum(h for _, h in pairs)
+    if n < 4 or plain < MIN_CPU_SECONDS:
+        return None, None, (f"run too short to measure: {n} batches whose plain forwards took {plain:.3f} s of CPU "
+                            f"time in all (at least 4 batches and {MIN_CPU_SECONDS:g} s needed)")
+    r = hooked / plain - 1.0
+    se = math.sqrt(sum((h - (1 + r) * p) ** 2 for p, h in pairs) / (n * (n - 1))) / (plain / n)
+    if r + 2 * se < 0:
+        return None, None, (f"not measurable here: hooked forwards took less CPU time than plain ones "
+                            f"({r:+.1%} ± {se:.1%} over {n} batches), so CPU-time noise dominates")
+    return r, se, None
 
 
 def _chain(first, it):
@@ -271,8 +284,8 @@ def _layer_details(site, r: dict, sens, taus, ids_all, describe) -> dict:
                          text=describe(ids, pos) if describe is not None else f"id {int(ids[pos])}")
         near.append(entry)
     sens_rows = []
-    if sens is not None:
-        beta = r["beta"]
+    if sens is not None:  # τ divides the logits: β(2τ) of the logit margin when m is measured on biased scores
+        beta = r["beta"] if site.rule.margin_space == "logits" else r["beta_logit"]
         for row in sens.result(site.index):
             t = row["tau"]
             b2 = beta[int(np.searchsorted(r["widths"], 2 * t))] if t != "dense" else None
@@ -442,6 +455,69 @@ def inspect_path(model: str, out, *, tokens: int = 2048, text=None, random_ids: 
     source = "digits" if model == DIGITS else "text" if text is not None else "random-ids"
     ins.meta.update(model=str(model), source=source, notes=notes, wall_seconds=time.perf_counter() - t0, **extra)
     return ins, write_inspection(ins, out)
+
+
+def compare_rows(labels: list[str], inspections: list[Inspection]) -> list[dict]:
+    """One row per (MoE layer, checkpoint): how β(w) at the tie widths, the density of the decision margin at 0
+    and the expert load move across checkpoints of one model, with the change against the first checkpoint.
+    Raises :class:`InspectError` when the checkpoints do not have the same MoE layers."""
+    first = inspections[0]
+    mods = [r["module"] for r in first.rows]
+    for lab, ins in zip(labels[1:], inspections[1:]):
+        if [r["module"] for r in ins.rows] != mods:
+            raise InspectError(f"checkpoints {labels[0]} and {lab} do not have the same MoE layers "
+                               f"({len(mods)} vs {len(ins.rows)}): --compare needs checkpoints of one model.")
+    keys = [k for k in first.rows[0] if k.startswith("tie_w") and not k.endswith("_stderr")] if first.rows else []
+    out = []
+    for i, mod in enumerate(mods):
+        base = first.rows[i]
+        for c, (lab, ins) in enumerate(zip(labels, inspections)):
+            r = ins.rows[i]
+            row = {"layer": r["layer"], "module": mod, "checkpoint": lab, "order": c, "tokens": r["tokens"],
+                   "density0": r["density0"], "density0_stderr": r["density0_stderr"],
+                   "delta_density0": r["density0"] - base["density0"],
+                   "load_max_ratio": r["load_max_ratio"], "load_entropy": r["load_entropy"],
+                   "delta_load_entropy": r["load_entropy"] - base["load_entropy"],
+                   "margin_q50": r["margin_q50"], "agreement": r["agreement"], "flip_rate": r["flip_rate"],
+                   "flip_rate_stderr": r["flip_rate_stderr"], "load": ins.layers[i]["load"]}
+            for k in keys:
+                row[k], row[k + "_stderr"] = r[k], r[k + "_stderr"]
+                row["delta_" + k] = r[k] - base[k]
+            out.append(row)
+    return out
+
+
+def inspect_paths(models: list[str], out, **kw) -> tuple[list[Inspection], list[Path]]:
+    """Inspect several checkpoints of one model on the same tokens (same ``seed`` and ``text``), each into
+    ``out/<name>`` (:func:`inspect_path`), and write the side-by-side files ``out/compare.csv`` (+ ``.json``),
+    ``out/compare.png`` and ``out/report.html``."""
+    from ..experiments import Table
+    from ..report.fig_inspect import compare_figure
+    from ..report.html import write_compare_report
+    from ..report.io import write_table
+
+    labels, seen = [], {}
+    for m in models:
+        name = Path(str(m)).name.replace(":", "_") or "model"
+        seen[name] = seen.get(name, 0) + 1
+        labels.append(name if seen[name] == 1 else f"{name}-{seen[name]}")
+    results, paths = [], []
+    for m, lab in zip(models, labels):
+        ins, p = inspect_path(m, Path(out) / lab, **kw)
+        results.append(ins)
+        paths += p
+    rows = compare_rows(labels, results)
+    meta = {"checkpoints": labels, "models": [str(m) for m in models], "tokens": results[0].meta["tokens"],
+            "seed": results[0].meta["seed"], "source": results[0].meta["source"]}
+    cols = list(dict.fromkeys(k for r in rows for k in r if k != "load"))
+    paths += write_table(Table("compare", cols, [{k: r[k] for k in cols} for r in rows], meta), out)
+    from ..report.io import atomic_write, to_jsonable
+
+    paths.append(atomic_write(Path(out) / "compare_summary.json",
+                              json.dumps(to_jsonable({"meta": meta, "rows": rows}), indent=1) + "\n"))
+    paths.append(compare_figure(out))
+    paths.append(write_compare_report(out))
+    return results, paths
 
 
 def _token_describer(tok):
