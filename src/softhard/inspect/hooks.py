@@ -17,7 +17,8 @@ from .._validate import check_float, fail
 from ..estimate import resolve_seed
 from .layouts import RouterSite
 
-__all__ = ["RouterCapture", "capture_block_outputs", "hooks_suspended", "perturb_hidden", "PERTURBATIONS"]
+__all__ = ["RouterCapture", "read_routers", "capture_block_outputs", "hooks_suspended", "perturb_hidden",
+           "PERTURBATIONS"]
 
 PERTURBATIONS = ("fp16", "noise")
 
@@ -55,6 +56,14 @@ class RouterCapture:
         for h in self._handles:
             h.remove()
         self._handles = []
+
+
+def read_routers(model: torch.nn.Module, sites: list[RouterSite], inputs: dict) -> list[RouterSite]:
+    """Run ``model(**inputs)`` once under a capture that only reads each router, so that every site called knows
+    its format and routing rule (needed before ``site.temper``/``site.densify``); returns the sites read."""
+    with RouterCapture(sites, lambda site, routed, args: None), torch.no_grad():
+        model(**inputs)
+    return [s for s in sites if s.rule is not None]
 
 
 def _first_tensor(out) -> torch.Tensor:

@@ -153,12 +153,21 @@ class RouterSite:
         return self.read(args, self.router.forward(*args))
 
     def temper(self, tau: float):
-        """Context manager: the model's own selection, weights from ``a/τ`` (module docstring); or ``None``."""
+        """Context manager: the model's own selection, weights from ``a/τ`` (module docstring); or ``None``.
+        The site must have been read (:func:`softhard.inspect.hooks.read_routers`)."""
+        self._check_read("temper")
         return self.layout.temper(self, tau)
 
     def densify(self):
-        """Context manager: every expert active with the model's weight rule; or ``None``."""
+        """Context manager: every expert active with the model's weight rule; or ``None``. The site must have
+        been read (:func:`softhard.inspect.hooks.read_routers`)."""
+        self._check_read("densify")
         return self.layout.densify(self)
+
+    def _check_read(self, what):
+        if self.rule is None:
+            raise InspectError(f"{what}: layer {self.index} ({self.name}) has not been read yet; run one forward "
+                               f"first (softhard.inspect.hooks.read_routers(model, sites, inputs)).")
 
 
 # ----------------------------------------------------------------------------------------------

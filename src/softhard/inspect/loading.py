@@ -69,6 +69,8 @@ def _auto_model(config, arch: str | None):
 
     autos = [transformers.AutoModelForCausalLM, transformers.AutoModelForImageTextToText,
              transformers.AutoModelForSeq2SeqLM, transformers.AutoModelForTokenClassification, transformers.AutoModel]
+    if getattr(config, "text_config", None) is not None:  # multimodal: the whole model, as checkpoints hold it
+        autos.insert(0, autos.pop(1))
     fallback = None
     for auto in autos:
         try:

@@ -186,7 +186,11 @@ class LayerStats:
         m, dk = res[:, 0], res[:, 1]
         K = self.site.rule.num_experts if self.site.rule is not None else self.site.num_experts
         load = self.load if self.load is not None else np.zeros(K, dtype=np.int64)
-        q = lambda v, p: float(np.quantile(v, p)) if v.size else math.nan  # noqa: E731
+        def q(v, p):  # no interpolation between infinite margins (hash routing)
+            if not v.size:
+                return math.nan
+            return float(np.quantile(v, p) if np.isfinite(v).all() else np.quantile(v, p, method="inverted_cdf"))
+
         return {
             "n": self.n, "widths": self.widths, "beta": self.beta.estimate(), "beta_logit": self.beta_logit.estimate(),
             "entropy": self.entropy.estimate(), "agreement": self.agreement.estimate(),
