@@ -9,7 +9,9 @@ import torch
 
 transformers = pytest.importorskip("transformers")
 
-from softhard.inspect.families import check_family, handed_selection, moe_families  # noqa: E402
+from pathlib import Path  # noqa: E402
+
+from softhard.inspect.families import check_family, handed_selection, moe_families, table_line  # noqa: E402
 from softhard.inspect.sensitivity import final_output  # noqa: E402
 
 # the MoE families of transformers 5.23.0 (pinned in constraints.txt), as moe_families() enumerates them
@@ -26,7 +28,9 @@ FAMILIES = [
     "switch_transformers", "unlimited_ocr", "vitpose_backbone", "zaya",
 ]
 NOT_TOKEN_ROUTED = {"vitpose_backbone", "granite_docling"}
-TEMPER_FREE = {"phimoe"}  # sparsemixer masks all but near-ties: its weights often do not depend on τ
+TEMPER_FREE = {"phimoe"}
+TABLE_SAMPLE = {"mixtral", "deepseek_v3", "doge", "llama4", "vitpose_backbone"}  # rows checked against the docs
+DOC = Path(__file__).resolve().parents[1] / "docs" / "inspect.md"  # sparsemixer masks all but near-ties: its weights often do not depend on τ
 
 
 @pytest.fixture(autouse=True)
@@ -41,6 +45,7 @@ def _quiet():
 def test_the_families_are_those_of_the_installed_transformers():
     assert transformers.__version__ == "5.23.0"
     assert [f.name for f in moe_families()] == FAMILIES
+    assert f"has **{len(FAMILIES)} MoE families**" in DOC.read_text(encoding="utf-8")
 
 
 def _run(model, batch, ctx=None):
@@ -55,6 +60,8 @@ def _run(model, batch, ctx=None):
 @pytest.mark.parametrize("name", FAMILIES)
 def test_softhard_routes_as_the_model_does(name, tmp_path):
     row, model, sites, batch = check_family(name, tmp_path, keep=True)
+    if name in TABLE_SAMPLE:  # the table in docs/inspect.md is what scripts/inspect_families.py writes today
+        assert table_line(row) in DOC.read_text(encoding="utf-8").splitlines()
     if name in NOT_TOKEN_ROUTED:
         assert row["status"] == "no-moe"
         return

@@ -24,7 +24,8 @@ from pathlib import Path
 
 import torch
 
-__all__ = ["Family", "moe_families", "family", "tiny_config", "build_tiny", "check_family", "NOT_TOKEN_MOE"]
+__all__ = ["Family", "moe_families", "family", "tiny_config", "build_tiny", "check_family", "table_line",
+           "table_summary", "NOT_TOKEN_MOE"]
 
 _EXPERT_FIELDS = ("num_experts", "num_local_experts", "n_routed_experts", "moe_num_experts")
 _MOE_CLASS = re.compile(r"^class (\w*(?:Router|TopKGating|Experts|SparseMoe\w*|MoE|Moe|NaiveMoe|CDMoE))\(", re.M)
@@ -36,6 +37,18 @@ _SUBCONFIG_KEYS = ("text_config", "thinker_config", "llm_config", "language_conf
 NOT_TOKEN_MOE = {
     "vitpose_backbone": "not a routed MoE: the expert MLP of each sample is picked by its dataset index",
     "granite_docling": "not a mixture of experts: a per-image density router chooses a connector path",
+}
+
+# facts about a family worth a line in the table
+_NOTES = {
+    "dbrx": "transformers 5.23's DbrxAttention reads attn_config.rope_theta and clip_qkv, which the default "
+            "DbrxAttentionConfig lacks: the tiny config sets them (real checkpoints carry them)",
+    "nllb_moe": "the block hands its experts the one-hot top-1 mask, not expert indices: agreement is against "
+                "the router's own top-2 choice (combine weights)",
+    "phimoe": "selection: top-2 of the logits in eval mode; weights by the model's sparsemixer",
+    "doge": "product-key experts: the K = n² scores are sums x_i + y_j of two sub-key logits",
+    "deepseek_v4": "the tiny model's layers are hash layers (token id -> experts): margin infinite, β = 0",
+    "switch_transformers": "encoder-decoder; tokens beyond an expert's capacity are dropped (counted)",
 }
 
 # size fields shrunk in every (sub)configuration, when the configuration has them
@@ -395,6 +408,8 @@ def check_family(fam: Family | str, workdir=None, seed: int = 0, tokens: int = 4
             row["note"] = f"softhard's selection differs from the model's on {n - agree} of {n} tokens"
         if row["status"] == "supported" and called and not called[0].rule.weights:
             row["note"] = "weights not identified: no temperature re-routing"
+        if row["status"] == "supported" and fam.name in _NOTES:
+            row["note"] = "; ".join(x for x in (row["note"], _NOTES[fam.name]) if x)
         return done()
     finally:
         if tmp is not None:
@@ -447,3 +462,26 @@ def _grab(store, site):
 def _line(e: BaseException) -> str:
     s = str(e).strip()
     return (s.splitlines()[0] if s else type(e).__name__)[:200]
+
+
+def table_line(row: dict) -> str:
+    """One markdown row of the family table (``docs/inspect.md``) from a :func:`check_family` result."""
+    status = {"supported": "supported", "no-moe": "no routed MoE", "not built": "not checked",
+              "unsupported": "unsupported"}[row["status"]]
+    agree = row["agreement"]
+    agree = "" if agree != agree else f"{agree:.3g}"
+    cells = [f"`{row['family']}`", f"`{row['model_class']}`" if row["model_class"] else "", status,
+             str(row["layers"] or ""), agree, row["rule"].replace("|", "/"), row["note"].replace("|", "/")]
+    return "| " + " | ".join(cells) + " |"
+
+
+def table_summary(rows: list[dict]) -> str:
+    """The sentence above the table: how many families, how many supported."""
+    import transformers
+
+    n = len(rows)
+    ok = sum(r["status"] == "supported" for r in rows)
+    none = sum(r["status"] == "no-moe" for r in rows)
+    return (f"transformers {transformers.__version__} has **{n} MoE families**; softhard supports **{ok}** of them "
+            f"(its selection equals the model's own on every token of a tiny saved model); {none} are not "
+            f"token-routed MoEs; {n - ok - none} are not supported.")
