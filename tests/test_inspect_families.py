@@ -28,9 +28,9 @@ FAMILIES = [
     "switch_transformers", "unlimited_ocr", "vitpose_backbone", "zaya",
 ]
 NOT_TOKEN_ROUTED = {"vitpose_backbone", "granite_docling"}
-TEMPER_FREE = {"phimoe"}
+TEMPER_FREE = {"phimoe"}  # sparsemixer masks all but near-ties: its weights often do not depend on τ
 TABLE_SAMPLE = {"mixtral", "deepseek_v3", "doge", "llama4", "vitpose_backbone"}  # rows checked against the docs
-DOC = Path(__file__).resolve().parents[1] / "docs" / "inspect.md"  # sparsemixer masks all but near-ties: its weights often do not depend on τ
+DOC = Path(__file__).resolve().parents[1] / "docs" / "inspect.md"
 
 
 @pytest.fixture(autouse=True)

@@ -93,7 +93,8 @@ def inspect_cmd(
     layers: Optional[str] = typer.Option(None, "--layers", help="MoE layer indices, e.g. 0,2,5-7 (default all)"),
     trust_remote_code: bool = typer.Option(False, "--trust-remote-code", help="allow the model directory's code"),
     router_path: Optional[str] = typer.Option(None, "--router-path", help="module name pattern of the routers"),
-    top_k: Optional[int] = typer.Option(None, "--top-k", help="k of a router returning logits whose block declares none"),
+    top_k: Optional[int] = typer.Option(None, "--top-k",
+                                        help="k of a router returning logits whose block declares none"),
     dtype: Optional[str] = typer.Option(None, "--dtype", help="bfloat16, float16 or float32 (default: as saved)"),
     device: Optional[str] = typer.Option(None, "--device", help="cpu, cuda[:N] or auto"),
     device_map: Optional[str] = typer.Option(None, "--device-map", help="auto: spread the model over the devices "
@@ -101,6 +102,7 @@ def inspect_cmd(
     seq_len: int = typer.Option(64, "--seq-len", help="tokens per sequence"),
     batch_size: int = typer.Option(8, "--batch-size", help="sequences per forward call"),
     taus: str = typer.Option("0.25,0.5,1,2", "--taus", help="router temperatures for the sensitivity ('' for none)"),
+    dense: bool = typer.Option(True, "--dense/--no-dense", help="also run each block fully dense (sensitivity)"),
     tie_widths: str = typer.Option("0.01,0.1", "--tie-widths", help="widths w of the 'within w of a tie' columns"),
     perturb: str = typer.Option("fp16", "--perturb", help="flip-rate perturbation: fp16, noise or none"),
     noise: float = typer.Option(1e-3, "--noise", help="relative size of the Gaussian noise (--perturb noise)"),
@@ -124,7 +126,7 @@ def inspect_cmd(
     kw = dict(tokens=tokens, text=text, random_ids=random_ids, layers=layers, trust_remote_code=trust_remote_code,
               router_path=router_path, top_k=top_k, seq_len=seq_len, batch_size=batch_size, taus=grid["taus"],
               tie_widths=grid["tie-widths"], perturbation=None if perturb == "none" else perturb, noise=noise,
-              seed=seed, dtype=dtype, device=device, device_map=device_map, measure_overhead=overhead,
+              seed=seed, dtype=dtype, device=device, device_map=device_map, measure_overhead=overhead, dense=dense,
               save_tokens=save_tokens, progress=progress)
     try:
         if len(models) > 1 or compare:

@@ -31,7 +31,6 @@ otherwise on :math:`s` (``"scores"``). Hash routing has no score-driven decision
 
 from __future__ import annotations
 
-import itertools
 import math
 from dataclasses import dataclass
 

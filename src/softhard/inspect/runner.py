@@ -374,7 +374,7 @@ def _digits(tokens: int, seed: int, batch_size: int):
     from .digits import train_digits_moe
 
     res = train_digits_moe(seed)
-    x, y = res.x[:tokens], res.y[:tokens]
+    x = res.x[:tokens]
     idx = torch.arange(x.shape[0])
     batches = [Batch({"x": x[i:i + batch_size]}, idx[i:i + batch_size, None]) for i in range(0, x.shape[0], batch_size)]
 
@@ -391,7 +391,8 @@ def inspect_path(model: str, out, *, tokens: int = 2048, text=None, random_ids: 
                  seq_len: int = 64, batch_size: int = 8, taus=(0.25, 0.5, 1.0, 2.0), tie_widths=(0.01, 0.1),
                  perturbation: str | None = "fp16", noise: float = 1e-3, seed: int = 0, dtype: str | None = None,
                  device: str | None = None, device_map: str | None = None, measure_overhead: bool = True,
-                 save_tokens: bool = False, progress: bool = False) -> tuple[Inspection, list[Path]]:
+                 dense: bool = True, save_tokens: bool = False,
+                 progress: bool = False) -> tuple[Inspection, list[Path]]:
     """Inspect a local model directory (or ``"softhard:digits"``: the digits MoE trained here) and write the
     files of :func:`write_inspection` into ``out``. Returns the inspection and the written paths.
 
@@ -450,7 +451,8 @@ def inspect_path(model: str, out, *, tokens: int = 2048, text=None, random_ids: 
                  "device": str(next(net.parameters()).device)}
     t0 = time.perf_counter()
     ins = inspect_model(net, batches, describe=describe, layers=layers, router_path=router_path, top_k=top_k,
-                        taus=taus, tie_widths=tie_widths, perturbation=perturbation, noise=noise, seed=seed,
+                        taus=taus, dense=dense, tie_widths=tie_widths, perturbation=perturbation, noise=noise,
+                        seed=seed,
                         progress=progress, measure_overhead=measure_overhead, save_tokens=save_tokens)
     source = "digits" if model == DIGITS else "text" if text is not None else "random-ids"
     ins.meta.update(model=str(model), source=source, notes=notes, wall_seconds=time.perf_counter() - t0, **extra)

@@ -77,7 +77,8 @@ def layer_figure(lay: dict, path: Path) -> Path:
                                alpha=0.2)
     if np.isfinite(d0) and d0 > 0:
         ax[1].plot(w, np.minimum(1.0, w * d0), ":", color="k", label="w · f_m(0⁺)")
-    ax[1].set(xscale="log", yscale="log", xlabel="width w", ylabel="boundary mass", title="β(w) = share with margin ≤ w")
+    ax[1].set(xscale="log", yscale="log", xlabel="width w", ylabel="boundary mass",
+              title="β(w) = share with margin ≤ w")
     if ax[1].get_legend_handles_labels()[0]:
         ax[1].legend(fontsize=7)
 

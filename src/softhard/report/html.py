@@ -30,7 +30,8 @@ _DEFINITIONS = [
      "max δ − min δ of the change (docs/routing_rules.md).",
      "m = s₍ₖ₎ − s₍ₖ₊₁₎ for top-k; m = inf{max δ − min δ : S(s+δ) ≠ S(s)} in general"),
     ("logit margin", "The gap between the k-th and (k+1)-th raw router logit, shown beside m.", "Δₖ = a₍ₖ₎ − a₍ₖ₊₁₎"),
-    ("β(w), tie_w", "The share of tokens within w of a change of their selected set (paper (2.13)).", "β(w) = μ(m ≤ w)"),
+    ("β(w), tie_w", "The share of tokens within w of a change of their selected set (paper (2.13)).",
+     "β(w) = μ(m ≤ w)"),
     ("density at 0", "How fast β grows from 0: the density of m at 0⁺ (one-sided kernel estimate); for a binary "
      "router it is 2ψ(0) of Prop. 3.5.", "f_m(0⁺) = lim_{w→0} β(w)/w"),
     ("tail C, α", "A power-law fit of the lower tail of m (Assumption 4.2).", "μ(m ≤ t) ≈ C t^α"),
@@ -96,7 +97,8 @@ def _overhead(meta: dict) -> str:
     oh = meta.get("hook_overhead")
     if oh is None:
         return (f"<p>Hook overhead: {html.escape(str(meta.get('hook_overhead_note') or 'not measured'))}.</p>")
-    return (f"<p>Hook overhead: <b>{oh:.1%} ± {meta.get('hook_overhead_stderr') or 0:.1%}</b> — the CPU time of the forward passes with the capture hooks "
+    se = meta.get("hook_overhead_stderr") or 0.0
+    return (f"<p>Hook overhead: <b>{oh:.1%} ± {se:.1%}</b> — the CPU time of the forward passes with the capture hooks "
             f"({meta['cpu_seconds_hooked_forward']:.2f} s) over that of the same passes without them "
             f"({meta['cpu_seconds_plain_forward']:.2f} s), minus 1, summed over the whole run "
             f"({meta.get('batches')} batches). It includes computing the margins and statistics and the flip-rate "
