@@ -805,16 +805,17 @@ def _is_named_gate(name: str, module: nn.Module, parent: nn.Module | None) -> bo
             and (_num_experts(module) or 0) >= 2)
 
 
-def _moe_hint(model: nn.Module) -> str | None:
-    """A reason to think the model has MoE layers of an unknown layout (else None)."""
+def _moe_hint(model: nn.Module) -> tuple[str, bool] | None:
+    """``(reason, has_experts)`` to think the model is an MoE: an ``experts`` module (then its router could not be
+    found), or only a config declaring experts (then no layer was built as one); ``None`` otherwise."""
+    for name, m in model.named_modules():
+        if name.rsplit(".", 1)[-1] == "experts":
+            return f"it has an experts module at {name!r}", True
     cfg = getattr(model, "config", None)
     cfg = getattr(cfg, "text_config", None) or cfg
     for attr in ("num_local_experts", "num_experts", "n_routed_experts", "moe_num_experts"):
         if isinstance(getattr(cfg, attr, None), int) and getattr(cfg, attr) > 1:
-            return f"its config has {attr}={getattr(cfg, attr)}"
-    for name, m in model.named_modules():
-        if name.rsplit(".", 1)[-1] == "experts":
-            return f"it has an experts module at {name!r}"
+            return f"its config declares {attr}={getattr(cfg, attr)}", False
     return None
 
 
@@ -888,10 +889,13 @@ def find_routers(model: nn.Module, *, router_path: str | None = None, layers=Non
         if router_path is not None:
             _fail("router_path", "find_routers", f"a pattern matching module names of {cls}", router_path)
         hint = _moe_hint(root)
-        if hint is not None:
-            raise InspectError(f"Unknown MoE router layout for model class {cls} ({hint}): no module is declared "
+        if hint is not None and hint[1]:
+            raise InspectError(f"Unknown MoE router layout for model class {cls} ({hint[0]}): no module is declared "
                                f"as its router and none is named gate/router beside experts. Pass --router-path "
                                f"PATTERN (module names, e.g. 'model.layers.*.mlp.gate') to name the router modules.")
+        if hint is not None:
+            raise InspectError(f"Model class {cls} has no MoE layers: {hint[0]}, but no layer of this model was built "
+                               f"as a mixture of experts (see its config's dense/sparse layer settings).")
         raise InspectError(f"Model class {cls} has no MoE layers (no router module found).")
     keep = parse_layers(layers)
     if keep is not None:

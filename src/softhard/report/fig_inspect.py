@@ -94,7 +94,8 @@ def layer_figure(lay: dict, path: Path) -> Path:
         dense = [r for r in lay["sensitivity"] if r["tau"] == "dense"]
         if dense and dense[0]["block"]["n"]:
             ax[2].axhline(_f(dense[0]["block"]["value"]), color="C2", ls="--", lw=0.8, label="block, dense")
-    ax[2].set(xlabel="β(2τ)", ylabel="relative change vs shipped", title="sensitivity to τ")
+    xlab = "β(2τ)" if space == "logits" else "β(2τ) of the logit margin (τ divides the logits)"
+    ax[2].set(xlabel=xlab, ylabel="relative change vs shipped", title="sensitivity to τ")
     if ax[2].get_legend_handles_labels()[0]:
         ax[2].legend(fontsize=8)
     else:
