@@ -10,7 +10,7 @@ import torch
 pytest.importorskip("sklearn")
 
 from softhard.inspect import RoutingMonitor, Sensitivity, find_routers, inspect_model, train_digits_moe  # noqa: E402
-from softhard.inspect.hooks import capture_block_outputs  # noqa: E402
+from softhard.inspect.hooks import capture_block_outputs, read_routers  # noqa: E402
 from softhard.inspect.loading import Batch  # noqa: E402
 
 
@@ -40,7 +40,7 @@ def _manual_block(block, x, weights_fn):
 
 def test_temperature_and_dense_routing_mean_what_they_say(trained):
     block = trained.model.blocks[0]
-    site = find_routers(trained.model)[0]
+    site = read_routers(trained.model, find_routers(trained.model), {"x": trained.x[:5]})[0]
     x = torch.tanh(trained.model.embed(trained.x[:50]))
     k, tau = block.top_k, 0.3
 
@@ -49,10 +49,10 @@ def test_temperature_and_dense_routing_mean_what_they_say(trained):
         return torch.zeros_like(a).scatter(1, top.indices, torch.softmax(top.values / tau, -1))
 
     with torch.no_grad():
-        with site.layout.temper(site, tau):
+        with site.temper(tau):
             got = block(x)
         torch.testing.assert_close(got, _manual_block(block, x, at_tau), rtol=1e-12, atol=1e-12)
-        with site.layout.densify(site):
+        with site.densify():
             got = block(x)
         torch.testing.assert_close(got, _manual_block(block, x, lambda a: torch.softmax(a, -1)), rtol=1e-12,
                                    atol=1e-12)
@@ -61,14 +61,15 @@ def test_temperature_and_dense_routing_mean_what_they_say(trained):
 
 def test_inspection_of_the_trained_router(trained):
     ins = inspect_model(trained.model, _batches(trained), taus=(0.5, 1.0), perturbation="noise", noise=0.01)
-    assert [r["layout"] for r in ins.rows] == ["linear-gate", "linear-gate"]
+    assert [r["layout"] for r in ins.rows] == ["logits", "logits"]
+    assert ins.layers[0]["rule"] == "top-2 of a; weights computed by the block from a"
     for row, lay in zip(ins.rows, ins.layers):
         assert row["tokens"] == 300 and row["sens_block_tau1"] == 0.0 and row["sens_final_tau1"] == 0.0
         assert row["sens_block_tau0.5"] > 0 and row["sens_block_dense"] > 0
         assert 0 <= row["flip_rate"] <= row["flip_bound"] <= 1
         beta = np.asarray(lay["beta"]["value"])
         assert np.all(np.diff(beta) >= 0) and beta[-1] == 1.0
-        assert np.all(np.diff(lay["beta_k"]["value"]) >= 0)
+        assert np.all(np.diff(lay["beta_logit"]["value"]) >= 0)
         assert math.isfinite(row["density0"]) and row["density0_stderr"] > 0
         assert math.isfinite(row["tail_alpha"]) and row["tail_alpha"] > 0
         assert lay["nearest"][0]["text"].startswith("id ")

@@ -10,10 +10,11 @@ from hypothesis import strategies as st
 from torch import nn
 
 from softhard.estimators.reducer import mean_estimate
-from softhard.inspect import InspectError, LayerStats, StreamMean, find_routers, perturb_hidden, relative_change
+from softhard.model.gates import topk_margin
+from softhard.inspect import (InspectError, LayerStats, Routed, RoutingRule, StreamMean, find_routers, perturb_hidden,
+                              relative_change)
 from softhard.inspect.layouts import parse_layers
 from softhard.inspect.stats import selection_changed
-from softhard.model.gates import topk_margin
 
 
 class _Block(nn.Module):
@@ -32,7 +33,9 @@ class _Unknown(nn.Module):  # an MoE with a router class softhard does not know
 
 
 def _site(K=4, k=2):
-    return find_routers(nn.Sequential(_Block(K=K, k=k)))[0]
+    site = find_routers(nn.Sequential(_Block(K=K, k=k)))[0]
+    site.rule = RoutingRule(K, k, weights="block")  # what the first call identifies for a linear gate
+    return site
 
 
 def test_stream_mean_equals_the_reducer_on_the_whole_sample():
@@ -50,7 +53,7 @@ def test_reservoir_keeps_everything_then_a_uniform_sample():
     site = _site()
     st_all = LayerStats(site, [0.1], reservoir=100, seed=1)
     logits = torch.randn(80, 4, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
-    st_all.update(logits, torch.topk(logits, 2).indices, np.arange(80))
+    st_all.update(Routed(logits, torch.topk(logits, 2).indices), np.arange(80))
     d = st_all.margins(logits)[0].numpy()
     assert np.array_equal(np.sort(st_all.sample[:, 0]), np.sort(d))  # n <= R: all of them
     # n > R: the stream 0, 1, ..., n-1 (as margins) -> a uniform sample of R distinct items
@@ -78,7 +81,7 @@ def test_layer_stats_by_hand():
     logits = torch.tensor([[3.0, 1.0, 0.0], [0.0, 0.5, 0.25], [2.0, 2.0, -1.0]], dtype=torch.float64)
     sel = torch.tensor([[0], [1], [1]])  # the model picked expert 1 on the tie of row 3
     s = LayerStats(site, [0.0, 0.3, 2.0], nearest=2)
-    s.update(logits, sel, np.array([10, 11, 12]))
+    s.update(Routed(logits, sel), np.array([10, 11, 12]))
     # Δ = (2, 0.25, 0): β(0) = 1/3, β(0.3) = 2/3, β(2) = 1
     np.testing.assert_allclose(s.beta.estimate().value, [1 / 3, 2 / 3, 1.0])
     np.testing.assert_allclose(s.load, [1, 2, 0])
@@ -97,6 +100,18 @@ def test_flip_needs_a_margin_below_twice_the_logit_shift(K, seed, size):
         flip = selection_changed(torch.topk(a, k).indices, torch.topk(b, k).indices)
         bound = topk_margin(a, k) <= 2 * (b - a).abs().max(-1).values
         assert bool((~flip | bound).all())
+
+
+def test_hash_routing_has_no_boundary_mass():
+    site = _site(K=4, k=2)
+    site.rule = RoutingRule(4, 2, hash_table=torch.tensor([[0, 1], [2, 3], [1, 3]]), weights="block")
+    s = LayerStats(site, [0.0, 1.0, 100.0])
+    logits = torch.randn(3, 4, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
+    ids = torch.tensor([2, 0, 1])
+    s.update(Routed(logits, torch.tensor([[1, 3], [0, 1], [2, 3]]), token_ids=ids), np.arange(3))
+    res = s.result()
+    assert res["beta"].value.tolist() == [0.0, 0.0, 0.0] and res["agreement"].value == 1.0
+    assert res["density0"].value == 0.0 and res["density0"].method == "exact"
 
 
 def test_perturbations():
@@ -121,12 +136,26 @@ def test_find_routers_on_hand_made_modules():
     model = nn.Sequential(_Block(), nn.Tanh(), _Block(gate_name="router", k=1))
     sites = find_routers(model)
     assert [(s.name, s.layout.name, s.top_k, s.num_experts) for s in sites] == [
-        ("0.gate", "linear-gate", 2, 4), ("2.router", "linear-gate", 1, 4)]
+        ("0.gate", "unread", 2, 4), ("2.router", "unread", 1, 4)]
+    x = torch.randn(5, 3, dtype=torch.float64)
+    r = sites[0].read((x,), sites[0].router(x))  # the first call reads the format and identifies the rule
+    assert sites[0].layout.name == "logits" and not r.observed and sites[0].rule.k == 2
+    assert torch.equal(r.selected, torch.sort(torch.topk(r.logits, 2).indices, -1).values)
     with pytest.raises(InspectError, match="Unknown MoE router layout for model class _Unknown"):
         find_routers(_Unknown())
-    assert find_routers(_Unknown(), router_path="router.0")[0].layout.name == "linear-gate"
+    assert find_routers(_Unknown(), router_path="router.0")[0].name == "router.0"
     with pytest.raises(InspectError, match="no MoE layers"):
         find_routers(nn.Sequential(nn.Linear(2, 2)))
     assert parse_layers("0,2,5-7") == [0, 2, 5, 6, 7] and parse_layers(None) is None
     with pytest.raises(InspectError, match="layers"):
         parse_layers("a-b")
+
+
+def test_top_k_for_a_gate_whose_block_declares_none():
+    block = _Block(K=5, k=2)
+    del block.top_k  # a user's block that does not say how many experts it routes to
+    site = find_routers(nn.Sequential(block), top_k=3)[0]
+    x = torch.randn(7, 3, dtype=torch.float64)
+    r = site.read((x,), site.router(x))
+    assert site.rule.k == 3 and r.selected.shape == (7, 3)
+    assert torch.equal(r.selected, torch.sort(torch.topk(r.logits, 3).indices, -1).values)

@@ -223,41 +223,73 @@ def landscape(
 
 @app.command("inspect")
 def inspect_cmd(
-    model: str = typer.Argument(..., help="a local model directory (config.json [+ weights]) or softhard:digits"),
+    models: list[str] = typer.Argument(..., help="local model directories (config.json [+ safetensors]) or "
+                                                 "softhard:digits; several: checkpoints of one model side by side"),
     out: Path = typer.Option(..., "--out", help="output directory"),
     tokens: int = typer.Option(2048, "--tokens", help="tokens (images for softhard:digits) to inspect"),
-    text: Optional[Path] = typer.Option(None, "--text", help="UTF-8 text file to tokenize (needs a tokenizer)"),
+    text: Optional[Path] = typer.Option(None, "--text", help="texts to tokenize: a UTF-8 file, .jsonl, .parquet or a "
+                                                             "dataset saved to disk (needs a tokenizer)"),
     random_ids: bool = typer.Option(False, "--random-ids", help="uniform random token ids (default without --text)"),
     layers: Optional[str] = typer.Option(None, "--layers", help="MoE layer indices, e.g. 0,2,5-7 (default all)"),
     trust_remote_code: bool = typer.Option(False, "--trust-remote-code", help="allow the model directory's code"),
     router_path: Optional[str] = typer.Option(None, "--router-path", help="module name pattern of the routers"),
+    top_k: Optional[int] = typer.Option(None, "--top-k",
+                                        help="k of a router returning logits whose block declares none"),
+    dtype: Optional[str] = typer.Option(None, "--dtype", help="bfloat16, float16 or float32 (default: as saved)"),
+    device: Optional[str] = typer.Option(None, "--device", help="cpu, cuda[:N] or auto"),
+    device_map: Optional[str] = typer.Option(None, "--device-map", help="auto: spread the model over the devices "
+                                                                        "(accelerate)"),
     seq_len: int = typer.Option(64, "--seq-len", help="tokens per sequence"),
     batch_size: int = typer.Option(8, "--batch-size", help="sequences per forward call"),
     taus: str = typer.Option("0.25,0.5,1,2", "--taus", help="router temperatures for the sensitivity ('' for none)"),
+    dense: bool = typer.Option(True, "--dense/--no-dense", help="also run each block fully dense (sensitivity)"),
     tie_widths: str = typer.Option("0.01,0.1", "--tie-widths", help="widths w of the 'within w of a tie' columns"),
     perturb: str = typer.Option("fp16", "--perturb", help="flip-rate perturbation: fp16, noise or none"),
     noise: float = typer.Option(1e-3, "--noise", help="relative size of the Gaussian noise (--perturb noise)"),
     seed: int = typer.Option(0, "--seed", help="seed (random ids, random weights, noise, sampling)"),
+    overhead: bool = typer.Option(True, "--overhead/--no-overhead", help="time plain forwards to report the hook "
+                                                                          "overhead (doubles the capture's cost)"),
+    save_tokens: bool = typer.Option(False, "--save-tokens", help="also write every token's margins (tokens.npz)"),
+    compare: bool = typer.Option(False, "--compare", help="compare the checkpoints (implied by several MODELS)"),
     progress: bool = typer.Option(True, "--progress/--no-progress", help="progress bar per batch"),
+    debug: bool = typer.Option(False, "--debug", help="show the traceback of an error"),
 ) -> None:
     """Router margins, boundary mass and soft-vs-hard sensitivity of an MoE model, layer by layer."""
     from .inspect import InspectError, inspect_path
+    from .inspect.runner import inspect_paths
 
     try:
         grid = {name: [float(v) for v in s.split(",") if v.strip()] for name, s in (("taus", taus),
                                                                                   ("tie-widths", tie_widths))}
     except ValueError:
         _die(f"--taus and --tie-widths take comma-separated numbers; got {taus!r} and {tie_widths!r}")
+    kw = dict(tokens=tokens, text=text, random_ids=random_ids, layers=layers, trust_remote_code=trust_remote_code,
+              router_path=router_path, top_k=top_k, seq_len=seq_len, batch_size=batch_size, taus=grid["taus"],
+              tie_widths=grid["tie-widths"], perturbation=None if perturb == "none" else perturb, noise=noise,
+              seed=seed, dtype=dtype, device=device, device_map=device_map, measure_overhead=overhead, dense=dense,
+              save_tokens=save_tokens, progress=progress)
     try:
-        ins, paths = inspect_path(model, out, tokens=tokens, text=text, random_ids=random_ids, layers=layers,
-                                  trust_remote_code=trust_remote_code, router_path=router_path, seq_len=seq_len,
-                                  batch_size=batch_size, taus=grid["taus"], tie_widths=grid["tie-widths"],
-                                  perturbation=None if perturb == "none" else perturb, noise=noise, seed=seed,
-                                  progress=progress)
-    except InspectError as e:
-        _die(str(e))
-    typer.echo(f"{ins.meta['layers']} MoE layers, {ins.meta['tokens']} tokens, hook overhead "
-               f"{ins.meta['hook_overhead']:.1%} of forward time -> {out}")
+        if len(models) > 1 or compare:
+            if len(models) < 2:
+                _die("--compare needs at least two checkpoints")
+            results, paths = inspect_paths(models, out, **kw)
+        else:
+            ins, paths = inspect_path(models[0], out, **kw)
+            results = [ins]
+    except InspectError:
+        if debug:
+            raise
+        import sys
+
+        _die(str(sys.exc_info()[1]))
+    for ins in results:
+        m = ins.meta
+        oh = (f"hook overhead {m['hook_overhead']:.1%} ± {m['hook_overhead_stderr']:.1%} of forward CPU time (whole "
+              f"run)" if m["hook_overhead"] is not None else f"hook overhead {m['hook_overhead_note']}")
+        typer.echo(f"{m['model']}: {m['layers']} MoE layers, {m['tokens']} tokens, {oh}")
+        for note in m.get("notes", []):
+            typer.echo(f"note: {note}")
+    typer.echo(f"-> {out}")
     for p in paths:
         typer.echo(f"wrote {p}")
 

@@ -17,7 +17,8 @@ from .._validate import check_float, fail
 from ..estimators.reducer import resolve_seed
 from .layouts import RouterSite
 
-__all__ = ["RouterCapture", "capture_block_outputs", "hooks_suspended", "perturb_hidden", "PERTURBATIONS"]
+__all__ = ["RouterCapture", "read_routers", "capture_block_outputs", "hooks_suspended", "perturb_hidden",
+           "PERTURBATIONS"]
 
 PERTURBATIONS = ("fp16", "noise")
 
@@ -25,9 +26,10 @@ PERTURBATIONS = ("fp16", "noise")
 class RouterCapture:
     """Context manager: a forward hook on every router of ``sites``.
 
-    Each router call hands ``sink(site, logits (N, K), selected (N, k), args)`` the logits as float64
-    (detached copies) and the experts the model selected. ``args`` are the router's positional inputs
-    (``args[0]`` is the hidden states entering it). Set ``active = False`` to pause.
+    Each router call hands ``sink(site, routed, args)`` the call as read by the site
+    (:class:`~softhard.inspect.layouts.Routed`: detached logits in the router's dtype, the experts the model
+    selected, ...). ``args`` are the router's positional inputs (``args[0]`` is the hidden states entering it).
+    Set ``active = False`` to pause.
     """
 
     def __init__(self, sites: list[RouterSite], sink: Callable):
@@ -39,8 +41,9 @@ class RouterCapture:
         def hook(module, args, output):
             if self.active:
                 with torch.no_grad():
-                    logits, selected = site.parse(args, output)
-                    self.sink(site, logits.detach().to(torch.float64), selected.detach(), args)
+                    routed = site.read(args, output)
+                    routed.logits = routed.logits.detach()
+                    self.sink(site, routed, args)
             return None
 
         return hook
@@ -53,6 +56,14 @@ class RouterCapture:
         for h in self._handles:
             h.remove()
         self._handles = []
+
+
+def read_routers(model: torch.nn.Module, sites: list[RouterSite], inputs: dict) -> list[RouterSite]:
+    """Run ``model(**inputs)`` once under a capture that only reads each router, so that every site called knows
+    its format and routing rule (needed before ``site.temper``/``site.densify``); returns the sites read."""
+    with RouterCapture(sites, lambda site, routed, args: None), torch.no_grad():
+        model(**inputs)
+    return [s for s in sites if s.rule is not None]
 
 
 def _first_tensor(out) -> torch.Tensor:

@@ -1,63 +1,70 @@
-r"""Registry of known router layouts, and the search for the router modules of a model.
+r"""Finding the routers of a model, reading their outputs, and re-routing a block at a temperature.
 
-A *layout* says, for one kind of router module, how to read its forward output and how to re-route
-its MoE block:
+**Finding.** :func:`find_routers` looks for router modules in the model's language model (for a multimodal
+model: the submodule whose ``config`` is the ``text_config``) by what the model declares — the classes its
+``_can_record_outputs["router_logits"]`` recorders target (transformers' own router-logit machinery) — and,
+for any other module, by name: a module called ``gate``/``router``/``gating`` beside an ``experts`` module
+(the digits MoE, user models). ``--router-path PATTERN`` (``fnmatch`` on module names) overrides both.
 
-- ``parse(site, args, output) -> (logits (N, K), selected (N, k))``: the raw router logits (the
-  pre-softmax scores :math:`a(x)` of (2.2)) and the expert indices the model itself selects (``-1``
-  where a token is dropped, e.g. by an expert-capacity limit);
-- ``temper(site, tau)``: a context manager under which the block routes with the model's own
-  selection but weights computed from :math:`a/\tau` (softmax of ``logits/τ`` for softmax routers,
-  ``sigmoid(logits/τ)`` for DeepSeek-V3's sigmoid router). At ``τ = 1`` it reproduces the shipped
-  weights bit for bit (the same operations on the same tensors; ``x / 1.0 == x`` exactly); ``None``
-  when unavailable;
-- ``densify(site)``: a context manager under which every expert is active with the model's own weight
-  rule at ``k = K`` (fully dense soft routing), or ``None`` when the layout has no such mode.
+**Reading.** The router's forward output is read by its *format*, recognised from its structure at the first
+call (:data:`LAYOUTS`):
 
-Known layouts (transformers 5.x, checked against the installed source):
+======================  ============================================================================
+format                  output
+======================  ============================================================================
+``triple``              ``(logits, weights (N, k), indices (N, k), ...)`` — most families; a first element
+                        that is a probability vector (Gemma 4) is read as ``log p`` (the logits up to a shift)
+``masked-scores``       ``(scores (N, K), logits (N, K))`` with zeros off the selected set (Llama 4)
+``switch-top1``         ``(one-hot dispatch, max probability, logits)``, capacity-dropped tokens all-zero
+``nllb-top2``           ``(top-1 mask, combine weights (N, K), logits)``, top-2 with capacity
+``jetmoe``              ``(sorted slots, token of each slot, gates, expert sizes, logits)``
+``logits``              the logits tensor alone; the block selects (Dbrx, ``nn.Linear`` gates)
+``product-key``         Doge's block output ``(hidden, (2, N, n) sub-key logits)``: the ``K = n²`` expert scores
+                        are the sums ``x_i + y_j``; the block selects their top-k
+``generic``             a module named by the user returning a tuple: the first float ``(…, K)`` tensor is
+                        the logits, the first integer tensor the selection
+======================  ============================================================================
 
-============================  ===========================================================  ==================
-router module class            forward output / weight rule                                 layout
-============================  ===========================================================  ==================
-MixtralTopKRouter              ``(logits, w, idx)``; top-k of softmax, renormalised (float32)  ``softmax-topk``
-Qwen2Moe/Qwen3Moe/OlmoeTopKR.  ``(logits, w, idx)``; top-k of softmax, renormalised if          ``softmax-topk``
-                               ``norm_topk_prob``, cast to the logits' dtype
-GraniteMoeTopKRouter           ``(logits, w, idx)``; top-k of the logits, softmax over them    ``softmax-of-topk``
-PhimoeTopKRouter               ``(logits, w, idx)``; sparsemixer (eval mode)                   ``sparsemixer``
-DeepseekV2TopkRouter           ``(logits, w, idx)``; softmax, greedy or group-limited top-k,  ``deepseek-v2``
-                               × ``routed_scaling_factor``
-DeepseekV3TopkRouter           ``(logits, w, idx)``; sigmoid, bias-corrected group-limited     ``deepseek-v3``
-                               top-k, normalised, × ``routed_scaling_factor``
-SwitchTransformersTop1Router   ``(one-hot dispatch, max prob, logits)`` — the other order;     ``switch-top1``
-                               top-1 with expert capacity
-``nn.Linear`` named ``gate``/  logits only; the block is assumed to take the top-k of the       ``linear-gate``
-``router`` beside ``experts``  logits and softmax weights (k from the block's ``top_k``)
-any module named by the user   the logits tensor, or a tuple holding it (the first float        ``generic``
-                               ``(..., K)`` tensor) and maybe the selected indices (the first
-                               integer tensor; else the top-k of the logits is taken)
-============================  ===========================================================  ==================
+At the first call the layer's :class:`~softhard.inspect.rules.RoutingRule` is *identified* from what the
+router declares and does (:func:`identify_rule`): ``k`` from the selection it returns; the selection bias
+from a bias argument or a ``e_score_correction_bias``/``expert_bias``/``balancing_biases`` tensor; groups
+from ``num_group``/``n_group``, ``topk_group`` and ``topk_method``; hash routing from an integer
+``token id -> experts`` table; the weight map from the returned weights (the per-expert ratio
+``w / u(a)`` must be constant for ``u`` = softmax or sigmoid, normalised or not); the score map of a biased
+selection by *probing*: the router is run once more with a random bias (restored afterwards, no hooks run) and
+the candidate maps that reproduce its selection are kept. The rule's selection is then compared with the
+model's own at every call (``agreement``).
 
-A module given by a user pattern (``router_path``, ``fnmatch`` on module names) uses its class's
-layout when known and ``linear-gate``/``generic`` otherwise. Temperature re-routing of these two
-divides the returned logits by τ, which is the block at temperature τ when the block takes a softmax of
-them; it is unavailable when the module returns a tuple (weight rule unknown). Their dense mode sets the
-block's ``top_k`` attribute to ``K`` (when it has one).
+**Re-routing** (the API the hardening code uses). For a site ``s`` read at least once:
+
+- ``s.temper(tau)`` — a context manager under which the block routes with the model's **own selection** and
+  weights computed from :math:`a/\tau`: the returned weights are multiplied by :math:`u(a/\tau)/u(a)` (``u``
+  the identified weight map, normalisation included), so constants such as ``routed_scaling_factor`` are
+  kept and at ``τ = 1`` the shipped weights are reproduced bit for bit (:math:`x/x = 1` exactly). ``None``
+  when unavailable (weights not identified, capacity routers other than Switch, a user module returning a
+  tuple);
+- ``s.densify()`` — every (non-skip) expert active with the model's weight rule at ``k = K``, or ``None``.
+
+``s.layout.temper(s, tau)`` and ``s.layout.densify(s)`` are the same calls.
 """
 
 from __future__ import annotations
 
 import contextlib
 import fnmatch
+import math
 import sys
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Callable
 
 import torch
 from torch import nn
 
 from .._validate import fail
+from .rules import RoutingRule, score_function
 
-__all__ = ["InspectError", "Layout", "RouterSite", "LAYOUTS", "find_routers", "parse_layers"]
+__all__ = ["InspectError", "Layout", "RouterSite", "Routed", "LAYOUTS", "find_routers", "parse_layers",
+           "identify_rule", "language_model"]
 
 
 class InspectError(ValueError):
@@ -68,14 +75,43 @@ def _fail(param: str, where: str, rule: str, value) -> None:
     fail(param, where, rule, value, InspectError)
 
 
-@dataclass
+@dataclass(eq=False)
+class Routed:
+    """One router call, read: ``logits (N, K)`` in the router's dtype, the model's selection ``(N, k)`` (``-1``
+    where a token is dropped), the weights ``(N, k)`` when returned, the token ids ``(N,)`` when the router
+    takes them (hash routing), and whether the selection was read from the model (``observed``) or computed by
+    the rule (a router returning logits only)."""
+
+    logits: torch.Tensor
+    selected: torch.Tensor
+    weights: torch.Tensor | None = None
+    token_ids: torch.Tensor | None = None
+    observed: bool = True
+
+
+@dataclass(frozen=True)
+class Layout:
+    """How to read (``parse(site, args, output) -> Routed``) and re-route (``temper(site, tau)``,
+    ``densify(site)``: context managers or ``None``) one router output format."""
+
+    name: str
+    parse: Callable
+    temper: Callable
+    densify: Callable
+
+
+@dataclass(eq=False)
 class RouterSite:
     """One MoE layer: its router module and the block that calls it.
 
     Attributes:
         index: position among the layers found (0, 1, ...), in module order.
         name, block_name: module paths of the router and of its block (the router's parent).
-        num_experts, top_k: ``K`` and the ``k`` the model routes to.
+        num_experts, top_k: ``K`` and the ``k`` the model routes to (final after the first call).
+        layout: the output format (``"unread"`` before the first call).
+        rule: the :class:`~softhard.inspect.rules.RoutingRule`, identified at the first call.
+        config: the (text) config of the model, when it has one.
+        user_top_k: ``k`` given by the user for a router whose block declares none.
     """
 
     index: int
@@ -86,35 +122,56 @@ class RouterSite:
     layout: "Layout"
     num_experts: int
     top_k: int
-    tensor_output: bool = True  # set at the first call for ``linear-gate``/``generic`` routers
+    rule: RoutingRule | None = None
+    config: object | None = None
+    user_top_k: int | None = None
+    slots: dict = field(default_factory=dict)
+
+    def read(self, args, output) -> Routed:
+        """Read one forward call of the router (identifying the format and the rule at the first call)."""
+        if self.layout is UNREAD:
+            self.layout = _detect(self, args, output)
+        routed = self.layout.parse(self, args, output)
+        if self.rule is None:
+            self.rule = identify_rule(self, args, output, routed)
+            self.num_experts, self.top_k = self.rule.num_experts, self.rule.k
+        if not routed.observed:
+            routed.selected = self.rule.select(routed.logits, routed.token_ids)
+        elif self.rule.zero_experts and routed.weights is not None:  # skip slots masked to (0, weight 0)
+            skip = self.rule.num_experts - self.rule.zero_experts
+            routed.selected = torch.where(routed.weights.reshape(routed.selected.shape) == 0, skip, routed.selected)
+        return routed
 
     def parse(self, args, output) -> tuple[torch.Tensor, torch.Tensor]:
         """``(logits (N, K), selected (N, k))`` from one forward call of the router."""
-        return self.layout.parse(self, args, output)
+        r = self.read(args, output)
+        return r.logits, r.selected
 
-    def route(self, hidden: torch.Tensor, args=()) -> tuple[torch.Tensor, torch.Tensor]:
-        """``(logits, selected)`` of the router on other hidden states (its ``forward``, so no hooks run)."""
+    def route(self, hidden: torch.Tensor, args=()) -> Routed:
+        """The router on other hidden states (its ``forward``, so no hooks run), read."""
         args = (hidden, *args[1:])
-        return self.parse(args, self.router.forward(*args))
+        return self.read(args, self.router.forward(*args))
 
+    def temper(self, tau: float):
+        """Context manager: the model's own selection, weights from ``a/τ`` (module docstring); or ``None``.
+        The site must have been read (:func:`softhard.inspect.hooks.read_routers`)."""
+        self._check_read("temper")
+        return self.layout.temper(self, tau)
 
-@dataclass(frozen=True)
-class Layout:
-    """How to read and re-route one kind of router (see the module docstring)."""
+    def densify(self):
+        """Context manager: every expert active with the model's weight rule; or ``None``. The site must have
+        been read (:func:`softhard.inspect.hooks.read_routers`)."""
+        self._check_read("densify")
+        return self.layout.densify(self)
 
-    name: str
-    classes: tuple[str, ...]
-    parse: Callable
-    temper: Callable
-    densify: Callable
+    def _check_read(self, what):
+        if self.rule is None:
+            raise InspectError(f"{what}: layer {self.index} ({self.name}) has not been read yet; run one forward "
+                               f"first (softhard.inspect.hooks.read_routers(model, sites, inputs)).")
 
 
 # ----------------------------------------------------------------------------------------------
 # helpers
-
-
-def _flat(t: torch.Tensor, K: int) -> torch.Tensor:
-    return t.reshape(-1, K)
 
 
 @contextlib.contextmanager
@@ -127,119 +184,162 @@ def _replace_output(module: nn.Module, fn: Callable):
         handle.remove()
 
 
-def _all_experts(logits: torch.Tensor) -> torch.Tensor:
-    n, K = logits.shape
-    return torch.arange(K, device=logits.device).expand(n, K)
+def _token_ids(args) -> torch.Tensor | None:
+    for v in args[1:]:
+        if isinstance(v, torch.Tensor) and not v.is_floating_point() and v.dtype != torch.bool:
+            return v.reshape(-1)
+    return None
 
 
-def _parse_triple(site, args, out):
-    logits = _flat(out[0], site.num_experts)
-    return logits, out[2].reshape(logits.shape[0], -1)
+def _as_logits(site, first: torch.Tensor) -> torch.Tensor:
+    """The logits ``(N, K)``; a probability output (non-negative rows summing to 1) becomes ``log p``."""
+    K = first.shape[-1]
+    x = first.reshape(-1, K)
+    if "probs" not in site.slots:
+        xf = x.float()
+        site.slots["probs"] = bool(x.numel() and (xf >= 0).all() and ((xf.sum(-1) - 1).abs() < 1e-4).all())
+    return torch.log(x) if site.slots["probs"] else x
 
 
-# ----------------------------------------------------------------------------------------------
-# softmax top-k (Mixtral, Qwen2-MoE, Qwen3-MoE, OLMoE)
+def _ratio(site, logits, idx, tau) -> torch.Tensor:
+    """:math:`u(a/\\tau)/u(a)` on ``idx (N, k)``, exactly 1 at τ = 1 (and where ``u(a)`` is 0 or not finite)."""
+    rule = site.rule
+    num, den = rule.weight_shape(logits, idx, tau), rule.weight_shape(logits, idx, 1.0)
+    r = num / den
+    return torch.where(torch.isfinite(r) & (den != 0), r, torch.ones_like(r))
 
 
-def _softmax_topk_weights(site, logits, idx, tau):
-    w = torch.softmax(logits.float() / tau, dim=-1)
-    w = w if idx is None else w.gather(1, idx)
-    if getattr(site.router, "norm_topk_prob", True):  # Mixtral always renormalises
-        w /= w.sum(dim=-1, keepdim=True)
-    if hasattr(site.router, "norm_topk_prob"):  # Qwen/OLMoE cast back; Mixtral keeps float32
-        w = w.to(logits.dtype)
-    return w
+def _all_experts(n: int, K: int, like: torch.Tensor) -> torch.Tensor:
+    return torch.arange(K, device=like.device, dtype=like.dtype).expand(n, K)
 
 
-def _softmax_topk_temper(site, tau):
-    def fn(args, out):
-        logits, _, idx = out
-        return logits, _softmax_topk_weights(site, logits, idx, tau), idx
-
-    return _replace_output(site.router, fn)
-
-
-def _softmax_topk_dense(site):
-    def fn(args, out):
-        logits = out[0]
-        return logits, _softmax_topk_weights(site, logits, None, 1.0), _all_experts(logits)
-
-    return _replace_output(site.router, fn)
-
-
-# ----------------------------------------------------------------------------------------------
-# GraniteMoe: top-k of the logits, softmax over the selected logits
-
-
-def _granite_temper(site, tau):
-    def fn(args, out):
-        logits, _, idx = out
-        return logits, torch.softmax(logits.gather(1, idx) / tau, dim=-1).type_as(args[0]), idx
-
-    return _replace_output(site.router, fn)
-
-
-def _granite_dense(site):
-    def fn(args, out):
-        logits = out[0]
-        return logits, torch.softmax(logits, dim=-1).type_as(args[0]), _all_experts(logits)
-
-    return _replace_output(site.router, fn)
+def _dense_weights(site, logits: torch.Tensor) -> torch.Tensor:
+    rule = site.rule
+    K_real = rule.num_experts - rule.zero_experts
+    w = rule.weight_shape(logits, None, 1.0)
+    if rule.weight_scale is not None:
+        w = w * rule.weight_scale.to(w)
+    return w[:, :K_real]
 
 
 # ----------------------------------------------------------------------------------------------
-# PhiMoE: sparsemixer, taken from the model's own module (eval mode: deterministic)
+# triple: (logits, weights, indices, ...)
 
 
-def _phimoe_temper(site, tau):
+def _triple_parse(site, args, out):
+    s = site.slots
+    if "index" not in s:
+        K = out[0].shape[-1]
+        n = out[0].numel() // K
+        ints = [i for i, v in enumerate(out) if isinstance(v, torch.Tensor) and not v.is_floating_point()
+                and v.numel() % max(n, 1) == 0 and 0 < v.numel() <= n * K]
+        if not ints:
+            raise InspectError(f"layer {site.index} ({site.name}): its router output holds no selection tensor.")
+        s["index"] = ints[0]
+        k_numel = out[ints[0]].numel()
+        fl = [i for i, v in enumerate(out) if i > 0 and isinstance(v, torch.Tensor) and v.is_floating_point()
+              and v.numel() == k_numel]
+        s["weights"] = fl[0] if fl else None
+    logits = _as_logits(site, out[0])
+    n = logits.shape[0]
+    sel = out[s["index"]].reshape(n, -1).long()
+    w = out[s["weights"]].reshape(n, -1) if s["weights"] is not None else None
+    return Routed(logits, sel, w, _token_ids(args))
+
+
+def _triple_temper(site, tau):
+    rule = site.rule
+    if rule is None or rule.weights in (None, "block") or site.slots.get("weights") is None:
+        return None
+    if rule.weights == "sparsemixer":
+        return _sparsemixer_temper(site, tau)
+    wi, ii = site.slots["weights"], site.slots["index"]
+
+    def fn(args, out):
+        logits = _as_logits(site, out[0]).to(torch.float64)
+        w = out[wi]
+        idx = out[ii].reshape(logits.shape[0], -1).long()
+        new = (w.reshape(idx.shape).to(torch.float64) * _ratio(site, logits, idx, tau)).to(w.dtype).reshape(w.shape)
+        return tuple(new if i == wi else v for i, v in enumerate(out))
+
+    return _replace_output(site.router, fn)
+
+
+def _triple_dense(site):
+    rule = site.rule
+    if rule is not None and rule.weights == "sparsemixer":
+        return _sparsemixer_dense(site)
+    if rule is None or rule.weights in (None, "block") or site.slots.get("weights") is None:
+        return None
+    wi, ii = site.slots["weights"], site.slots["index"]
+
+    def fn(args, out):
+        logits = _as_logits(site, out[0]).to(torch.float64)
+        w = _dense_weights(site, logits)
+        n, K = w.shape
+        new_w = w.to(out[wi].dtype).reshape(*out[wi].shape[:-1], K)
+        new_i = _all_experts(n, K, out[ii]).reshape(*out[ii].shape[:-1], K)
+        return tuple(new_w if i == wi else new_i if i == ii else v for i, v in enumerate(out))
+
+    return _replace_output(site.router, fn)
+
+
+def _sparsemixer_temper(site, tau):  # PhiMoE: the model's own sparsemixer on a/τ (eval mode, deterministic)
     mixer = sys.modules[type(site.router).__module__].sparsemixer
 
     def fn(args, out):
-        logits = out[0]
-        w, idx = mixer(logits / tau, jitter_eps=site.router.router_jitter_noise, training=False,
-                       top_k=site.top_k)
-        return logits, w, idx
+        w, idx = mixer(out[0] / tau, jitter_eps=site.router.router_jitter_noise, training=False, top_k=site.top_k)
+        return out[0], w, idx
 
     return _replace_output(site.router, fn)
 
 
-def _phimoe_dense(site):
+def _sparsemixer_dense(site):
     def fn(args, out):
         logits = out[0]
-        return logits, torch.softmax(logits, dim=-1), _all_experts(logits)
+        return logits, torch.softmax(logits, dim=-1), _all_experts(logits.shape[0], logits.shape[1], out[2])
 
     return _replace_output(site.router, fn)
 
 
 # ----------------------------------------------------------------------------------------------
-# DeepSeek-V2 (softmax) and V3 (sigmoid, bias-corrected selection)
+# masked scores (Llama 4): (sigmoid of the top-k logits, -inf -> 0 elsewhere, logits)
 
 
-def _deepseek_weights(site, logits, idx, tau):
-    r = site.router
-    if hasattr(r, "e_score_correction_bias"):  # V3
-        s = torch.sigmoid(logits / tau)
-        w = s if idx is None else s.gather(1, idx)
-        if r.norm_topk_prob:
-            w /= w.sum(dim=-1, keepdim=True) + 1e-20
-    else:  # V2
-        s = torch.softmax(logits / tau, dim=-1, dtype=torch.float32)
-        w = s if idx is None else s.gather(1, idx)
-    return w * r.routed_scaling_factor
+def _masked_parse(site, args, out):
+    scores, logits = out
+    K = logits.shape[-1]
+    logits, scores = logits.reshape(-1, K), scores.reshape(-1, K)
+    k = site.slots.setdefault("k", int((scores != 0).sum(-1).max()) if scores.numel() else 1)
+    top = torch.topk(scores.float(), k, dim=-1)
+    sel = torch.sort(torch.where(top.values != 0, top.indices, -1), -1).values
+    return Routed(logits, sel, scores.gather(1, sel.clamp_min(0)), _token_ids(args))
 
 
-def _deepseek_temper(site, tau):
+def _masked_temper(site, tau):
+    if site.rule is None or site.rule.weights in (None, "block"):
+        return None
+
     def fn(args, out):
-        logits, _, idx = out
-        return logits, _deepseek_weights(site, logits, idx, tau), idx
+        scores, logits = out
+        r = _masked_parse(site, args, out)
+        a, sc = r.logits.to(torch.float64), scores.reshape(r.logits.shape)
+        sel = r.selected.clamp_min(0)
+        ratio = torch.ones_like(a).scatter(1, sel, _ratio(site, a, sel, tau))
+        new = torch.where(sc != 0, sc.to(torch.float64) * ratio, 0.0).to(scores.dtype).reshape(scores.shape)
+        return new, logits
 
     return _replace_output(site.router, fn)
 
 
-def _deepseek_dense(site):
+def _masked_dense(site):
+    if site.rule is None or site.rule.weights in (None, "block"):
+        return None
+
     def fn(args, out):
-        logits = out[0]
-        return logits, _deepseek_weights(site, logits, None, 1.0), _all_experts(logits)
+        scores, logits = out
+        a = logits.reshape(-1, logits.shape[-1]).to(torch.float64)
+        return _dense_weights(site, a).to(scores.dtype).reshape(scores.shape), logits
 
     return _replace_output(site.router, fn)
 
@@ -249,10 +349,11 @@ def _deepseek_dense(site):
 
 
 def _switch_parse(site, args, out):
-    dispatch, _, logits = out
-    d = dispatch.reshape(-1, site.num_experts)
+    dispatch, prob, logits = out
+    K = logits.shape[-1]
+    d = dispatch.reshape(-1, K)
     idx = torch.where(d.sum(-1) > 0, d.argmax(-1), -1)
-    return _flat(logits, site.num_experts), idx[:, None]
+    return Routed(logits.reshape(-1, K), idx[:, None], prob.reshape(-1, 1), _token_ids(args))
 
 
 def _switch_temper(site, tau):
@@ -267,43 +368,95 @@ def _switch_temper(site, tau):
 
 
 def _switch_dense(site):
-    block, r = site.block, site.router
+    block, r, K = site.block, site.router, site.num_experts
 
     def fn(args, out):
         h = args[0]
         x = h.reshape(-1, h.shape[-1])
         p = torch.softmax(r.classifier(x.to(r.dtype)), dim=-1, dtype=r.dtype).to(h.dtype)
-        y = sum(p[:, k:k + 1] * block.experts[f"expert_{k}"](x) for k in range(site.num_experts))
+        y = sum(p[:, k:k + 1] * block.experts[f"expert_{k}"](x) for k in range(K))
         return y.reshape(h.shape)
 
     return _replace_output(block, fn)
 
 
 # ----------------------------------------------------------------------------------------------
-# a plain nn.Linear gate, and any module named by the user (``generic``)
+# NLLB-MoE: (top-1 mask, combine weights (N, K), logits), top-2 with capacity
 
 
-def _linear_parse(site, args, out):
-    K = site.num_experts
-    site.tensor_output = isinstance(out, torch.Tensor)
-    parts = [out] if site.tensor_output else [v for v in (out if isinstance(out, (tuple, list)) else ())
-                                              if isinstance(v, torch.Tensor)]
-    logits = next((v for v in parts if v.is_floating_point() and v.shape[-1] == K), None)
-    if logits is None:
-        _fail("router_path", "find_routers", f"a module whose output is (or holds) the logits tensor (..., {K})",
-              f"{site.name} returning {type(out).__name__}")
-    logits = _flat(logits, K)
-    n = logits.shape[0]
-    chosen = next((v for v in parts if not v.is_floating_point() and v.numel() % n == 0 and 0 < v.numel() <= n * K),
-                  None)
-    if chosen is not None:
-        return logits, chosen.reshape(n, -1)
-    return logits, torch.topk(logits, site.top_k, dim=-1).indices
+def _nllb_parse(site, args, out):
+    _, combine, logits = out
+    K = logits.shape[-1]
+    c = combine.reshape(-1, K)
+    top = torch.topk(c.float(), 2, dim=-1)
+    sel = torch.where(top.values > 0, top.indices, -1)
+    return Routed(logits.reshape(-1, K), sel, c.gather(1, sel.clamp_min(0)), _token_ids(args))
 
 
-def _linear_temper(site, tau):
-    if not site.tensor_output:  # a tuple output: its weight rule is unknown
+def _nllb_temper(site, tau):
+    if site.rule is None or site.rule.weights in (None, "block"):
         return None
+
+    def fn(args, out):
+        mask, combine, logits = out
+        r = _nllb_parse(site, args, out)
+        a, c = r.logits.to(torch.float64), combine.reshape(r.logits.shape)
+        sel = r.selected.clamp_min(0)
+        ratio = torch.ones_like(a).scatter(1, sel, _ratio(site, a, sel, tau))
+        new = torch.where(c != 0, c.to(torch.float64) * ratio, 0.0).to(combine.dtype).reshape(combine.shape)
+        return mask, new, logits
+
+    return _replace_output(site.router, fn)
+
+
+# ----------------------------------------------------------------------------------------------
+# JetMoe: (sorted slots, token of each slot, gates, expert sizes, logits); top-k of the logits
+
+
+def _jetmoe_parse(site, args, out):
+    index_sorted, batch_index, gates, sizes, logits = out
+    K = logits.shape[-1]
+    logits = logits.reshape(-1, K)
+    n = logits.shape[0]
+    expert_of_slot = torch.repeat_interleave(torch.arange(K, device=logits.device),
+                                             torch.as_tensor(sizes, device=logits.device))
+    mask = torch.zeros(n, K, dtype=torch.bool, device=logits.device)
+    mask[batch_index, expert_of_slot] = True
+    k = int(mask.sum(-1).max()) if n else 1
+    sel = torch.sort(torch.topk(mask.to(torch.int8), k, dim=-1).indices, -1).values
+    w = torch.zeros(n, K, dtype=gates.dtype, device=gates.device)
+    w[batch_index, expert_of_slot] = gates
+    return Routed(logits, sel, w.gather(1, sel), _token_ids(args))
+
+
+def _jetmoe_temper(site, tau):
+    if site.rule is None or site.rule.weights in (None, "block"):
+        return None
+
+    def fn(args, out):
+        index_sorted, batch_index, gates, sizes, logits = out
+        r = _jetmoe_parse(site, args, out)
+        a, K = r.logits.to(torch.float64), r.logits.shape[1]
+        ratio = torch.ones_like(a).scatter(1, r.selected, _ratio(site, a, r.selected, tau))
+        expert_of_slot = torch.repeat_interleave(torch.arange(K, device=a.device),
+                                                 torch.as_tensor(sizes, device=a.device))
+        slot_r = ratio[batch_index, expert_of_slot]
+        return index_sorted, batch_index, (gates.to(torch.float64) * slot_r).to(gates.dtype), sizes, logits
+
+    return _replace_output(site.router, fn)
+
+
+# ----------------------------------------------------------------------------------------------
+# logits alone (the block selects), and a user module returning a tuple (``generic``)
+
+
+def _logits_parse(site, args, out):
+    K = out.shape[-1]
+    logits = out.reshape(-1, K)
+    return Routed(logits, torch.empty(logits.shape[0], 0, dtype=torch.long), None, _token_ids(args), observed=False)
+
+
+def _logits_temper(site, tau):
     return _replace_output(site.router, lambda args, out: out / tau)
 
 
@@ -317,39 +470,321 @@ def _set_top_k(block, k):
         block.top_k = old
 
 
-def _linear_dense(site):
+def _logits_dense(site):
     if not isinstance(getattr(site.block, "top_k", None), int):
         return None
     return _set_top_k(site.block, site.num_experts)
 
 
+def _generic_parse(site, args, out):
+    parts = [v for v in (out if isinstance(out, (tuple, list)) else ()) if isinstance(v, torch.Tensor)]
+    K = site.num_experts
+    logits = next((v for v in parts if v.is_floating_point() and v.shape[-1] == K), None)
+    if logits is None:
+        _fail("router_path", "find_routers", f"a module whose output is (or holds) the logits tensor (..., {K})",
+              f"{site.name} returning {type(out).__name__}")
+    logits = logits.reshape(-1, K)
+    n = logits.shape[0]
+    chosen = next((v for v in parts if not v.is_floating_point() and v.numel() % n == 0 and 0 < v.numel() <= n * K),
+                  None)
+    if chosen is not None:
+        return Routed(logits, chosen.reshape(n, -1).long(), None, _token_ids(args))
+    return Routed(logits, torch.empty(n, 0, dtype=torch.long), None, _token_ids(args), observed=False)
+
+
+def _product_parse(site, args, out):
+    """Doge's product-key router: the block returns ``(hidden, logits (2, N, n))``; expert ``(i, j)`` of the
+    ``K = n²`` scores ``x_i + y_j`` (row-major), selected by top-k in the block."""
+    x, y = out[1][0], out[1][1]
+    logits = (x[:, :, None] + y[:, None, :]).reshape(x.shape[0], -1)
+    return Routed(logits, torch.empty(logits.shape[0], 0, dtype=torch.long), None, _token_ids(args), observed=False)
+
+
+def _product_temper(site, tau):
+    gate = getattr(site.router, "router_gate", None)
+    return None if gate is None else _replace_output(gate, lambda args, out: out / tau)
+
+
+def _product_dense(site):
+    if not isinstance(getattr(site.router, "top_k", None), int):
+        return None
+    return _set_top_k(site.router, site.num_experts)
+
+
+def _none(site, *a):
+    return None
+
+
+def _unread_parse(site, args, out):  # pragma: no cover - replaced at the first call
+    raise InspectError(f"layer {site.index} ({site.name}) has not been read yet")
+
+
+UNREAD = Layout("unread", _unread_parse, _none, _none)
 LAYOUTS: dict[str, Layout] = {
     lay.name: lay
     for lay in [
-        Layout("softmax-topk", ("MixtralTopKRouter", "Qwen2MoeTopKRouter", "Qwen3MoeTopKRouter", "OlmoeTopKRouter"),
-               _parse_triple, _softmax_topk_temper, _softmax_topk_dense),
-        Layout("softmax-of-topk", ("GraniteMoeTopKRouter",), _parse_triple, _granite_temper, _granite_dense),
-        Layout("sparsemixer", ("PhimoeTopKRouter",), _parse_triple, _phimoe_temper, _phimoe_dense),
-        Layout("deepseek-v2", ("DeepseekV2TopkRouter",), _parse_triple, _deepseek_temper, _deepseek_dense),
-        Layout("deepseek-v3", ("DeepseekV3TopkRouter",), _parse_triple, _deepseek_temper, _deepseek_dense),
-        Layout("switch-top1", ("SwitchTransformersTop1Router",), _switch_parse, _switch_temper, _switch_dense),
-        Layout("linear-gate", ("Linear",), _linear_parse, _linear_temper, _linear_dense),
-        Layout("generic", (), _linear_parse, _linear_temper, _linear_dense),
+        Layout("triple", _triple_parse, _triple_temper, _triple_dense),
+        Layout("masked-scores", _masked_parse, _masked_temper, _masked_dense),
+        Layout("switch-top1", _switch_parse, _switch_temper, _switch_dense),
+        Layout("nllb-top2", _nllb_parse, _nllb_temper, _none),
+        Layout("jetmoe", _jetmoe_parse, _jetmoe_temper, _none),
+        Layout("logits", _logits_parse, _logits_temper, _logits_dense),
+        Layout("product-key", _product_parse, _product_temper, _product_dense),
+        Layout("generic", _generic_parse, _none, _none),
     ]
 }
-_BY_CLASS = {c: lay for lay in LAYOUTS.values() if lay.name != "linear-gate" for c in lay.classes}
-_GATE_NAMES = ("gate", "router")
 
 
-def _top_k(router: nn.Module, block: nn.Module, layout: Layout, top_k: int | None) -> int:
-    if layout.name == "switch-top1":
-        return 1
-    for obj in (router, block):
-        for attr in ("top_k", "num_experts_per_tok"):
-            v = getattr(obj, attr, None)
-            if isinstance(v, int):
+def _describe_output(out) -> str:
+    if isinstance(out, torch.Tensor):
+        return f"a tensor of shape {tuple(out.shape)}"
+    if isinstance(out, (tuple, list)):
+        parts = [f"{'float' if v.is_floating_point() else str(v.dtype).replace('torch.', '')}{tuple(v.shape)}"
+                 if isinstance(v, torch.Tensor) else type(v).__name__ for v in out]
+        return f"a {type(out).__name__} ({', '.join(parts)})"
+    return f"a {type(out).__name__}"
+
+
+def _detect(site, args, out) -> Layout:
+    """The format of a router output, from its structure (see the module docstring)."""
+    tensors = isinstance(out, (tuple, list)) and all(isinstance(v, torch.Tensor) for v in out)
+    if isinstance(out, torch.Tensor) and out.is_floating_point() and out.ndim >= 2 and out.shape[-1] >= 2:
+        return LAYOUTS["logits"]
+    if isinstance(out, (tuple, list)) and len(out) == 5 and isinstance(out[3], (list, tuple)):
+        return LAYOUTS["jetmoe"]
+    if tensors and len(out) == 3 and not out[0].is_floating_point() and out[2].is_floating_point():
+        if out[1].shape[-1] == 1:
+            return LAYOUTS["switch-top1"]
+        if out[1].shape == out[2].shape:
+            return LAYOUTS["nllb-top2"]
+    if (tensors and len(out) == 2 and all(v.is_floating_point() for v in out) and out[1].ndim == 3
+            and out[1].shape[0] == 2 and out[0].shape != out[1].shape):
+        return LAYOUTS["product-key"]
+    if (tensors and len(out) == 2 and all(v.is_floating_point() for v in out) and out[0].shape == out[1].shape
+            and bool((out[0] == 0).any())):
+        return LAYOUTS["masked-scores"]
+    if (isinstance(out, (tuple, list)) and out and isinstance(out[0], torch.Tensor) and out[0].is_floating_point()
+            and out[0].ndim >= 2 and any(isinstance(v, torch.Tensor) and not v.is_floating_point() for v in out[1:])):
+        return LAYOUTS["triple"]
+    if site.slots.get("user"):
+        return LAYOUTS["generic"]
+    raise InspectError(f"layer {site.index} ({site.name}, class {type(site.router).__name__}) returns "
+                       f"{_describe_output(out)}, not a router output softhard can read (logits, weights and "
+                       f"selected experts); name the module that returns the router logits with --router-path.")
+
+
+# ----------------------------------------------------------------------------------------------
+# identifying the routing rule (first call)
+
+_BIAS_NAMES = ("e_score_correction_bias", "expert_bias", "balancing_biases")
+_GROUP_NAMES = ("num_group", "n_group")
+_K_NAMES = ("top_k", "num_experts_per_tok", "moe_topk", "top_k_experts", "moe_k", "num_selected_experts")
+
+
+def _first_attr(objs, names, kind=int):
+    for o in objs:
+        if o is None:
+            continue
+        for n in names:
+            v = getattr(o, n, None)
+            if isinstance(v, kind) and not isinstance(v, bool):
                 return v
-    return 1 if top_k is None else top_k
+    return None
+
+
+def _find_bias(site, args, K):
+    """``(tensor (K,), where)``: a bias argument of the router, or a named tensor of the router (or of a child
+    of it, e.g. Ernie's ``moe_statics``); ``(None, None)`` when there is none."""
+    for i, v in enumerate(args[1:], start=1):
+        if isinstance(v, torch.Tensor) and v.is_floating_point() and v.numel() == K and v.ndim <= 2:
+            return v.reshape(K), ("arg", i)
+    for mod in [site.router, *site.router.children()]:
+        for n in _BIAS_NAMES:
+            v = getattr(mod, n, None)
+            if isinstance(v, torch.Tensor) and v.numel() == K:
+                return v.reshape(K), ("attr", v)
+    return None, None
+
+
+def _find_hash_table(router, k):
+    for name, buf in list(router.named_buffers(recurse=False)):
+        if not buf.is_floating_point() and buf.ndim == 2 and buf.shape[1] == k and buf.shape[0] > 1:
+            return buf
+    return None
+
+
+def _declared_scores(site) -> list[str]:
+    out = []
+    for o in (site.router, site.config):
+        for n in ("scoring_func", "expert_selection_fn", "score_func"):
+            v = getattr(o, n, None) if o is not None else None
+            if isinstance(v, str):
+                out.append(v)
+    return out
+
+
+def _identify_weights(rule_kw, logits, sel, w, candidates):
+    """``(psi, normalize, scale (K,) or None)`` such that ``w = scale[idx] · u(a)`` slot by slot, for the candidate
+    weight map ``u`` that fits best (largest relative spread of ``w / u`` within an expert below a tolerance set by
+    the weights' dtype); ``(None, False, None)`` when none fits."""
+    K = logits.shape[1]
+    a = logits.to(torch.float64)
+    wd = w.dtype
+    w = w.to(torch.float64)
+    ok = (sel >= 0) & (sel < K) & (w != 0) & torch.isfinite(w)
+    if not bool(ok.any()):
+        return None, False, None
+    tol = max(1e-4, 4 * torch.finfo(wd).eps)
+    best = None
+    for order, (psi, norm) in enumerate((p, n) for p in candidates for n in (True, False)):
+        try:
+            rule = RoutingRule(**{**rule_kw, "weights": psi, "normalize": norm})
+            u = rule.weight_shape(a, sel.clamp(0, K - 1))
+        except (ValueError, TypeError):
+            continue
+        r = w / u
+        good = ok & torch.isfinite(r) & (u > 0)
+        if not bool(good.any()):
+            continue
+        scale = torch.full((K,), math.nan, dtype=torch.float64)
+        spread = 0.0
+        for e in torch.unique(sel[good]).tolist():
+            re = r[good & (sel == e)]
+            lo, hi = float(re.min()), float(re.max())
+            spread = max(spread, (hi - lo) / max(abs(hi), abs(lo), 1e-300))
+            scale[e] = float(re.median())
+        if spread <= tol and (best is None or spread < best[0] * 0.5):
+            best = (spread, psi, norm, scale)
+    if best is None:
+        return None, False, None
+    _, psi, norm, scale = best
+    seen = scale[~torch.isnan(scale)]
+    lo, hi = float(seen.min()), float(seen.max())
+    if hi - lo <= tol * max(abs(hi), abs(lo)):  # one constant (the model's float rounding aside)
+        c = float(seen.median())
+        return psi, norm, None if abs(c - 1) <= tol else torch.full((K,), c, dtype=torch.float64)
+    return psi, norm, torch.where(torch.isnan(scale), seen.median(), scale)
+
+
+def _probe_scores(site, args, bias_where, rule_kw, candidates, logits):
+    """The candidate score maps whose selection matches the router's own under random selection biases."""
+    K = logits.shape[1]
+    alive = list(dict.fromkeys(candidates))
+    g = torch.Generator().manual_seed(20240611)
+    for phi in list(alive):
+        spread = float(score_function(phi)(logits.to(torch.float64)).std()) or 1.0
+        probe = torch.randn(K, generator=g, dtype=torch.float64) * spread
+        kind, where = bias_where
+        with torch.no_grad():
+            if kind == "arg":
+                ref = args[where]
+                p = probe.to(ref).reshape(ref.shape)
+                pargs = tuple(p if i == where else v for i, v in enumerate(args))
+                out = site.router.forward(*pargs)
+            else:
+                saved = where.detach().clone()
+                try:
+                    where.copy_(probe.to(where).reshape(where.shape))
+                    out = site.router.forward(*args)
+                finally:
+                    where.copy_(saved)
+        seen = site.layout.parse(site, args, out).selected
+        seen = torch.sort(seen, -1).values
+        keep = []
+        for cand in alive:
+            r = RoutingRule(**{**rule_kw, "scores": cand, "bias": probe.to(logits.device)})
+            if torch.equal(r.select(logits, _token_ids(args)).to(seen.device), seen):
+                keep.append(cand)
+        alive = keep
+        if len(alive) <= 1:
+            break
+    return alive
+
+
+def identify_rule(site: RouterSite, args, output, routed: Routed) -> RoutingRule:
+    """The :class:`RoutingRule` of a router from what it declares and what it did on one call (module
+    docstring). Raises :class:`InspectError` when the router output does not fit any rule."""
+    r, block, cfg = site.router, site.block, site.config
+    logits = routed.logits
+    K = logits.shape[1]
+    if routed.observed:
+        k = routed.selected.shape[1]
+    else:
+        k = _first_attr([block, r, cfg], _K_NAMES) or site.user_top_k or 1
+    n_exp = _first_attr([getattr(block, "experts", None)], ("num_experts",))
+    zero = K - n_exp if isinstance(n_exp, int) and 0 < n_exp < K else 0
+    kw = dict(num_experts=K, k=min(k, K), zero_experts=zero, capacity=site.layout.name in ("switch-top1", "nllb-top2"))
+    if site.layout.name == "product-key":
+        zero = kw["zero_experts"] = 0
+    source = [f"{type(r).__name__} ({site.layout.name} output)"]
+    table = _find_hash_table(r, k)
+    if table is not None and routed.token_ids is not None:
+        kw["hash_table"] = table
+        source.append("hash table")
+    method = getattr(r, "topk_method", None)
+    G, t = _first_attr([r], _GROUP_NAMES), _first_attr([r], ("topk_group",))
+    if G and t and G > 1 and K % G == 0 and method in (None, "noaux_tc", "group_limited_greedy"):
+        kw.update(n_group=G, topk_group=t, group_top=1 if method == "group_limited_greedy" else min(2, K // G))
+        source.append(f"groups n_group={G}, topk_group={t}" + (f", {method}" if method else ""))
+    bias, bias_where = (None, None) if table is not None else _find_bias(site, args, K)
+    declared = _declared_scores(site)
+    if routed.weights is not None and site.layout.name not in ("logits", "product-key"):
+        psi, norm, scale = _identify_weights(kw, logits, routed.selected, routed.weights,
+                                             list(dict.fromkeys(declared + ["softmax", "sigmoid"])))
+    else:
+        psi, norm, scale = "block", False, None
+    if psi is None and hasattr(sys.modules.get(type(r).__module__), "sparsemixer"):
+        psi = "sparsemixer"
+    kw.update(weights=psi, normalize=norm, weight_scale=scale)
+    named = psi if psi not in (None, "block", "sparsemixer") else None
+    if bias is not None:
+        cands = [c for c in [named, *declared, "sigmoid", "softmax", "logits"] if c]
+        alive = _probe_scores(site, args, bias_where, kw, cands, logits)
+        kw["scores"] = alive[0] if alive else (named or "logits")
+        kw["bias"] = bias
+        source.append(f"selection bias ({'argument' if bias_where[0] == 'arg' else 'buffer'}), scores "
+                      f"{'probed' if alive else 'NOT identified by probing'}")
+    else:
+        kw["scores"] = named or (declared[0] if declared else "logits")
+    try:
+        rule = RoutingRule(**kw, source="; ".join(source))
+    except (ValueError, TypeError) as e:
+        raise InspectError(f"layer {site.index} ({site.name}): cannot describe its routing: {e}") from None
+    return rule
+
+
+# ----------------------------------------------------------------------------------------------
+# finding the routers
+
+_GATE_NAMES = ("gate", "router", "gating")
+
+
+def language_model(model: nn.Module) -> tuple[str, nn.Module, object]:
+    """``(prefix, module, config)``: for a model whose config has a ``text_config`` (multimodal), its language
+    model — the submodule whose ``config`` is that text config — else the model itself."""
+    cfg = getattr(model, "config", None)
+    text = getattr(cfg, "text_config", None) or getattr(getattr(cfg, "thinker_config", None), "text_config", None)
+    if text is not None:
+        best = None
+        for name, m in model.named_modules():
+            if name and getattr(m, "config", None) is text and (best is None or len(name) < len(best[0])):
+                best = (name, m)
+        if best is not None:
+            return best[0] + ".", best[1], text
+        return "", model, text
+    return "", model, cfg
+
+
+def _declared_router_classes(model: nn.Module) -> set[type]:
+    out = set()
+    for m in model.modules():
+        rec = getattr(type(m), "_can_record_outputs", None) or {}
+        spec = rec.get("router_logits") if isinstance(rec, dict) else None
+        for s in (spec if isinstance(spec, (list, tuple)) else [spec]):
+            target = getattr(s, "target_class", s)
+            if isinstance(target, type) and issubclass(target, nn.Module):
+                out.add(target)
+    return out
 
 
 def _num_experts(router: nn.Module) -> int | None:
@@ -357,28 +792,30 @@ def _num_experts(router: nn.Module) -> int | None:
         return router.num_experts
     if isinstance(router, nn.Linear):
         return router.out_features
-    w = getattr(router, "weight", None)
-    return int(w.shape[0]) if isinstance(w, torch.Tensor) and w.ndim == 2 else None
+    for name in ("weight", "classifier", "layer", "proj", "wg"):
+        w = getattr(router, name, None)
+        w = getattr(w, "weight", w)
+        if isinstance(w, torch.Tensor) and w.ndim == 2:
+            return int(w.shape[0])
+    return None
 
 
-def _is_linear_gate(name: str, module: nn.Module, parent: nn.Module | None) -> bool:
-    return (isinstance(module, nn.Linear) and module.out_features >= 2 and name.rsplit(".", 1)[-1] in _GATE_NAMES
-            and parent is not None and hasattr(parent, "experts"))
+def _is_named_gate(name: str, module: nn.Module, parent: nn.Module | None) -> bool:
+    return (name.rsplit(".", 1)[-1] in _GATE_NAMES and parent is not None and hasattr(parent, "experts")
+            and (_num_experts(module) or 0) >= 2)
 
 
-def _moe_hint(model: nn.Module) -> str | None:
-    """A reason to think the model has MoE layers of an unknown layout (else None)."""
-    recorder = getattr(model, "_can_record_outputs", None) or {}
-    if "router_logits" in recorder:
-        target = getattr(recorder["router_logits"], "target_class", recorder["router_logits"])
-        return f"its router class is {getattr(target, '__name__', target)}"
-    cfg = getattr(model, "config", None)
-    for attr in ("num_local_experts", "num_experts", "n_routed_experts", "moe_num_experts"):
-        if isinstance(getattr(cfg, attr, None), int) and getattr(cfg, attr) > 1:
-            return f"its config has {attr}={getattr(cfg, attr)}"
+def _moe_hint(model: nn.Module) -> tuple[str, bool] | None:
+    """``(reason, has_experts)`` to think the model is an MoE: an ``experts`` module (then its router could not be
+    found), or only a config declaring experts (then no layer was built as one); ``None`` otherwise."""
     for name, m in model.named_modules():
         if name.rsplit(".", 1)[-1] == "experts":
-            return f"it has an experts module at {name!r}"
+            return f"it has an experts module at {name!r}", True
+    cfg = getattr(model, "config", None)
+    cfg = getattr(cfg, "text_config", None) or cfg
+    for attr in ("num_local_experts", "num_experts", "n_routed_experts", "moe_num_experts"):
+        if isinstance(getattr(cfg, attr, None), int) and getattr(cfg, attr) > 1:
+            return f"its config declares {attr}={getattr(cfg, attr)}", False
     return None
 
 
@@ -404,52 +841,61 @@ def parse_layers(spec) -> list[int] | None:
 
 def find_routers(model: nn.Module, *, router_path: str | None = None, layers=None,
                  top_k: int | None = None) -> list[RouterSite]:
-    """The MoE layers of ``model``: one :class:`RouterSite` per router module, in module order.
+    """The MoE layers of ``model``'s language model: one :class:`RouterSite` per router module, in module order.
 
     Args:
         model: any ``torch.nn.Module`` (a transformers model, a softhard model, your own).
         router_path: ``fnmatch`` pattern on module names (e.g. ``"model.layers.*.mlp.gate"``) to use instead
-            of the registry; the matched modules' class layouts are used when known, else ``linear-gate``.
+            of the search.
         layers: indices of the MoE layers to keep (see :func:`parse_layers`); default all.
-        top_k: ``k`` for a ``linear-gate`` whose block has no ``top_k`` attribute (default 1).
+        top_k: ``k`` for a router returning logits alone whose block declares no ``top_k`` (default 1).
 
     Raises:
-        InspectError: no MoE layer (one line saying whether the layout is unknown, naming the model
+        InspectError: no MoE layer (one line saying whether the model looks like an MoE, naming the model
             class), a pattern matching nothing, or a layer index out of range.
     """
     if not isinstance(model, nn.Module):
         _fail("model", "find_routers", "a torch.nn.Module", type(model).__name__)
-    mods = dict(model.named_modules())
-    sites = []
+    prefix, root, cfg = language_model(model)
+    mods = {prefix + n if n else prefix.rstrip("."): m for n, m in root.named_modules()}
+    all_mods = dict(model.named_modules())
+    declared = tuple(_declared_router_classes(model))
+    found = []
     for name, m in mods.items():
-        parent_name = name.rsplit(".", 1)[0] if "." in name else ""
-        parent = mods.get(parent_name) if name else None
-        if router_path is not None:
-            if not name or not fnmatch.fnmatchcase(name, router_path):
-                continue
-            layout = _BY_CLASS.get(type(m).__name__,
-                                   LAYOUTS["linear-gate" if isinstance(m, nn.Linear) else "generic"])
-        elif type(m).__name__ in _BY_CLASS:
-            layout = _BY_CLASS[type(m).__name__]
-        elif _is_linear_gate(name, m, parent):
-            layout = LAYOUTS["linear-gate"]
-        else:
+        if not name:
             continue
-        K = _num_experts(m)
-        if K is None:
-            _fail("router_path", "find_routers", "a pattern matching router modules (nn.Linear or a known router)",
+        parent_name = name.rsplit(".", 1)[0] if "." in name else ""
+        parent = all_mods.get(parent_name, model)
+        if router_path is not None:
+            if fnmatch.fnmatchcase(name, router_path):
+                found.append((name, parent_name, m, parent, True))
+        elif (declared and isinstance(m, declared)) or _is_named_gate(name, m, parent):
+            found.append((name, parent_name, m, parent, False))
+    # a declared class that holds another router (Ernie-VL's block of text and vision MoEs) is not one itself
+    names = [f[0] for f in found]
+    found = [f for f in found if not any(o.startswith(f[0] + ".") for o in names)]
+    sites = []
+    for name, parent_name, m, parent, user in found:
+        K = _num_experts(m) or 0
+        if user and K < 2:
+            _fail("router_path", "find_routers", "a pattern matching router modules (with a K-output weight)",
                   f"{name} of class {type(m).__name__}")
-        sites.append(RouterSite(len(sites), name, parent_name, m, parent if parent is not None else model, layout, K,
-                                _top_k(m, parent, layout, top_k)))
+        k = _first_attr([m, parent], _K_NAMES) or top_k or 1
+        site = RouterSite(len(sites), name, parent_name, m, parent, UNREAD, K, k, config=cfg, user_top_k=top_k)
+        site.slots["user"] = user
+        sites.append(site)
     cls = type(model).__name__
     if not sites:
         if router_path is not None:
             _fail("router_path", "find_routers", f"a pattern matching module names of {cls}", router_path)
-        hint = _moe_hint(model)
+        hint = _moe_hint(root)
+        if hint is not None and hint[1]:
+            raise InspectError(f"Unknown MoE router layout for model class {cls} ({hint[0]}): no module is declared "
+                               f"as its router and none is named gate/router beside experts. Pass --router-path "
+                               f"PATTERN (module names, e.g. 'model.layers.*.mlp.gate') to name the router modules.")
         if hint is not None:
-            raise InspectError(f"Unknown MoE router layout for model class {cls} ({hint}); known router classes: "
-                               f"{', '.join(sorted(_BY_CLASS))} and nn.Linear gates. Pass --router-path PATTERN "
-                               f"(module names, e.g. 'model.layers.*.mlp.gate') to name the router modules.")
+            raise InspectError(f"Model class {cls} has no MoE layers: {hint[0]}, but no layer of this model was built "
+                               f"as a mixture of experts (see its config's dense/sparse layer settings).")
         raise InspectError(f"Model class {cls} has no MoE layers (no router module found).")
     keep = parse_layers(layers)
     if keep is not None:

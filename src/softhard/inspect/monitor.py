@@ -12,9 +12,10 @@ Steps are counted by :meth:`RoutingMonitor.step`; the forward calls of every ``e
 2N, ...) are recorded, other steps cost one flag test per hook. Per MoE layer and recorded step the CSV
 gets one row with
 
-- ``near_tie_w{w}``: the share of tokens whose top-k margin :math:`\Delta_k = a_{(k)} - a_{(k+1)} \le w`
-  (with its standard error), i.e. :math:`\beta_k(w)` of the step's tokens;
-- ``margin_q{q}``: quantiles of :math:`\Delta_k`;
+- ``near_tie_w{w}``: the share of tokens whose decision margin :math:`m \le w` (the layer's routing rule,
+  :mod:`softhard.inspect.rules`; :math:`a_{(k)} - a_{(k+1)}` for top-k of the logits), with its standard
+  error, i.e. :math:`\beta(w)` of the step's tokens;
+- ``margin_q{q}``: quantiles of :math:`m`;
 - ``soft_hard_gap``: the mean over tokens of :math:`\lVert o^{dense}_i - o_i\rVert / \lVert o_i\rVert`,
   the relative gap between the block's output with fully dense soft routing and with the model's own
   (hard top-k) routing, both recomputed in eval mode on the block's recorded input (no dropout or jitter,
@@ -41,7 +42,6 @@ import torch
 
 from .._validate import check_grid, check_int, fail
 from ..estimators.reducer import mean_estimate
-from ..model.gates import topk_margin
 from .hooks import _first_tensor, hooks_suspended
 from .layouts import find_routers
 from .sensitivity import relative_change
@@ -111,9 +111,8 @@ class RoutingMonitor:
                 return None
             t0 = time.process_time()
             with torch.no_grad():
-                logits, _ = site.parse(args, output)
-                k = min(site.top_k, site.num_experts - 1)
-                self._margins[site.index].append(topk_margin(logits.detach().to(torch.float64), k).cpu().numpy())
+                routed = site.read(args, output)
+                self._margins[site.index].append(site.rule.margin(routed.logits.detach()).cpu().numpy())
             self.seconds_hooks += time.process_time() - t0
             return None
 

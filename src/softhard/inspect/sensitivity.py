@@ -67,12 +67,19 @@ class Sensitivity:
         self.final = {(s.index, lab): StreamMean() for s in sites for lab in self.labels}
 
     def _context(self, site: RouterSite, label):
-        return site.layout.densify(site) if label == "dense" else site.layout.temper(site, label)
+        return site.densify() if label == "dense" else site.temper(label)
 
     @torch.no_grad()
     def update(self, model, inputs: dict, base_blocks: dict, base_final: torch.Tensor) -> None:
-        """Run the variants on one batch; ``base_blocks[index]`` and ``base_final`` are the shipped outputs."""
+        """Run the variants on one batch; ``base_blocks[index]`` and ``base_final`` are the shipped outputs.
+        Sites not read yet are read first (one extra forward)."""
+        if any(s.rule is None for s in self.sites):
+            from .hooks import read_routers
+
+            read_routers(model, self.sites, inputs)
         for site in self.sites:
+            if site.rule is None:  # not called on these inputs
+                continue
             for label in self.labels:
                 ctx = self._context(site, label)
                 if ctx is None:
