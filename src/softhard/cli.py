@@ -48,8 +48,7 @@ class _Group(TyperGroup):
 
         args = list(sys.argv[1:] if args is None else args)
         _ARGS[:] = args
-        first = next((i for i, a in enumerate(args) if not a.startswith("-")), len(args))
-        debug = "--debug" in args[:first] or os.environ.get("SOFTHARD_DEBUG", "") not in ("", "0")
+        debug = "--debug" in args or os.environ.get("SOFTHARD_DEBUG", "") not in ("", "0")  # global or per command
         code = 0
         try:
             rv = super().main(args=args, prog_name=prog_name or "softhard", complete_var=complete_var,
