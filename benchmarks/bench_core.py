@@ -89,7 +89,7 @@ if n > 0:
     g = torch.Generator().manual_seed(0)  # the problem of bench_core.problem()
     W = torch.randn(8, 64, generator=g, dtype=torch.float64) / 8.0
     b = torch.randn(8, generator=g, dtype=torch.float64) * 0.1
-    est = boundary_mass(LinearRouter(W, b), Gaussian.standard(64), [0.01, 0.1, 0.5, 1.0], n=n, seed=0)
+    est = boundary_mass(LinearRouter(W, b), Gaussian.standard(64), [0.01, 0.1, 0.5, 1.0], method="mc", n=n, seed=0)
     print(f"{resource.getrusage(resource.RUSAGE_SELF).ru_maxrss} {est.info['seconds']:.1f} {est.value.tolist()}")
 else:
     import softhard  # noqa: F401
@@ -117,8 +117,8 @@ def main() -> None:
     router, law = LinearRouter(W, b), Gaussian.standard(D)
     Wn, bn = W.numpy(), b.numpy()
 
-    boundary_mass(router, law, WIDTHS, n=1 << 16, seed=1)  # warm-up
-    est, t_sh = timed(lambda: boundary_mass(router, law, WIDTHS, n=args.n, seed=0))
+    boundary_mass(router, law, WIDTHS, method="mc", n=1 << 16, seed=1)  # warm-up
+    est, t_sh = timed(lambda: boundary_mass(router, law, WIDTHS, method="mc", n=args.n, seed=0))
     p_np, t_np = timed(plain_numpy, Wn, bn, args.n, 0)
     p_loop, t_loop = timed(python_loop, Wn, bn, args.n_loop, 0)
     rate_sh, rate_np, rate_loop = args.n / t_sh, args.n / t_np, args.n_loop / t_loop

@@ -203,8 +203,8 @@ def case_throughput(quick: bool) -> dict:
     r, law = k8_problem()
     n = 1 << (20 if quick else 22)
     widths = [0.01, 0.1, 0.5, 1.0]
-    sh.boundary_mass(r, law, widths, n=BLOCK, seed=1)  # warm-up
-    est, t = timed(sh.boundary_mass, r, law, widths, n=n, seed=0)
+    sh.boundary_mass(r, law, widths, method="mc", n=BLOCK, seed=1)  # warm-up
+    est, t = timed(sh.boundary_mass, r, law, widths, method="mc", n=n, seed=0)
     blocks = n // BLOCK
     floors = {}
     for name, make, draw in [
@@ -235,7 +235,7 @@ g = torch.Generator().manual_seed(0)  # the problem of k8_problem()
 W = torch.randn(8, 64, generator=g, dtype=torch.float64) / 8.0
 b = torch.randn(8, generator=g, dtype=torch.float64) * 0.1
 t0 = time.perf_counter()
-est = boundary_mass(LinearRouter(W, b), Gaussian.standard(64), [0.01, 0.1, 0.5, 1.0], n=n, seed=0)
+est = boundary_mass(LinearRouter(W, b), Gaussian.standard(64), [0.01, 0.1, 0.5, 1.0], method="mc", n=n, seed=0)
 print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss, time.perf_counter() - t0, *est.value.tolist())
 """
 
