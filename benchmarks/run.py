@@ -98,13 +98,7 @@ def with_ratios(rows):
 
 def case_gap(quick: bool) -> dict:
     """Binary linear router, linear experts, X ~ N(m, S) in d = 16, teacher = the hard model: L_τ − L_0."""
-    g = torch.Generator().manual_seed(1)
-    d = 16
-    v = torch.randn(d, generator=g, dtype=torch.float64)
-    moe = sh.MoE(sh.LinearRouter.binary(v / v.norm(), b=0.2),
-                 sh.LinearExperts(torch.randn(2, d, generator=g, dtype=torch.float64) / 4, [0.1, -0.1]))
-    A = torch.randn(d, d, generator=g, dtype=torch.float64) / math.sqrt(d)
-    law = sh.Gaussian(0.1 * torch.randn(d, generator=g, dtype=torch.float64), A @ A.T + 0.5 * torch.eye(d))
+    moe, law = gap_problem()
     Wr, br = moe.router.weight.numpy(), moe.router.bias.numpy()
     We, be = moe.experts.weight.numpy(), moe.experts.bias.numpy()
     mean, chol = law.mean.numpy(), law.scale_tril.numpy()
@@ -318,6 +312,7 @@ def case_auto(quick: bool) -> dict:
 
 
 def gap_problem():
+    """The §7.1-like design of the gap benchmarks: binary linear router, linear experts, correlated Gaussian, d = 16."""
     g = torch.Generator().manual_seed(1)
     d = 16
     v = torch.randn(d, generator=g, dtype=torch.float64)

@@ -17,13 +17,13 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from .._validate import check_float, check_grid, check_int
+from .._validate import check_float
 from ..closed.boundary import boundary_mass_exact, pair_density_at_zero
 from ..closed.risk import risk_gap_exact
 from ..quantities import gap as _gap
 from ..quantities.mass import boundary_mass
 from ..results.table import Table
-from .boundary_scaling import design
+from .boundary_scaling import check_design, design
 
 __all__ = ["Config", "check", "run"]
 
@@ -44,14 +44,8 @@ class Config:
 
 def check(config: Config) -> None:
     """Raise ``ValueError``/``TypeError`` (the project's template) for a config that cannot run."""
-    where = "table1_limit"
-    check_grid(config.taus, "taus", where, low=0.0, low_open=True)
-    check_int(config.d, "d", where, low=2)
-    check_float(config.contrast_gradient, "contrast_gradient", where, 0.0)
-    check_float(config.width_factor, "width_factor", where, 0.0)
-    check_int(config.samples, "samples", where, low=2)
-    check_int(config.seed, "seed", where, low=0)
-    check_float(config.target_rel_error, "target_rel_error", where, 0.0, 1.0)
+    check_design(config, "table1_limit")
+    check_float(config.target_rel_error, "target_rel_error", "table1_limit", 0.0, 1.0)
 
 
 def run(config: Config = Config(), progress: bool = False) -> Table:

@@ -94,14 +94,18 @@ def scaling_rows(moe, law, taus, cfg, exact_gap: bool, desc: str, progress: bool
 
 def check(config: Config) -> None:
     """Raise ``ValueError``/``TypeError`` (the project's template) for a config that cannot run."""
-    where = "table1"
+    check_design(config, "table1")
+    check_float(config.slope_tau_max, "slope_tau_max", "table1", 0.0)
+
+
+def check_design(config, where: str) -> None:
+    """The checks shared by the §7.1 design's tables (``table1``, ``table1_limit``)."""
     check_grid(config.taus, "taus", where, low=0.0, low_open=True)
     check_int(config.d, "d", where, low=2)
     check_float(config.contrast_gradient, "contrast_gradient", where, 0.0)
     check_float(config.width_factor, "width_factor", where, 0.0)
     check_int(config.samples, "samples", where, low=2)
     check_int(config.seed, "seed", where, low=0)
-    check_float(config.slope_tau_max, "slope_tau_max", where, 0.0)
 
 
 def run(config: Config = Config(), progress: bool = False) -> Table:
