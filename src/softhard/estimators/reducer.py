@@ -383,8 +383,21 @@ def sample_mean(terms, law, method: str, s: Sampling, default_target: float | No
         stop = f"the budget n={s.n}" if s.n is not None else f"the cap max_samples={s.max_samples}"
         warnings.warn(f"{s.where}: target relative error {target:g} not reached: {reached:.3g} after {est.n} "
                       f"samples ({stop}); raise {'n' if s.n is not None else 'max_samples'} or relax the target",
-                      TargetNotReached, stacklevel=3)
+                      TargetNotReached, stacklevel=_user_stacklevel())
     return est.replace(info=info, converged=converged, target=target)
+
+
+def _user_stacklevel() -> int:
+    """The ``stacklevel`` of a warning issued here that points at the first frame outside softhard (the user's
+    call), however deep the package's own frames are."""
+    import os
+    import sys
+
+    package = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    frame, level = sys._getframe(1), 1
+    while frame is not None and os.path.abspath(frame.f_code.co_filename).startswith(package):
+        frame, level = frame.f_back, level + 1
+    return level
 
 
 def _eval(terms, x, device, where: str) -> np.ndarray:

@@ -14,10 +14,9 @@ A quantity (``boundary_mass``, ``risk_gap``, ...) is a :class:`Quantity`; each o
 ``method="auto"`` (the default everywhere):
 
 1. the cheapest applicable closed form, if it costs at most :data:`CHEAP` seconds;
-2. else the costed samplers' pilots are run in registration order (the most efficient estimator first),
-   skipping a pilot that alone would cost more than the best so far: the first whose pilot already meets the
-   target is taken (the pilot is the result); otherwise the cheapest of the closed forms and the samplers'
-   remaining costs;
+2. else the costed samplers' pilots are run, the cheapest pilot first, skipping a pilot that alone would
+   cost more than the best option so far: the first whose pilot already meets the target is taken (the pilot
+   is the result); otherwise the cheapest of the closed forms and the samplers' remaining costs;
 3. else the first applicable sampler in registration order.
 
 A pilot that already reaches the target is the result itself (:func:`reuse_pilot`: a targeted run stops at
@@ -38,11 +37,21 @@ import numpy as np
 from .._validate import fail
 from .reducer import DEFAULT_TARGET, Estimate, Sampling, first_stop
 
-__all__ = ["Call", "Method", "Quantity", "QUANTITIES", "SAMPLINGS", "CHEAP", "target_of", "pilot", "reuse_pilot",
-           "remaining_cost"]
+__all__ = ["Call", "Method", "Quantity", "QUANTITIES", "SAMPLINGS", "CHEAP", "PILOT_INDICATORS", "target_of", "pilot",
+           "pilot_size", "reuse_pilot", "remaining_cost", "evaluation_seconds"]
 
 SAMPLINGS = ("mc", "qmc")
 CHEAP = 0.01  # seconds: a closed form at most this expensive is taken without comparing with sampling
+PILOT_INDICATORS = 1024  # pilot draws of a sampler of indicator terms (64 per scrambling)
+
+
+def evaluation_seconds(module, d: int) -> float:
+    """Cost model of one evaluation of a model on one input in ℝ^d: 0.2 µs plus 1 ns per parameter and input
+    coordinate (a plain callable counts as 1000 parameters). Measured on a linear router (K = 8, d = 64) and a
+    tanh MLP by ``benchmarks/run.py``."""
+    params = sum(p.numel() for p in module.parameters()) + sum(b.numel() for b in module.buffers()) if hasattr(
+        module, "parameters") else 0
+    return 2e-7 + 1e-9 * (params or 1000) + 1e-9 * d
 
 
 @dataclass
@@ -70,8 +79,12 @@ class Method:
     """A registered estimation method of one quantity (see the module docstring).
 
     A closed form has ``cost(call)`` (seconds). A costed sampler has ``draws(call, sampling) -> Estimate`` (the
-    run on a given budget, also used for its pilot), ``per_draw(call)`` (seconds per draw) and ``sampler(call)``
-    ("qmc" or "mc", which sets the first checkpoint); its ``run`` reuses a pilot that met the target.
+    run on a given budget, also used for its pilot), ``per_draw(call)`` (seconds per draw), ``sampler(call)``
+    ("qmc" or "mc", which sets the first checkpoint) and ``pilot_draws``: ``None`` for a pilot of the first
+    checkpoint, which ``run`` reuses when it met the target (estimators whose relative variance per draw is
+    O(1)), or a smaller number for samplers of indicators, which rarely meet a target that early.
+    ``dominated_by``: methods that do the same with less work (sampling the K logits instead of the d inputs);
+    ``"auto"`` does not consider this one where one of them applies.
     """
 
     name: str
@@ -83,6 +96,8 @@ class Method:
     draws: Callable[[Call, Sampling], Estimate] | None = None
     per_draw: Callable[[Call], float] | None = None
     sampler: Callable[[Call], str] | None = None
+    pilot_draws: int | None = None
+    dominated_by: tuple[str, ...] = ()
 
 
 def target_of(call: Call) -> float | None:
@@ -97,15 +112,20 @@ def pilot(call: Call, m: Method) -> Estimate:
     key = ("pilot", m.name)
     if key not in call.cache:
         s = call.sampling
-        n0 = min(first_stop(m.sampler(call), s), s.n or s.max_samples)
+        n0 = min(pilot_size(call, m), s.n or s.max_samples)
         call.cache[key] = m.draws(call, dataclasses.replace(s, n=n0, target=None, progress=False))
     return call.cache[key]
+
+
+def pilot_size(call: Call, m: Method) -> int:
+    """Draws of a sampler's pilot: its first checkpoint, or its ``pilot_draws``."""
+    return m.pilot_draws or first_stop(m.sampler(call), call.sampling)
 
 
 def reuse_pilot(call: Call, m: Method) -> Estimate | None:
     """The cached pilot if it already is this call's result: no ``n`` given, every entry within the target."""
     est, t = call.cache.get(("pilot", m.name)), target_of(call)
-    if est is None or call.sampling.n is not None or t is None:
+    if est is None or call.sampling.n is not None or t is None or m.pilot_draws:
         return None
     se, v = np.asarray(est.stderr), np.asarray(est.value)
     return est.replace(target=t, converged=True) if bool(np.all(se <= t * np.abs(v))) else None
@@ -114,16 +134,21 @@ def reuse_pilot(call: Call, m: Method) -> Estimate | None:
 def remaining_cost(call: Call, m: Method) -> float:
     r"""Seconds a costed sampler still needs after its pilot: ``per_draw`` times the draws for the target beyond
     the pilot's :math:`n_0`, :math:`n = n_0 \max_g (\mathrm{se}_g / (t |v_g|))^2` (at most the budget); 0 when the
-    pilot met the target. With a fixed ``n`` (no target): ``per_draw · n``, and no pilot is run."""
+    pilot met the target. With a fixed ``n`` and no target the samplers are ranked by the time they would need for
+    the default target (the product of time and variance per draw), since the same ``n`` buys them very different
+    accuracies."""
     s, t = call.sampling, target_of(call)
-    if t is None:
-        return m.per_draw(call) * s.n
+    cap = s.n if (s.n is not None and t is not None) else s.max_samples
+    t = DEFAULT_TARGET if t is None else t
     est = pilot(call, m)
     se, v = np.asarray(est.stderr, float), np.abs(np.asarray(est.value, float))
     with np.errstate(divide="ignore", invalid="ignore"):
-        worst = float(np.max(np.where(se == 0, 0.0, se / (t * v))))
+        rel = np.where(se == 0, 0.0, se / (t * v))
+    if m.pilot_draws:  # an indicator pilot without a single hit knows nothing of that entry's variance
+        rel = np.where((se == 0) & (v == 0), np.inf, rel)
+    worst = float(np.max(rel))
     need = est.n * worst ** 2 if math.isfinite(worst) else math.inf
-    return m.per_draw(call) * max(0.0, min(need, float(s.n if s.n is not None else s.max_samples)) - est.n)
+    return m.per_draw(call) * max(0.0, min(need, float(cap)) - est.n)
 
 
 class Quantity:
@@ -144,11 +169,12 @@ class Quantity:
         return deco
 
     def register_sampler(self, name: str, *, applies: Callable[[Call], str | None], per_draw: Callable[[Call], float],
-                         sampler: Callable[[Call], str], summary: str = ""):
+                         sampler: Callable[[Call], str], pilot_draws: int | None = None,
+                         dominated_by: tuple[str, ...] = (), summary: str = ""):
         """Decorator registering a costed sampler ``draws(call, sampling) -> Estimate``."""
         def deco(draws):
             method = Method(name, lambda c: reuse_pilot(c, method) or draws(c, c.sampling), applies, None, False,
-                            summary, draws, per_draw, sampler)
+                            summary, draws, per_draw, sampler, pilot_draws, dominated_by)
             self.methods[name] = method
             return draws
         return deco
@@ -170,11 +196,13 @@ class Quantity:
         if closed and closed[0][0] <= CHEAP:
             return closed[0][2]
         sampled = [(i, m) for i, m in enumerate(methods) if not m.exact and m.applies(call) is None]
+        names = {m.name for _, m in sampled}
+        sampled = [(i, m) for i, m in sampled if not names.intersection(m.dominated_by)]
+        pilots = sorted(((m.per_draw(call) * pilot_size(call, m), i, m) for i, m in sampled if m.draws),
+                        key=lambda c: c[:2])
         best = closed[0] if closed else None
-        for i, m in sampled:  # in registration order, the most efficient estimator first
-            if not m.draws:
-                continue
-            if best is not None and m.per_draw(call) * first_stop(m.sampler(call), call.sampling) >= best[0]:
+        for price, i, m in pilots:
+            if best is not None and price >= best[0]:
                 continue  # its pilot alone would cost more than the best so far
             left = remaining_cost(call, m)
             if left == 0.0:

@@ -25,7 +25,7 @@ from ..closed.normal import ABSEPS, gaussian_components, linear_moments
 from ..estimators import conditional, lines
 from ..estimators.fits import MarginTail, fit_margin_tail
 from ..estimators.reducer import Estimate, draw, sample_mean
-from ..estimators.registry import Call, Quantity
+from ..estimators.registry import PILOT_INDICATORS, Call, Quantity, evaluation_seconds
 from ..estimators.score_space import score_space
 from ..model.gates import pairwise_separation, top_two, topk_margin
 from ..model.routers import LinearRouter
@@ -158,8 +158,11 @@ def _conditional_applies(c: Call):
 
 
 def _conditional_per_draw(c: Call) -> float:
+    """Pairwise conditioning: 1 µs + 0.22 µs per pair of experts per draw; lines: about 150 router evaluations."""
     K, W = c.model.num_experts, c.grid.numel()
-    return 1e-6 + 2.2e-7 * K * (K - 1) / 2 * (1 + (W - 1) / 4) if isinstance(c.model, LinearRouter) else 3e-4
+    if isinstance(c.model, LinearRouter):
+        return 1e-6 + 2.2e-7 * K * (K - 1) / 2 * (1 + (W - 1) / 4)
+    return 2e-5 + 150 * evaluation_seconds(c.model, c.law.d)
 
 
 @BOUNDARY_MASS.register_sampler("conditional", applies=_conditional_applies, per_draw=_conditional_per_draw,
@@ -187,16 +190,20 @@ def _register_samplers(quantity: Quantity, terms_of):
     @quantity.register_sampler("score", applies=lambda c: None if is_linear_gaussian(c.model, c.law) else
                                "a LinearRouter and a Gaussian or GaussianMixture law",
                                per_draw=lambda c: 3e-7 + 3e-8 * c.model.num_experts * (1 + (c.grid.numel() - 1) / 8),
-                               sampler=lambda c: sampler(c, "qmc"), summary="QMC/MC over the logits")
+                               sampler=lambda c: sampler(c, "qmc"), pilot_draws=PILOT_INDICATORS,
+                               summary="QMC/MC over the logits")
     def _score(c: Call, opts) -> Estimate:
         how = sampler(c, "qmc")
         est = sample_mean(terms_of(c, lambda y: y), score_space(c.model, c.law).law, how, opts)
         return est.replace(info={"sampling": how})
 
     for name in ("qmc", "mc"):
-        quantity.register(name, applies=lambda c: None, summary=f"{name} over inputs")(
-            lambda c, name=name: sample_mean(terms_of(c, lambda x: logits_of(c.model, x, c.where)), c.law, name,
-                                             c.sampling))
+        quantity.register_sampler(name, applies=lambda c: None, sampler=lambda c, name=name: name,
+                                  per_draw=lambda c: evaluation_seconds(c.model, c.law.d) + 5e-8 * c.grid.numel(),
+                                  pilot_draws=PILOT_INDICATORS, dominated_by=("score",),
+                                  summary=f"{name} over inputs")(
+            lambda c, opts, name=name: sample_mean(terms_of(c, lambda x: logits_of(c.model, x, c.where)), c.law, name,
+                                                   opts))
 
 
 _register_samplers(BOUNDARY_MASS, _mass_terms)
