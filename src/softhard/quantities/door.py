@@ -14,7 +14,7 @@ import torch
 
 from .._validate import check_float, check_grid, fail
 from ..estimators.reducer import Estimate, sampling_options
-from ..estimators.registry import SAMPLINGS, Call, Quantity
+from ..estimators.registry import SAMPLINGS, Call
 from ..model.laws import Gaussian, GaussianMixture, as_law
 from ..model.moe import HardTeacher, MoE, Teacher, as_teacher
 from ..model.routers import LinearRouter, as_router
@@ -37,14 +37,10 @@ def _sampling(where: str, n, seed, target_rel_error, kw: dict):
     return sampling_options(where, n, seed, target_rel_error, **kw), sampling
 
 
-def _law(law, where: str):
-    return as_law(law, where)
-
-
 def router_call(where: str, router, law, grid, n, seed, target_rel_error, kw: dict, **options) -> Call:
     """Validate ``(router, law)`` (a plain callable router gets ``d`` from the law), the sampling keywords
     ``kw`` and wrap them with ``grid`` (already validated) and the quantity's ``options``."""
-    law = _law(law, where)
+    law = as_law(law, where)
     r = as_router(router, law.d, where)
     if r.d is not None and r.d != law.d:
         fail("law", where, f"a law on R^{r.d} (the router's input dimension)", f"a law on R^{law.d}")
@@ -61,7 +57,7 @@ def moe_call(where: str, moe, law, grid, teacher, n, seed, target_rel_error, kw:
     """Validate ``(moe, law, teacher)`` and the sampling keywords (see :func:`router_call`)."""
     if not isinstance(moe, MoE):
         fail("moe", where, "a softhard MoE", type(moe).__name__, TypeError)
-    law = _law(law, where)
+    law = as_law(law, where)
     if moe.d is not None and moe.d != law.d:
         fail("law", where, f"a law on R^{moe.d} (the MoE's input dimension)", f"a law on R^{law.d}")
     t = _teacher(teacher, moe, law, where)
@@ -129,6 +125,3 @@ def is_gaussian(law) -> bool:
 def is_linear_gaussian(router, law) -> bool:
     return isinstance(router, LinearRouter) and is_gaussian(law)
 
-
-def method_of(quantity: Quantity, method, where: str) -> str:
-    return quantity.check_method(method, where)
