@@ -83,7 +83,8 @@ def landscape(
 
 @app.command("inspect")
 def inspect_cmd(
-    model: str = typer.Argument(..., help="a local model directory (config.json [+ weights]) or softhard:digits"),
+    model: str = typer.Argument(..., help="a local model directory (config.json [+ weights]), softhard:digits or "
+                                          "softhard:tiny-lm"),
     out: Path = typer.Option(..., "--out", help="output directory"),
     tokens: int = typer.Option(2048, "--tokens", help="tokens (images for softhard:digits) to inspect"),
     text: Optional[Path] = typer.Option(None, "--text", help="UTF-8 text file to tokenize (needs a tokenizer)"),
@@ -99,25 +100,33 @@ def inspect_cmd(
     noise: float = typer.Option(1e-3, "--noise", help="relative size of the Gaussian noise (--perturb noise)"),
     seed: int = typer.Option(0, "--seed", help="seed (random ids, random weights, noise, sampling)"),
     progress: bool = typer.Option(True, "--progress/--no-progress", help="progress bar per batch"),
+    harden: bool = typer.Option(False, "--harden", help="also the model's loss as routing is made harder (tau -> 0), "
+                                                        "beside its first-order prediction (docs/hardening.md)"),
+    harden_taus: str = typer.Option("1,0.5,0.2,0.1,0.05,0.02,0.01,0.005,0.002,0.001", "--harden-taus",
+                                    help="router temperatures in (0, 1] of the hardening curve"),
 ) -> None:
     """Router margins, boundary mass and soft-vs-hard sensitivity of an MoE model, layer by layer."""
     from .inspect import InspectError, inspect_path
 
     try:
         grid = {name: [float(v) for v in s.split(",") if v.strip()] for name, s in (("taus", taus),
-                                                                                  ("tie-widths", tie_widths))}
+                                                                                  ("tie-widths", tie_widths),
+                                                                                  ("harden-taus", harden_taus))}
     except ValueError:
-        _die(f"--taus and --tie-widths take comma-separated numbers; got {taus!r} and {tie_widths!r}")
+        _die(f"--taus, --tie-widths and --harden-taus take comma-separated numbers; got {taus!r}, {tie_widths!r} "
+             f"and {harden_taus!r}")
     try:
         ins, paths = inspect_path(model, out, tokens=tokens, text=text, random_ids=random_ids, layers=layers,
                                   trust_remote_code=trust_remote_code, router_path=router_path, seq_len=seq_len,
                                   batch_size=batch_size, taus=grid["taus"], tie_widths=grid["tie-widths"],
                                   perturbation=None if perturb == "none" else perturb, noise=noise, seed=seed,
-                                  progress=progress)
+                                  progress=progress, harden=harden, harden_taus=grid["harden-taus"])
     except InspectError as e:
         _die(str(e))
     typer.echo(f"{ins.meta['layers']} MoE layers, {ins.meta['tokens']} tokens, hook overhead "
                f"{ins.meta['hook_overhead']:.1%} of forward time -> {out}")
+    if harden:
+        typer.echo(f"hardening: {ins.meta['hardening']['verdict']}")
     for p in paths:
         typer.echo(f"wrote {p}")
 

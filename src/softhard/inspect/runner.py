@@ -30,9 +30,10 @@ from .loading import Batch, encode_text, load_model, token_batches
 from .sensitivity import Sensitivity, final_output
 from .stats import LayerStats
 
-__all__ = ["Inspection", "inspect_model", "inspect_path", "write_inspection", "default_widths", "DIGITS"]
+__all__ = ["Inspection", "inspect_model", "inspect_path", "write_inspection", "default_widths", "DIGITS", "TINY_LM"]
 
 DIGITS = "softhard:digits"
+TINY_LM = "softhard:tiny-lm"  # the language MoE trained and cached by softhard (.tinylm)
 
 
 @dataclass
@@ -312,13 +313,17 @@ def inspect_path(model: str, out, *, tokens: int = 2048, text=None, random_ids: 
                  trust_remote_code: bool = False, router_path: str | None = None, seq_len: int = 64,
                  batch_size: int = 8, taus=(0.25, 0.5, 1.0, 2.0), tie_widths=(0.01, 0.1),
                  perturbation: str | None = "fp16", noise: float = 1e-3, seed: int = 0,
-                 progress: bool = False) -> tuple[Inspection, list[Path]]:
-    """Inspect a local model directory (or ``"softhard:digits"``: the digits MoE trained here) and write the
-    files of :func:`write_inspection` into ``out``. Returns the inspection and the written paths.
+                 progress: bool = False, harden: bool = False, harden_taus=None) -> tuple[Inspection, list[Path]]:
+    """Inspect a local model directory (or ``"softhard:digits"``: the digits MoE trained here, or
+    ``"softhard:tiny-lm"``: the language MoE trained here and cached, :mod:`.tinylm`) and write the files of
+    :func:`write_inspection` into ``out``. Returns the inspection and the written paths.
 
     ``tokens`` tokens are read from ``text`` (a UTF-8 file, needs the model's tokenizer) or drawn uniformly
     from the vocabulary with ``seed`` (``random_ids``, the default without ``text``); for the digits model
-    they are the first ``tokens`` images of the seeded order. User errors raise :class:`InspectError`.
+    they are the first ``tokens`` images of the seeded order, for the tiny LM its held-out text by default.
+    ``harden``: also the hardening curve (:func:`softhard.inspect.hardening.harden`, at ``harden_taus``),
+    written as ``hardening.csv``/``.json``/``.png`` and a section of the report. User errors raise
+    :class:`InspectError`.
     """
     try:
         tokens = check_int(tokens, "tokens", "inspect")
@@ -343,6 +348,17 @@ def inspect_path(model: str, out, *, tokens: int = 2048, text=None, random_ids: 
         if text is not None:
             raise InspectError(f"{DIGITS} reads images, not text: drop --text.")
         net, batches, describe, extra = _digits(tokens, seed, batch_size)
+    elif model == TINY_LM:  # issue 12 item 5
+        from . import tinylm
+
+        lm = tinylm.tiny_lm(tinylm.DEFAULT, progress=progress)
+        net = lm.model
+        ids = (encode_text(text, lm.tokenizer, 256) if text is not None else torch.randint(
+            0, 256, (tokens,), generator=torch.Generator().manual_seed(seed)) if random_ids else
+            tinylm.heldout_ids(lm))[:tokens]
+        batches, describe = token_batches(net, ids, seq_len, batch_size), _token_describer(lm.tokenizer)
+        extra = {"cache": str(lm.path), **{k: lm.info[k] for k in ("train_seconds", "heldout_loss", "unigram_loss",
+                                                                     "bigram_loss", "params")}}
     else:
         net, tok = load_model(model, trust_remote_code=trust_remote_code, seed=seed)
         vocab = int(getattr(net.config, "vocab_size", 0) or 0)
@@ -357,9 +373,16 @@ def inspect_path(model: str, out, *, tokens: int = 2048, text=None, random_ids: 
         extra = {}
     ins = inspect_model(net, batches, describe=describe, layers=layers, router_path=router_path, taus=taus,
                         tie_widths=tie_widths, perturbation=perturbation, noise=noise, seed=seed, progress=progress)
-    source = "digits" if model == DIGITS else "text" if text is not None else "random-ids"
+    source = "digits" if model == DIGITS else "text" if text is not None else "random-ids" if (
+        random_ids or model != TINY_LM) else "heldout"
     ins.meta.update(model=str(model), source=source, **extra)
-    return ins, write_inspection(ins, out)
+    paths = []
+    if harden:  # issue 12 item 4: the hardening curve, before the report that shows it
+        from .hardening import harden_inspected
+
+        ins.meta["hardening"], paths = harden_inspected(model, net, batches, out, taus=harden_taus, layers=layers,
+                                                        router_path=router_path, seed=seed, progress=progress)
+    return ins, paths + write_inspection(ins, out)
 
 
 def _token_describer(tok):

@@ -12,6 +12,7 @@ import html
 import json
 from pathlib import Path
 
+from .fig_hardening import hardening_section
 from .io import atomic_write
 
 __all__ = ["write_report", "render_report"]
@@ -61,6 +62,8 @@ def render_report(out) -> str:
              "<h2>Layers</h2>", _table(shown, [[r[c] for c in shown] for r in rows]),
              "<h2>Sensitivity (relative change against the model as shipped)</h2>",
              _table(["layer"] + sens_cols, [[r["layer"]] + [r[c] for c in sens_cols] for r in rows])]
+    if "hardening" in meta:  # issue 12 item 4: this run measured the hardening curve
+        parts += hardening_section(out, _table)
     for lay in summary["layers"]:
         png = out / f"layer{lay['layer']:02d}.png"
         parts.append(f"<h2>Layer {lay['layer']}: <code>{html.escape(lay['module'])}</code> ({lay['layout']})</h2>")

@@ -1,0 +1,493 @@
+r"""Hardening a real model end to end: its own loss as the routing temperature τ → 0, beside the prediction
+:math:`L_\tau - L_0 \approx G_1\tau` assembled from each layer's margin density at 0 and tie contrast.
+
+Derivations and what the numbers mean: ``docs/hardening.md``. In short:
+
+- **Temperature.** Every MoE layer keeps the model's own selection :math:`S` (its top-k) and weights its
+  selected experts with the family's rule applied to :math:`a/\tau` — the layout's ``temper`` (softmax of
+  the selected logits at τ for Mixtral-style routers). At τ = 1 this is the model as shipped, bit for
+  bit; as τ → 0 it tends to **hard top-1 routing** :math:`f_0 = h_{(1)}`, the paper's :math:`L_0` (2.10).
+  The margin that decides the limit is the gap between the two largest selected scores,
+  :math:`\Delta_S = a_{(1)} - a_{(2)}` over :math:`S` (= the top-two margin Δ (2.6) for top-k of the logits).
+- **Curves.** Per token :math:`t` (each predicted position, or each image), the loss :math:`l_t` of the
+  model at τ in every layer ("all"), and of the model with layer ℓ at τ and every other layer hard
+  ("layer ℓ"); differences are paired per token against the hard model (:math:`\tau = 0`) and against
+  τ = 1 and reduced by :func:`softhard.estimate.mean_estimate` (mean ± standard error over tokens).
+- **Prediction** (first order in τ, the coarea argument of ``docs/first_order_gap.md`` with the task
+  loss): for layer ℓ, with :math:`\varphi_s(u)` the summed loss of token s's sequence when token s alone
+  is routed in layer ℓ at the temperature :math:`\tau_s = \Delta_s/u` and everything else is hard,
+
+  .. math:: G_1^{\ell} = \frac{N_{rows}}{N_{pos}} f_{\Delta}(0^+)\;
+            \mathbb E\Big[\int_0^\infty \big(\varphi_s(u) - \varphi_s(\infty)\big)\,du \;\Big|\; \Delta_s = 0^+\Big],
+            \qquad L_\tau - L_0 = \tau \sum_\ell G_1^{\ell} + o(\tau),
+
+  estimated by the boundary kernel of :mod:`softhard.coarea` over the rows near a tie,
+  :math:`\hat G_1^\ell = \frac1{N_{pos}}\sum_s h^{-1}k(\Delta_s/h)\,c_s`, with the tie contrast
+  :math:`c_s = \int_0^\infty (\varphi_s(u) - \varphi_s(\infty))\,du` by Gauss–Legendre quadrature in
+  :math:`p = \sigma(u) \in [1/2, 1]`. For squared loss this is exactly ``gap_slope``'s kernel term.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+import torch
+
+from .._validate import check_grid, check_int
+from ..coarea import _kernel, density_at_zero, kernel_bandwidth
+from ..estimate import Estimate, mean_estimate, resolve_seed
+from .layouts import InspectError, RouterSite, find_routers
+from .loading import Batch
+from .sensitivity import final_output
+
+__all__ = ["Hardening", "harden", "harden_inspected", "lm_loss", "label_loss", "tie_quadrature", "routing",
+           "selected_margin", "check_hardenable", "write_hardening", "HARDENABLE", "DEFAULT_TAUS"]
+
+# layouts whose weight rule at τ → 0 (selection held) is hard top-1 and whose output carries the logits that
+# ``temper`` reads (a tensor, or the first entry of a (logits, weights, indices) triple)
+HARDENABLE = ("softmax-topk", "softmax-of-topk", "deepseek-v2", "linear-gate", "generic")
+DEFAULT_TAUS = (1.0, 0.5, 0.2, 0.1, 0.05, 0.02, 0.01, 0.005, 0.002, 0.001)
+U_HARD = 100.0  # hard rows: every scaled margin Δ_S/τ is 100, the others' weights are below e^-100
+ACTIVE_U = 5.0  # a row is "near a tie at τ" when Δ_S <= 5τ (the runner-up keeps a weight >= e^-5 / (1 + e^-5))
+MIN_ACTIVE = 100  # fewer near-tie rows than this: the measured mean rests on too few (heavy-tailed) terms
+
+
+# ----------------------------------------------------------------------------------------------
+# losses: (batch, model output) -> per-token losses (B, P), float64
+
+
+def lm_loss(batch: Batch, out) -> torch.Tensor:
+    r"""Next-token cross-entropy (nats) of a causal LM, ``(B, S - 1)``: :math:`-\log p(x_{t+1} \mid x_{\le t})`."""
+    logits = final_output(out).to(torch.float64)
+    ids = batch.inputs["input_ids"]
+    lp = torch.log_softmax(logits[:, :-1], dim=-1)
+    return -lp.gather(-1, ids[:, 1:, None].to(lp.device))[..., 0]
+
+
+def label_loss(labels: torch.Tensor) -> Callable:
+    """Cross-entropy of a classifier against ``labels[ids]`` (``ids (B, 1)``: sample indices), ``(B, 1)``."""
+    labels = torch.as_tensor(labels)
+
+    def loss(batch: Batch, out) -> torch.Tensor:
+        logits = final_output(out).to(torch.float64)
+        y = labels[batch.ids[:, 0]].to(logits.device)
+        return torch.nn.functional.cross_entropy(logits, y, reduction="none")[:, None]
+
+    return loss
+
+
+# ----------------------------------------------------------------------------------------------
+# routing at a temperature, hard, or one row at a scaled margin u
+
+
+def tie_quadrature(nodes: int = 6) -> tuple[np.ndarray, np.ndarray]:
+    r"""Nodes :math:`u_q` and weights :math:`\omega_q` with :math:`\int_0^\infty F(u)\,du \approx \sum_q \omega_q F(u_q)`.
+
+    Gauss–Legendre in :math:`p = \sigma(u)` on :math:`[1/2, 1]` (``du = dp / (p(1 - p))``): for the tie
+    contrasts, :math:`F(u) = \varphi(u) - \varphi(\infty)` vanishes like :math:`1 - p` at :math:`p = 1`, so
+    :math:`F/(p(1 - p))` is smooth on the closed interval. Exact references:
+    :math:`\int_0^\infty \sigma(-u)\,du = \ln 2`, :math:`\int_0^\infty \sigma(-u)^2\,du = \ln 2 - 1/2`.
+    """
+    x, w = np.polynomial.legendre.leggauss(check_int(nodes, "nodes", "tie_quadrature", 1))
+    p, wp = 0.75 + 0.25 * x, 0.25 * w
+    return np.log(p / (1 - p)), wp / (p * (1 - p))
+
+
+@dataclass
+class _Rule:
+    """How one layer routes: ``tau`` (a temperature for every row), or hard rows (``tau is None``) except
+    ``rows`` routed at scaled margins ``u``; ``record`` collects the selected margins Δ_S of each call."""
+
+    tau: float | None = None
+    rows: torch.Tensor | None = None
+    u: torch.Tensor | None = None
+    record: list | None = None
+
+
+def selected_margin(logits: torch.Tensor, selected: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    r"""``(Δ_S, a_max)`` per row: the gap between the two largest selected logits and the largest, ``(N,)``
+    each, for logits ``(N, K)`` and the selection ``(N, k)`` (``-1`` = dropped; fewer than two: Δ_S = inf)."""
+    ok = selected >= 0
+    a = logits.gather(1, selected.clamp(min=0).to(logits.device))
+    a = torch.where(ok.to(a.device), a, torch.full_like(a, -math.inf))
+    top = torch.topk(a, min(2, a.shape[1]), dim=-1).values
+    if top.shape[1] < 2:
+        return torch.full_like(top[:, 0], math.inf), top[:, 0]
+    d = top[:, 0] - top[:, 1]
+    return torch.where(torch.isfinite(d), d, torch.full_like(d, math.inf)), top[:, 0]
+
+
+def _with_logits(out, new: torch.Tensor):
+    if isinstance(out, torch.Tensor):
+        return new.reshape(out.shape)
+    return (new.reshape(out[0].shape), *out[1:])
+
+
+def _hook(site: RouterSite, rule: _Rule):
+    def hook(module, args, out):
+        logits, selected = site.parse(args, out)
+        if rule.tau is not None:
+            return _with_logits(out, logits / rule.tau)  # τ = 1: the same bits (x / 1.0 == x)
+        a = logits.detach().to(torch.float64)
+        d, top = selected_margin(a, selected)
+        if rule.record is not None:
+            rule.record.append(d.cpu().numpy())
+        scale = torch.where((d > 0) & torch.isfinite(d), U_HARD / d, torch.ones_like(d))  # exact ties: untouched
+        if rule.rows is not None:
+            scale[rule.rows] = rule.u.to(scale) / d[rule.rows]
+        new = (a - top[:, None]) * scale[:, None]  # shifted: the top selected score is 0, the runner-up -u
+        return _with_logits(out, new.to(logits.dtype))
+
+    return hook
+
+
+def check_hardenable(sites: list[RouterSite], where: str = "harden") -> None:
+    """Raise :class:`InspectError` (one line) for a layer whose τ → 0 limit is not hard top-1 routing."""
+    for s in sites:
+        if s.layout.name not in HARDENABLE or s.top_k < 2:
+            why = "routes to one expert (k = 1), so a temperature with the selection held changes nothing" \
+                if s.top_k < 2 else f"has the {s.layout.name} layout, whose τ → 0 limit is not hard top-1 routing"
+            raise InspectError(f"{where}: layer {s.index} ({s.name}) {why}; hardening needs softmax weights over "
+                               f"k >= 2 selected experts ({', '.join(HARDENABLE)}).")
+
+
+@contextlib.contextmanager
+def routing(sites: list[RouterSite], rules: dict[int, _Rule]):
+    """Within the block, layer ``site.index`` routes by ``rules[site.index]`` (layers without a rule as shipped).
+
+    The rule rescales the logits the router returns, and the layout's ``temper(site, 1.0)`` recomputes the
+    weights from them (the selection is the model's own; ``find_routers`` documents the layouts).
+    """
+    with contextlib.ExitStack() as stack:
+        for s in sites:
+            if s.index in rules:
+                handle = s.router.register_forward_hook(_hook(s, rules[s.index]))
+                stack.callback(handle.remove)
+                ctx = s.layout.temper(s, 1.0)
+                if ctx is None:
+                    raise InspectError(f"harden: layer {s.index} ({s.name}) cannot be re-routed (its router returns a "
+                                       f"tuple whose weight rule is unknown).")
+                stack.enter_context(ctx)
+        yield
+
+
+def _forward_losses(model, batch: Batch, loss: Callable) -> torch.Tensor:
+    with torch.no_grad():
+        return loss(batch, model(**batch.inputs)).to(torch.float64).cpu()
+
+
+# ----------------------------------------------------------------------------------------------
+# the result
+
+
+@dataclass
+class Hardening:
+    """The hardening curve (:func:`harden`).
+
+    ``rows``: one per τ (the columns of ``hardening.csv``); ``layers``: one per MoE layer (margin density at
+    0, bandwidth, near-tie tokens, mean tie contrast, :math:`G_1^\\ell`); ``meta``: losses of the shipped and
+    hard models, settings, seed, and the sanity checks.
+    """
+
+    rows: list[dict]
+    layers: list[dict]
+    meta: dict = field(default_factory=dict)
+
+
+def _est(terms) -> Estimate:
+    return mean_estimate(np.asarray(terms, dtype=np.float64))
+
+
+def _est_units(terms: np.ndarray, units: np.ndarray) -> Estimate:
+    """The mean of per-token ``terms`` with the standard error of per-unit (sequence) sums: the terms of one
+    sequence are dependent (a routing change moves the losses of every later position)."""
+    sums = np.bincount(units, weights=terms)
+    return mean_estimate(sums * (sums.size / terms.size))
+
+
+def harden(model, batches: list[Batch], loss: Callable, *, taus=DEFAULT_TAUS, layers=None, router_path=None,
+           top_k: int | None = None, nodes: int = 6, max_tie_tokens: int = 512, replica_tokens: int = 8192,
+           seed=0, progress: bool = False) -> Hardening:
+    r"""The model's own loss as its routing is made harder, measured and predicted (module docstring).
+
+    .. math:: \Delta L(\tau) = L_\tau - L_0 \;\approx\; \tau \sum_\ell \hat G_1^{\ell},
+              \qquad \hat G_1^\ell = \frac1{N_{pos}}\sum_{s} \frac{k(\Delta_s/h)}{h}\, c_s
+
+    (the [beyond] first-order constant of ``paper.md`` §3 for a real model; ``docs/hardening.md``).
+
+    Args:
+        model: an ``nn.Module`` in eval mode, called as ``model(**batch.inputs)``.
+        batches: the evaluation batches; ``ids (B, S)`` must map the router rows to tokens (row-major).
+        loss: ``(batch, output) -> (B, P)`` per-token losses (:func:`lm_loss`, :func:`label_loss`).
+        taus: temperatures ``(T,)`` in (0, 1] for the curve (1 is the model as shipped).
+        layers, router_path, top_k: see :func:`softhard.inspect.find_routers`.
+        nodes: quadrature nodes of the tie contrasts (:func:`tie_quadrature`).
+        max_tie_tokens: at most this many near-tie tokens per layer get a contrast (a seeded Bernoulli
+            sample, each term divided by its inclusion probability, so the estimate stays unbiased).
+        replica_tokens: tokens per forward call when re-running sequences for the contrasts.
+        seed: seeds the sampling of near-tie tokens.
+
+    Returns:
+        :class:`Hardening`.
+    """
+    where = "harden"
+    seed = resolve_seed(seed, where)
+    try:
+        taus = sorted({float(t) for t in check_grid(taus, "taus", where, 0.0, True).tolist()}, reverse=True)
+        nodes = check_int(nodes, "nodes", where)
+        max_tie_tokens = check_int(max_tie_tokens, "max_tie_tokens", where)
+        replica_tokens = check_int(replica_tokens, "replica_tokens", where)
+    except (TypeError, ValueError) as e:
+        raise InspectError(str(e)) from None
+    if not taus or taus[0] > 1:
+        raise InspectError(f"The 'taus' parameter of {where} must be temperatures in (0, 1]. Got {taus}.")
+    if not batches:
+        raise InspectError("no tokens to harden (the batch list is empty).")
+    sites = find_routers(model, router_path=router_path, layers=layers, top_k=top_k)
+    check_hardenable(sites)
+    idx = [s.index for s in sites]
+    bar = None
+    if progress:
+        from tqdm.auto import tqdm
+
+        bar = tqdm(total=len(batches) * (2 + len(taus) * (1 + len(sites))), desc="hardening: curves", unit="fwd",
+                   leave=False)
+
+    def run(batch, rules):
+        with routing(sites, rules):
+            out = _forward_losses(model, batch, loss)
+        if bar is not None:
+            bar.update(1)
+        return out
+
+    shipped, hard, ties = [], [], {i: [] for i in idx}
+    curve_all = {t: [] for t in taus}
+    curve_layer = {(i, t): [] for i in idx for t in taus}
+    margins = {i: [] for i in idx}  # per batch, Δ_S of every router row, in the hard model
+    try:
+        for batch in batches:
+            shipped.append(run(batch, {}))
+            rec = {i: _Rule(record=[]) for i in idx}
+            hard.append(run(batch, rec))
+            for i in idx:
+                d = np.concatenate(rec[i].record) if rec[i].record else np.empty(0)
+                if d.size != batch.ids.numel():
+                    raise InspectError(f"{where}: layer {i} routed {d.size} rows for {batch.ids.numel()} tokens; "
+                                       f"hardening needs one router row per token.")
+                margins[i].append(d)
+            for t in taus:
+                curve_all[t].append(run(batch, {i: _Rule(tau=t) for i in idx}))
+                for i in idx:
+                    curve_layer[(i, t)].append(run(batch, {j: _Rule(tau=t) if j == i else _Rule() for j in idx}))
+    finally:
+        if bar is not None:
+            bar.close()
+    flat = lambda xs: torch.cat([x.reshape(-1) for x in xs]).numpy()  # noqa: E731
+    l_ship, l_hard = flat(shipped), flat(hard)
+    unit_of = np.concatenate([np.repeat(np.arange(x.shape[0]), x.shape[1]) + off for x, off in
+                              zip(hard, np.cumsum([0] + [x.shape[0] for x in hard[:-1]]))])
+    n_pos = l_hard.size
+    n_rows = sum(b.ids.numel() for b in batches)
+    # the tie contrasts and G_1 per layer
+    u, omega = tie_quadrature(nodes)
+    layer_rows, g_terms, prof = [], {}, {}
+    for i in idx:
+        lay, g_terms[i], prof[i] = _layer_constant(model, batches, loss, sites, i, np.concatenate(margins[i]), u,
+                                                   omega, n_pos, max_tie_tokens, replica_tokens, taus, seed,
+                                                   progress)
+        layer_rows.append(lay)
+    g_all = _est(sum(g_terms.values()))
+    d_layers = [np.concatenate(margins[i]) for i in idx]
+    rows = []
+    for j, t in enumerate(taus):
+        la = flat(curve_all[t])
+        row = {"tau": t, "near_tie_rows": int(sum((d <= ACTIVE_U * t).sum() for d in d_layers))}
+        m = _est(la - l_hard)
+        row.update(gap=m.value, gap_stderr=m.stderr, predicted=g_all.value * t, predicted_stderr=g_all.stderr * t)
+        row["gap_stderr_seq"] = _est_units(la - l_hard, unit_of).stderr
+        row["ratio"] = m.value / row["predicted"] if row["predicted"] != 0 else math.nan
+        pr = _est(sum(prof[i][1][j] for i in idx))
+        row["predicted_profile"] = float(sum(prof[i][0][j] for i in idx))
+        row["predicted_profile_stderr"] = math.sqrt(pr.stderr ** 2 + sum(prof[i][2][j] for i in idx))
+        s = _est(la - l_ship)
+        row.update(change_vs_shipped=s.value, change_vs_shipped_stderr=s.stderr)
+        inter = la - l_hard
+        for i, lay in zip(idx, layer_rows):
+            li = flat(curve_layer[(i, t)])
+            e = _est(li - l_hard)
+            row[f"layer{i}_gap"], row[f"layer{i}_gap_stderr"] = e.value, e.stderr
+            row[f"layer{i}_predicted"] = lay["G1"] * t
+            inter = inter - (li - l_hard)
+        e = _est(inter)
+        row["interaction"], row["interaction_stderr"] = e.value, e.stderr
+        rows.append(row)
+    hs = _est(l_hard - l_ship)
+    meta = {
+        "model_class": type(model).__name__, "layers": idx, "tokens": n_pos, "router_rows": n_rows,
+        "batches": len(batches), "taus": taus, "seed": seed, "nodes": nodes, "max_tie_tokens": max_tie_tokens,
+        "min_active": MIN_ACTIVE,
+        "shipped_loss": float(l_ship.mean()), "hard_loss": float(l_hard.mean()),
+        "hard_minus_shipped": hs.value, "hard_minus_shipped_stderr": hs.stderr,
+        "G1": g_all.value, "G1_stderr": g_all.stderr,
+        "tau1_max_abs_change": float(np.abs(flat(curve_all[1.0]) - l_ship).max()) if 1.0 in curve_all else None,
+        "exact_ties": int(sum(int((np.concatenate(margins[i]) == 0).sum()) for i in idx)),
+        "definition": "selection held (the model's top-k); weights = the layout's rule at logits/tau; tau -> 0 is "
+                      "hard top-1; per-layer curves: that layer at tau, every other layer hard",
+    }
+    meta["verdict"] = _verdict(rows, meta)
+    return Hardening(rows, layer_rows, meta)
+
+
+def _layer_constant(model, batches, loss, sites, i, d_all, u, omega, n_pos, cap, replica_tokens, taus, seed,
+                    progress):
+    """``(row, terms, profile)`` of layer ``i``: its G_1 (row), the per-router-row terms of G_1 ``(N_rows,)``, and
+    the margin-profile prediction ``(value (T,), per-row terms (T, N_rows), covariance part (T,))``."""
+    n_rows = d_all.size
+    finite = np.isfinite(d_all)
+    h = kernel_bandwidth(d_all[finite], one_sided=True)
+    near = finite & (d_all <= h)
+    m = int(near.sum())
+    pi = min(1.0, cap / m) if m else 1.0
+    rng = np.random.default_rng(np.random.SeedSequence([seed, i, 17]))
+    take = near & (rng.random(n_rows) < pi)
+    diffs = np.zeros((n_rows, len(u)))  # φ_s(u_q) − φ_s(∞) of the contrasted rows
+    offsets = np.cumsum([0] + [b.ids.numel() for b in batches])
+    bar = None
+    if progress:
+        from tqdm.auto import tqdm
+
+        bar = tqdm(total=int(take.sum()), desc=f"hardening: tie contrasts, layer {i}", unit="token", leave=False)
+    for b, batch in enumerate(batches):
+        rows = np.nonzero(take[offsets[b]:offsets[b + 1]])[0]
+        if rows.size:
+            diffs[offsets[b] + rows] = _node_differences(model, batch, loss, sites, i, rows, u, replica_tokens)
+            if bar is not None:
+                bar.update(rows.size)
+    if bar is not None:
+        bar.close()
+    contrast = diffs @ omega
+    k = _kernel(torch.as_tensor(np.where(finite, d_all, 0.0)), h, True).numpy() * finite
+    terms = (n_rows / n_pos) * k * contrast * take / pi
+    g = _est(terms)
+    f0 = density_at_zero(d_all[finite], bandwidth=h, one_sided=True)
+    wsum = float((k * take / pi).sum())
+    row = {"layer": i, "module": next(s.name for s in sites if s.index == i), "router_rows": n_rows,
+           "bandwidth": h, "near_tie": m, "contrasted": int(take.sum()), "density0": f0.value,
+           "density0_stderr": f0.stderr, "mean_contrast": float((k * contrast * take / pi).sum() / wsum)
+           if wsum else math.nan, "G1": g.value, "G1_stderr": g.stderr}
+    return row, terms, _profile(diffs[take], d_all, u, taus, n_pos)
+
+
+def _profile(diffs: np.ndarray, d_all: np.ndarray, u: np.ndarray, taus, n_pos: int):
+    r"""The margin-profile prediction :math:`P_\ell(\tau) = \frac1{N_{pos}}\sum_{rows}\bar\psi(\Delta/\tau)`, with
+    :math:`\bar\psi(u)` the mean of :math:`\varphi_s(u) - \varphi_s(\infty)` over the contrasted near-tie tokens,
+    interpolated between the nodes as :math:`(1 - p)\,q(p)`, ``q`` the polynomial through
+    :math:`\bar\psi(u_q)/(1 - p_q)` at :math:`p = \sigma(u)` (``docs/hardening.md``).
+
+    Returns ``(values (T,), row terms (T, N_rows), variance from the contrast sample (T,))``."""
+    T, n_rows = len(taus), d_all.size
+    if diffs.shape[0] < 2:
+        return np.full(T, np.nan), np.zeros((T, n_rows)), np.full(T, np.nan)
+    pq = 1.0 / (1.0 + np.exp(-u))
+    psi = diffs.mean(0)
+    cov = np.cov(diffs, rowvar=False) / diffs.shape[0]
+    finite = np.isfinite(d_all)
+    A, row_terms = np.empty((T, len(u))), np.zeros((T, n_rows))
+    for j, t in enumerate(taus):
+        p = 1.0 / (1.0 + np.exp(-d_all[finite] / t))
+        basis = np.stack([np.prod([(p - pq[r]) / (pq[q] - pq[r]) for r in range(len(u)) if r != q], axis=0)
+                          for q in range(len(u))]) * (1 - p) / (1 - pq)[:, None]  # (Q, rows)
+        row_terms[j, finite] = (n_rows / n_pos) * (psi @ basis)
+        A[j] = basis.sum(1) / n_pos
+    return A @ psi, row_terms, np.einsum("tq,qr,tr->t", A, cov, A)
+
+
+def _select(inputs: dict, unit: torch.Tensor, B: int) -> dict:
+    return {k: v[unit] if isinstance(v, torch.Tensor) and v.ndim and v.shape[0] == B else v for k, v in inputs.items()}
+
+
+def _node_differences(model, batch: Batch, loss, sites, i, rows: np.ndarray, u: np.ndarray,
+                      replica_tokens: int) -> np.ndarray:
+    r""":math:`\varphi_s(u_q) - \varphi_s(\infty)`, shape ``(len(rows), Q)``, for the router rows ``rows`` of
+    ``batch`` in layer ``i``: each token's sequence is re-run ``Q + 1`` times, with the token routed in layer
+    ``i`` at the scaled margin ``u_q`` (and once hard), everything else hard; φ is the sequence's summed loss."""
+    B, S = batch.ids.shape[0], batch.ids.numel() // batch.ids.shape[0]
+    Q = len(u)
+    unit = np.repeat(rows // S, Q + 1)  # replica r: token rows[r // (Q + 1)], node r % (Q + 1) (Q = hard)
+    pos = np.repeat(rows % S, Q + 1)
+    node = np.tile(np.arange(Q + 1), rows.size)
+    per = max(1, replica_tokens // S)
+    phi = np.empty(unit.size)
+    idx = [s.index for s in sites]
+    for a in range(0, unit.size, per):
+        sl = slice(a, a + per)
+        R = unit[sl].size
+        un = torch.as_tensor(unit[sl])
+        rb = Batch(_select(batch.inputs, un, B), batch.ids[un])
+        target = node[sl] < Q
+        rule = _Rule(rows=torch.as_tensor(np.arange(R)[target] * S + pos[sl][target]),
+                     u=torch.as_tensor(u[node[sl][target]]))
+        with routing(sites, {j: rule if j == i else _Rule() for j in idx}):
+            phi[sl] = _forward_losses(model, rb, loss).sum(-1).numpy()
+    phi = phi.reshape(rows.size, Q + 1)
+    return phi[:, :Q] - phi[:, Q:]
+
+
+def _verdict(rows: list[dict], meta: dict) -> str:
+    """One line comparing the measurement with the first-order prediction at the smallest τ where both are
+    resolved (|value| > 2 standard errors) and at least ``MIN_ACTIVE`` router rows are near a tie (Δ_S <= 5τ),
+    or saying that none is."""
+    for r in sorted(rows, key=lambda r: r["tau"]):
+        se = math.hypot(r["gap_stderr"], r["predicted_stderr"])
+        if abs(r["gap"]) > 2 * r["gap_stderr"] and abs(r["predicted"]) > 2 * r["predicted_stderr"] and \
+                r["near_tie_rows"] >= MIN_ACTIVE:
+            off = r["gap"] / r["predicted"] - 1
+            z = (r["gap"] - r["predicted"]) / se if se > 0 else math.inf
+            return (f"at tau={r['tau']:g} ({r['near_tie_rows']} router rows near a tie) the measured L_tau - L_0 = "
+                    f"{r['gap']:.4g} ± {r['gap_stderr']:.2g} and the first-order prediction G1*tau = "
+                    f"{r['predicted']:.4g} ± {r['predicted_stderr']:.2g} differ by {off:+.0%} ({z:+.1f} standard "
+                    f"errors)")
+    return (f"no tau resolves both the measurement and the prediction (|value| > 2 standard errors, >= {MIN_ACTIVE} "
+            f"router rows within 5 tau of a tie): use more tokens")
+
+
+def harden_inspected(model_name: str, net, batches: list[Batch], out, *, taus=None, layers=None, router_path=None,
+                     seed=0, progress: bool = False) -> tuple[dict, list[Path]]:
+    """:func:`harden` for ``softhard inspect --harden``: the task loss of the model (``softhard:digits``: the
+    labels; a causal LM: the next token), the files of :func:`write_hardening`; returns ``(summary, paths)``."""
+    from .runner import DIGITS
+
+    if model_name == DIGITS:
+        from .digits import digits_data
+
+        loss = label_loss(digits_data(seed)[1])
+    elif getattr(getattr(net, "config", None), "is_encoder_decoder", False) or "input_ids" not in batches[0].inputs:
+        raise InspectError(f"--harden measures the next-token loss of a causal language model; {model_name} "
+                           f"({type(net).__name__}) is not one.")
+    else:
+        loss = lm_loss
+    h = harden(net, batches, loss, taus=DEFAULT_TAUS if taus is None else taus, layers=layers,
+               router_path=router_path, seed=seed, progress=progress)
+    h.meta["model"] = str(model_name)
+    keys = ("shipped_loss", "hard_loss", "hard_minus_shipped", "hard_minus_shipped_stderr", "G1", "G1_stderr",
+            "verdict")
+    return {k: h.meta[k] for k in keys}, write_hardening(h, out)
+
+
+def write_hardening(h: Hardening, out) -> list[Path]:
+    """Write ``hardening.{csv,json,tex}`` (one row per τ), ``hardening_layers.{csv,json,tex}`` and
+    ``hardening.png`` into ``out``; returns the paths."""
+    from ..experiments import Table
+    from ..report.fig_hardening import figure_hardening
+    from ..report.io import write_table
+
+    cols = list(dict.fromkeys(k for r in h.rows for k in r))
+    table = Table("hardening", cols, h.rows, h.meta)
+    lcols = list(dict.fromkeys(k for r in h.layers for k in r))
+    table.extras["hardening_layers"] = Table("hardening_layers", lcols, h.layers, {"seed": h.meta["seed"]})
+    return write_table(table, out) + figure_hardening(out)
