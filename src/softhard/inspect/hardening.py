@@ -38,7 +38,7 @@ from typing import Callable
 import numpy as np
 import torch
 
-from .._validate import check_grid, check_int
+from .._validate import check_grid, check_int, fail
 from ..coarea import _kernel, density_at_zero, kernel_bandwidth
 from ..estimate import Estimate, mean_estimate, resolve_seed
 from .layouts import InspectError, RouterSite, find_routers
@@ -46,7 +46,7 @@ from .loading import Batch
 from .sensitivity import final_output
 
 __all__ = ["Hardening", "harden", "harden_inspected", "lm_loss", "label_loss", "tie_quadrature", "routing",
-           "selected_margin", "check_hardenable", "write_hardening", "HARDENABLE", "DEFAULT_TAUS"]
+           "RouteRule", "selected_margin", "check_hardenable", "write_hardening", "HARDENABLE", "DEFAULT_TAUS"]
 
 # layouts whose weight rule at τ → 0 (selection held) is hard top-1 and whose output carries the logits that
 # ``temper`` reads (a tensor, or the first entry of a (logits, weights, indices) triple)
@@ -54,7 +54,7 @@ HARDENABLE = ("softmax-topk", "softmax-of-topk", "deepseek-v2", "linear-gate", "
 DEFAULT_TAUS = (1.0, 0.5, 0.2, 0.1, 0.05, 0.02, 0.01, 0.005, 0.002, 0.001)
 U_HARD = 100.0  # hard rows: every scaled margin Δ_S/τ is 100, the others' weights are below e^-100
 ACTIVE_U = 5.0  # a row is "near a tie at τ" when Δ_S <= 5τ (the runner-up keeps a weight >= e^-5 / (1 + e^-5))
-MIN_ACTIVE = 100  # fewer near-tie rows than this: the measured mean rests on too few (heavy-tailed) terms
+MIN_EFFECTIVE = 30  # fewer effective sequences than this: the mean rests on a handful of heavy-tailed terms
 
 
 # ----------------------------------------------------------------------------------------------
@@ -86,7 +86,7 @@ def label_loss(labels: torch.Tensor) -> Callable:
 
 
 def tie_quadrature(nodes: int = 6) -> tuple[np.ndarray, np.ndarray]:
-    r"""Nodes :math:`u_q` and weights :math:`\omega_q` with :math:`\int_0^\infty F(u)\,du \approx \sum_q \omega_q F(u_q)`.
+    r"""Nodes :math:`u_q` and weights :math:`\omega_q`, :math:`\int_0^\infty F(u)\,du \approx \sum_q \omega_q F(u_q)`.
 
     Gauss–Legendre in :math:`p = \sigma(u)` on :math:`[1/2, 1]` (``du = dp / (p(1 - p))``): for the tie
     contrasts, :math:`F(u) = \varphi(u) - \varphi(\infty)` vanishes like :math:`1 - p` at :math:`p = 1`, so
@@ -99,9 +99,12 @@ def tie_quadrature(nodes: int = 6) -> tuple[np.ndarray, np.ndarray]:
 
 
 @dataclass
-class _Rule:
-    """How one layer routes: ``tau`` (a temperature for every row), or hard rows (``tau is None``) except
-    ``rows`` routed at scaled margins ``u``; ``record`` collects the selected margins Δ_S of each call."""
+class RouteRule:
+    r"""How one layer routes under :func:`routing`: ``tau`` (one temperature for every row: weights from
+    :math:`a/\tau`), or else hard top-1 rows except ``rows`` (indices into the router's rows) routed at the
+    scaled margins ``u`` (temperature :math:`\Delta_S/u` for that row: for a softmax over two selected experts
+    the winner's weight is :math:`\sigma(u)`); ``record`` collects the selected margins Δ_S of each call
+    (hard rules only)."""
 
     tau: float | None = None
     rows: torch.Tensor | None = None
@@ -128,7 +131,7 @@ def _with_logits(out, new: torch.Tensor):
     return (new.reshape(out[0].shape), *out[1:])
 
 
-def _hook(site: RouterSite, rule: _Rule):
+def _hook(site: RouterSite, rule: RouteRule):
     def hook(module, args, out):
         logits, selected = site.parse(args, out)
         if rule.tau is not None:
@@ -157,12 +160,15 @@ def check_hardenable(sites: list[RouterSite], where: str = "harden") -> None:
 
 
 @contextlib.contextmanager
-def routing(sites: list[RouterSite], rules: dict[int, _Rule]):
+def routing(sites: list[RouterSite], rules: dict[int, RouteRule]):
     """Within the block, layer ``site.index`` routes by ``rules[site.index]`` (layers without a rule as shipped).
 
     The rule rescales the logits the router returns, and the layout's ``temper(site, 1.0)`` recomputes the
     weights from them (the selection is the model's own; ``find_routers`` documents the layouts).
     """
+    for rule in rules.values():
+        if rule.u is not None and not bool((torch.as_tensor(rule.u) > 0).all()):
+            fail("u", "routing", "positive scaled margins (u > 0)", rule.u)
     with contextlib.ExitStack() as stack:
         for s in sites:
             if s.index in rules:
@@ -203,11 +209,14 @@ def _est(terms) -> Estimate:
     return mean_estimate(np.asarray(terms, dtype=np.float64))
 
 
-def _est_units(terms: np.ndarray, units: np.ndarray) -> Estimate:
-    """The mean of per-token ``terms`` with the standard error of per-unit (sequence) sums: the terms of one
-    sequence are dependent (a routing change moves the losses of every later position)."""
+def _est_units(terms: np.ndarray, units: np.ndarray) -> tuple[Estimate, float]:
+    r"""The mean of per-token ``terms`` with the standard error of per-unit (sequence) sums — the terms of one
+    sequence are dependent (a routing change moves the losses of every later position) — and the effective
+    number of units carrying it, :math:`n_{eff} = (\sum_j |s_j|)^2 / \sum_j s_j^2` over the unit sums :math:`s_j`
+    (0 when every sum is 0)."""
     sums = np.bincount(units, weights=terms)
-    return mean_estimate(sums * (sums.size / terms.size))
+    sq = float((sums ** 2).sum())
+    return mean_estimate(sums * (sums.size / terms.size)), float(np.abs(sums).sum() ** 2 / sq) if sq > 0 else 0.0
 
 
 def harden(model, batches: list[Batch], loss: Callable, *, taus=DEFAULT_TAUS, layers=None, router_path=None,
@@ -265,14 +274,14 @@ def harden(model, batches: list[Batch], loss: Callable, *, taus=DEFAULT_TAUS, la
             bar.update(1)
         return out
 
-    shipped, hard, ties = [], [], {i: [] for i in idx}
+    shipped, hard = [], []
     curve_all = {t: [] for t in taus}
     curve_layer = {(i, t): [] for i in idx for t in taus}
     margins = {i: [] for i in idx}  # per batch, Δ_S of every router row, in the hard model
     try:
         for batch in batches:
             shipped.append(run(batch, {}))
-            rec = {i: _Rule(record=[]) for i in idx}
+            rec = {i: RouteRule(record=[]) for i in idx}
             hard.append(run(batch, rec))
             for i in idx:
                 d = np.concatenate(rec[i].record) if rec[i].record else np.empty(0)
@@ -281,9 +290,10 @@ def harden(model, batches: list[Batch], loss: Callable, *, taus=DEFAULT_TAUS, la
                                        f"hardening needs one router row per token.")
                 margins[i].append(d)
             for t in taus:
-                curve_all[t].append(run(batch, {i: _Rule(tau=t) for i in idx}))
+                curve_all[t].append(run(batch, {i: RouteRule(tau=t) for i in idx}))
                 for i in idx:
-                    curve_layer[(i, t)].append(run(batch, {j: _Rule(tau=t) if j == i else _Rule() for j in idx}))
+                    rules = {j: RouteRule(tau=t) if j == i else RouteRule() for j in idx}
+                    curve_layer[(i, t)].append(run(batch, rules))
     finally:
         if bar is not None:
             bar.close()
@@ -309,7 +319,8 @@ def harden(model, batches: list[Batch], loss: Callable, *, taus=DEFAULT_TAUS, la
         row = {"tau": t, "near_tie_rows": int(sum((d <= ACTIVE_U * t).sum() for d in d_layers))}
         m = _est(la - l_hard)
         row.update(gap=m.value, gap_stderr=m.stderr, predicted=g_all.value * t, predicted_stderr=g_all.stderr * t)
-        row["gap_stderr_seq"] = _est_units(la - l_hard, unit_of).stderr
+        seq, row["effective_sequences"] = _est_units(la - l_hard, unit_of)
+        row["gap_stderr_seq"] = seq.stderr
         row["ratio"] = m.value / row["predicted"] if row["predicted"] != 0 else math.nan
         pr = _est(sum(prof[i][1][j] for i in idx))
         row["predicted_profile"] = float(sum(prof[i][0][j] for i in idx))
@@ -330,7 +341,7 @@ def harden(model, batches: list[Batch], loss: Callable, *, taus=DEFAULT_TAUS, la
     meta = {
         "model_class": type(model).__name__, "layers": idx, "tokens": n_pos, "router_rows": n_rows,
         "batches": len(batches), "taus": taus, "seed": seed, "nodes": nodes, "max_tie_tokens": max_tie_tokens,
-        "min_active": MIN_ACTIVE,
+        "min_effective": MIN_EFFECTIVE,
         "shipped_loss": float(l_ship.mean()), "hard_loss": float(l_hard.mean()),
         "hard_minus_shipped": hs.value, "hard_minus_shipped_stderr": hs.stderr,
         "G1": g_all.value, "G1_stderr": g_all.stderr,
@@ -430,9 +441,9 @@ def _node_differences(model, batch: Batch, loss, sites, i, rows: np.ndarray, u: 
         un = torch.as_tensor(unit[sl])
         rb = Batch(_select(batch.inputs, un, B), batch.ids[un])
         target = node[sl] < Q
-        rule = _Rule(rows=torch.as_tensor(np.arange(R)[target] * S + pos[sl][target]),
+        rule = RouteRule(rows=torch.as_tensor(np.arange(R)[target] * S + pos[sl][target]),
                      u=torch.as_tensor(u[node[sl][target]]))
-        with routing(sites, {j: rule if j == i else _Rule() for j in idx}):
+        with routing(sites, {j: rule if j == i else RouteRule() for j in idx}):
             phi[sl] = _forward_losses(model, rb, loss).sum(-1).numpy()
     phi = phi.reshape(rows.size, Q + 1)
     return phi[:, :Q] - phi[:, Q:]
@@ -440,20 +451,21 @@ def _node_differences(model, batch: Batch, loss, sites, i, rows: np.ndarray, u: 
 
 def _verdict(rows: list[dict], meta: dict) -> str:
     """One line comparing the measurement with the first-order prediction at the smallest τ where both are
-    resolved (|value| > 2 standard errors) and at least ``MIN_ACTIVE`` router rows are near a tie (Δ_S <= 5τ),
-    or saying that none is."""
+    resolved (|value| > 2 standard errors) and carried by at least ``MIN_EFFECTIVE`` effective sequences, or
+    saying that none is."""
     for r in sorted(rows, key=lambda r: r["tau"]):
         se = math.hypot(r["gap_stderr"], r["predicted_stderr"])
         if abs(r["gap"]) > 2 * r["gap_stderr"] and abs(r["predicted"]) > 2 * r["predicted_stderr"] and \
-                r["near_tie_rows"] >= MIN_ACTIVE:
+                r["effective_sequences"] >= MIN_EFFECTIVE:
             off = r["gap"] / r["predicted"] - 1
             z = (r["gap"] - r["predicted"]) / se if se > 0 else math.inf
-            return (f"at tau={r['tau']:g} ({r['near_tie_rows']} router rows near a tie) the measured L_tau - L_0 = "
+            return (f"at tau={r['tau']:g} ({r['near_tie_rows']} router rows near a tie, "
+                    f"{r['effective_sequences']:.0f} effective sequences) the measured L_tau - L_0 = "
                     f"{r['gap']:.4g} ± {r['gap_stderr']:.2g} and the first-order prediction G1*tau = "
                     f"{r['predicted']:.4g} ± {r['predicted_stderr']:.2g} differ by {off:+.0%} ({z:+.1f} standard "
                     f"errors)")
-    return (f"no tau resolves both the measurement and the prediction (|value| > 2 standard errors, >= {MIN_ACTIVE} "
-            f"router rows within 5 tau of a tie): use more tokens")
+    return (f"no tau resolves both the measurement and the prediction (|value| > 2 standard errors, carried by >= "
+            f"{MIN_EFFECTIVE} effective sequences): use more tokens")
 
 
 def harden_inspected(model_name: str, net, batches: list[Batch], out, *, taus=None, layers=None, router_path=None,

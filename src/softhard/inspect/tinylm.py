@@ -121,6 +121,7 @@ def corpus_fingerprint() -> str:
     return h.hexdigest()[:16]
 
 
+@functools.lru_cache(maxsize=1)
 def stdlib_corpus() -> tuple[str, str]:
     """``(train_text, heldout_text)``: the docstrings of the standard library (module docstring).
 

@@ -3,8 +3,8 @@
 ``hardening.png``, two panels: (left) ``|L_τ − L_0|`` against τ on log axes, measured (all layers: ± one
 standard error; each layer alone: small markers) beside the first-order prediction ``G₁τ`` (line, with its
 standard-error band, and per layer dashed), and a slope-1 reference; filled markers are positive
-differences, open ones negative; grey: fewer than ``min_active`` router rows near a tie (Δ ≤ 5τ), where the
-mean rests on too few heavy-tailed terms. (right) ``(L_τ − L_0)/τ`` against τ with ``G₁`` ± its standard error: the
+differences, open ones negative; grey: fewer than ``min_effective`` effective sequences carry the
+measurement (a handful of heavy-tailed terms; its standard error is not to be trusted). (right) ``(L_τ − L_0)/τ`` against τ with ``G₁`` ± its standard error: the
 measurement should settle on the band as τ → 0.
 
 :func:`hardening_section` gives the HTML of the report section (table, per-layer constants, figure).
@@ -42,7 +42,7 @@ def figure_hardening(out) -> list[Path]:
     gap = np.array([_f(r["gap"]) for r in rows])
     se = np.array([_f(r["gap_stderr"]) for r in rows])
     g1, g1_se = _f(meta["G1"]), _f(meta["G1_stderr"])
-    few = np.array([_f(r.get("near_tie_rows")) < _f(meta.get("min_active", 0)) for r in rows])
+    few = np.array([_f(r.get("effective_sequences")) < _f(meta.get("min_effective", 0)) for r in rows])
     plt = pyplot()
     fig, ax = plt.subplots(1, 2, figsize=(13, 4.5))
     grid = np.geomspace(tau.min(), tau.max(), 100)
@@ -53,7 +53,7 @@ def figure_hardening(out) -> list[Path]:
                            label=f"measured, all layers ({'+' if sign > 0 else '−'})")
     if few.any():
         ax[0].errorbar(tau[few], np.abs(gap[few]), yerr=se[few], fmt="o", color="0.6", mfc="none",
-                       label=f"measured, < {int(_f(meta['min_active']))} rows near a tie")
+                       label=f"measured, < {int(_f(meta['min_effective']))} effective sequences")
     if np.isfinite(g1) and g1 != 0:
         ax[0].plot(grid, abs(g1) * grid, "-", color="k", label=f"predicted |G₁|τ, G₁ = {g1:.3g} ± {g1_se:.1g}")
         ax[0].fill_between(grid, np.maximum(abs(g1) - g1_se, abs(g1) / 10) * grid, (abs(g1) + g1_se) * grid,
@@ -76,7 +76,7 @@ def figure_hardening(out) -> list[Path]:
                    label="measured (L_τ − L_0)/τ")
     if few.any():
         ax[1].errorbar(tau[few], (gap / tau)[few], yerr=(se / tau)[few], fmt="o", color="0.6", mfc="none",
-                       label="measured, too few rows near a tie")
+                       label="measured, too few effective sequences")
     if np.isfinite(g1):
         ax[1].axhline(g1, color="k", label="G₁ (first-order prediction)")
         ax[1].axhspan(g1 - g1_se, g1 + g1_se, color="k", alpha=0.12)
@@ -101,10 +101,11 @@ def hardening_section(out, table) -> list[str]:
     lays = json.loads((out / "hardening_layers.json").read_text(encoding="utf-8"))["rows"]
     rows, meta = d["rows"], d["meta"]
     ids = [lay["layer"] for lay in lays]
-    head = ["τ", "L_τ − L_0 (measured)", "G₁τ (predicted)", "measured / predicted", "margin-profile prediction",
-            "L_τ − L_1"] + [f"layer {i}: measured | predicted" for i in ids] + ["all − Σ layers"]
-    body = [[r["tau"], _pm(r, "gap"), _pm(r, "predicted"), f"{_f(r['ratio']):.3g}", _pm(r, "predicted_profile"),
-             _pm(r, "change_vs_shipped")]
+    head = ["τ", "rows near a tie", "effective sequences", "L_τ − L_0 (measured)", "G₁τ (predicted)",
+            "measured / predicted", "margin-profile prediction", "L_τ − L_1"] + \
+        [f"layer {i}: measured | predicted" for i in ids] + ["all − Σ layers"]
+    body = [[r["tau"], r.get("near_tie_rows"), f"{_f(r.get('effective_sequences')):.0f}", _pm(r, "gap"),
+             _pm(r, "predicted"), f"{_f(r['ratio']):.3g}", _pm(r, "predicted_profile"), _pm(r, "change_vs_shipped")]
             + [f"{_pm(r, f'layer{i}_gap')} | {_f(r[f'layer{i}_predicted']):.3g}" for i in ids]
             + [_pm(r, "interaction")] for r in rows]
     parts = [
@@ -114,7 +115,9 @@ def hardening_section(out, table) -> list[str]:
         "paired per token (± standard error over tokens). Predicted: the first-order law L<sub>τ</sub> − "
         "L<sub>0</sub> = G<sub>1</sub>τ with G<sub>1</sub> = Σ<sub>ℓ</sub> (density of the margin at 0) × "
         "(mean tie contrast), from each layer's near-tie tokens; 'layer ℓ' runs that layer at τ and the others "
-        "hard (docs/hardening.md).</p>",
+        "hard. Rows near a tie: router rows with Δ ≤ 5τ. Effective sequences: (Σ|s|)²/Σs² over the sequences' "
+        f"summed loss changes s; below {meta.get('min_effective', '?')} the mean rests on a handful of heavy-tailed "
+        "terms and its standard error is not to be trusted (docs/hardening.md).</p>",
         f"<p>Shipped loss {_f(meta['shipped_loss']):.4f}, hard loss {_f(meta['hard_loss']):.4f} "
         f"(L<sub>0</sub> − L<sub>1</sub> = {_pm(meta, 'hard_minus_shipped')}); G<sub>1</sub> = "
         f"{_pm(meta, 'G1')}. <b>{html.escape(str(meta.get('verdict', '')))}</b>.</p>",
