@@ -391,22 +391,26 @@ def _layer_constant(model, batches, loss, sites, i, d_all, u, omega, n_pos, cap,
            "bandwidth": h, "near_tie": m, "contrasted": int(take.sum()), "density0": f0.value,
            "density0_stderr": f0.stderr, "mean_contrast": float((k * contrast * take / pi).sum() / wsum)
            if wsum else math.nan, "G1": g.value, "G1_stderr": g.stderr}
-    return row, terms, _profile(diffs[take], d_all, u, taus, n_pos)
+    return row, terms, _profile(diffs[take], k[take], d_all, u, taus, n_pos)
 
 
-def _profile(diffs: np.ndarray, d_all: np.ndarray, u: np.ndarray, taus, n_pos: int):
+def _profile(diffs: np.ndarray, weights: np.ndarray, d_all: np.ndarray, u: np.ndarray, taus, n_pos: int):
     r"""The margin-profile prediction :math:`P_\ell(\tau) = \frac1{N_{pos}}\sum_{rows}\bar\psi(\Delta/\tau)`, with
-    :math:`\bar\psi(u)` the mean of :math:`\varphi_s(u) - \varphi_s(\infty)` over the contrasted near-tie tokens,
-    interpolated between the nodes as :math:`(1 - p)\,q(p)`, ``q`` the polynomial through
-    :math:`\bar\psi(u_q)/(1 - p_q)` at :math:`p = \sigma(u)` (``docs/hardening.md``).
+    :math:`\bar\psi(u)` the estimate of :math:`E[\varphi(u) - \varphi(\infty) \mid \Delta = 0^+]` by the boundary
+    kernel ``weights`` (``(M,)``) over the contrasted near-tie tokens (``diffs (M, Q)``), interpolated between the
+    nodes as :math:`(1 - p)\,q(p)`, ``q`` the polynomial through :math:`\bar\psi(u_q)/(1 - p_q)` at
+    :math:`p = \sigma(u)` (``docs/hardening.md``). As τ → 0 it tends to :math:`G_1^\ell\tau`; the difference
+    at larger τ is the shape of the margin distribution away from 0.
 
-    Returns ``(values (T,), row terms (T, N_rows), variance from the contrast sample (T,))``."""
+    Returns ``(values (T,), row terms (T, N_rows), variance of the weighted mean, linearised (T,))``."""
     T, n_rows = len(taus), d_all.size
-    if diffs.shape[0] < 2:
+    wsum = float(weights.sum()) if weights.size else 0.0
+    if diffs.shape[0] < 2 or not wsum > 0:
         return np.full(T, np.nan), np.zeros((T, n_rows)), np.full(T, np.nan)
     pq = 1.0 / (1.0 + np.exp(-u))
-    psi = diffs.mean(0)
-    cov = np.cov(diffs, rowvar=False) / diffs.shape[0]
+    psi = weights @ diffs / wsum
+    dev = (diffs - psi) * weights[:, None]
+    cov = dev.T @ dev / wsum ** 2
     finite = np.isfinite(d_all)
     A, row_terms = np.empty((T, len(u))), np.zeros((T, n_rows))
     for j, t in enumerate(taus):
