@@ -95,4 +95,5 @@ def test_cli_on_tiny_lm_with_hardening(tiny_lm_small, tmp_path, monkeypatch):
 
     r = CliRunner().invoke(app, ["inspect", "softhard:tiny-lm", "--out", str(out), "--tokens", "256", "--taus", "1",
                                  "--harden-taus", "2", "--harden", "--no-progress"])
-    assert r.exit_code == 2 and "temperatures in (0, 1]" in r.output and "Traceback" not in r.output
+    assert r.exit_code == 2 and "'harden_taus' parameter of inspect must be temperatures in (0, 1]" in r.output
+    assert "Traceback" not in r.output

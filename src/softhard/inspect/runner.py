@@ -333,6 +333,10 @@ def inspect_path(model: str, out, *, tokens: int = 2048, text=None, random_ids: 
         taus = check_grid(taus, "taus", "inspect", 0.0, True).tolist() if len(taus) else []
         tie_widths = check_grid(tie_widths, "tie_widths", "inspect").tolist() if len(tie_widths) else []
         noise = check_float(noise, "noise", "inspect", 0.0, math.inf)
+        if harden and harden_taus is not None and (not len(harden_taus) or max(
+                check_grid(harden_taus, "harden_taus", "inspect", 0.0, True).tolist()) > 1):
+            raise InspectError(f"The 'harden_taus' parameter of inspect must be temperatures in (0, 1]. "
+                               f"Got {list(harden_taus)}.")
     except (ValueError, TypeError) as e:
         raise InspectError(str(e)) from None
     if perturbation is not None and perturbation not in PERTURBATIONS:
