@@ -53,7 +53,7 @@ def _top2_at(a, tau):  # softmax of the two largest logits at temperature tau (a
 
 
 def test_quadrature_constants():
-    for nodes, tol in ((6, 1e-6), (12, 1e-12)):
+    for nodes, tol in ((6, 1e-9), (12, 1e-14)):
         u, w = tie_quadrature(nodes)
         sig = 1 / (1 + np.exp(u))  # σ(−u)
         assert np.sum(w * sig) == pytest.approx(math.log(2), abs=tol)
