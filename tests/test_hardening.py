@@ -193,3 +193,10 @@ def test_bad_input(digits):
     with pytest.raises(ValueError, match="'u' parameter of routing"):
         with routing(find_routers(digits.model), {0: RouteRule(rows=torch.tensor([0]), u=torch.tensor([0.0]))}):
             pass
+
+
+def test_too_few_tokens_for_a_density_is_said(digits):
+    h = harden(digits.model, [Batch({"x": digits.x[:1]}, torch.zeros(1, 1, dtype=torch.long))],
+               label_loss(digits.y), taus=(1.0, 0.1))
+    assert math.isnan(h.meta["G1"]) and h.meta["verdict"].startswith("no prediction: a layer has too few")
+    assert h.rows[0]["change_vs_shipped"] == 0.0 and math.isnan(h.rows[1]["predicted"])

@@ -311,7 +311,10 @@ def harden(model, batches: list[Batch], loss: Callable, *, taus=DEFAULT_TAUS, la
                                                    omega, n_pos, max_tie_tokens, replica_tokens, taus, seed,
                                                    progress)
         layer_rows.append(lay)
-    g_all = _est(sum(g_terms.values()))
+    if any(t is None for t in g_terms.values()):  # a layer without a margin density at 0 (too few tokens)
+        g_all = Estimate(math.nan, math.nan, n_rows, "kernel")
+    else:
+        g_all = _est(sum(g_terms.values()))
     d_layers = [np.concatenate(margins[i]) for i in idx]
     rows = []
     for j, t in enumerate(taus):
@@ -322,7 +325,7 @@ def harden(model, batches: list[Batch], loss: Callable, *, taus=DEFAULT_TAUS, la
         seq, row["effective_sequences"] = _est_units(la - l_hard, unit_of)
         row["gap_stderr_seq"] = seq.stderr
         row["ratio"] = m.value / row["predicted"] if row["predicted"] != 0 else math.nan
-        pr = _est(sum(prof[i][1][j] for i in idx))
+        pr = _est(sum(prof[i][1][j] for i in idx)) if math.isfinite(g_all.value) else g_all
         row["predicted_profile"] = float(sum(prof[i][0][j] for i in idx))
         row["predicted_profile_stderr"] = math.sqrt(pr.stderr ** 2 + sum(prof[i][2][j] for i in idx))
         s = _est(la - l_ship)
@@ -360,7 +363,17 @@ def _layer_constant(model, batches, loss, sites, i, d_all, u, omega, n_pos, cap,
     the margin-profile prediction ``(value (T,), per-row terms (T, N_rows), covariance part (T,))``."""
     n_rows = d_all.size
     finite = np.isfinite(d_all)
-    h = kernel_bandwidth(d_all[finite], one_sided=True)
+    name = next(s.name for s in sites if s.index == i)
+    try:
+        if int(finite.sum()) < 2:
+            raise ValueError("fewer than two margins")
+        h = kernel_bandwidth(d_all[finite], one_sided=True)
+    except ValueError:  # fewer than two margins, or all equal: no density at 0 to estimate
+        nan = np.full(len(taus), np.nan)
+        row = {"layer": i, "module": name, "router_rows": n_rows, "bandwidth": math.nan, "near_tie": 0,
+               "contrasted": 0, "density0": math.nan, "density0_stderr": math.nan, "mean_contrast": math.nan,
+               "G1": math.nan, "G1_stderr": math.nan}
+        return row, None, (nan, np.zeros((len(taus), n_rows)), nan)
     near = finite & (d_all <= h)
     m = int(near.sum())
     pi = min(1.0, cap / m) if m else 1.0
@@ -387,7 +400,7 @@ def _layer_constant(model, batches, loss, sites, i, d_all, u, omega, n_pos, cap,
     g = _est(terms)
     f0 = density_at_zero(d_all[finite], bandwidth=h, one_sided=True)
     wsum = float((k * take / pi).sum())
-    row = {"layer": i, "module": next(s.name for s in sites if s.index == i), "router_rows": n_rows,
+    row = {"layer": i, "module": name, "router_rows": n_rows,
            "bandwidth": h, "near_tie": m, "contrasted": int(take.sum()), "density0": f0.value,
            "density0_stderr": f0.stderr, "mean_contrast": float((k * contrast * take / pi).sum() / wsum)
            if wsum else math.nan, "G1": g.value, "G1_stderr": g.stderr}
@@ -457,6 +470,9 @@ def _verdict(rows: list[dict], meta: dict) -> str:
     """One line comparing the measurement with the first-order prediction at the smallest τ where both are
     resolved (|value| > 2 standard errors) and carried by at least ``MIN_EFFECTIVE`` effective sequences, or
     saying that none is."""
+    if not math.isfinite(meta["G1"]):
+        return ("no prediction: a layer has too few router rows (or all margins equal) for a density at 0; "
+                "use more tokens")
     for r in sorted(rows, key=lambda r: r["tau"]):
         se = math.hypot(r["gap_stderr"], r["predicted_stderr"])
         if abs(r["gap"]) > 2 * r["gap_stderr"] and abs(r["predicted"]) > 2 * r["predicted_stderr"] and \
