@@ -6,6 +6,7 @@
   (measured). Results do not depend on the thread count (tests/test_estimate.py checks it).
 """
 
+import pytest
 import torch
 from hypothesis import HealthCheck, settings
 
@@ -13,3 +14,13 @@ settings.register_profile("softhard", max_examples=40, deadline=None,
                           suppress_health_check=[HealthCheck.too_slow])
 settings.load_profile("softhard")
 torch.set_num_threads(1)
+
+
+@pytest.fixture(scope="session")
+def tiny_lm_small(tmp_path_factory):
+    """``softhard:tiny-lm`` in its test configuration (``tinylm.SMALL``), trained once per test process into an
+    empty cache (as on CI)."""
+    pytest.importorskip("transformers")
+    from softhard.inspect.tinylm import SMALL, tiny_lm
+
+    return tiny_lm(SMALL, cache_dir=tmp_path_factory.mktemp("softhard-cache"))

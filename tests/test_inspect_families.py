@@ -84,6 +84,12 @@ def test_softhard_routes_as_the_model_does(name, tmp_path):
         assert all(torch.equal(a, b) for a, b in zip(before.get(s.index, []), after.get(s.index, [])))
         if name not in TEMPER_FREE:
             assert not torch.equal(hot, base)
+        # per-row temperatures (the hardening's): the same bits as one float, where the format takes them
+        rows = s.temper(lambda a, sel: torch.full(a.shape[:1], 0.5, dtype=torch.float64))
+        if rows is None:
+            assert s.layout.name in ("switch-top1", "product-key") or s.rule.weights == "sparsemixer"
+        else:
+            assert torch.equal(_run(model, batch, rows), _run(model, batch, s.temper(0.5)))
 
 
 def test_deepseek_v3_with_a_trained_bias_and_groups(tmp_path):

@@ -222,8 +222,9 @@ def landscape(
 
 @app.command("inspect")
 def inspect_cmd(
-    models: list[str] = typer.Argument(..., help="local model directories (config.json [+ safetensors]) or "
-                                                 "softhard:digits; several: checkpoints of one model side by side"),
+    models: list[str] = typer.Argument(..., help="local model directories (config.json [+ safetensors]), "
+                                                 "softhard:digits or softhard:tiny-lm; several: checkpoints of one "
+                                                 "model side by side"),
     out: Path = typer.Option(..., "--out", help="output directory"),
     tokens: int = typer.Option(2048, "--tokens", help="tokens (images for softhard:digits) to inspect"),
     text: Optional[Path] = typer.Option(None, "--text", help="texts to tokenize: a UTF-8 file, .jsonl, .parquet or a "
@@ -251,6 +252,10 @@ def inspect_cmd(
     save_tokens: bool = typer.Option(False, "--save-tokens", help="also write every token's margins (tokens.npz)"),
     compare: bool = typer.Option(False, "--compare", help="compare the checkpoints (implied by several MODELS)"),
     progress: bool = typer.Option(True, "--progress/--no-progress", help="progress bar per batch"),
+    harden: bool = typer.Option(False, "--harden", help="also the model's loss as routing is made harder (tau -> 0), "
+                                                        "beside its first-order prediction (docs/hardening.md)"),
+    harden_taus: str = typer.Option("1,0.5,0.2,0.1,0.05,0.02,0.01,0.005,0.002,0.001", "--harden-taus",
+                                    help="router temperatures in (0, 1] of the hardening curve"),
     debug: bool = typer.Option(False, "--debug", help="show the traceback of an error"),
 ) -> None:
     """Router margins, boundary mass and soft-vs-hard sensitivity of an MoE model, layer by layer."""
@@ -259,14 +264,16 @@ def inspect_cmd(
 
     try:
         grid = {name: [float(v) for v in s.split(",") if v.strip()] for name, s in (("taus", taus),
-                                                                                  ("tie-widths", tie_widths))}
+                                                                                  ("tie-widths", tie_widths),
+                                                                                  ("harden-taus", harden_taus))}
     except ValueError:
-        _die(f"--taus and --tie-widths take comma-separated numbers; got {taus!r} and {tie_widths!r}")
+        _die(f"--taus, --tie-widths and --harden-taus take comma-separated numbers; got {taus!r}, {tie_widths!r} "
+             f"and {harden_taus!r}")
     kw = dict(tokens=tokens, text=text, random_ids=random_ids, layers=layers, trust_remote_code=trust_remote_code,
               router_path=router_path, top_k=top_k, seq_len=seq_len, batch_size=batch_size, taus=grid["taus"],
               tie_widths=grid["tie-widths"], perturbation=None if perturb == "none" else perturb, noise=noise,
               seed=seed, dtype=dtype, device=device, device_map=device_map, measure_overhead=overhead, dense=dense,
-              save_tokens=save_tokens, progress=progress)
+              save_tokens=save_tokens, progress=progress, harden=harden, harden_taus=grid["harden-taus"])
     try:
         if len(models) > 1 or compare:
             if len(models) < 2:
@@ -288,6 +295,8 @@ def inspect_cmd(
         typer.echo(f"{m['model']}: {m['layers']} MoE layers, {m['tokens']} tokens, {oh}")
         for note in m.get("notes", []):
             typer.echo(f"note: {note}")
+        if "hardening" in m:
+            typer.echo(f"hardening: {m['hardening']['verdict']}")
     typer.echo(f"-> {out}")
     for p in paths:
         typer.echo(f"wrote {p}")

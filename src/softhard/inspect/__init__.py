@@ -5,11 +5,14 @@ margins), :mod:`.layouts` (finding routers, reading them, identifying their rule
 ``site.temper(tau)``, ``site.densify()``), :mod:`.families` (the MoE families of transformers, tiny models),
 :mod:`.hooks` (capture), :mod:`.stats` (streaming per-layer statistics), :mod:`.sensitivity`,
 :mod:`.monitor` (training-time monitor), :mod:`.digits` (a small MoE trained on scikit-learn's digits),
-:mod:`.loading` (safe loading, token batches) and :mod:`.runner` (:func:`inspect_model`, the files).
+:mod:`.loading` (safe loading, token batches), :mod:`.runner` (:func:`inspect_model`, the files),
+:mod:`.tinylm` (``softhard:tiny-lm``, a language MoE trained and cached here) and :mod:`.hardening` (the model's
+loss as routing is made harder, beside its first-order prediction).
 transformers is imported only when a model directory is loaded.
 """
 
 from .digits import DigitsMoE, TopKMoE, train_digits_moe
+from .hardening import Hardening, harden, label_loss, lm_loss, write_hardening
 from .hooks import RouterCapture, perturb_hidden
 from .layouts import LAYOUTS, InspectError, RouterSite, Routed, find_routers, identify_rule
 from .loading import Batch, load_model
@@ -18,8 +21,10 @@ from .rules import RoutingRule, group_topk_margin, topk_gap
 from .runner import Inspection, inspect_model, inspect_path, inspect_paths, write_inspection
 from .sensitivity import Sensitivity, relative_change
 from .stats import LayerStats, StreamMean
+from .tinylm import TinyLM, TinyLMConfig, tiny_lm
 
 __all__ = ["DigitsMoE", "TopKMoE", "train_digits_moe", "RouterCapture", "perturb_hidden", "LAYOUTS", "InspectError",
            "RouterSite", "Routed", "find_routers", "identify_rule", "RoutingRule", "group_topk_margin", "topk_gap",
            "Batch", "load_model", "RoutingMonitor", "Inspection", "inspect_model", "inspect_path", "inspect_paths",
-           "write_inspection", "Sensitivity", "relative_change", "LayerStats", "StreamMean"]
+           "write_inspection", "Sensitivity", "relative_change", "LayerStats", "StreamMean", "Hardening", "harden",
+           "label_loss", "lm_loss", "write_hardening", "TinyLM", "TinyLMConfig", "tiny_lm"]

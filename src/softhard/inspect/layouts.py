@@ -42,7 +42,10 @@ model's own at every call (``agreement``).
   the identified weight map, normalisation included), so constants such as ``routed_scaling_factor`` are
   kept and at ``τ = 1`` the shipped weights are reproduced bit for bit (:math:`x/x = 1` exactly). ``None``
   when unavailable (weights not identified, capacity routers other than Switch, a user module returning a
-  tuple);
+  tuple). ``tau`` may also be a callable ``tau(logits (N, K) float64, selected (N, k)) -> (N,)`` giving each
+  router row its own temperature at every call (the hardening runs rows hard, or one row at a chosen
+  temperature); formats whose weights are rescaled by that ratio (``triple`` with an identified weight map,
+  ``masked-scores``, ``nllb-top2``, ``jetmoe``) and ``logits`` take it, the others give ``None``;
 - ``s.densify()`` — every (non-skip) expert active with the model's weight rule at ``k = K``, or ``None``.
 
 ``s.layout.temper(s, tau)`` and ``s.layout.densify(s)`` are the same calls.
@@ -152,9 +155,10 @@ class RouterSite:
         args = (hidden, *args[1:])
         return self.read(args, self.router.forward(*args))
 
-    def temper(self, tau: float):
+    def temper(self, tau):
         """Context manager: the model's own selection, weights from ``a/τ`` (module docstring); or ``None``.
-        The site must have been read (:func:`softhard.inspect.hooks.read_routers`)."""
+        ``tau``: a float, or a callable giving per-row temperatures (module docstring). The site must have been
+        read (:func:`softhard.inspect.hooks.read_routers`)."""
         self._check_read("temper")
         return self.layout.temper(self, tau)
 
@@ -201,9 +205,20 @@ def _as_logits(site, first: torch.Tensor) -> torch.Tensor:
     return torch.log(x) if site.slots["probs"] else x
 
 
+def _row_tau(tau, logits: torch.Tensor, selected: torch.Tensor):
+    """``tau`` as a divisor of logits ``(N, K)``: the float itself, or the per-row temperatures ``(N, 1)`` float64
+    of a callable ``tau(logits float64, selected (N, k))``."""
+    if not callable(tau):
+        return tau
+    t = torch.as_tensor(tau(logits.to(torch.float64), selected), dtype=torch.float64, device=logits.device)
+    return t.reshape(-1, 1)
+
+
 def _ratio(site, logits, idx, tau) -> torch.Tensor:
-    """:math:`u(a/\\tau)/u(a)` on ``idx (N, k)``, exactly 1 at τ = 1 (and where ``u(a)`` is 0 or not finite)."""
+    """:math:`u(a/\\tau)/u(a)` on ``idx (N, k)``, exactly 1 at τ = 1 (and where ``u(a)`` is 0 or not finite);
+    ``tau`` a float or a callable of per-row temperatures (:func:`_row_tau`)."""
     rule = site.rule
+    tau = _row_tau(tau, logits, idx)
     num, den = rule.weight_shape(logits, idx, tau), rule.weight_shape(logits, idx, 1.0)
     r = num / den
     return torch.where(torch.isfinite(r) & (den != 0), r, torch.ones_like(r))
@@ -285,6 +300,8 @@ def _triple_dense(site):
 
 
 def _sparsemixer_temper(site, tau):  # PhiMoE: the model's own sparsemixer on a/τ (eval mode, deterministic)
+    if callable(tau):
+        return None
     mixer = sys.modules[type(site.router).__module__].sparsemixer
 
     def fn(args, out):
@@ -357,6 +374,8 @@ def _switch_parse(site, args, out):
 
 
 def _switch_temper(site, tau):
+    if callable(tau):
+        return None
     r = site.router
 
     def fn(args, out):
@@ -457,7 +476,15 @@ def _logits_parse(site, args, out):
 
 
 def _logits_temper(site, tau):
-    return _replace_output(site.router, lambda args, out: out / tau)
+    if not callable(tau):
+        return _replace_output(site.router, lambda args, out: out / tau)
+
+    def fn(args, out):
+        a = out.reshape(-1, out.shape[-1])
+        t = _row_tau(tau, a, site.rule.select(a, _token_ids(args)))
+        return (a / t.to(a.dtype)).reshape(out.shape)
+
+    return _replace_output(site.router, fn)
 
 
 @contextlib.contextmanager
@@ -502,7 +529,7 @@ def _product_parse(site, args, out):
 
 def _product_temper(site, tau):
     gate = getattr(site.router, "router_gate", None)
-    return None if gate is None else _replace_output(gate, lambda args, out: out / tau)
+    return None if gate is None or callable(tau) else _replace_output(gate, lambda args, out: out / tau)
 
 
 def _product_dense(site):

@@ -35,9 +35,10 @@ from .sensitivity import Sensitivity, final_output
 from .stats import LayerStats
 
 __all__ = ["Inspection", "inspect_model", "inspect_path", "inspect_paths", "compare_rows", "write_inspection",
-           "default_widths", "DIGITS", "MIN_CPU_SECONDS"]
+           "default_widths", "DIGITS", "TINY_LM", "MIN_CPU_SECONDS"]
 
 DIGITS = "softhard:digits"
+TINY_LM = "softhard:tiny-lm"  # the language MoE trained and cached by softhard (.tinylm)
 MIN_CPU_SECONDS = 0.5  # plain-forward CPU time below which the hook overhead is not reported
 
 
@@ -391,16 +392,20 @@ def inspect_path(model: str, out, *, tokens: int = 2048, text=None, random_ids: 
                  seq_len: int = 64, batch_size: int = 8, taus=(0.25, 0.5, 1.0, 2.0), tie_widths=(0.01, 0.1),
                  perturbation: str | None = "fp16", noise: float = 1e-3, seed: int = 0, dtype: str | None = None,
                  device: str | None = None, device_map: str | None = None, measure_overhead: bool = True,
-                 dense: bool = True, save_tokens: bool = False,
-                 progress: bool = False) -> tuple[Inspection, list[Path]]:
-    """Inspect a local model directory (or ``"softhard:digits"``: the digits MoE trained here) and write the
-    files of :func:`write_inspection` into ``out``. Returns the inspection and the written paths.
+                 dense: bool = True, save_tokens: bool = False, progress: bool = False, harden: bool = False,
+                 harden_taus=None) -> tuple[Inspection, list[Path]]:
+    """Inspect a local model directory (or ``"softhard:digits"``: the digits MoE trained here, or
+    ``"softhard:tiny-lm"``: the language MoE trained here and cached, :mod:`.tinylm`) and write the files of
+    :func:`write_inspection` into ``out``. Returns the inspection and the written paths.
 
     ``tokens`` tokens are read from ``text`` (a text, JSON-lines or parquet file or a saved dataset, see
     :func:`softhard.inspect.loading.read_texts`; needs the model's tokenizer) or drawn uniformly from the
     vocabulary with ``seed`` (``random_ids``, the default without ``text``); for the digits model they are the
-    first ``tokens`` images of the seeded order. ``dtype`` (``float32``, ``bfloat16``, ``float16``), ``device``
-    and ``device_map`` are passed to :func:`~softhard.inspect.loading.load_model`. User errors raise
+    first ``tokens`` images of the seeded order, for the tiny LM its held-out text by default. ``dtype``
+    (``float32``, ``bfloat16``, ``float16``), ``device`` and ``device_map`` are passed to
+    :func:`~softhard.inspect.loading.load_model`. ``harden``: also the hardening curve
+    (:func:`softhard.inspect.hardening.harden`, at ``harden_taus``), written as ``hardening.csv``/``.json``/
+    ``.png`` and a section of the report. User errors raise
     :class:`InspectError`.
     """
     try:
@@ -413,6 +418,10 @@ def inspect_path(model: str, out, *, tokens: int = 2048, text=None, random_ids: 
         taus = check_grid(taus, "taus", "inspect", 0.0, True).tolist() if len(taus) else []
         tie_widths = check_grid(tie_widths, "tie_widths", "inspect").tolist() if len(tie_widths) else []
         noise = check_float(noise, "noise", "inspect", 0.0, math.inf)
+        if harden and harden_taus is not None and (not len(harden_taus) or max(
+                check_grid(harden_taus, "harden_taus", "inspect", 0.0, True).tolist()) > 1):
+            raise InspectError(f"The 'harden_taus' parameter of inspect must be temperatures in (0, 1]. "
+                               f"Got {list(harden_taus)}.")
     except (ValueError, TypeError) as e:
         raise InspectError(str(e)) from None
     if perturbation is not None and perturbation not in PERTURBATIONS:
@@ -433,6 +442,22 @@ def inspect_path(model: str, out, *, tokens: int = 2048, text=None, random_ids: 
         net, batches, describe, extra = _digits(tokens, seed, batch_size)
         if dtype is not None or device not in (None, "cpu") or device_map is not None:
             notes.append(f"{DIGITS} runs in float64 on the CPU: --dtype/--device/--device-map ignored")
+    elif model == TINY_LM:  # issue 12 item 5
+        from . import tinylm
+
+        if dtype is not None or device not in (None, "cpu") or device_map is not None:
+            notes.append(f"{TINY_LM} runs in float32 on the CPU: --dtype/--device/--device-map ignored")
+        lm = tinylm.tiny_lm(tinylm.DEFAULT, progress=progress)
+        net = lm.model
+        if text is not None:
+            ids = encode_text(text, lm.tokenizer, 256, max_tokens=tokens)[:tokens]
+        elif random_ids:
+            ids = torch.randint(0, 256, (tokens,), generator=torch.Generator().manual_seed(seed))
+        else:
+            ids = tinylm.heldout_ids(lm, tokens)
+        batches, describe = token_batches(net, ids, seq_len, batch_size), _token_describer(lm.tokenizer)
+        extra = {"cache": str(lm.path), **{k: lm.info[k] for k in ("train_seconds", "heldout_loss", "unigram_loss",
+                                                                     "bigram_loss", "params")}}
     else:
         net, tok = load_model(model, trust_remote_code=trust_remote_code, seed=seed,
                               dtype=DTYPES[dtype] if dtype else None, device=device, device_map=device_map,
@@ -454,9 +479,17 @@ def inspect_path(model: str, out, *, tokens: int = 2048, text=None, random_ids: 
                         taus=taus, dense=dense, tie_widths=tie_widths, perturbation=perturbation, noise=noise,
                         seed=seed,
                         progress=progress, measure_overhead=measure_overhead, save_tokens=save_tokens)
-    source = "digits" if model == DIGITS else "text" if text is not None else "random-ids"
+    source = "digits" if model == DIGITS else "text" if text is not None else "random-ids" if (
+        random_ids or model != TINY_LM) else "heldout"
     ins.meta.update(model=str(model), source=source, notes=notes, wall_seconds=time.perf_counter() - t0, **extra)
-    return ins, write_inspection(ins, out)
+    paths = []
+    if harden:  # issue 12 item 4: the hardening curve, before the report that shows it
+        from .hardening import harden_inspected
+
+        ins.meta["hardening"], paths = harden_inspected(model, net, batches, out, taus=harden_taus, layers=layers,
+                                                        router_path=router_path, top_k=top_k, seed=seed,
+                                                        progress=progress)
+    return ins, paths + write_inspection(ins, out)
 
 
 def compare_rows(labels: list[str], inspections: list[Inspection]) -> list[dict]:

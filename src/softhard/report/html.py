@@ -15,6 +15,7 @@ import math
 from pathlib import Path
 
 from ..results.io import atomic_write
+from .fig_hardening import hardening_section
 
 __all__ = ["write_report", "render_report", "write_compare_report", "render_compare_report"]
 
@@ -163,6 +164,8 @@ def render_report(out) -> str:
                                                      for part in ("block", "final")] for r in rows]))
     else:
         parts.append("<p>Not run (--taus '' and no dense run).</p>")
+    if "hardening" in meta:  # issue 12 item 4: this run measured the hardening curve
+        parts += hardening_section(out, _table)
     for lay in summary["layers"]:
         parts.append(f"<h2>Layer {lay['layer']}: <code>{html.escape(lay['module'])}</code></h2>")
         parts.append(f"<p>{html.escape(lay.get('rule', ''))}</p>")
