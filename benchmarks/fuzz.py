@@ -318,7 +318,7 @@ def targets() -> list[Target]:
     add("monte_carlo", sh.monte_carlo, {"terms": lambda z: z[:, :1] ** 2, "law": law, "n": 256, "seed": 0,
                                         "method": "mc", "scrambles": 4, "chunk": None, "device": None,
                                         "target_rel_error": None, "min_n": 64, "workers": 1},
-        {"terms": "callable", "law": "object", "n": "int", "seed": "seed", "method": "choice", "scrambles": "int",
+        {"terms": "callable", "law": "object", "n": "opt_int", "seed": "seed", "method": "choice", "scrambles": "int",
          "chunk": "opt_int", "device": "device", "target_rel_error": "opt_pos_float", "min_n": "int",
          "workers": "int"})
     add("score_space", sh.score_space, {"model": moe, "law": law, "teacher": None},
@@ -339,10 +339,10 @@ def targets() -> list[Target]:
     ral = {"router": {"law"}}
     add("ambiguity_mass", sh.ambiguity_mass, {"router": r, "law": law, "taus": [0.1, 0.5], "eps": 0.1, "n": n,
                                               "seed": 0},
-        {**rl, "taus": "array:grid:neg", "eps": "prob_pos_float", "n": "int", "seed": "seed"}, alias=ral)
+        {**rl, "taus": "array:grid:neg", "eps": "prob_pos_float", "n": "opt_int", "seed": "seed"}, alias=ral)
     add("boundary_mass", sh.boundary_mass, {"router": r, "law": law, "widths": [0.1, 0.5], "kind": "top2", "n": n,
                                             "seed": 0, "k": 1, "method": "mc"},
-        {**rl, "widths": "array:grid:neg:inf_ok", "kind": "choice", "n": "int", "seed": "seed", "k": "int",
+        {**rl, "widths": "array:grid:neg:inf_ok", "kind": "choice", "n": "opt_int", "seed": "seed", "k": "int",
          "method": "choice"}, alias=ral)
     add("boundary_mass[exact]", sh.boundary_mass, {"router": r, "law": law, "widths": [0.1, 0.5], "method": "exact"},
         {**rl, "widths": "array:grid:neg:inf_ok"}, alias=ral)
@@ -356,10 +356,10 @@ def targets() -> list[Target]:
         if name == "coarea_constant":
             base["pair"], kinds["pair"] = (0, 1), "array"
         add(name, getattr(sh, name), base, kinds, alias=ral)
-        add(name + "[sampled]", getattr(sh, name), {**base, "method": "mc" if name == "coarea_constant" else "kernel"},
-            {"n": "int", "bandwidth": "opt_pos_float"}, alias=ral)
+        add(name + "[sampled]", getattr(sh, name), {**base, "method": "kernel"},
+            {"n": "opt_int", "bandwidth": "opt_pos_float"}, alias=ral)
     add("coarea_sum", sh.coarea_sum, {"router": r, "law": law, "method": "auto", "n": n, "seed": 0},
-        {**rl, "method": "choice", "n": "int", "seed": "seed"}, alias=ral)
+        {**rl, "method": "choice", "n": "opt_int", "seed": "seed"}, alias=ral)
     add("interface_diagnostic", sh.interface_diagnostic, {"router": r, "law": law, "n": 4096, "seed": 0,
                                                           "tail_fraction": 0.05, "near_fraction": 0.01, "bins": 20,
                                                           "grad_tol": 0.05, "alpha_tol": 0.2},
@@ -367,25 +367,25 @@ def targets() -> list[Target]:
          "bins": "int", "grad_tol": "pos_float", "alpha_tol": "pos_float"},
         alias={**ral, "tail_fraction": {"near_fraction"}})  # near_fraction <= tail_fraction
     add("gate_entropy_mean", sh.gate_entropy_mean, {"router": r, "law": law, "taus": [0.1, 0.5], "n": n, "seed": 0},
-        {**rl, "taus": "array:grid:neg", "n": "int", "seed": "seed"}, alias=ral)
+        {**rl, "taus": "array:grid:neg", "n": "opt_int", "seed": "seed"}, alias=ral)
     ml = {"moe": "object:moe", "law": "object:law", "teacher": "opt_object:teacher"}
     mal = {"moe": {"law", "teacher"}}
     add("gap_slope", sh.gap_slope, {"moe": moe, "law": law, "teacher": None, "n": n, "seed": 0, "method": "auto",
                                     "bandwidth": None},
-        {**ml, "n": "int", "seed": "seed", "method": "choice", "bandwidth": "opt_pos_float"}, alias=mal)
+        {**ml, "n": "opt_int", "seed": "seed", "method": "choice", "bandwidth": "opt_pos_float"}, alias=mal)
     for method in ("mc", "auto"):
         add(f"risk_gap[{method}]", sh.risk_gap, {"moe": moe, "law": law, "taus": [0.1, 0.5], "teacher": None, "n": n,
                                                  "seed": 0, "method": method},
-            {**ml, "taus": "array:grid:neg", "n": "int", "seed": "seed", "method": "choice"}, alias=mal)
+            {**ml, "taus": "array:grid:neg", "n": "opt_int", "seed": "seed", "method": "choice"}, alias=mal)
         add(f"risk_gap[{method}, fn teacher]", sh.risk_gap, {"moe": moe, "law": law, "taus": [0.1, 0.5],
                                                              "teacher": lambda z: z[:, 0], "n": n, "method": method},
             {"teacher": "callable"}, alias=mal)  # used at once: a bad function must be reported
     for name in ("cauchy_schwarz_bound", "local_gap_certificate"):
         add(name, getattr(sh, name), {"moe": moe, "law": law, "taus": [0.1, 0.5], "teacher": None, "n": n, "seed": 0},
-            {**ml, "taus": "array:grid:neg", "n": "int", "seed": "seed"}, alias=mal)
+            {**ml, "taus": "array:grid:neg", "n": "opt_int", "seed": "seed"}, alias=mal)
     add("gap_certificate", sh.gap_certificate, {"moe": moe, "law": law, "taus": [0.1, 0.5], "B_Y": 100.0, "B_h": 100.0,
                                                 "teacher": None, "n": n, "seed": 0},
-        {**ml, "taus": "array:grid:neg", "B_Y": "nonneg_float", "B_h": "nonneg_float", "n": "int", "seed": "seed"},
+        {**ml, "taus": "array:grid:neg", "B_Y": "nonneg_float", "B_h": "nonneg_float", "n": "opt_int", "seed": "seed"},
         alias=mal)
     add("theorem45_constant", sh.theorem45_constant, {"C_delta": 1.0, "alpha": 1.0, "B_Y": 1.0, "B_h": 1.0, "K": 2},
         {"C_delta": "nonneg_float", "alpha": "pos_float", "B_Y": "nonneg_float", "B_h": "nonneg_float", "K": "int"})
@@ -461,7 +461,7 @@ def targets() -> list[Target]:
               w2=[-0.3, 0.2])
     add("TwoExpertGaussian", sh.TwoExpertGaussian, tg, {k: "array" for k in tg}, alias={"cov": set(tg) - {"cov"}})
     tm = sh.TwoExpertGaussian(**tg)
-    M = sh.reduced_operator(tg["cov"], tg["u"], 0.2)
+    M = sh.reduced_operator(tg["cov"], tg["u"], tg["contrast"], 0.2)
     add("alignment", sh.alignment, {"theta": [[1.0, 0.5]], "u": [1.0, 0.0]},
         {"theta": "array:logits", "u": "array"}, alias={"theta": {"u"}})
     add("alignment_ratio", sh.alignment_ratio, {"theta": [[1.0, 0.5]], "direction": [1.0, 0.0]},
@@ -472,12 +472,13 @@ def targets() -> list[Target]:
         alias={"M": {"theta0"}})
     add("operator_spectrum", sh.operator_spectrum, {"M": M, "u": [1.0, 0.0]}, {"M": "array", "u": "array"},
         alias={"M": {"u"}})
-    add("reduced_operator", sh.reduced_operator, {"cov": tg["cov"], "u": tg["u"], "tau": 0.2, "response": "sign"},
-        {"cov": "array", "u": "array", "tau": "pos_float", "response": "choice"},
+    add("reduced_operator", sh.reduced_operator, {"cov": tg["cov"], "u": tg["u"], "contrast": tg["contrast"], "tau": 0.2,
+                                                  "response": "sign"},
+        {"cov": "array", "u": "array", "contrast": "array", "tau": "pos_float", "response": "choice"},
         alias={"cov": {"u"}})
-    add("reduced_operator_mc", sh.reduced_operator_mc, {"cov": tg["cov"], "u": tg["u"], "tau": 0.2, "n": 1024,
-                                                        "seed": 0},
-        {"cov": "array", "u": "array", "tau": "pos_float", "n": "int", "seed": "seed"},
+    add("reduced_operator_mc", sh.reduced_operator_mc, {"cov": tg["cov"], "u": tg["u"], "contrast": tg["contrast"],
+                                                        "tau": 0.2, "n": 1024, "seed": 0},
+        {"cov": "array", "u": "array", "contrast": "array", "tau": "pos_float", "n": "int", "seed": "seed"},
         alias={"cov": {"u"}})
     add("TwoExpertGaussian.risk", lambda theta, tau, n: tm.risk(theta, tau, n), {"theta": [0.1, 0.2], "tau": 0.2,
                                                                                 "n": 1024},

@@ -74,6 +74,7 @@ def fit_margin_tail(margins, t_max: float | None = None, tail_fraction: float = 
         fail("margins", where, "positive (exact ties Δ = 0 admit no power-law tail; pass zeros='drop')",
              f"{n_zero} zeros")
     n, pos = m.shape[0], m[m > 0]
+    given = t_max is not None
     if t_max is None:
         tail_fraction = check_float(tail_fraction, "tail_fraction", where, 0.0, 1.0, high_open=False)
         t_max = float(np.quantile(pos, tail_fraction)) if pos.size else 0.0
@@ -82,7 +83,8 @@ def fit_margin_tail(margins, t_max: float | None = None, tail_fraction: float = 
     tail = pos[pos <= t_max]
     k = tail.size
     if k < 3:
-        fail("t_max", where, "large enough to hold at least 3 positive margins", t_max)
+        fail("t_max" if given else "tail_fraction", where, "large enough to hold at least 3 positive margins",
+             t_max if given else tail_fraction)
     logs = float(np.log(t_max / tail).sum())
     if not logs > 0:
         fail("margins", where, "a sample whose margins below t_max are not all equal to it (no tail to fit)",

@@ -45,6 +45,8 @@ def kernel_bandwidth(values, n: int | None = None, one_sided: bool = False) -> f
     smaller than the final one).
     """
     where = "kernel_bandwidth"
+    if not isinstance(one_sided, bool):
+        fail("one_sided", where, "a bool", one_sided, TypeError)
     v = to_numpy(as_tensor(values, "values", where)).reshape(-1)
     if v.size < 2 or not np.isfinite(v).all():
         fail("values", where, "a sample of at least 2 finite values", values)
@@ -86,6 +88,8 @@ def density_at_zero(values, bandwidth: float | None = None, one_sided: bool = Fa
         :class:`~softhard.estimators.reducer.Estimate` (method ``"kernel"``, ``info["bandwidth"]``).
     """
     where = "density_at_zero"
+    if not isinstance(one_sided, bool):
+        fail("one_sided", where, "a bool", one_sided, TypeError)
     v = as_tensor(values, "values", where)
     if v.ndim != 1 or v.shape[0] < 2:
         fail("values", where, "an array of shape (N,) with N >= 2", f"shape {tuple(v.shape)}")
@@ -96,8 +100,10 @@ def density_at_zero(values, bandwidth: float | None = None, one_sided: bool = Fa
         bandwidth, "bandwidth", where, 0.0, math.inf)
     inside = int(((v >= 0) & (v <= h)).sum() if one_sided else (v.abs() <= h).sum())
     if inside < 2:
-        fail("values", where, f"a sample with at least 2 values within the bandwidth h = {h:.3g} of 0 (with fewer "
-             "the kernel estimate has no spread to measure its error)", f"{inside} of {v.shape[0]}")
+        param, rule = ("values", "a sample with at least 2 values") if bandwidth is None else (
+            "bandwidth", "wide enough to hold at least 2 values of the sample")
+        fail(param, where, f"{rule} within the bandwidth h = {h:.3g} of 0 (with fewer the kernel estimate has no "
+             "spread to measure its error)", f"{inside} of {v.shape[0]}" if bandwidth is None else bandwidth)
     return kernel_estimate(mean_estimate(kernel(v, h, one_sided)), h, one_sided)
 
 

@@ -187,8 +187,12 @@ def _to_numpy(t, param: str = "terms", where: str = "monte_carlo") -> np.ndarray
     rule = "per-sample terms of shape (N, ...)" if param == "values" else \
         "a function returning per-sample terms of shape (N, ...)"
     if isinstance(t, torch.Tensor):
+        if t.is_complex() or t.is_meta:
+            fail(param, where, rule + " of real numbers", f"a {t.dtype} tensor on {t.device}", TypeError)
         t = t.detach().to("cpu", torch.float64).numpy()
     try:
+        if np.iscomplexobj(t):
+            fail(param, where, rule + " of real numbers", "complex values", TypeError)
         t = np.asarray(t, dtype=np.float64)
     except (TypeError, ValueError):
         fail(param, where, rule, type(t).__name__, TypeError)

@@ -98,11 +98,15 @@ def score_space(model, law, teacher=None) -> ScoreSpace:
     if tmaps is None:
         fail("teacher", where, "None or a hard linear MoE (with an MoE model)", type(teacher).__name__, TypeError)
     comps = gaussian_components(law, where)
+    for name, Wk, _ in maps + tmaps:
+        if Wk.shape[1] != law.d:
+            param, who = ("teacher", "the teacher") if name.startswith("teacher") else ("law", "the model")
+            fail(param, where, f"on the law's R^{law.d}" if param == "teacher" else
+                 f"a law on R^{Wk.shape[1]} ({who}'s input dimension)",
+                 f"{who} on R^{Wk.shape[1]}" if param == "teacher" else f"a law on R^{law.d}")
     maps += tmaps
     W = torch.cat([m[1].to(DTYPE) for m in maps])
     b = torch.cat([m[2].to(DTYPE) for m in maps])
-    if W.shape[1] != law.d:
-        fail("law", where, f"a law on R^{W.shape[1]} (the model's input dimension)", f"a law on R^{law.d}")
     slices, start = {}, 0
     for name, Wk, _ in maps:
         slices[name] = slice(start, start + Wk.shape[0])

@@ -112,6 +112,9 @@ def gap_certificate(moe, law, taus, *, B_Y: float, B_h: float, teacher=None, met
     where = "gap_certificate"
     B_Y = check_float(B_Y, "B_Y", where, 0.0, math.inf, low_open=False)
     B_h = check_float(B_h, "B_h", where, 0.0, math.inf, low_open=False)
+    if not math.isfinite(4 * B_h * (B_Y + B_h)):
+        fail("B_Y" if B_Y >= B_h else "B_h", where, "small enough for 4·B_h·(B_Y + B_h) to be finite",
+             max(B_Y, B_h))
     return _bound(GAP_CERTIFICATE, where, moe, law, taus, teacher, method, n, seed, target_rel_error, sampling,
                   B_Y=B_Y, B_h=B_h)
 

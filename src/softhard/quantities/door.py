@@ -93,7 +93,7 @@ def temperature_grid(taus, where: str) -> tuple[torch.Tensor, bool]:
     """Temperatures as a float64 tensor ``(T,)`` of values in (0, inf), and whether a scalar was given."""
     if _scalar(taus):
         return torch.tensor([check_float(taus, "taus", where, 0.0, math.inf)], dtype=torch.float64), True
-    return check_grid(taus, "taus", where, low=0.0, low_open=True), False
+    return check_grid(taus, "taus", where, low=0.0, low_open=True).to(torch.float64), False
 
 
 def width_grid(values, where: str) -> tuple[torch.Tensor, bool]:
@@ -101,7 +101,7 @@ def width_grid(values, where: str) -> tuple[torch.Tensor, bool]:
     if _scalar(values):
         return torch.tensor([check_float(values, "widths", where, 0.0, math.inf, low_open=False)],
                             dtype=torch.float64), True
-    return check_grid(values, "widths", where, low=0.0), False
+    return check_grid(values, "widths", where, low=0.0).to(torch.float64), False
 
 
 def logits_of(router, x: torch.Tensor, where: str) -> torch.Tensor:

@@ -241,7 +241,8 @@ def ambiguity_mass(router, law, taus, *, eps: float = EPS_2TAU, method: str = "a
                          cost=lambda c: 1e-4, exact=True, summary="β(w_{τ,ε}) for K = 2 (Remark 5.4)")
 def _ambiguity_exact(c: Call) -> Estimate:
     factor = math.log((1 - c.options["eps"]) / c.options["eps"])
-    v, bound, _ = boundary_mass_closed(c.model, c.law, c.grid * factor, "top2", ABSEPS, c.where)
+    w = (c.grid * factor).clamp(max=1e300)  # τ near 1e308: w overflows; β = 1 there anyway
+    v, bound, _ = boundary_mass_closed(c.model, c.law, w, "top2", ABSEPS, c.where)
     return Estimate.exact(v, "boundary_mass_exact at w = τ log((1-ε)/ε)", bound)
 
 
@@ -265,6 +266,7 @@ def margin_tail(router, law, *, n: int = 1 << 20, seed=0, t_max: float | None = 
     :math:`\mu(\Delta \le t) \approx C t^\alpha` of Δ (``kind="top2"``, (2.6)) or δ (``kind="pairwise"``, (2.12))
     with :func:`~softhard.estimators.fits.fit_margin_tail` (Assumption 4.2)."""
     where = "margin_tail"
+    n = check_int(n, "n", where)
     if kind not in MARGINS:
         fail("kind", where, f"one of {MARGINS}", kind)
     call = router_call(where, router, law, None, n, seed, None, {})
