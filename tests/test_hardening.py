@@ -222,3 +222,7 @@ def test_too_few_tokens_for_a_density_is_said(digits):
                label_loss(digits.y), taus=(1.0, 0.1))
     assert math.isnan(h.meta["G1"]) and h.meta["verdict"].startswith("no prediction: a layer has too few")
     assert h.rows[0]["change_vs_shipped"] == 0.0 and math.isnan(h.rows[1]["predicted"])
+    # two images, one near a tie and one far from it in both layers: a bandwidth, but one margin within it
+    two = torch.tensor([1675, 114])
+    h = harden(digits.model, [Batch({"x": digits.x[two]}, two[:, None])], label_loss(digits.y), taus=(1.0, 0.1))
+    assert math.isnan(h.meta["G1"]) and h.meta["verdict"].startswith("no prediction: a layer has too few")

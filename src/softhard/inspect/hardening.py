@@ -411,7 +411,8 @@ def _layer_constant(model, batches, loss, sites, i, d_all, u, omega, n_pos, cap,
         if int(finite.sum()) < 2:
             raise ValueError("fewer than two margins")
         h = kernel_bandwidth(d_all[finite], one_sided=True)
-    except ValueError:  # fewer than two margins, or all equal: no density at 0 to estimate
+        f0 = density_at_zero(d_all[finite], bandwidth=h, one_sided=True)
+    except ValueError:  # fewer than two margins, all equal, or fewer than two within h: no density at 0
         nan = np.full(len(taus), np.nan)
         row = {"layer": i, "module": name, "rule": site.rule.describe(), "router_rows": n_rows,
                "bandwidth": math.nan, "near_tie": 0,
@@ -442,7 +443,6 @@ def _layer_constant(model, batches, loss, sites, i, d_all, u, omega, n_pos, cap,
     k = kernel(torch.as_tensor(np.where(finite, d_all, 0.0)), h, True).numpy() * finite
     terms = (n_rows / n_pos) * k * contrast * take / pi
     g = _est(terms)
-    f0 = density_at_zero(d_all[finite], bandwidth=h, one_sided=True)
     wsum = float((k * take / pi).sum())
     row = {"layer": i, "module": name, "rule": site.rule.describe(), "router_rows": n_rows,
            "bandwidth": h, "near_tie": m, "contrasted": int(take.sum()), "density0": f0.value,
