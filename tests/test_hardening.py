@@ -226,3 +226,12 @@ def test_too_few_tokens_for_a_density_is_said(digits):
     two = torch.tensor([1675, 114])
     h = harden(digits.model, [Batch({"x": digits.x[two]}, two[:, None])], label_loss(digits.y), taus=(1.0, 0.1))
     assert math.isnan(h.meta["G1"]) and h.meta["verdict"].startswith("no prediction: a layer has too few")
+
+
+def test_a_real_sigmoid_router_is_refused_by_its_rule(tmp_path):
+    pytest.importorskip("transformers")
+    from softhard.inspect.families import check_family
+
+    _, model, _, batch = check_family("deepseek_v3", tmp_path, keep=True)
+    with pytest.raises(InspectError, match=r"harden: layer 0 \(.*\) has weights sigmoid\(a/τ\), whose τ → 0 limit"):
+        harden(model, [batch], lm_loss)
