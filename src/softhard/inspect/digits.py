@@ -8,9 +8,9 @@ model embeds an image, applies ``layers`` residual top-k MoE blocks and a linear
 
 with router logits :math:`a = G_\ell h_{\ell-1}` (an ``nn.Linear`` gate), :math:`S_\ell` the top-k of
 :math:`a` (lowest index first on ties, as ``torch.topk``) and MLP experts. The gate is a plain
-``nn.Linear`` named ``gate`` beside ``experts``, so :func:`softhard.inspect.find_routers` finds it
-with the ``linear-gate`` layout; dividing the gate's output by τ is exactly the block at temperature
-τ, and ``top_k = K`` is its fully dense soft routing.
+``nn.Linear`` named ``gate`` beside ``experts``, so :func:`softhard.inspect.find_routers` finds it (output
+format ``logits``, rule: softmax over the top-k of the logits); dividing the gate's output by τ is exactly the
+block at temperature τ, and ``top_k = K`` is its fully dense soft routing.
 
 Training is full-batch Adam on a seeded 80/20 split, float64, deterministic for a seed (a few seconds on
 one CPU core; it runs single-threaded and restores the thread count); parameters are initialised from

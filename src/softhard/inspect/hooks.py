@@ -17,7 +17,7 @@ from .._validate import check_float, fail
 from ..estimators.reducer import resolve_seed
 from .layouts import RouterSite
 
-__all__ = ["RouterCapture", "read_routers", "capture_block_outputs", "hooks_suspended", "perturb_hidden",
+__all__ = ["RouterCapture", "first_tensor", "read_routers", "capture_block_outputs", "hooks_suspended", "perturb_hidden",
            "PERTURBATIONS"]
 
 PERTURBATIONS = ("fp16", "noise")
@@ -66,7 +66,7 @@ def read_routers(model: torch.nn.Module, sites: list[RouterSite], inputs: dict) 
     return [s for s in sites if s.rule is not None]
 
 
-def _first_tensor(out) -> torch.Tensor:
+def first_tensor(out) -> torch.Tensor:
     if isinstance(out, torch.Tensor):
         return out
     for v in (out.values() if isinstance(out, dict) else out):
@@ -81,7 +81,7 @@ def capture_block_outputs(sites: list[RouterSite], store: dict):
 
     def make(site):
         def hook(module, args, output):
-            store[site.index] = _first_tensor(output).detach()
+            store[site.index] = first_tensor(output).detach()
             return None
 
         return hook

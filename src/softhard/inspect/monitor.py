@@ -42,7 +42,7 @@ import torch
 
 from .._validate import check_grid, check_int, fail
 from ..estimators.reducer import mean_estimate
-from .hooks import _first_tensor, hooks_suspended
+from .hooks import first_tensor, hooks_suspended
 from .layouts import find_routers
 from .sensitivity import relative_change
 from .stats import StreamMean
@@ -130,9 +130,9 @@ class RoutingMonitor:
             try:
                 module.eval()
                 with torch.no_grad(), hooks_suspended(module):
-                    hard = _first_tensor(module(*args, **kwargs))
+                    hard = first_tensor(module(*args, **kwargs))
                     with dense:
-                        soft = _first_tensor(module(*args, **kwargs))
+                        soft = first_tensor(module(*args, **kwargs))
                 self._gaps[site.index].add(relative_change(soft, hard))
             finally:
                 for m, mode in modes:
@@ -204,8 +204,8 @@ class RoutingMonitor:
         return new
 
     def _write(self):
-        from ..results.io import _csv_text, atomic_write
+        from ..results.io import csv_text, atomic_write
         from ..results.table import Table
 
         cols = list(dict.fromkeys(k for r in self.rows for k in r))
-        atomic_write(self.path, _csv_text(Table(self.path.stem, cols, self.rows)))
+        atomic_write(self.path, csv_text(Table(self.path.stem, cols, self.rows)))

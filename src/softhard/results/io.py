@@ -14,7 +14,7 @@ from typing import Any
 from .labels import latex_cell, latex_label
 from .table import Table
 
-__all__ = ["atomic_write", "write_table", "read_table", "to_jsonable", "tex_columns"]
+__all__ = ["atomic_write", "write_table", "read_table", "to_jsonable", "tex_columns", "csv_text"]
 
 
 def atomic_write(path: str | os.PathLike, data: str | bytes) -> Path:
@@ -67,7 +67,7 @@ def to_jsonable(obj: Any) -> Any:
 _NONFINITE = {"nan": float("nan"), "inf": float("inf"), "-inf": float("-inf")}
 
 
-def _csv_text(table: Table) -> str:
+def csv_text(table: Table) -> str:
     buf = io.StringIO()
     w = csv.DictWriter(buf, fieldnames=table.columns, lineterminator="\n")
     w.writeheader()
@@ -110,7 +110,7 @@ def write_table(table: Table, out: str | os.PathLike, tex: bool | None = None) -
     """
     out = Path(out)
     paths = [
-        atomic_write(out / f"{table.name}.csv", _csv_text(table)),
+        atomic_write(out / f"{table.name}.csv", csv_text(table)),
         atomic_write(out / f"{table.name}.json", json.dumps(to_jsonable(
             {"name": table.name, "columns": table.columns, "rows": table.rows, "meta": table.meta}), indent=2) + "\n"),
     ]
