@@ -6,6 +6,8 @@
   (measured). Results do not depend on the thread count (tests/test_estimate.py checks it).
 """
 
+import warnings
+
 import pytest
 import torch
 from hypothesis import HealthCheck, settings
@@ -24,3 +26,14 @@ def tiny_lm_small(tmp_path_factory):
     from softhard.inspect.tinylm import SMALL, tiny_lm
 
     return tiny_lm(SMALL, cache_dir=tmp_path_factory.mktemp("softhard-cache"))
+
+
+@pytest.fixture
+def quiet_transformers():
+    """transformers without its log lines, progress bars and warnings (tiny random models warn a lot)."""
+    transformers = pytest.importorskip("transformers")
+    transformers.utils.logging.set_verbosity_error()
+    transformers.utils.logging.disable_progress_bar()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        yield

@@ -2,7 +2,6 @@
 softhard's routing rule says (agreement 1 against the selection the model hands its experts), and re-routes at a
 temperature with its own selection held fixed (bit for bit at τ = 1)."""
 
-import warnings
 
 import pytest
 import torch
@@ -33,13 +32,7 @@ TABLE_SAMPLE = {"mixtral", "deepseek_v3", "doge", "llama4", "vitpose_backbone"} 
 DOC = Path(__file__).resolve().parents[1] / "docs" / "inspect.md"
 
 
-@pytest.fixture(autouse=True)
-def _quiet():
-    transformers.utils.logging.set_verbosity_error()
-    transformers.utils.logging.disable_progress_bar()
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        yield
+pytestmark = pytest.mark.usefixtures("quiet_transformers")
 
 
 def test_the_families_are_those_of_the_installed_transformers():

@@ -1,6 +1,5 @@
 """Inspection of tiny random transformers MoE models built from configs, saved and loaded from disk."""
 
-import warnings
 
 import numpy as np
 import pytest
@@ -19,13 +18,7 @@ _COMMON = dict(vocab_size=64, hidden_size=32, intermediate_size=64, num_hidden_l
 NAMES = ["mixtral", "qwen2_moe", "olmoe", "deepseek_v3", "switch_transformers", "llama4", "gemma4", "nllb_moe"]
 
 
-@pytest.fixture(autouse=True)
-def _quiet():
-    transformers.utils.logging.set_verbosity_error()
-    transformers.utils.logging.disable_progress_bar()
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        yield
+pytestmark = pytest.mark.usefixtures("quiet_transformers")
 
 
 def tiny_model(name: str, path=None, seed: int = 0):
