@@ -209,3 +209,15 @@ def test_user_errors_give_one_line(dirs, tmp_path, case, message):
     errors = [line for line in r.output.splitlines() if line.startswith("error:")]
     assert r.exit_code == 2 and len(errors) == 1 and message in errors[0], r.output
     assert "Traceback" not in r.output
+
+
+def test_layers_of_the_builtin_models_are_checked_before_training(tmp_path, monkeypatch):
+    """`--layers 9` on softhard:digits (2 MoE layers) is refused before the model is trained, and the output
+    directory it would have created is not left behind."""
+    import softhard.inspect.digits as digits
+
+    monkeypatch.setattr(digits, "train_digits_moe", lambda *a, **k: pytest.fail("trained before checking --layers"))
+    out = tmp_path / "new"
+    r = CliRunner().invoke(app, ["inspect", "softhard:digits", "--layers", "9", "--out", str(out)])
+    assert r.exit_code == 2 and "must be MoE layer indices in [0, 1]. Got [9]" in r.output
+    assert not out.exists()

@@ -31,6 +31,9 @@ from ..estimators.reducer import resolve_seed
 __all__ = ["TopKMoE", "DigitsMoE", "DigitsResult", "digits_data", "train_digits_moe"]
 
 
+MOE_LAYERS = 2  # MoE layers of softhard:digits (known before training, so --layers is checked first)
+
+
 class TopKMoE(nn.Module):
     """Top-k MoE block ``(N, d) -> (N, d)``: ``gate`` (``nn.Linear(d, K)``), ``experts`` (``K`` tanh MLPs d→h→d)."""
 
@@ -100,7 +103,7 @@ class DigitsResult:
     seed: int
 
 
-def train_digits_moe(seed=0, *, steps: int = 300, num_experts: int = 4, top_k: int = 2, layers: int = 2,
+def train_digits_moe(seed=0, *, steps: int = 300, num_experts: int = 4, top_k: int = 2, layers: int = MOE_LAYERS,
                      lr: float = 0.02, progress: bool = False) -> DigitsResult:
     """Train :class:`DigitsMoE` by full-batch Adam (cross-entropy) on 80% of the digits; returns the model in
     eval mode with train and test accuracy. Deterministic for ``seed``."""

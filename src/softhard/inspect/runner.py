@@ -29,7 +29,7 @@ import torch
 from .._validate import check_float, check_grid, check_int
 from ..estimators.reducer import resolve_seed
 from .hooks import PERTURBATIONS, RouterCapture, block_generator, capture_block_outputs, perturb_hidden
-from .layouts import InspectError, find_routers
+from .layouts import InspectError, find_routers, parse_layers
 from .loading import DTYPES, Batch, encode_text, load_model, token_batches, vocab_size
 from .sensitivity import Sensitivity, final_output
 from .stats import LayerStats
@@ -387,7 +387,21 @@ def _digits(tokens: int, seed: int, batch_size: int):
     return res.model, batches, describe, info
 
 
-def inspect_path(model: str, out, *, tokens: int = 2048, text=None, random_ids: bool = False, layers=None,
+def inspect_path(model: str, out, **kw) -> tuple[Inspection, list[Path]]:
+    """Inspect a local model directory (or ``"softhard:digits"``, ``"softhard:tiny-lm"``) into ``out``; the keywords
+    and their meaning are those of :func:`_inspect_path`. A user error (:class:`InspectError`) leaves no output
+    directory behind when this call created it and wrote nothing into it."""
+    out = Path(out)
+    created = not out.exists()
+    try:
+        return _inspect_path(model, out, **kw)
+    except InspectError:
+        if created and out.is_dir() and not any(out.iterdir()):
+            out.rmdir()
+        raise
+
+
+def _inspect_path(model: str, out, *, tokens: int = 2048, text=None, random_ids: bool = False, layers=None,
                  trust_remote_code: bool = False, router_path: str | None = None, top_k: int | None = None,
                  seq_len: int = 64, batch_size: int = 8, taus=(0.25, 0.5, 1.0, 2.0), tie_widths=(0.01, 0.1),
                  perturbation: str | None = "fp16", noise: float = 1e-3, seed: int = 0, dtype: str | None = None,
@@ -408,6 +422,15 @@ def inspect_path(model: str, out, *, tokens: int = 2048, text=None, random_ids: 
     ``.png`` and a section of the report. User errors raise
     :class:`InspectError`.
     """
+    if model in (DIGITS, TINY_LM) and layers not in (None, ""):  # their MoE layers are known before any training
+        from .digits import MOE_LAYERS
+        from .tinylm import DEFAULT
+
+        count = MOE_LAYERS if model == DIGITS else DEFAULT.layers
+        wanted = parse_layers(layers)
+        if wanted and max(wanted) >= count:
+            raise InspectError(f"The 'layers' parameter of inspect must be MoE layer indices in [0, {count - 1}]. "
+                               f"Got {wanted}.")
     try:
         tokens = check_int(tokens, "tokens", "inspect")
         seed = check_int(seed, "seed", "inspect", low=0)
