@@ -20,7 +20,7 @@ from .normal import (ABSEPS, gauss_legendre, gaussian_components, interval_mass,
                      orthant_probability, orthant_with_bound, phi, score_law, to_numpy)
 
 __all__ = ["PAIRWISE_MAX_K", "COAREA_FORM_WIDTH", "pair_score", "pair_density_at_zero", "boundary_mass_exact",
-           "boundary_mass_closed", "interface_constant_exact", "interface_constant_closed",
+           "boundary_mass_closed", "min_pair_sd", "interface_constant_exact", "interface_constant_closed",
            "flip_probability_exact"]
 
 
@@ -158,7 +158,7 @@ def boundary_mass_closed(router, law, widths, kind: str = "top2", abseps: float 
             continue
         rows = [_winner_differences(K, k) for k in range(K)] if kind == "top2" else [
             _differences(K, order) for order in itertools.permutations(range(K))]
-        pair_sd = min(math.sqrt(max(C[i, i] + C[j, j] - 2 * C[i, j], 0.0)) for i, j in itertools.combinations(range(K), 2))
+        pair_sd = min_pair_sd(C)
         for q, wq in enumerate(w):
             if kind == "top2" and 0.0 < wq <= COAREA_FORM_WIDTH * pair_sd:
                 v, e = _coarea_form(M, C, float(wq), abseps, where)
@@ -200,6 +200,13 @@ def _conditional_abseps(M, C, scale: float, abseps: float) -> float:
     """Absolute accuracy asked of each conditional orthant probability so that, weighted by a total mass
     ``scale`` of the densities, the sum stays within ``abseps`` (at most 1e-4, at least ``abseps``)."""
     return float(min(1e-4, max(abseps, abseps / max(scale, 1e-300))))
+
+
+def min_pair_sd(C) -> float:
+    """The smallest standard deviation of a score difference :math:`a_i - a_j` for logits of covariance ``C (K, K)``
+    (the scale below which :func:`boundary_mass_exact` takes the coarea form)."""
+    C = to_numpy(C)
+    return min(math.sqrt(max(C[i, i] + C[j, j] - 2 * C[i, j], 0.0)) for i, j in itertools.combinations(range(len(C)), 2))
 
 
 def _coarea_form(M: np.ndarray, C: np.ndarray, w: float, abseps: float, where: str) -> tuple[float, float]:

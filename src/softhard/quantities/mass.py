@@ -20,7 +20,7 @@ import math
 import torch
 
 from .._validate import check_float, check_int, fail
-from ..closed.boundary import COAREA_FORM_WIDTH, PAIRWISE_MAX_K, boundary_mass_closed
+from ..closed.boundary import COAREA_FORM_WIDTH, PAIRWISE_MAX_K, boundary_mass_closed, min_pair_sd
 from ..closed.normal import ABSEPS, gaussian_components, linear_moments
 from ..estimators import conditional, lines
 from ..estimators.fits import MarginTail, fit_margin_tail
@@ -128,10 +128,7 @@ def _exact_cost(c: Call) -> float:
         return 1e-4
     total = 0.0
     for _, comp in gaussian_components(c.law, c.where):
-        C = linear_moments(c.model.weight, c.model.bias, comp)[1]
-        d = torch.diagonal(C)
-        var = d[:, None] + d[None, :] - 2 * C + torch.eye(K, dtype=C.dtype) * math.inf  # Var(a_i - a_j), i != j
-        pair_sd = math.sqrt(max(float(var.min()), 0.0))
+        pair_sd = min_pair_sd(linear_moments(c.model.weight, c.model.bias, comp)[1])
         for w in c.grid.tolist():
             if kind == "pairwise":
                 total += math.factorial(K) * _orthant_seconds(K - 1)
