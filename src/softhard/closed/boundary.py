@@ -206,7 +206,8 @@ def min_pair_sd(C) -> float:
     """The smallest standard deviation of a score difference :math:`a_i - a_j` for logits of covariance ``C (K, K)``
     (the scale below which :func:`boundary_mass_exact` takes the coarea form)."""
     C = to_numpy(C)
-    return min(math.sqrt(max(C[i, i] + C[j, j] - 2 * C[i, j], 0.0)) for i, j in itertools.combinations(range(len(C)), 2))
+    pairs = itertools.combinations(range(len(C)), 2)
+    return min(math.sqrt(max(C[i, i] + C[j, j] - 2 * C[i, j], 0.0)) for i, j in pairs)
 
 
 def _coarea_form(M: np.ndarray, C: np.ndarray, w: float, abseps: float, where: str) -> tuple[float, float]:

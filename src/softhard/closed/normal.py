@@ -144,7 +144,8 @@ def orthant_probability(mean, cov, low, closed=None, abseps: float = ABSEPS) -> 
 
     Shapes: ``mean`` ``(q,)``, ``cov`` ``(q, q)`` (symmetric positive semi-definite, may be singular),
     ``low`` ``(q,)`` or a scalar, ``closed`` ``(q,)`` booleans or ``None``. Components with zero
-    variance are decided exactly (:math:`m_i > l_i`, or :math:`m_i \ge l_i` where ``closed[i]``, a tie-break for deterministic ties);
+    variance are decided exactly (:math:`m_i > l_i`, or :math:`m_i \ge l_i` where ``closed[i]``, a tie-break for
+    deterministic ties);
     one remaining component is a normal tail :math:`\Phi((m_i - l_i)/s_i)`; if the rest has rank r ≤ 2,
     :math:`Z = m + L\xi` with :math:`\xi \sim N(0, I_r)` and the event is an interval (r = 1) or a polygon
     (r = 2, :func:`_polygon_probability`) of ξ, computed to about 1e-14; otherwise Genz's algorithm

@@ -205,12 +205,11 @@ def _slices(moe, law, teacher, where: str) -> tuple[list[tuple[float, _Slice]], 
     student = _binary_linear(moe, where, "moe")
     model, noise = _teacher_model(teacher, moe, where)
     comps = gaussian_components(law, where)
-    for f, name in ((student[0], "moe"), (model[0], "teacher")):
-        if f[0].shape[0] != law.d:
-            param = "law" if name == "moe" else "teacher"
-            fail(param, where, f"a {'law' if name == 'moe' else 'teacher'} on R^{law.d if name != 'moe' else f[0].shape[0]}"
-                 f" ({'the model' if name == 'moe' else 'the law'}'s input dimension)",
-                 f"a {'law' if name == 'moe' else 'teacher'} on R^{law.d if name == 'moe' else f[0].shape[0]}")
+    if student[0][0].shape[0] != law.d:
+        fail("law", where, f"a law on R^{student[0][0].shape[0]} (the model's input dimension)", f"a law on R^{law.d}")
+    if model[0][0].shape[0] != law.d:
+        fail("teacher", where, f"a teacher on R^{law.d} (the law's input dimension)",
+             f"a teacher on R^{model[0][0].shape[0]}")
     out = []
     for w, comp in comps:
         if score_law(torch.as_tensor(student[0][0]), student[0][1], comp)[1] == 0.0:
@@ -320,7 +319,8 @@ def gate_entropy_exact(router, law, taus) -> np.ndarray:
             if lo >= hi:
                 continue
             layer = tau * 2.0 ** np.arange(7)
-            x, wt = quadrature(lo, hi, np.concatenate([[0.0], layer, -layer, m_g + s * np.arange(-TAIL_SD, TAIL_SD + 1)]))
+            breaks = np.concatenate([[0.0], layer, -layer, m_g + s * np.arange(-TAIL_SD, TAIL_SD + 1)])
+            x, wt = quadrature(lo, hi, breaks)
             u = x / tau
             H = logistic(u) * np.logaddexp(0.0, -u) + logistic(-u) * np.logaddexp(0.0, u)
             out[q] += w * float(wt @ (phi((x - m_g) / s) / s * H))

@@ -187,7 +187,8 @@ def risk_gap_linear(moe: MoE, law, taus: torch.Tensor, teacher, space: ScoreSpac
         lo, hi = pl.interval(k, y, tau)
         return sum(pair_terms(k, y, tau, lo, hi, p) for p in range(len(pl.pairs)))
 
-    return run_conditional(lambda d: pl.per_component(d, component), pl.draws, opts, sampling, {"estimator": "pairwise conditioning + Gauss-Legendre in g"})
+    return run_conditional(lambda d: pl.per_component(d, component), pl.draws, opts, sampling,
+                           {"estimator": "pairwise conditioning + Gauss-Legendre in g"})
 
 
 def gap_slope_linear(moe: MoE, law, teacher, space: ScoreSpace, opts: Sampling, sampling: str = "qmc") -> Estimate:
@@ -225,4 +226,5 @@ def gap_slope_linear(moe: MoE, law, teacher, space: ScoreSpace, opts: Sampling, 
         on = (lo < t0) & (t0 < hi)
         return torch.where(on, phi(t0) / k["s"] * bracket, 0.0).sum(1)
 
-    return run_conditional(lambda d: pl.per_component(d, component), pl.draws, opts, sampling, {"estimator": "pairwise conditioning"})
+    return run_conditional(lambda d: pl.per_component(d, component), pl.draws, opts, sampling,
+                           {"estimator": "pairwise conditioning"})

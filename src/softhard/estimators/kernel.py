@@ -33,9 +33,9 @@ import torch
 
 from .._validate import as_tensor, check_finite, check_float, check_int, fail
 from ..closed.normal import to_numpy
-from .reducer import BLOCK, Estimate, draw, mean_estimate
+from .reducer import BLOCK, Estimate, Sampling, draw, mean_estimate
 
-__all__ = ["kernel_bandwidth", "kernel", "kernel_estimate", "density_at_zero", "pilot_sample"]
+__all__ = ["kernel_bandwidth", "kernel", "kernel_estimate", "density_at_zero", "pilot_bandwidths", "pilot_sample"]
 
 
 def kernel_bandwidth(values, n: int | None = None, one_sided: bool = False) -> float:
@@ -105,6 +105,17 @@ def density_at_zero(values, bandwidth: float | None = None, one_sided: bool = Fa
         fail(param, where, f"{rule} within the bandwidth h = {h:.3g} of 0 (with fewer the kernel estimate has no "
              "spread to measure its error)", f"{inside} of {v.shape[0]}" if bandwidth is None else bandwidth)
     return kernel_estimate(mean_estimate(kernel(v, h, one_sided)), h, one_sided)
+
+
+def pilot_bandwidths(law, values_of, sampling: Sampling, one_sided: bool = False):
+    """The bandwidth rule at the sample size a run of ``sampling`` will use (``n``, else at most 2²⁰), applied to
+    ``values_of(x)`` on the first block of its draws: a float for values ``(N,)``, an array ``(P,)`` for ``(N, P)``."""
+    n = sampling.n if sampling.n is not None else min(sampling.max_samples, 1 << 20)
+    with torch.no_grad():
+        v = values_of(pilot_sample(law, n, sampling.seed)).detach().cpu().numpy()
+    if v.ndim == 1:
+        return kernel_bandwidth(v, n, one_sided=one_sided)
+    return np.array([kernel_bandwidth(col, n, one_sided=one_sided) for col in v.T])
 
 
 def pilot_sample(law, n: int, seed) -> torch.Tensor:

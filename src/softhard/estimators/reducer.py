@@ -40,7 +40,8 @@ from .._validate import check_device, check_float, check_int, check_seed, fail
 from ..model.laws import as_law
 
 __all__ = ["Estimate", "Moments", "Sampling", "sampling_options", "sample_mean", "TargetNotReached",
-           "DEFAULT_TARGET", "MAX_SAMPLES", "first_stop", "monte_carlo", "mean_estimate", "draw", "resolve_seed", "BLOCK"]
+           "DEFAULT_TARGET", "MAX_SAMPLES", "first_stop", "monte_carlo", "mean_estimate", "draw", "resolve_seed",
+           "BLOCK"]
 
 BLOCK = 1 << 14  # samples per RNG block: fixes the stream, so results depend on (seed, n) only
 

@@ -81,7 +81,8 @@ def score_space(model, law, teacher=None) -> ScoreSpace:
     ``monte_carlo(lambda y: top_two_margin(y) <= w, score_space(router, law).law, n)`` is β(w)).
 
     Args:
-        model: a :class:`~softhard.model.routers.LinearRouter`, or an :class:`~softhard.model.moe.MoE` with a LinearRouter
+        model: a :class:`~softhard.model.routers.LinearRouter`, or an :class:`~softhard.model.moe.MoE` with a
+            LinearRouter
             and linear or constant experts.
         law: Gaussian or GaussianMixture on ℝ^d.
         teacher: (MoE only) ``None``, or a hard linear MoE (or :class:`~softhard.model.moe.HardTeacher` of one).

@@ -20,7 +20,7 @@ from .._validate import check_float, check_int
 from ..closed.boundary import interface_constant_closed, pair_density_at_zero
 from ..closed.risk import ENTROPY_CONSTANT
 from ..estimators.fits import fit_margin_tail
-from ..estimators.kernel import kernel, kernel_bandwidth, kernel_estimate, pilot_sample
+from ..estimators.kernel import kernel, kernel_estimate, pilot_bandwidths
 from ..estimators.lines import coarea_lines
 from ..estimators.reducer import Estimate, draw, sample_mean
 from ..estimators.registry import Call, Quantity
@@ -41,11 +41,7 @@ def _bandwidth(c: Call, values_of) -> float:
     of the sample (a pilot of the same draws) at the sample size the run will use."""
     if c.options["bandwidth"] is not None:
         return c.options["bandwidth"]
-    s = c.sampling
-    n = s.n if s.n is not None else min(s.max_samples, 1 << 20)
-    with torch.no_grad():
-        v = values_of(pilot_sample(c.law, n, s.seed))
-    return kernel_bandwidth(v.cpu().numpy(), n, one_sided=c.options.get("one_sided", False))
+    return pilot_bandwidths(c.law, values_of, c.sampling, c.options.get("one_sided", False))
 
 
 def _options(where, bandwidth):
@@ -128,11 +124,13 @@ def _sum_exact(c: Call) -> Estimate:
                           "pair_density_at_zero (3.14), summed")
 
 
-@COAREA_SUM.register("conditional", applies=lambda c: None if is_gaussian(c.law) else "a Gaussian or GaussianMixture law",
+@COAREA_SUM.register("conditional", applies=lambda c: None if is_gaussian(c.law) else
+                     "a Gaussian or GaussianMixture law",
                      summary="lines per pair")
 def _sum_lines(c: Call) -> Estimate:
     parts = [coarea_lines(c.model, c.law, p, c.sampling, sampler(c, "qmc")) for p in c.options["pairs"]]
-    return parts[0].replace(value=float(sum(e.value for e in parts)), stderr=math.sqrt(sum(e.stderr ** 2 for e in parts)),
+    return parts[0].replace(value=float(sum(e.value for e in parts)),
+                            stderr=math.sqrt(sum(e.stderr ** 2 for e in parts)),
                             n=sum(e.n for e in parts), converged=all(e.converged for e in parts),
                             dof=min(e.dof for e in parts))
 
@@ -141,15 +139,15 @@ def _sum_lines(c: Call) -> Estimate:
 def _sum_kernel(c: Call) -> Estimate:
     pairs = c.options["pairs"]
     I, J = torch.tensor([p[0] for p in pairs]), torch.tensor([p[1] for p in pairs])
-    s = c.sampling
-    n = s.n if s.n is not None else min(s.max_samples, 1 << 20)
-    with torch.no_grad():
-        a0 = logits_of(c.model, pilot_sample(c.law, n, s.seed), c.where)
-    hs = torch.tensor([kernel_bandwidth((a0[:, i] - a0[:, j]).cpu().numpy(), n) for i, j in pairs], dtype=torch.float64)
+    def differences(x):
+        a = logits_of(c.model, x, c.where)
+        return a[:, I] - a[:, J]
+
+    hs = torch.as_tensor(pilot_bandwidths(c.law, differences, c.sampling), dtype=torch.float64)
 
     def terms(x):
-        a = logits_of(c.model, x, c.where)
-        return kernel(a[:, I] - a[:, J], hs.to(a), False).sum(-1)
+        u = differences(x)
+        return kernel(u, hs.to(u), False).sum(-1)
 
     est = sample_mean(terms, c.law, sampler(c, "mc"), c.sampling)
     return est.replace(info={"bandwidth": hs.tolist(), "kernel": "Epanechnikov"})

@@ -19,8 +19,8 @@ from ..model.laws import Gaussian, GaussianMixture, as_law
 from ..model.moe import HardTeacher, MoE, Teacher, as_teacher
 from ..model.routers import LinearRouter, as_router
 
-__all__ = ["SAMPLING_KEYWORDS", "router_call", "moe_call", "temperature_grid", "width_grid", "logits_of", "finish", "sampler", "is_gaussian",
-           "is_linear_gaussian"]
+__all__ = ["SAMPLING_KEYWORDS", "router_call", "moe_call", "temperature_grid", "width_grid", "logits_of", "finish",
+           "sampler", "is_gaussian", "is_linear_gaussian"]
 
 SAMPLING_KEYWORDS = ("max_samples", "scrambles", "chunk", "device", "workers", "min_n", "progress", "desc",
                      "sampling")
@@ -62,7 +62,7 @@ def moe_call(where: str, moe, law, grid, teacher, n, seed, target_rel_error, kw:
         fail("law", where, f"a law on R^{moe.d} (the MoE's input dimension)", f"a law on R^{law.d}")
     t = _teacher(teacher, moe, law, where)
     s, sampling = _sampling(where, n, seed, target_rel_error, dict(kw))
-    return Call(where, moe, law, grid, t, {**options, "sampling": sampling, "teacher_given": teacher}, s)
+    return Call(where, moe, law, grid, t, {**options, "sampling": sampling}, s)
 
 
 def _teacher(teacher, moe: MoE, law, where: str) -> Teacher:
@@ -78,7 +78,8 @@ def _teacher(teacher, moe: MoE, law, where: str) -> Teacher:
         except (ValueError, TypeError):
             raise
         except Exception as e:  # noqa: BLE001 - any failure of a user's teacher
-            fail("teacher", where, f"a teacher whose signal takes inputs of shape (N, {law.d})", f"{type(e).__name__}: {e}")
+            fail("teacher", where, f"a teacher whose signal takes inputs of shape (N, {law.d})",
+                 f"{type(e).__name__}: {e}")
         if not isinstance(out, torch.Tensor) or out.shape != (2,):
             fail("teacher", where, "a teacher whose signal returns shape (N,)", f"output {getattr(out, 'shape', out)}")
     return t

@@ -24,7 +24,7 @@ from ..closed.risk import (
     risk_gap_exact,
 )
 from ..estimators import conditional, lines
-from ..estimators.kernel import kernel, kernel_bandwidth, kernel_estimate, pilot_sample
+from ..estimators.kernel import kernel, kernel_estimate, pilot_bandwidths
 from ..estimators.reducer import Estimate, sample_mean
 from ..estimators.registry import Call, Quantity
 from ..estimators.score_space import linear_gap_space
@@ -180,10 +180,7 @@ def _slope_kernel(c: Call) -> Estimate:
     moe, teacher, s = c.model, c.teacher, c.sampling
     h = c.options["bandwidth"]
     if h is None:
-        n = s.n if s.n is not None else min(s.max_samples, 1 << 20)
-        with torch.no_grad():
-            h = kernel_bandwidth(top_two(logits_of(moe.router, pilot_sample(c.law, n, s.seed), c.where))[0].cpu().numpy(), n,
-                                 one_sided=True)
+        h = pilot_bandwidths(c.law, lambda x: top_two(logits_of(moe.router, x, c.where))[0], s, one_sided=True)
 
     def terms(x):
         a, e = moe._scores(x)

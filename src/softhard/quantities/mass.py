@@ -164,7 +164,8 @@ def _conditional_per_draw(c: Call) -> float:
 
 @BOUNDARY_MASS.register_sampler("conditional", applies=_conditional_applies, per_draw=_conditional_per_draw,
                                 sampler=lambda c: sampler(c, "qmc"),
-                                summary="conditional MC across each interface (linear router) or lines + Crofton weight")
+                                summary="conditional MC across each interface (linear router), or lines + the "
+                                "Crofton weight")
 def _conditional(c: Call, opts) -> Estimate:
     fn = conditional.boundary_mass_linear if isinstance(c.model, LinearRouter) else lines.boundary_mass_lines
     return fn(c.model, c.law, c.grid, opts, sampler(c, "qmc"))
