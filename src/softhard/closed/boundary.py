@@ -24,7 +24,7 @@ import numpy as np
 from .._validate import check_float, check_grid, fail
 from ..model.laws import Gaussian
 from ..model.routers import LinearRouter, check_pair
-from .normal import (ABSEPS, ROUNDING, ContrastLaw, box_probability, combined_bound, contrast_law,
+from .normal import (ABSEPS, ROUNDING, ContrastLaw, box_probability, combined_bound, contrast_law, row_differences,
                      finite_mass, gaussian_components, interval_mass, linear_moments, log_interval_mass, log_phi,
                      to_numpy)
 
@@ -38,6 +38,7 @@ PAIRWISE_MAX_K = 6  # kind="pairwise" sums K! orthant probabilities
 MAX_SECONDS = 3600.0  # an exact path predicted to run longer is refused (keyword max_seconds overrides)
 PROGRESS_AFTER = 10.0  # seconds: an exact path predicted to run longer shows a progress bar
 RELEPS = 1e-6  # relative accuracy asked of each randomised box probability where relative accuracy is the point
+PILOT_POINTS = 1 << 14  # points of a randomised band's first pass (the coarea form allocates accuracy after it)
 COMPLEMENT_ABOVE = 0.05  # top-two β by its complement form where the union bound Σ P(|g_ij| <= w) exceeds this
 
 
@@ -70,8 +71,9 @@ class _Contrasts:
     def __init__(self, router: LinearRouter, comp: Gaussian, pairs):
         W, b = to_numpy(router.weight), to_numpy(router.bias)
         self.index = {p: n for n, p in enumerate(pairs)}
-        D = np.array([W[i] - W[j] for i, j in pairs])
-        self.law: ContrastLaw = contrast_law(D, np.array([b[i] - b[j] for i, j in pairs]), comp)
+        D, D_lo = row_differences(W, pairs)
+        c, c_lo = row_differences(b[:, None], pairs)
+        self.law: ContrastLaw = contrast_law(D, c[:, 0], comp, D_lo, c_lo[:, 0])
         F = to_numpy(comp.factor)
         self.scale = np.linalg.norm(D, axis=1) * float(np.linalg.norm(F))  # each row's input-space scale
 
@@ -187,14 +189,14 @@ def _union_bound(router, comp, w: float) -> float:
 
 
 def _top2_forms(router, comp, widths) -> list[str]:
-    """The form of each width: "pairs" (each pair's top-two band, no cancellation) or "complement"."""
-    return ["complement" if w > 0 and _union_bound(router, comp, float(w)) > COMPLEMENT_ABOVE else "pairs"
+    """The form of each width: "coarea" (each interface's top-two band, no cancellation) or "complement"."""
+    return ["complement" if w > 0 and _union_bound(router, comp, float(w)) > COMPLEMENT_ABOVE else "coarea"
             for w in widths]
 
 
 def boundary_mass_seconds(router, law, widths, kind: str = "top2") -> float:
     """Predicted seconds of :func:`boundary_mass_closed`: the contrast rows, then per width and component the
-    box probabilities of its form (``K(K-1)/2`` pair bands, ``K`` winners, or ``K!`` orderings) priced by
+    box probabilities of its form (``K(K-1)/2`` interface bands, ``K`` winners, or ``K!`` orderings) priced by
     :func:`box_seconds` at their rank ``min(d, K - 1)``."""
     K = router.num_experts
     w = to_numpy(widths).ravel()
@@ -275,7 +277,7 @@ def _duration(seconds: float) -> str:
 # ----------------------------------------------------------------------------------------------- β(w)
 
 
-def boundary_mass_exact(router, law, widths, kind: str = "top2", *, abseps: float = ABSEPS,
+def boundary_mass_exact(router, law, widths, kind: str = "top2", *, abseps: float = ABSEPS, releps: float = RELEPS,
                         max_seconds: float | None = MAX_SECONDS, progress: bool | None = None) -> np.ndarray:
     r"""Boundary-mass profile of a linear router under a Gaussian (mixture) law, without sampling.
 
@@ -286,7 +288,7 @@ def boundary_mass_exact(router, law, widths, kind: str = "top2", *, abseps: floa
     in the tail-accurate form of :func:`~softhard.closed.normal.log_interval_mass` (relative error ~1e-13 down
     to 1e-300; below the float64 range :class:`~softhard.closed.normal.MassUnderflow`).
 
-    K experts [beyond], logits :math:`A = WX + b`. **Pairs form**: :math:`\Delta \le w` holds iff the top two
+    K experts [beyond], logits :math:`A = WX + b`. **Coarea form** (a sum over the interfaces, as in the coarea formula): :math:`\Delta \le w` holds iff the top two
     experts i, j are within w, and the top two are a.s. unique, so
 
     .. math:: \beta(w) = \sum_{i<j} P\big(|a_i - a_j| \le w,\ \ a_i > a_k,\ a_j > a_k\ \ \forall k \ne i, j\big),
@@ -313,6 +315,7 @@ def boundary_mass_exact(router, law, widths, kind: str = "top2", *, abseps: floa
         widths: widths ``w >= 0``, shape ``(W,)`` (or a float).
         kind: ``"top2"`` (β, (2.13)) or ``"pairwise"`` (β_pair, (2.14)).
         abseps: absolute accuracy asked where a form is absolute (complement, pairwise).
+        releps: relative accuracy asked of each randomised term of the coarea form (default 1e-6).
         max_seconds: refuse (``ValueError`` with the predicted time) a computation predicted to run longer
             (:func:`boundary_mass_seconds`); default one hour.
         progress: show a progress bar (``None``: when predicted to run over 10 s).
@@ -321,7 +324,7 @@ def boundary_mass_exact(router, law, widths, kind: str = "top2", *, abseps: floa
         ``numpy`` array of shape ``(W,)``.
     """
     return boundary_mass_closed(router, law, widths, kind, abseps, "boundary_mass_exact", max_seconds=max_seconds,
-                                progress=progress)[0]
+                                progress=progress, releps=releps)[0]
 
 
 def _binary_mass(law: ContrastLaw, w: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -338,12 +341,14 @@ def _binary_mass(law: ContrastLaw, w: np.ndarray) -> tuple[np.ndarray, np.ndarra
 
 def boundary_mass_closed(router, law, widths, kind: str = "top2", abseps: float = ABSEPS,
                          where: str = "boundary_mass_exact", *, max_seconds: float | None = MAX_SECONDS,
-                         progress: bool | None = None) -> tuple[np.ndarray, np.ndarray, list[str]]:
+                         progress: bool | None = None,
+                         releps: float = RELEPS) -> tuple[np.ndarray, np.ndarray, list[str]]:
     """``(β (W,), absolute error bounds (W,), form per width)`` of :func:`boundary_mass_exact`."""
     router = _linear_router(router, where)
     comps = _components(router, law, where)
     w = to_numpy(check_grid(widths, "widths", where, low=0.0))
     abseps = check_float(abseps, "abseps", where, 0.0, 0.1, high_open=False)
+    releps = check_float(releps, "releps", where, 0.0, 0.1, high_open=False)
     K = router.num_experts
     if kind not in ("top2", "pairwise"):
         fail("kind", where, "one of ('top2', 'pairwise')", kind)
@@ -369,7 +374,7 @@ def boundary_mass_closed(router, law, widths, kind: str = "top2", abseps: float 
             con = _Contrasts(router, comp, _all_pairs(K))
             for q, (wq, form) in enumerate(zip(w, fs)):
                 forms[q] = form
-                v, lv, e = _profile_point(con, K, float(wq), form, abseps, run)
+                v, lv, e = _profile_point(con, K, float(wq), form, abseps, releps, run)
                 out[q] += weight * v
                 bound[q] += weight * e
                 logs[c, q] = math.log(weight) + lv if weight > 0 else -np.inf
@@ -395,27 +400,34 @@ def _jobs(K: int, kind: str, form: str):
     return [_pair_rows(K, i, j) for i, j in _all_pairs(K)]
 
 
-def _profile_point(con: _Contrasts, K: int, w: float, form: str, abseps: float, run: ExactRun):
+def _profile_point(con: _Contrasts, K: int, w: float, form: str, abseps: float, releps: float, run: ExactRun):
     """``(value, log value, bound)`` of β(w) (or β_pair) for one component."""
     jobs = _jobs(K, "pairwise" if form == "pairwise" else "top2", form)
-    if form == "pairs":
-        vals, logs, probs = [], [], []
-        for n, rows in enumerate(jobs):
+    if form == "coarea":
+        # two passes: every band with a small budget of points, then the randomised ones whose bound exceeds their
+        # share of releps·β refined to that share (a band negligible beside β needs no relative accuracy of its own)
+        args = []
+        for rows in jobs:
             m, F, scale, rho = con.rows(rows)
-            lo = np.zeros(len(rows))
-            hi = np.full(len(rows), np.inf)
+            lo, hi = np.zeros(len(rows)), np.full(len(rows), np.inf)
             lo[0], hi[0] = -w, w
             closed = np.zeros(len(rows), bool)
             closed[0] = True
-            p = box_probability(m, F, lo, hi, closed, abseps=0.0, releps=RELEPS, row_scale=scale, row_error=rho,
-                                seed=n)
-            vals.append(p.value)
-            logs.append(p.log)
-            probs.append(p)
-            run.step()
+            args.append((m, F, lo, hi, closed, scale, rho))
+        probs = [box_probability(m, F, lo, hi, cl, abseps=0.0, releps=releps, row_scale=sc, row_error=rh, seed=n,
+                                 max_points=PILOT_POINTS) for n, (m, F, lo, hi, cl, sc, rh) in enumerate(args)]
+        sampled = [n for n, p in enumerate(probs) if p.method == "sov"]
+        share = releps * sum(p.value for p in probs) / math.sqrt(max(len(sampled), 1))
+        for n in sampled:
+            if probs[n].bound > share:
+                m, F, lo, hi, cl, sc, rh = args[n]
+                probs[n] = box_probability(m, F, lo, hi, cl, abseps=share, releps=releps, row_scale=sc,
+                                           row_error=rh, seed=n)
+        run.step(len(jobs))
+        logs = [p.log for p in probs]
         top = max(logs)
         lv = top + math.log(sum(math.exp(x - top) for x in logs)) if top > -math.inf else -math.inf
-        return float(sum(vals)), lv, combined_bound(probs)
+        return float(sum(p.value for p in probs)), lv, combined_bound(probs)
     probs = []
     for n, rows in enumerate(jobs):
         m, F, scale, rho = con.rows(rows)
@@ -437,8 +449,8 @@ def min_pair_sd(C) -> float:
 
 
 def interface_constant_closed(router, law, abseps: float = ABSEPS, where: str = "interface_constant_exact", *,
-                              max_seconds: float | None = MAX_SECONDS,
-                              progress: bool | None = None) -> tuple[float, float]:
+                              max_seconds: float | None = MAX_SECONDS, progress: bool | None = None,
+                              releps: float = RELEPS) -> tuple[float, float]:
     """``(C_Σ, absolute error bound)`` of :func:`interface_constant_exact`."""
     router = _linear_router(router, where)
     comps = _components(router, law, where)
@@ -464,7 +476,7 @@ def interface_constant_closed(router, law, abseps: float = ABSEPS, where: str = 
                     rows = slice(1, K - 1)
                     Fr = F[rows] - np.outer(F[rows] @ a, a)
                     mr = m[rows] - (F[rows] @ a) * (m[0] / s)
-                    p = box_probability(mr, Fr, 0.0, None, abseps=0.0, releps=RELEPS, row_scale=scale[rows],
+                    p = box_probability(mr, Fr, 0.0, None, abseps=0.0, releps=releps, row_scale=scale[rows],
                                         row_error=rho[rows])
                     run.step()
                     pv, pl, pe = p.value, p.log, p.bound
@@ -537,9 +549,10 @@ def flip_probability_exact(router, other, law, *, abseps: float = ABSEPS, max_se
             F = to_numpy(comp.factor)
             for k in range(K):
                 js = [j for j in range(K) if j != k]
-                D = np.array([W[k] - W[j] for j in js] + [W[K + k] - W[K + j] for j in js])
-                c = np.array([b[k] - b[j] for j in js] + [b[K + k] - b[K + j] for j in js])
-                con = contrast_law(D, c, comp)
+                pairs = [(k, j) for j in js] + [(K + k, K + j) for j in js]
+                D, D_lo = row_differences(W, pairs)
+                c, c_lo = row_differences(b[:, None], pairs)
+                con = contrast_law(D, c[:, 0], comp, D_lo, c_lo[:, 0])
                 scale = np.linalg.norm(D, axis=1) * float(np.linalg.norm(F))
                 closed = np.tile([j > k for j in js], 2)
                 p = box_probability(con.mean, con.factor, 0.0, None, closed, abseps=abseps / K, row_scale=scale,

@@ -24,7 +24,7 @@ from ..model.laws import Gaussian, GaussianMixture
 from ..model.moe import HardTeacher, MoE
 from ..model.routers import LinearRouter
 from .boundary import pair_score
-from .normal import (ROUNDING, TINY, MassUnderflow, contrast_law, gaussian_components, log_concave_panels, log_phi,
+from .normal import (ROUNDING, TINY, MassUnderflow, factor_rel_error, gaussian_components, log_concave_panels, log_phi,
                      logistic, normal_cdf, phi, score_law, to_numpy)
 
 __all__ = ["LN2", "GAP_CONSTANT", "ENTROPY_CONSTANT", "TAIL_TAU", "g1_bracket", "g1_half_bracket",
@@ -118,7 +118,7 @@ class _Slice:
         a = self.F.T @ v
         self.s = float(np.linalg.norm(a))
         self.ahat = a / self.s
-        self.rho = float(contrast_law(v[None, :], [c], comp).rel_error[0])  # relative error of s from rounding
+        self.rho = float(factor_rel_error(v[None, :], self.F)[0])  # relative error of s from rounding
         self.bG = self._z(self.G)
         self.bGp = self._perp(self.bG)
         self.varG = float(self.bGp @ self.bGp)

@@ -197,6 +197,7 @@ class Gaussian(Law):
         self.factor = F.to(device=device, dtype=DTYPE)
         self.d = self.qmc_dim = d
         self.dtype, self.device = dtype, self.mean.device
+        self.given = "factor" if _factor is not None else "cov"  # which of cov and factor is the exact input
         self._identity = bool((self.mean == 0).all()) and bool(
             (self.factor == torch.eye(d, dtype=DTYPE, device=self.factor.device)).all())
 
