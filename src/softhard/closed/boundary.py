@@ -158,7 +158,7 @@ def _pair_rows(K: int, i: int, j: int) -> list[tuple[int, int]]:
 # Seconds of one box probability by its number of levels (rank), measured by benchmarks/tail_accuracy.py
 # --cost on this machine (2 shared cores): 1 level an interval, 2 levels a 1-d quadrature, 3 or more randomised
 # quasi-Monte Carlo to abseps 1e-6 (points grow with the dimension: about 2^16 at 3, 2^18 at 6 levels).
-_BOX_SECONDS = {0: 5e-5, 1: 2e-4, 2: 6e-3}
+_BOX_SECONDS = {0: 5e-5, 1: 2e-4, 2: 2.5e-3}
 
 
 def box_seconds(levels: int) -> float:

@@ -288,11 +288,11 @@ def log_concave_panels(logw, lo: float, hi: float, breaks=(), *, nats: float = 8
         cand = np.append(cand[(cand - bound) * sgn < 0], bound)
         lc = np.asarray(logw(cand), float)
         lc = np.where(np.isnan(lc), -np.inf, lc)
-        prev, k = top, -1
-        while k < len(cand) - 1:
-            run = k + 1  # the farthest candidate within `drop` nats of the previous end (ℓ is monotone here)
-            while run + 1 < len(cand) and abs(lc[run + 1] - prev) <= drop:
-                run += 1
+        prev, k, last = top, -1, len(cand) - 1
+        while k < last:
+            # the farthest candidate of the contiguous run within `drop` nats of the previous end (ℓ is monotone)
+            far = np.abs(lc[k + 2:] - prev) > drop
+            run = k + 1 + (int(np.argmax(far)) if far.any() else last - k - 1)
             ends.append(float(cand[run]))
             prev, k = lc[run], run
             if lc[run] < top - nats:
