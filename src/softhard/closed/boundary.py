@@ -24,7 +24,8 @@ import numpy as np
 from .._validate import check_float, check_grid, fail
 from ..model.laws import Gaussian
 from ..model.routers import LinearRouter, check_pair
-from .normal import (ABSEPS, ROUNDING, ContrastLaw, box_probability, combined_bound, contrast_law, row_differences,
+from .normal import (ABSEPS, ROUNDING, ContrastLaw, box_probability, combined_bound, contrast_law, covariance_factor,
+                     row_differences,
                      finite_mass, gaussian_components, interval_mass, linear_moments, log_interval_mass, log_phi,
                      to_numpy)
 
@@ -39,7 +40,8 @@ MAX_SECONDS = 3600.0  # an exact path predicted to run longer is refused (keywor
 PROGRESS_AFTER = 10.0  # seconds: an exact path predicted to run longer shows a progress bar
 RELEPS = 1e-6  # relative accuracy asked of each randomised box probability where relative accuracy is the point
 PILOT_POINTS = 1 << 14  # points of a randomised band's first pass (the coarea form allocates accuracy after it)
-COMPLEMENT_ABOVE = 0.05  # top-two β by its complement form where the union bound Σ P(|g_ij| <= w) exceeds this
+COMPLEMENT_ABOVE = 0.01  # top-two β by its complement form where a rough β (4096 draws) is at least this
+ROUGH_DRAWS = 4096
 
 
 def pair_score(router: LinearRouter, pair=(0, 1)):
@@ -156,8 +158,8 @@ def _pair_rows(K: int, i: int, j: int) -> list[tuple[int, int]]:
 # ------------------------------------------------------------------------------------------------- pricing
 
 # Seconds of one box probability by its number of levels (rank), measured by benchmarks/tail_accuracy.py
-# --cost on this machine (2 shared cores): 1 level an interval, 2 levels a 1-d quadrature, 3 or more randomised
-# quasi-Monte Carlo to abseps 1e-6 (points grow with the dimension: about 2^16 at 3, 2^18 at 6 levels).
+# --cases cost on this machine (2 shared cores): 1 level an interval, 2 levels a 1-d quadrature, 3 or more the
+# randomised lattice rule to abseps 1e-6 (boundary_mass exact for K = 4..7 ran within 10 % of these prices).
 _BOX_SECONDS = {0: 5e-5, 1: 2e-4, 2: 2.5e-3}
 
 
@@ -177,21 +179,21 @@ def _rank(router, comp) -> int:
     return min(comp.d, router.num_experts - 1)
 
 
-def _union_bound(router, comp, w: float) -> float:
-    r""":math:`\sum_{i<j} P(|g_{ij}| \le w)`, an upper bound on β(w) (cheap: from the logit covariance)."""
+def _rough_beta(router, comp, widths) -> np.ndarray:
+    r"""A rough β(w) ``(W,)`` from 4096 draws of the logits (fixed seed; only to choose a form): the complement
+    form's absolute error ``abseps`` is relatively small only where β is not."""
     M, C = (to_numpy(t) for t in linear_moments(router.weight, router.bias, comp))
-    total = 0.0
-    for i, j in _all_pairs(len(M)):
-        s = math.sqrt(max(C[i, i] + C[j, j] - 2 * C[i, j], 0.0))
-        m = M[i] - M[j]
-        total += float(interval_mass((-w - m) / s, (w - m) / s)) if s > 0 else float(abs(m) <= w)
-    return total
+    z = np.random.default_rng(0).standard_normal((ROUGH_DRAWS, len(M)))
+    a = np.sort(M + z @ covariance_factor(C).T, axis=1)
+    gap = a[:, -1] - a[:, -2]
+    return (gap[:, None] <= np.asarray(widths, float)[None, :]).mean(0)
 
 
 def _top2_forms(router, comp, widths) -> list[str]:
-    """The form of each width: "coarea" (each interface's top-two band, no cancellation) or "complement"."""
-    return ["complement" if w > 0 and _union_bound(router, comp, float(w)) > COMPLEMENT_ABOVE else "coarea"
-            for w in widths]
+    """The form of each width: "coarea" (each interface's top-two band, no cancellation) or "complement" (where
+    β is at least 0.01, so that ``abseps`` is at most 1e-4 of it)."""
+    rough = _rough_beta(router, comp, widths)
+    return ["complement" if w > 0 and b >= COMPLEMENT_ABOVE else "coarea" for w, b in zip(widths, rough)]
 
 
 def boundary_mass_seconds(router, law, widths, kind: str = "top2") -> float:
@@ -209,8 +211,12 @@ def boundary_mass_seconds(router, law, widths, kind: str = "top2") -> float:
         if kind == "pairwise":
             total += len(w) * math.factorial(K) * box_seconds(r)
             continue
-        for form in _top2_forms(router, comp, w):
-            total += (K * box_seconds(r)) if form == "complement" else K * (K - 1) / 2 * box_seconds(r)
+        narrow = 0.05 * min_pair_sd(linear_moments(router.weight, router.bias, comp)[1]) if r == 3 else -1.0
+        for wq, form in zip(w, _top2_forms(router, comp, w)):
+            if form == "complement":
+                total += K * box_seconds(r)
+            else:  # a rank-3 band narrow on the score's scale: 8 two-level quadratures (exact, no sampling)
+                total += K * (K - 1) / 2 * (8 * box_seconds(2) if wq <= narrow else box_seconds(r))
     return total
 
 
@@ -295,10 +301,11 @@ def boundary_mass_exact(router, law, widths, kind: str = "top2", *, abseps: floa
 
     a sum of positive Gaussian box probabilities (one two-sided row and 2(K−2) one-sided ones, rank
     ``min(d, K-1)``): no cancellation, so it is accurate relative to β in the tails (each term to ``RELEPS``
-    = 1e-6 relative, or exactly to rounding at rank ≤ 2). **Complement form**, used where the union bound
-    :math:`\sum_{i<j} P(|g_{ij}| \le w)` exceeds 0.05 (β is then not small and the complement is cheaper):
+    = 1e-6 relative, or exactly to rounding at rank ≤ 2). **Complement form**, used where β is at least 0.01 by a
+    rough estimate from 4096 draws of the logits (the complement is then cheaper and its absolute accuracy at most
+    1e-4 of β):
     :math:`\Delta > w` iff one expert leads every other by more than w, and at most one can, so
-    :math:`1 - \beta(w) = \sum_k P(a_k - a_j > w\ \forall j \ne k)`, each to ``abseps/K`` absolutely.
+    :math:`1 - \beta(w) = \sum_k P(a_k - a_j > w\ \forall j \ne k)`, each to ``abseps/√K`` absolutely (their errors add in quadrature).
     Pairwise profile (2.14): :math:`\delta > w` iff the sorted logits are w-separated, one ordering σ is strict,
     :math:`1 - \beta_{pair}(w) = \sum_{\sigma} P(a_{\sigma(r)} - a_{\sigma(r+1)} > w,\ r < K)`, K! box
     probabilities (K ≤ 6), to ``abseps/K!`` each (absolute accuracy: in its tails ask the top-two profile, or

@@ -38,7 +38,7 @@ __all__ = ["SQRT2PI", "ABSEPS", "TINY", "phi", "log_phi", "normal_cdf", "normal_
            "log_concave_panels", "to_numpy", "gaussian_components", "linear_moments", "score_law",
            "condition_on_score", "contrast_law", "ContrastLaw", "Probability", "box_probability",
            "orthant_probability", "orthant_with_bound", "interval_moments", "SOV_BOUND_SE", "ROUNDING",
-           "combined_bound", "EXACT_BUDGET", "factor_rel_error", "row_differences"]
+           "combined_bound", "EXACT_BUDGET", "factor_rel_error", "row_differences", "covariance_factor"]
 
 SQRT2PI = math.sqrt(2 * math.pi)
 _LOG_SQRT2PI = 0.5 * math.log(2 * math.pi)
@@ -464,7 +464,7 @@ def contrast_law(D, c, law: Gaussian, D_lo=None, c_lo=None) -> ContrastLaw:
         return ContrastLaw(mean, rows, np.full(p, 8 * EPS * (F.shape[1] + 2)))
     if not given_factor and 9 * d * d * p * (p + 1) // 2 <= EXACT_BUDGET:
         C = _exact_congruence(D, Dl, to_numpy(law.cov))
-        return ContrastLaw(mean, _eigen_factor(C), np.full(p, 8 * EPS * (p + 2)))
+        return ContrastLaw(mean, covariance_factor(C), np.full(p, 8 * EPS * (p + 2)))
     rows = D @ F + Dl @ F
     return ContrastLaw(mean, rows, factor_rel_error(D, F, rows))
 
@@ -909,8 +909,9 @@ def _check_moments(mean, cov, where: str):
     return m, C
 
 
-def _eigen_factor(C: np.ndarray) -> np.ndarray:
-    """A rank-revealing factor of a covariance (small, q × q): eigenvalues below 1e-12 of the largest are 0."""
+def covariance_factor(C: np.ndarray) -> np.ndarray:
+    """A rank-revealing factor of a covariance (small, q × q), through its correlation matrix: eigenvalues of the
+    correlation matrix below 1e-12 of the largest are 0."""
     sd = np.sqrt(np.clip(np.diag(C), 0.0, None))
     s = np.where(sd > 0, sd, 1.0)
     lam, V = np.linalg.eigh(C / np.outer(s, s))  # the correlation matrix: well scaled
@@ -940,7 +941,7 @@ def orthant_with_bound(mean, cov, low, closed=None, abseps: float = ABSEPS,
         fail("low", where, f"a scalar or an array of shape ({m.size},)", low)
     sd = np.sqrt(np.clip(np.diag(C), 0.0, None))
     scale = 1e3 * max(1.0, float(np.abs(m).max(initial=0.0)), float(sd.max(initial=0.0)))
-    p = box_probability(m, _eigen_factor(C), np.broadcast_to(low.reshape(-1), m.shape), None, closed,
+    p = box_probability(m, covariance_factor(C), np.broadcast_to(low.reshape(-1), m.shape), None, closed,
                         abseps=abseps, row_scale=scale)
     return p.value, p.bound
 
