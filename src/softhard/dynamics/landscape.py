@@ -2,7 +2,7 @@ r"""The soft-risk landscape of a teacher–student problem (paper §4.4, §5: Th
 
 - :class:`ParamSpace`: a student MoE's parameters as one flat vector, with the model's exact symmetries:
   expert relabelling (the K! permutations) and the directions along which the risk cannot change (the
-  logit gauge :math:`a \to a + c(x)`, and the scale of a :class:`~softhard.dynamics.teacher.UnitLinearRouter`).
+  logit gauge :math:`a \to a + c(x)`, and the scale of a :class:`~softhard.model.routers.UnitLinearRouter`).
 - :class:`Objective`: :math:`L_\tau(\theta) = \frac1N\sum_i (f^*(x_i) - f_\tau(x_i;\theta))^2 + \sigma^2` (5.3)
   on one fixed sample (``estimate.draw``), with its gradient and full Hessian (``torch.func``, float64).
 - :func:`critical_points`: critical points from many starts (L-BFGS descent and/or a Levenberg–Marquardt
@@ -35,10 +35,10 @@ from ..estimators.reducer import Estimate, draw, monte_carlo, resolve_seed
 from ..model.experts import LinearExperts, MLPExperts
 from ..model.laws import as_law
 from ..model.moe import MoE, as_teacher, hard_from, soft_from
-from ..model.routers import LinearRouter, MLPRouter
+from ..model.routers import LinearRouter, MLPRouter, UnitLinearRouter
 from ..results.table import Table, loglog_fit
 from .shape import hard_risk, supports_exact
-from .teacher import PROBLEMS, PartitionTeacher, Problem, UnitLinearRouter, get_problem, recovery
+from .teacher import PROBLEMS, PartitionTeacher, Problem, get_problem, recovery
 
 __all__ = ["ParamSpace", "Objective", "hessian", "CriticalPoint", "Landscape", "critical_points", "minima_path",
            "random_family", "GammaResult", "uniform_gap", "run_landscape"]

@@ -15,7 +15,7 @@ r"""The hard risk as a function of the partition: profiled hard risk and its sha
   :math:`f^*` jumps on the interface, its trace from the side being invaded (5.8): the side
   :math:`g_{ij} < 0` where :math:`\partial g_{ij}\cdot\eta > 0`, the side :math:`g_{ij} > 0` elsewhere.
 
-Two methods. ``"exact"``: a linear (or :class:`~softhard.dynamics.teacher.UnitLinearRouter`) student router,
+Two methods. ``"exact"``: a linear (or :class:`~softhard.model.routers.UnitLinearRouter`) student router,
 affine experts, a linear teacher partition with affine experts and a Gaussian or Gaussian-mixture law:
 everything reduces to Gaussian moments (up to order 3) over polyhedra (:func:`softhard.closed.region_moments`).
 Accuracy: ~1e-15 relative against an independent polar-coordinate quadrature; constraints whose normals are
@@ -42,7 +42,7 @@ from ..model.gates import top_two
 from ..model.laws import Gaussian, GaussianMixture, as_law
 from ..model.moe import HardTeacher, MoE, as_teacher
 from ..model.routers import as_router
-from .teacher import effective_linear
+from ..model.routers import effective_linear
 
 __all__ = ["hard_risk", "Profile", "profiled_hard_risk", "shape_gradient", "shape_derivative",
            "exact_cell_moments", "supports_exact"]

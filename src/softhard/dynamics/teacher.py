@@ -29,68 +29,13 @@ from ..estimators.reducer import Estimate, mean_estimate, monte_carlo
 from ..model.experts import LinearExperts, MLPExperts
 from ..model.laws import Gaussian, Law, as_law
 from ..model.moe import HardTeacher, MoE, soft_from
-from ..model.routers import LinearRouter, MLPRouter, Router, set_affine
+from ..model.routers import LinearRouter, MLPRouter, UnitLinearRouter, effective_linear
+from .shape import exact_cell_moments, profiled_hard_risk, shape_gradient
 
 __all__ = ["UnitLinearRouter", "PartitionTeacher", "make_student", "Problem", "binary_problem", "voronoi3_problem",
            "PROBLEMS", "get_problem", "Recovery", "recovery", "Decomposition", "risk_decomposition"]
 
 EPS_2TAU = 1.0 / (1.0 + math.e ** 2)  # the tolerance ε whose width w_{τ,ε} is 2τ (2.15)
-
-
-class UnitLinearRouter(Router):
-    r"""Linear router of fixed score scale: a compact router family on which τ has a meaning.
-
-    .. math:: a(x) = s\,\sqrt{(K-1)/2}\;\frac{W_c}{\lVert W_c\rVert_F}\,x + (b - \bar b\,\mathbf 1),
-              \qquad W_c = W - \mathbf 1\,\bar w^\top
-
-    (:math:`\bar w`, :math:`\bar b` the means over experts), so that the root mean square over pairs of
-    :math:`|\nabla g_{ij}|` equals ``scale`` :math:`s`, because
-    :math:`\sum_{i<j}|w_i - w_j|^2 = K\lVert W_c\rVert_F^2`; for ``K = 2``, :math:`|\nabla g| = s`.
-    Without a fixed scale, :math:`L_\tau(\lambda W) = L_{\tau/\lambda}(W)` and a realizable soft risk has
-    no finite minimiser. The raw ``weight`` is invariant under :math:`W \to \lambda W` (λ > 0) and
-    :math:`W \to W + \mathbf 1 w^\top`, ``bias`` under :math:`b \to b + c\mathbf 1` (the logit gauge).
-
-    Args:
-        weight: raw ``W``, shape ``(K, d)``, ``K >= 2``, not all rows equal.
-        bias: raw ``b``, shape ``(K,)`` (zeros if ``None``).
-        scale: ``s > 0``.
-        trainable: register ``weight, bias`` as parameters (else buffers).
-    """
-
-    def __init__(self, weight, bias=None, *, scale: float = 1.0, trainable: bool = True):
-        super().__init__()
-        W = set_affine(self, weight, bias, "UnitLinearRouter", min_rows=2, trainable=trainable)
-        if float(torch.linalg.norm(W - W.mean(0))) == 0.0:
-            fail("weight", "UnitLinearRouter", "an array whose rows are not all equal", W)
-        self.scale = check_float(scale, "scale", "UnitLinearRouter", 0.0, math.inf)
-        self.num_experts, self.d = W.shape
-
-    def effective(self, weight=None, bias=None) -> tuple[torch.Tensor, torch.Tensor]:
-        """The effective linear logits ``(W_eff (K, d), b_eff (K,))``, differentiable in the raw ones
-        (``weight``/``bias`` replace the stored ones when given)."""
-        W = self.weight if weight is None else weight
-        b = self.bias if bias is None else bias
-        Wc = W - W.mean(0)
-        return (self.scale * math.sqrt((self.num_experts - 1) / 2) / torch.linalg.norm(Wc)) * Wc, b - b.mean()
-
-    def forward(self, x):
-        W, b = self.effective()
-        return x @ W.T + b
-
-    def as_linear(self) -> LinearRouter:
-        """A frozen :class:`~softhard.model.routers.LinearRouter` with the same logits."""
-        W, b = self.effective()
-        return LinearRouter(W.detach(), b.detach())
-
-
-def effective_linear(router, weight=None, bias=None) -> tuple[torch.Tensor, torch.Tensor] | None:
-    """``(W, b)`` of a LinearRouter or UnitLinearRouter (logits ``W x + b``), else ``None``; ``weight``/``bias``
-    replace the router's raw parameters when given."""
-    if isinstance(router, UnitLinearRouter):
-        return router.effective(weight, bias)
-    if isinstance(router, LinearRouter):
-        return (router.weight if weight is None else weight), (router.bias if bias is None else bias)
-    return None
 
 
 class PartitionTeacher(HardTeacher):
@@ -239,8 +184,6 @@ def binary_problem(noise_std: float = 0.0) -> Problem:
     def saddle() -> MoE:
         from scipy.optimize import root
 
-        from .shape import profiled_hard_risk, shape_gradient
-
         def router(z):
             v = torch.tensor([math.cos(z[0]), math.sin(z[0])], dtype=DTYPE)
             return LinearRouter.binary(v, float(z[1])), v
@@ -358,8 +301,6 @@ def recovery(student, teacher, law=None, *, sample=None, n: int = 1 << 16, seed=
     if not isinstance(method, str) or method not in ("mc", "exact"):
         fail("method", "recovery", "one of 'mc', 'exact'", method)
     if method == "exact":
-        from .shape import exact_cell_moments
-
         M = exact_cell_moments(student.router, teacher, as_law(law, "recovery"), "recovery")  # (K_S, K_T, d+1, d+1)
         theta = _affine(student.experts, "recovery")
         theta_t = _affine(teacher.moe.experts, "recovery")

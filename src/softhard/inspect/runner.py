@@ -28,6 +28,7 @@ import torch
 
 from .._validate import check_float, check_grid, check_int
 from ..estimators.reducer import resolve_seed
+from .digits import DIGITS
 from .hooks import PERTURBATIONS, RouterCapture, block_generator, capture_block_outputs, perturb_hidden
 from .layouts import InspectError, find_routers, parse_layers
 from .loading import DTYPES, Batch, encode_text, load_model, token_batches, vocab_size
@@ -37,7 +38,6 @@ from .stats import LayerStats
 __all__ = ["Inspection", "inspect_model", "inspect_path", "inspect_paths", "compare_rows", "write_inspection",
            "default_widths", "DIGITS", "TINY_LM", "MIN_CPU_SECONDS"]
 
-DIGITS = "softhard:digits"
 TINY_LM = "softhard:tiny-lm"  # the language MoE trained and cached by softhard (.tinylm)
 MIN_CPU_SECONDS = 0.5  # plain-forward CPU time below which the hook overhead is not reported
 
