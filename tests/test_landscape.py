@@ -143,12 +143,12 @@ def test_uniform_gap_exponent(binary):
     template = prob.teacher_student()
     fam = random_family(template, 8, 0.3, seed=1)
     taus = [0.0025, 0.005, 0.01, 0.02, 0.04]
-    res = uniform_gap(template, prob.teacher, prob.law, fam, taus, n=1 << 16, seed=3, groups=16)
-    assert res.gap.value.shape == (8, 5) and res.gap.n == 1 << 16 and res.groups == 16
+    res = uniform_gap(template, prob.teacher, prob.law, fam, taus, n=1 << 16, seed=3)
+    assert res.gap.value.shape == (8, 5) and res.gap.n == 1 << 16
     # the exact sup-gap (closed/risk quadrature) and its exponent: Cor. 4.4's α = 1, approached from below
     assert res.alpha_exact == pytest.approx(1.0, abs=0.02) and np.all(np.diff(res.local_slopes_exact) < 0)
     assert np.all(np.abs(res.sup_gap - res.exact_sup_gap) <= 5 * res.sup_gap_stderr + 1e-12)
-    # the bootstrap error bar is not the fit's residual scale (which ignores that the τ share their draws) ...
+    # the delta-method error bar is not the fit's residual scale (which ignores that the τ share their draws) ...
     resid = loglog_fit(taus, res.sup_gap)["slope_stderr"]
     assert res.alpha_stderr > 3 * resid and 0.005 < res.alpha_stderr < 0.2
     # ... and the exponent is within it of the truth
@@ -243,7 +243,12 @@ def test_cli_landscape(tmp_path):
     table = json.loads((tmp_path / "landscape.json").read_text())
     kinds = {(r["kind"], r["teacher_equivalent"]) for r in table["rows"]}
     assert ("minimum", True) in kinds and ("strict saddle", False) in kinds
-    assert abs(table["meta"]["gamma_alpha"] - 1) < 0.15
+    m = table["meta"]
+    assert abs(m["gamma_alpha"] - m["gamma_alpha_exact"]) <= 4 * m["gamma_alpha_stderr"] and "±" in res.output
+    assert m["argmin_converges"] is True and "converges (landscape_argmin)" in res.output
+    assert json.loads((tmp_path / "landscape_argmin.json").read_text())["meta"]["rule"].startswith("fails if")
+    # the soft saddles are hard saddles too, by the exact profiled second variation alone
+    assert all(r["hard_profiled_min_eigenvalue"] < 0 for r in table["rows"] if r["kind"] == "strict saddle")
     for name in ("landscape_recovery.png", "landscape_spectra.png"):
         assert (tmp_path / name).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     spectra = json.loads((tmp_path / "landscape_spectra.json").read_text())["rows"]

@@ -216,8 +216,15 @@ def landscape(
     kinds = [f"{r['kind']}{'' if r['teacher_equivalent'] else ' (not teacher-equivalent)'} at tau={r['tau']:g}"
              for r in table.rows]
     typer.echo("critical points: " + "; ".join(kinds))
-    typer.echo(f"uniform gap exponent {table.meta['gamma_alpha']:.3f} (predicted 1); "
-               f"recovery error slope {table.meta['recovery_slope']:.2f} in tau")
+    m = table.meta
+    exact = "" if m.get("gamma_alpha_exact") is None else f", exact {m['gamma_alpha_exact']:.4f}"
+    typer.echo(f"uniform gap exponent {m['gamma_alpha']:.3f} ± {m['gamma_alpha_stderr']:.3f}{exact} (predicted 1); "
+               f"recovery error slope {m['recovery_slope']:.2f} in tau")
+    if m.get("argmin_rate") is not None:
+        typer.echo(f"argmin L_tau -> argmin L_0 on a segment: rate {m['argmin_rate']:.2f}, "
+                   f"{'converges' if m['argmin_converges'] else 'FAILS the rule'} (landscape_argmin)")
+    elif m.get("argmin_note"):
+        typer.echo(f"argmin test {m['argmin_note']}")
 
 
 @app.command("inspect")

@@ -334,6 +334,12 @@ def _router_null(router) -> np.ndarray:
     return Q[:, torch.abs(torch.diagonal(R)) > 1e-12].numpy()
 
 
+def _reason(e: Exception) -> str:
+    """A refusal's rule and value as one line: "needs <rule>; here <value>"."""
+    rule, _, got = str(e).partition(" must be ")[2].partition(". Got ")
+    return f"needs {rule}; here {got.rstrip('.')}" if rule else str(e)
+
+
 def profiled_min_eigenvalue(moe: MoE, teacher, law) -> tuple[float | None, str]:
     r"""Smallest eigenvalue of the exact profiled hard Hessian :math:`\nabla^2_\varphi L_0^{prof}` at ``moe``'s router
     (Assumption 5.14, :func:`~softhard.dynamics.shape.shape_hessian_matrix` with ``profiled=True``) on the
@@ -344,7 +350,7 @@ def profiled_min_eigenvalue(moe: MoE, teacher, law) -> tuple[float | None, str]:
     try:
         sv = shape_hessian_matrix(moe.router, teacher, law, profiled=True)
     except ValueError as e:
-        return None, str(e).split(". Got ")[-1].rstrip(".")
+        return None, _reason(e)
     P = _router_null(moe.router)
     Q, _ = np.linalg.qr(np.concatenate([P, np.eye(len(P))], 1), mode="complete")
     return float(sv.eigenvalues(Q[:, P.shape[1]:])[0]), ""
@@ -515,7 +521,7 @@ def transfer_modulus(moe: MoE, teacher, law, taus, *, follow: str = "saddle", no
             cols["og"].append(math.nan)
             cols["oh"].append(math.nan)
             cols["he"].append(math.nan)
-            cols["note"].append(str(e).split(". Got ")[-1].rstrip("."))
+            cols["note"].append(_reason(e))
     og, oh = np.array(cols["og"]), np.array(cols["oh"])
 
     def rate(y):
