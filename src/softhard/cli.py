@@ -244,8 +244,12 @@ def inspect_cmd(
     taus: str = typer.Option("0.25,0.5,1,2", "--taus", help="router temperatures for the sensitivity ('' for none)"),
     dense: bool = typer.Option(True, "--dense/--no-dense", help="also run each block fully dense (sensitivity)"),
     tie_widths: str = typer.Option("0.01,0.1", "--tie-widths", help="widths w of the 'within w of a tie' columns"),
-    perturb: str = typer.Option("fp16", "--perturb", help="flip-rate perturbation: fp16, noise or none"),
+    perturb: str = typer.Option("fp16", "--perturb", help="changes whose flips are predicted beside measured "
+                                "(flips.csv): comma-separated bf16, fp16, fp8 (router compute), int8-router, "
+                                "int4-router, int8, int4 (whole model; optimum-quanto), noise; or none"),
     noise: float = typer.Option(1e-3, "--noise", help="relative size of the Gaussian noise (--perturb noise)"),
+    calibration: float = typer.Option(0.125, "--calibration", help="share of the sequences on which whole-model "
+                                      "int8/int4 errors are calibrated (left out of their flips.csv rows)"),
     seed: int = typer.Option(0, "--seed", help="seed (random ids, random weights, noise, sampling)"),
     overhead: bool = typer.Option(True, "--overhead/--no-overhead", help="time plain forwards to report the hook "
                                                                           "overhead (doubles the capture's cost)"),
@@ -269,9 +273,20 @@ def inspect_cmd(
     except ValueError:
         _die(f"--taus, --tie-widths and --harden-taus take comma-separated numbers; got {taus!r}, {tie_widths!r} "
              f"and {harden_taus!r}")
+    from .inspect.price.flips import parse_perturbations
+
+    try:
+        kinds = parse_perturbations(perturb)
+    except InspectError as e:
+        _die(str(e))
+    if not 0 < calibration < 1:
+        _die(f"--calibration must be a share in (0, 1), got {calibration}")
+    # layers.csv's flip_rate perturbs the router's input only: the fp16 round trip of the hidden state, or noise
+    legacy = "fp16" if "fp16" in kinds else "noise" if "noise" in kinds else None
     kw = dict(tokens=tokens, text=text, random_ids=random_ids, layers=layers, trust_remote_code=trust_remote_code,
               router_path=router_path, top_k=top_k, seq_len=seq_len, batch_size=batch_size, taus=grid["taus"],
-              tie_widths=grid["tie-widths"], perturbation=None if perturb == "none" else perturb, noise=noise,
+              tie_widths=grid["tie-widths"], perturbation=legacy, perturbations=kinds, calibration=calibration,
+              noise=noise,
               seed=seed, dtype=dtype, device=device, device_map=device_map, measure_overhead=overhead, dense=dense,
               save_tokens=save_tokens, progress=progress, harden=harden, harden_taus=grid["harden-taus"])
     try:
@@ -295,6 +310,10 @@ def inspect_cmd(
         typer.echo(f"{m['model']}: {m['layers']} MoE layers, {m['tokens']} tokens, {oh}")
         for note in m.get("notes", []):
             typer.echo(f"note: {note}")
+        for kind, v in (m.get("flips") or {}).items():
+            typer.echo(f"flips {kind}: " + (v.get("note", "") if v.get("mean_ratio") is None else
+                       f"predicted/measured {v['mean_ratio']:.3g} averaged over {v['layers']} layers (per layer "
+                       f"{v['min_ratio']:.3g}-{v['max_ratio']:.3g}): targets {'hold' if v['holds'] else 'FAIL'}"))
         if "hardening" in m:
             typer.echo(f"hardening: {m['hardening']['verdict']}")
     typer.echo(f"-> {out}")
