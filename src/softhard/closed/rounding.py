@@ -16,19 +16,25 @@ Closed forms used by the flip predictor (:mod:`softhard.inspect.price.flips`; de
             \qquad G(x) = x\,\Phi(x) + \varphi(x),
 
   with the limits :math:`\Phi(-g/\sigma)` (:math:`q = 0`) and :math:`\operatorname{clip}((q-g)/2q, 0, 1)`
-  (:math:`\sigma = 0`).
+  (:math:`\sigma = 0`);
+- :func:`abs_mean_rounded`: :math:`\mathbb E|\sigma Z + T|` with :math:`T` the difference of two independent
+  roundings to a grid of spacing :math:`q` (triangular on :math:`(-q, q)`), the observed size of a score-difference
+  error whose two scores were rounded — what an error scale is calibrated against when one side of a comparison
+  is rounded (Gauss–Legendre on each half of the triangle, where the integrand
+  :math:`\mathbb E|\sigma Z + t| = \sigma\sqrt{2/\pi}\,e^{-t^2/2\sigma^2} + t\,(1 - 2\Phi(-t/\sigma))` is smooth).
 """
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import torch
 
 from .._validate import fail
-from .normal import normal_cdf, phi
+from .normal import gauss_legendre, normal_cdf, phi
 
-__all__ = ["FloatFormat", "FORMATS", "ulp", "rounding_variance", "pair_flip_probability"]
+__all__ = ["FloatFormat", "FORMATS", "ulp", "rounding_variance", "pair_flip_probability", "abs_mean_rounded"]
 
 
 @dataclass(frozen=True)
@@ -104,3 +110,21 @@ def pair_flip_probability(gap, sigma, q=0.0) -> torch.Tensor:
     out = torch.where(hard, (g < 0).to(torch.float64) + 0.5 * (g == 0).to(torch.float64), out)
     out = torch.where(torch.isinf(g) & (g > 0), torch.zeros_like(out), out)
     return torch.clamp(out, 0.0, 1.0)
+
+
+def abs_mean_rounded(sigma, q, nodes: int = 32) -> torch.Tensor:
+    r""":math:`\mathbb E|\sigma Z + T|`, :math:`Z \sim N(0, 1)`, :math:`T` triangular on :math:`(-q, q)` (module
+    docstring); elementwise over broadcastable ``sigma, q >= 0`` (float64 out). :math:`\sigma\sqrt{2/\pi}` at
+    :math:`q = 0`, :math:`q/3` at :math:`\sigma = 0`."""
+    s = torch.as_tensor(sigma, dtype=torch.float64)
+    q = torch.as_tensor(q, dtype=torch.float64)
+    s, q = torch.broadcast_tensors(s, q)
+    x, w = gauss_legendre(nodes, s)
+    t = q[..., None] * (x + 1) / 2  # nodes on (0, q); the density (1 - t/q)/q, symmetric halves
+    dens = (1 - (x + 1) / 2) / torch.clamp(q[..., None], min=1e-300)
+    sz = torch.clamp(s[..., None], min=1e-300)
+    inner = sz * math.sqrt(2 / math.pi) * torch.exp(-0.5 * (t / sz) ** 2) + t * (1 - 2 * normal_cdf(-t / sz))
+    half = (inner * dens * w * q[..., None] / 2).sum(-1)  # integral over (0, q); the same over (-q, 0)
+    out = 2 * half
+    out = torch.where(q == 0, s * math.sqrt(2 / math.pi), out)
+    return torch.where(s == 0, q / 3, out)

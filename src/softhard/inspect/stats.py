@@ -142,7 +142,7 @@ class LayerStats:
             self._tokens.append((np.asarray(token_index), mm, sel.cpu().numpy(), scores))
 
     def tokens(self) -> dict:
-        """Every token seen (with ``keep_tokens``): ``index (n,)``, ``margin (n,)``, ``logit_margin (n,)``,
+        r"""Every token seen (with ``keep_tokens``): ``index (n,)``, ``margin (n,)``, ``logit_margin (n,)``,
         ``selected (n, k)``, ``scores (n, K)`` (float32: the vector the margin is measured on — the logits, or the
         biased scores :math:`\phi(a) + b`) and ``rule (4,)``: ``k, n_group, topk_group, group_top`` of the
         selection on those scores (what ``softhard compare-routing`` needs to re-select and re-measure)."""

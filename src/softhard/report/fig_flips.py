@@ -6,6 +6,10 @@
 the averaged target shaded; grey markers: fewer than 0.5 % of tokens flip (outside the targets' range).
 
 :func:`flips_section` gives the HTML of the report section (verdicts, table, figure).
+
+``softhard compare-routing`` (from ``compare_routing.json`` alone): ``compare_routing.png`` — per layer the
+mismatch rate measured beside predicted (± se), the genuine share, and the near-tie share of the mismatches —
+and its ``report.html``.
 """
 
 from __future__ import annotations
@@ -19,7 +23,8 @@ import numpy as np
 
 from .figures import pyplot, savefig
 
-__all__ = ["figure_flips", "flips_section"]
+__all__ = ["figure_flips", "flips_section", "compare_routing_figure", "render_compare_routing_report",
+           "write_compare_routing_report"]
 
 
 def _f(v) -> float:
@@ -135,3 +140,78 @@ def flips_section(out, table) -> list[str]:
     if png.is_file():
         parts.append(f'<img alt="flips" src="data:image/png;base64,{base64.b64encode(png.read_bytes()).decode()}">')
     return parts
+
+
+def compare_routing_figure(out) -> Path:
+    """Draw ``out/compare_routing.png`` from ``out/compare_routing.json``; returns its path."""
+    out = Path(out)
+    d = json.loads((out / "compare_routing.json").read_text(encoding="utf-8"))
+    rows = d["rows"]
+    plt = pyplot()
+    fig, ax = plt.subplots(1, 2, figsize=(10, 4))
+    x = np.arange(len(rows))
+    labels = [str(r["layer"]) for r in rows]
+    for off, key, lab in ((-0.2, "mismatch", "measured mismatch"), (0.0, "predicted_mismatch", "predicted"),
+                          (0.2, "genuine", "genuine (beyond the measured noise)")):
+        v = np.array([_f(r[key]) for r in rows])
+        e = np.array([_f(r[f"{key}_stderr"]) for r in rows])
+        ax[0].bar(x + off, np.nan_to_num(v), 0.2, yerr=np.nan_to_num(e), label=lab, capsize=2)
+    ax[0].set_xticks(x, labels)
+    ax[0].set_xlabel("layer")
+    ax[0].set_ylabel("share of tokens")
+    ax[0].legend(fontsize=7)
+    v = np.array([_f(r["near_tie_share"]) for r in rows])
+    e = np.array([_f(r["near_tie_share_stderr"]) for r in rows])
+    ax[1].errorbar(x, v, yerr=e, fmt="o")
+    ax[1].axhline(0.9, color="0.5", ls=":", lw=0.8)
+    ax[1].set_ylim(0, 1.05)
+    ax[1].set_xticks(x, labels)
+    ax[1].set_xlabel("layer")
+    ax[1].set_ylabel("mismatches at near-tie tokens (share)")
+    fig.suptitle(f"{Path(d['meta']['a']).name} vs {Path(d['meta']['b']).name}", fontsize=10)
+    fig.tight_layout()
+    return savefig(fig, out / "compare_routing.png")
+
+
+def render_compare_routing_report(out) -> str:
+    """The page of ``softhard compare-routing`` as a string."""
+    out = Path(out)
+    d = json.loads((out / "compare_routing.json").read_text(encoding="utf-8"))
+    rows, meta = d["rows"], d["meta"]
+    esc = html.escape
+
+    def tab(head, body):
+        h = "".join(f"<th>{esc(str(c))}</th>" for c in head)
+        b = "".join("<tr>" + "".join(f"<td>{esc(str(c))}</td>" for c in r) + "</tr>" for r in body)
+        return f"<table><tr>{h}</tr>{b}</table>"
+
+    parts = ["<!DOCTYPE html><html><head><meta charset='utf-8'><title>softhard compare-routing</title>"
+             "<style>body{font-family:sans-serif;max-width:1100px;margin:auto}table{border-collapse:collapse}"
+             "td,th{border:1px solid #ccc;padding:2px 6px;font-size:13px}.note{color:#a50}</style></head><body>",
+             f"<h1>Routing compared: {esc(meta['a'])} ({esc(meta['format_a'])}) against {esc(meta['b'])} "
+             f"({esc(meta['format_b'])})</h1>",
+             "<p>Per layer, on the same tokens: the share whose selected experts differ (mismatch); of those, the "
+             "share whose decision margin was at most the score noise measured between the two runs on that token "
+             "(max − min of the change of its scores: a selection made from these scores cannot change otherwise) — "
+             "near ties; the share of all tokens mismatched beyond that noise (genuine); and the mismatch predicted "
+             "from the reference side's gaps and the fitted noise scale (cross-fitted on halves of the sequences; "
+             "docs/compare_routing.md). ± per-sequence standard errors.</p>"]
+    for note in meta.get("notes") or []:
+        parts.append(f'<p class="note">Note: {esc(str(note))}</p>')
+    parts.append(tab(["layer", "tokens", "mismatch", "near-tie share", "genuine", "predicted", "predicted / measured",
+                      "noise scale", "grid"],
+                     [[r["layer"], r["tokens"], _pm(r, "mismatch"), _pm(r, "near_tie_share"), _pm(r, "genuine"),
+                       _pm(r, "predicted_mismatch"), _pm(r, "ratio"), f"{_f(r['noise_scale']):.3g}", r.get("grid", "")]
+                      for r in rows]))
+    png = out / "compare_routing.png"
+    if png.is_file():
+        parts.append(f'<img alt="compare" src="data:image/png;base64,{base64.b64encode(png.read_bytes()).decode()}">')
+    parts.append("</body></html>\n")
+    return "\n".join(parts)
+
+
+def write_compare_routing_report(out) -> Path:
+    """Write ``out/report.html`` of ``softhard compare-routing``; returns its path."""
+    from ..results.io import atomic_write
+
+    return atomic_write(Path(out) / "report.html", render_compare_routing_report(out))

@@ -120,8 +120,8 @@ def quantize_weight(w: torch.Tensor, bits: int) -> tuple[torch.Tensor, torch.Ten
     quantize(holder, weights=qint8 if bits == 8 else qint4)
     freeze(holder)
     qw = holder[0].weight
-    deq = qw.dequantize().to(w.dtype).reshape(shape)
-    scale = qw._scale.to(torch.float64)
+    deq = qw.dequantize().detach().to(w.dtype).reshape(shape)
+    scale = qw._scale.detach().to(torch.float64)
     out, inn = m.shape
     if scale.numel() == out:
         per = scale.reshape(out, 1).expand(out, inn)
