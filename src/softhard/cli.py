@@ -227,8 +227,9 @@ def inspect_cmd(
                                                  "model side by side"),
     out: Path = typer.Option(..., "--out", help="output directory"),
     tokens: int = typer.Option(2048, "--tokens", help="tokens (images for softhard:digits) to inspect"),
-    text: Optional[Path] = typer.Option(None, "--text", help="texts to tokenize: a UTF-8 file, .jsonl, .parquet or a "
-                                                             "dataset saved to disk (needs a tokenizer)"),
+    text: Optional[Path] = typer.Option(None, "--text", help="texts to tokenize: a UTF-8 file, .jsonl, .parquet, a "
+                                                             "dataset saved to disk, or held-out text softhard:prose, "
+                                                             "softhard:code or softhard:legal (needs a tokenizer)"),
     random_ids: bool = typer.Option(False, "--random-ids", help="uniform random token ids (default without --text)"),
     layers: Optional[str] = typer.Option(None, "--layers", help="MoE layer indices, e.g. 0,2,5-7 (default all)"),
     trust_remote_code: bool = typer.Option(False, "--trust-remote-code", help="allow the model directory's code"),
