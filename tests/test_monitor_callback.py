@@ -9,21 +9,19 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from scipy.special import ndtr
 
 transformers = pytest.importorskip("transformers")
 
 from softhard import RoutingCallback  # noqa: E402
 from softhard.inspect import RoutingRule  # noqa: E402
-from softhard.inspect.io import (MissingExtra, ScalarLog, WandbWriter, flip_probability_bf16,  # noqa: E402
-                                 load_summary, moe_tag, tensorboard_writer)
+from softhard.inspect.io import MissingExtra, ScalarLog, WandbWriter, load_summary, moe_tag, tensorboard_writer  # noqa
 from softhard.inspect.monitor import log_layers  # noqa: E402
+from softhard.inspect.price.flips import predicted_flip_rate  # noqa: E402
 
 pytestmark = pytest.mark.usefixtures("quiet_transformers")
 
 STEPS, EVERY, LAYERS, EXPERTS, TOP_K = 20, 5, 2, 4, 2
 SEQ, BATCH, ACCUM = 16, 2, 2
-U = 2.0 ** -8  # bf16 unit roundoff
 
 
 def tiny_mixtral(seed=0):
@@ -67,17 +65,21 @@ def wandb_history(run_dir: Path) -> list[dict]:
     return rows
 
 
-def reference(logits: list[np.ndarray]) -> dict:
-    """The monitor's metrics of one layer and step, in plain NumPy from the router logits of its calls."""
-    a = np.concatenate(logits).astype(np.float64)  # (N, K)
+def reference(calls: list[tuple]) -> dict:
+    """The monitor's metrics of one layer and step, in plain NumPy from the router calls of the step (logits,
+    router input, router weight); the bf16 flip prediction is i20-flips' ``predicted_flip_rate`` per call (its
+    formula is tested in tests/test_flips.py), pooled over the calls here by token counts."""
+    a = np.concatenate([c[0] for c in calls]).astype(np.float64)  # (N, K)
     s = -np.sort(-a, axis=1)
     m = s[:, TOP_K - 1] - s[:, TOP_K]  # top-2 margin a_(2) - a_(3)
     top = np.argsort(-a, axis=1, kind="stable")[:, :TOP_K]
     share = np.bincount(top.ravel(), minlength=EXPERTS) / top.size
-    sigma = U / math.sqrt(3) * np.hypot(s[:, TOP_K - 1], s[:, TOP_K])
-    out = {"tokens": len(a), "pred_flip_rate_bf16": ndtr(-m / sigma).mean(), "load_imbalance": EXPERTS * share.max(),
-           "load_min": EXPERTS * share.min(),
-           "load_entropy": -(share * np.log(share)).sum() / math.log(EXPERTS)}
+    rule = RoutingRule(num_experts=EXPERTS, k=TOP_K, scores="softmax")
+    per_call = [predicted_flip_rate(torch.from_numpy(h), torch.from_numpy(w), torch.from_numpy(lg), rule=rule)
+                for lg, h, w in calls]
+    out = {"tokens": len(a), "load_imbalance": EXPERTS * share.max(), "load_min": EXPERTS * share.min(),
+           "load_entropy": -(share * np.log(share)).sum() / math.log(EXPERTS),
+           "pred_flip_rate_bf16": sum(e.n * e.value for e in per_call) / len(a)}
     for w in (0.01, 0.1, 1.0):
         out[f"boundary_mass_w{w:g}"] = np.mean(m <= w)
     for q, name in ((0.01, "p1"), (0.1, "p10"), (0.5, "p50")):
@@ -113,7 +115,9 @@ def trainer_run(tmp_path_factory):
 
     def keep(i):
         def hook(module, args, out):
-            captured.setdefault((phase["step"], i), []).append(out[0].detach().numpy().copy())
+            captured.setdefault((phase["step"], i), []).append(
+                (out[0].detach().numpy().copy(), args[0].detach().reshape(-1, 32).numpy().copy(),
+                 module.weight.detach().numpy().copy()))
         return hook
 
     handles = [layer.mlp.gate.register_forward_hook(keep(i)) for i, layer in enumerate(model.model.layers)]
@@ -166,17 +170,14 @@ def test_trainer_scalars_read_back_from_tensorboard_and_wandb(trainer_run):
                 tag = f"moe/{metric}_layer_{i}"
                 expected_tags.add(tag)
                 assert tb[tag][step] == pytest.approx(want, rel=1e-6, abs=1e-12), tag  # float32 event files
-                # W&B keeps float64; torch's ndtr and SciPy's differ far in the tail (~1e-9 relative, and
-                # torch's is 0 below ~1e-40)
-                rel = 1e-8 if metric == "pred_flip_rate_bf16" else 1e-12
-                assert wb[tag][step] == pytest.approx(want, rel=rel, abs=1e-15), tag
+                assert wb[tag][step] == pytest.approx(want, rel=1e-12, abs=1e-15), tag  # W&B keeps float64
     assert max(flips) > 1e-6
     assert set(tb) == expected_tags and {k for k in wb if k.startswith("moe/")} == expected_tags
     rows = r.cb.monitor.rows
     assert all(row["tokens"] == BATCH * ACCUM * SEQ and row["log_layer"] == row["layer"] for row in rows)
     assert (r.root / "routing.csv").read_text().count("\n") == len(rows) + 1 == len(recorded) * LAYERS + 1
     # the standard errors (CSV only) are those of the step's tokens
-    ref = np.concatenate(r.captured[(EVERY, 0)]).astype(np.float64)
+    ref = np.concatenate([c[0] for c in r.captured[(EVERY, 0)]]).astype(np.float64)
     s = -np.sort(-ref, axis=1)
     inside = (s[:, 1] - s[:, 2] <= 0.1).astype(float)
     assert rows[0]["boundary_mass_w0.1_stderr"] == pytest.approx(inside.std(ddof=1) / math.sqrt(len(inside)),
@@ -249,17 +250,6 @@ def test_load_summary_by_hand():
     assert [got[f"expert{j}_load"] for j in range(4)] == [3.0, 1.0, 0.0, 0.0]
     assert "expert0_load" not in load_summary([6, 2, 0, 0], max_expert_keys=3)
     assert all(math.isnan(v) for v in load_summary([0, 0], 4).values())
-
-
-def test_bf16_flip_probability_by_hand():
-    rule = RoutingRule(num_experts=3, k=1, scores="logits")
-    logits = torch.tensor([[1.0, 0.99, -2.0], [3.0, 3.0, 0.0], [0.0, 0.0, 0.0], [5.0, 0.0, 1.0]], dtype=torch.float64)
-    p = flip_probability_bf16(rule, logits)
-    sigma = U / math.sqrt(3) * math.hypot(1.0, 0.99)
-    assert p[0].item() == pytest.approx(ndtr(-0.01 / sigma), rel=1e-12)
-    assert p[1].item() == 0.5  # an exact tie flips with probability 1/2
-    assert p[2].item() == 0.0  # zero scores stay zero when rounded
-    assert 0 < p[3].item() < 1e-300 or p[3].item() == 0.0  # a margin of 4 is far beyond bf16 rounding
 
 
 def test_log_layers_follow_the_module_path():

@@ -18,9 +18,10 @@ gets ``moe/<metric>_layer_<i>``, :mod:`softhard.inspect.io.writers`) with
   rule, :mod:`softhard.inspect.rules`; :math:`a_{(k)} - a_{(k+1)}` for top-k of the logits), i.e.
   :math:`\beta(w)` (2.13) of the step's tokens, with its standard error (CSV);
 - ``margin_p{100q}``: the q-quantiles of :math:`m` (``margin_p50`` is the median);
-- ``pred_flip_rate_bf16``: the predicted share of tokens whose selected set changes when the router's scores
-  are computed in bfloat16 (:func:`softhard.inspect.io.metrics.flip_probability_bf16`), with its standard
-  error (CSV);
+- ``pred_flip_rate_bf16``: the predicted share of tokens whose selected set changes when the router
+  :math:`a = W h + b` is computed in bfloat16 instead of the precision it ran in
+  (:func:`softhard.inspect.price.flips.predicted_flip_rate` on each router call's input, weight and logits),
+  with its standard error (CSV); empty, with a warning, for a router without a ``(K, d)`` ``weight``;
 - ``load_imbalance``, ``load_min``, ``load_entropy`` and, for layers with at most ``max_expert_keys``
   experts, ``expert{j}_load``: expert loads relative to the balanced load
   (:func:`softhard.inspect.io.metrics.load_summary`);
@@ -45,6 +46,7 @@ from __future__ import annotations
 
 import math
 import time
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -53,9 +55,10 @@ import torch
 from .._validate import check_grid, check_int, fail
 from ..estimators.reducer import mean_estimate
 from .hooks import first_tensor, hooks_suspended
-from .io.metrics import flip_probability_bf16, load_summary
+from .io.metrics import load_summary
 from .io.writers import check_writers, moe_tag, tensorboard_writer
 from .layouts import find_routers
+from .price.flips import predicted_flip_rate
 from .sensitivity import relative_change
 from .stats import StreamMean
 
@@ -131,6 +134,7 @@ class RoutingMonitor:
         self.paused = False
         self.seconds_forward = self.seconds_hooks = self.seconds_flush = 0.0
         self._tb_dir, self._own = tensorboard, []
+        self._no_flips: set[int] = set()
         self._handles = []
         self._reset()
 
@@ -176,17 +180,37 @@ class RoutingMonitor:
                 routed = site.read(args, output)
                 logits = routed.logits.detach()
                 m = site.rule.margin(logits)
-                p = flip_probability_bf16(site.rule, logits, m)
+                flips = self._predict_flips(site, args, logits)
                 sel = routed.selected.reshape(-1)
                 counts = torch.bincount(sel[sel >= 0].long(), minlength=site.num_experts).cpu().numpy()
                 b = self._buf[site.index]
                 b.margins.append(m.cpu().numpy())
-                b.flips.append(p.cpu().numpy())
+                if flips is not None:
+                    b.flips.append((flips.n, flips.value, flips.stderr))
                 b.counts = counts if b.counts is None else b.counts + counts
             self.seconds_hooks += time.process_time() - t0
             return None
 
         return hook
+
+    def _predict_flips(self, site, args, logits):
+        """The bf16 flip prediction of one router call (an Estimate over its tokens), or ``None`` (warned once
+        per layer) when the router is not a linear map ``W h + b`` of its first input that we can read."""
+        w = getattr(site.router, "weight", None)
+        h = args[0] if args and isinstance(args[0], torch.Tensor) else None
+        K = logits.shape[-1]
+        if isinstance(w, torch.Tensor) and w.ndim == 2 and w.shape[0] == K and h is not None \
+                and h.shape[-1] == w.shape[1] and h.numel() // w.shape[1] == logits.shape[0]:
+            bias = getattr(site.router, "bias", None)
+            bias = bias.detach() if isinstance(bias, torch.Tensor) and tuple(bias.shape) == (K,) else None
+            return predicted_flip_rate(h.detach().reshape(-1, w.shape[1]), w.detach(), logits, rule=site.rule,
+                                       bias=bias, precision="bf16")
+        if site.index not in self._no_flips:
+            self._no_flips.add(site.index)
+            warnings.warn(f"RoutingMonitor: no bf16 flip prediction for layer {site.index} ({site.name}): its "
+                          f"router is not a linear map with a ({K}, d) weight of its input; pred_flip_rate_bf16 "
+                          f"is left empty.", stacklevel=2)
+        return None
 
     def _block_hook(self, site):
         def hook(module, args, kwargs, output):
@@ -272,9 +296,11 @@ class RoutingMonitor:
         qs = np.quantile(m, self.quantiles) if m.size else [math.nan] * len(self.quantiles)
         for q, v in zip(self.quantiles, qs):
             row[self._q_key(q)] = float(v)
-        flips = mean_estimate(np.concatenate(b.flips)) if m.size else None
-        row["pred_flip_rate_bf16"] = flips.value if flips is not None else math.nan
-        row["pred_flip_rate_bf16_stderr"] = flips.stderr if flips is not None else math.nan
+        # the step's mean over tokens from the per-call means; its error from the per-call errors (calls as strata)
+        n, mean, se = (np.array(v, dtype=np.float64) for v in zip(*b.flips)) if b.flips else ([], [], [])
+        N = float(np.sum(n))
+        row["pred_flip_rate_bf16"] = float(np.sum(n * mean) / N) if N else math.nan
+        row["pred_flip_rate_bf16_stderr"] = float(np.sqrt(np.sum((n * se) ** 2)) / N) if N else math.nan
         counts = b.counts if b.counts is not None else np.zeros(s.num_experts)
         row.update(load_summary(counts, self.max_expert_keys))
         if self.gap:
