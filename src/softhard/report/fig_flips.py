@@ -68,15 +68,18 @@ def figure_flips(out) -> Path:
         ax[0].fill_between(t, t / 2, t * 2, color="0.9", zorder=0, label="×0.5–2")
         ax[0].set_xlim(lo, hi)
         ax[0].set_ylim(lo, hi)
-    ax[0].set_xscale("log")
-    ax[0].set_yscale("log")
+        ax[0].set_xscale("log")
+        ax[0].set_yscale("log")
+    else:
+        ax[0].text(0.5, 0.5, "no flips measured and predicted\n(too few tokens)", ha="center", va="center",
+                   transform=ax[0].transAxes)
     ax[0].axvline(meta.get("targets", {}).get("min_measured", 0.005), color="0.5", ls=":", lw=0.8)
     ax[0].set_xlabel("measured flip rate")
     ax[0].set_ylabel("predicted flip rate")
     ax[0].legend(fontsize=7, loc="upper left")
     ax[1].axhspan(0.7, 1.3, color="0.9", zorder=0)
     ax[1].axhline(1.0, color="k", lw=0.8)
-    ax[1].set_yscale("log")
+    ax[1].set_yscale("log")  # the band and the line are positive, whatever the rows hold
     ax[1].set_xlabel("layer")
     ax[1].set_ylabel("predicted / measured (± paired se)")
     layers = sorted({r["layer"] for r in rows})
