@@ -4,12 +4,12 @@ See ``docs/inspect.md`` and ``docs/routing_rules.md``. Modules: :mod:`.rules` (r
 margins), :mod:`.layouts` (finding routers, reading them, identifying their rules, re-routing at a temperature:
 ``site.temper(tau)``, ``site.densify()``), :mod:`.families` (the MoE families of transformers, tiny models),
 :mod:`.hooks` (capture), :mod:`.stats` (streaming per-layer statistics), :mod:`.sensitivity`,
-:mod:`.monitor` (training-time monitor; :mod:`.io`: its writers and transformers' ``Trainer`` callback),
-:mod:`.digits` (a small MoE trained on scikit-learn's digits),
+:mod:`.monitor` (training-time monitor), :mod:`.digits` (a small MoE trained on scikit-learn's digits),
 :mod:`.loading` (safe loading, token batches), :mod:`.runner` (:func:`inspect_model`, the files),
 :mod:`.tinylm` (``softhard:tiny-lm``, a language MoE trained and cached here), :mod:`.hardening` (the model's
 loss as routing is made harder, beside its first-order prediction), :mod:`.price` (a router change priced:
-flips predicted beside measured) and :mod:`.io` (other tools' router dumps; ``softhard compare-routing``).
+flips predicted beside measured) and :mod:`.io` (other tools' router dumps; ``softhard compare-routing``; the
+monitor's writers and transformers' ``Trainer`` callback).
 transformers is imported only when a model directory is loaded.
 """
 
