@@ -47,6 +47,7 @@ _EXPORTS = {
                           "operator_spectrum", "reduced_operator", "reduced_operator_mc", "train_router"],
     "dynamics.train": ["TauSchedule", "TrainResult", "TrainingStopped", "train"],
     "inspect": ["InspectError", "RoutingMonitor", "find_routers", "inspect_model", "inspect_path", "train_digits_moe"],
+    "inspect.io.callbacks": ["RoutingCallback"],
     "runs.sweep": ["load_spec", "read_results", "run_sweep"],
 }
 _WHERE = {name: module for module, names in _EXPORTS.items() for name in names}

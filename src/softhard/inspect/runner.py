@@ -202,6 +202,9 @@ def inspect_model(model, batches: Iterable[Batch], *, describe: Callable | None 
         rows.append(_row(s, r, lay, taus, tie_widths, dense))
         if save_tokens:
             tokens.update({f"layer{s.index:02d}_{k}": v for k, v in st.tokens().items()})
+    if save_tokens and tokens:  # the token stream, to align two dumps (softhard compare-routing)
+        tokens["token_ids"] = torch.cat([i.reshape(-1) for i in ids_all]).numpy().astype(np.int64)
+        tokens["sequence_length"] = np.array([ids_all[0].shape[-1] if ids_all[0].ndim > 1 else 1], dtype=np.int64)
     overhead, overhead_se, note = _overhead(pairs) if measure_overhead else (None, None, "not measured (--no-overhead)")
     cpu_plain, cpu_hooked = (sum(p for p, _ in pairs), sum(h for _, h in pairs)) if pairs else (None, None)
     meta = {
@@ -407,7 +410,8 @@ def _inspect_path(model: str, out, *, tokens: int = 2048, text=None, random_ids:
                  perturbation: str | None = "fp16", noise: float = 1e-3, seed: int = 0, dtype: str | None = None,
                  device: str | None = None, device_map: str | None = None, measure_overhead: bool = True,
                  dense: bool = True, save_tokens: bool = False, progress: bool = False, harden: bool = False,
-                 harden_taus=None) -> tuple[Inspection, list[Path]]:
+                 harden_taus=None, perturbations=(), calibration: float = 0.125,
+                 quantize: str | None = None) -> tuple[Inspection, list[Path]]:
     """Inspect a local model directory (or ``"softhard:digits"``: the digits MoE trained here, or
     ``"softhard:tiny-lm"``: the language MoE trained here and cached, :mod:`.tinylm`) and write the files of
     :func:`write_inspection` into ``out``. Returns the inspection and the written paths.
@@ -419,9 +423,16 @@ def _inspect_path(model: str, out, *, tokens: int = 2048, text=None, random_ids:
     (``float32``, ``bfloat16``, ``float16``), ``device`` and ``device_map`` are passed to
     :func:`~softhard.inspect.loading.load_model`. ``harden``: also the hardening curve
     (:func:`softhard.inspect.hardening.harden`, at ``harden_taus``), written as ``hardening.csv``/``.json``/
-    ``.png`` and a section of the report. User errors raise
-    :class:`InspectError`.
+    ``.png`` and a section of the report. ``perturbations``: kinds of
+    :data:`softhard.inspect.price.flips.PRICED` whose flips are predicted beside measured
+    (:func:`softhard.inspect.price.flips.price_flips`; whole-model kinds calibrated on the first ``calibration``
+    share of the sequences), written as ``flips.csv``/``.json``/``.png`` and a section of the report.
+    ``quantize``: ``"int8"``/``"int4"`` inspects the model with its weights quantized
+    (:func:`softhard.inspect.price.flips.quantized_model`). User errors raise :class:`InspectError`.
     """
+    from .price.flips import parse_perturbations
+
+    perturbations = parse_perturbations(perturbations)
     if model in (DIGITS, TINY_LM) and layers not in (None, ""):  # their MoE layers are known before any training
         from .digits import MOE_LAYERS
         from .tinylm import DEFAULT
@@ -468,10 +479,10 @@ def _inspect_path(model: str, out, *, tokens: int = 2048, text=None, random_ids:
     elif model == TINY_LM:  # issue 12 item 5
         from . import tinylm
 
-        if dtype is not None or device not in (None, "cpu") or device_map is not None:
-            notes.append(f"{TINY_LM} runs in float32 on the CPU: --dtype/--device/--device-map ignored")
+        if device not in (None, "cpu") or device_map is not None:
+            notes.append(f"{TINY_LM} runs on the CPU: --device/--device-map ignored")
         lm = tinylm.tiny_lm(tinylm.DEFAULT, progress=progress)
-        net = lm.model
+        net = lm.model if dtype is None else lm.model.to(DTYPES[dtype])
         if text is not None:
             ids = encode_text(text, lm.tokenizer, 256, max_tokens=tokens)[:tokens]
         elif random_ids:
@@ -497,6 +508,13 @@ def _inspect_path(model: str, out, *, tokens: int = 2048, text=None, random_ids:
         describe = _token_describer(tok)
         extra = {"dtype": str(next(net.parameters()).dtype).replace("torch.", ""),
                  "device": str(next(net.parameters()).device)}
+    if quantize is not None:
+        if quantize not in ("int8", "int4"):
+            raise InspectError(f"The 'quantize' parameter of inspect must be int8 or int4. Got {quantize!r}.")
+        from .price.flips import quantized_model
+
+        net = quantized_model(net, 8 if quantize == "int8" else 4)
+        notes.append(f"weights quantized to {quantize} (optimum-quanto, weight-only, dequantized)")
     t0 = time.perf_counter()
     ins = inspect_model(net, batches, describe=describe, layers=layers, router_path=router_path, top_k=top_k,
                         taus=taus, dense=dense, tie_widths=tie_widths, perturbation=perturbation, noise=noise,
@@ -506,6 +524,17 @@ def _inspect_path(model: str, out, *, tokens: int = 2048, text=None, random_ids:
         random_ids or model != TINY_LM) else "heldout"
     ins.meta.update(model=str(model), source=source, notes=notes, wall_seconds=time.perf_counter() - t0, **extra)
     paths = []
+    if perturbations:  # issue 20 item 1: flips predicted beside measured
+        from .hooks import read_routers
+        from .price.flips import price_flips, write_flips
+
+        sites = read_routers(net, find_routers(net, router_path=router_path, layers=layers, top_k=top_k),
+                             batches[0].inputs)
+        frows, fmeta = price_flips(net, batches, sites, perturbations, noise=noise, seed=seed,
+                                   calibration=calibration, progress=progress)
+        fmeta.update(model=str(model), source=source)
+        ins.meta["flips"] = fmeta["verdicts"]
+        paths += write_flips(frows, fmeta, out)
     if harden:  # issue 12 item 4: the hardening curve, before the report that shows it
         from .hardening import harden_inspected
 

@@ -30,16 +30,13 @@ in nats per byte; perplexity is its exponential.
 
 from __future__ import annotations
 
-import ast
 import contextlib
 import dataclasses
-import functools
 import hashlib
 import json
 import math
 import os
 import shutil
-import sysconfig
 import tempfile
 import time
 from dataclasses import dataclass
@@ -49,6 +46,7 @@ import numpy as np
 import torch
 
 from .._validate import check_int, fail
+from .zoo.corpus import byte_ids, corpus_fingerprint, stdlib_corpus
 
 __all__ = ["TinyLMConfig", "TinyLM", "DEFAULT", "SMALL", "stdlib_corpus", "corpus_fingerprint", "byte_tokenizer",
            "train_tiny_lm", "tiny_lm", "cache_root", "heldout_ids"]
@@ -99,49 +97,6 @@ class TinyLM:
     info: dict
 
 
-def _skip(rel: Path) -> bool:
-    return any(part in ("test", "tests", "idle_test", "site-packages", "dist-packages") for part in rel.parts)
-
-
-def _stdlib_files() -> tuple[Path, list[Path]]:
-    root = Path(sysconfig.get_paths()["stdlib"])
-    files = sorted((p for p in root.rglob("*.py") if not _skip(p.relative_to(root))),
-                   key=lambda p: p.relative_to(root).as_posix())
-    return root, files
-
-
-@functools.lru_cache(maxsize=1)
-def corpus_fingerprint() -> str:
-    """SHA-256 (16 hex digits) of the relative paths and bytes of the files :func:`stdlib_corpus` reads: it
-    changes with the Python version, and it is cheap (no parsing)."""
-    root, files = _stdlib_files()
-    h = hashlib.sha256()
-    for p in files:
-        h.update(p.relative_to(root).as_posix().encode() + b"\0")
-        h.update(p.read_bytes())
-    return h.hexdigest()[:16]
-
-
-@functools.lru_cache(maxsize=1)
-def stdlib_corpus() -> tuple[str, str]:
-    """``(train_text, heldout_text)``: the docstrings of the standard library (module docstring).
-
-    Every 10th file (sorted by relative path) is held out.
-    """
-    _, files = _stdlib_files()
-    train, held = [], []
-    for i, p in enumerate(files):
-        try:
-            tree = ast.parse(p.read_text(encoding="utf-8"))
-        except (SyntaxError, UnicodeDecodeError, ValueError, OSError):
-            continue
-        docs = [d for n in ast.walk(tree) if isinstance(n, (ast.Module, ast.ClassDef, ast.FunctionDef,
-                                                              ast.AsyncFunctionDef))
-                and (d := ast.get_docstring(n))]
-        (held if i % 10 == 9 else train).append("\n\n".join(docs))
-    return "\n\n".join(t for t in train if t), "\n\n".join(t for t in held if t)
-
-
 def _byte_chars() -> dict[int, str]:
     """The byte → character map of byte-level tokenizers: printable Latin-1 bytes stand for themselves,
     the other 68 are shifted to code points 256, 257, ... (``tokenizers``' ByteLevel alphabet)."""
@@ -168,13 +123,9 @@ def byte_tokenizer():
     return PreTrainedTokenizerFast(tokenizer_object=tok)
 
 
-def _ids(text: str) -> torch.Tensor:
-    return torch.frombuffer(bytearray(text.encode("utf-8")), dtype=torch.uint8).to(torch.long)
-
-
 def heldout_ids(lm: TinyLM, n: int | None = None) -> torch.Tensor:
     """The first ``n`` (default all) token ids ``(n,)`` of the held-out text of ``lm``."""
-    ids = _ids((lm.path / "heldout.txt").read_text(encoding="utf-8"))
+    ids = byte_ids((lm.path / "heldout.txt").read_text(encoding="utf-8"))
     return ids if n is None else ids[:n]
 
 
@@ -227,7 +178,7 @@ def train_tiny_lm(config: TinyLMConfig = DEFAULT, *, progress: bool = False) -> 
     check_int(config.top_k, "top_k", where, 1, config.experts)
     t0 = time.perf_counter()
     train_text, held_text = stdlib_corpus()
-    train, held = _ids(train_text), _ids(held_text)[: config.heldout_bytes]
+    train, held = byte_ids(train_text), byte_ids(held_text)[: config.heldout_bytes]
     with torch.random.fork_rng():
         torch.manual_seed(config.seed)
         model = transformers.MixtralForCausalLM(_model_config(config))
