@@ -189,3 +189,22 @@ def test_price_flips_on_tiny_lm_cli(tiny_lm_small, tmp_path, monkeypatch, quiet_
     assert d["token_ids"].shape == (2048,) and d["layer00_scores"].shape == (2048, 4)
     bad = CliRunner().invoke(app, ["inspect", "softhard:tiny-lm", "--out", str(tmp_path / "x"), "--perturb", "int3"])
     assert bad.exit_code == 2 and "int3" in bad.output and not (tmp_path / "x").exists()
+
+
+def test_grouped_sigmoid_rule_with_bias_noise_flips_predicted():
+    """DeepSeek-V3's rule (top-4 of sigmoid(a) + b within the best 2 of 4 groups): noise flips predicted from the
+    score-space pairs and the group event within ×0.75–1.33 of the measurement (docs/flips.md §1)."""
+    from softhard.inspect.price.flips import error_variances, pair_model
+    from softhard.inspect.rules import RoutingRule
+
+    h, W, a = _router(N=30000, d=32, K=16, seed=4)
+    b = torch.randn(16, generator=torch.Generator().manual_seed(5)).double() * 0.05
+    rule = RoutingRule(num_experts=16, k=4, scores="sigmoid", bias=b, n_group=4, topk_group=2, group_top=2)
+    s = 0.02
+    new = perturbed_logits("noise", h, W, None, noise=s, generator=torch.Generator().manual_seed(6))
+    flips = (rule.select(a) != rule.select(new)).any(-1).double()
+    vh, vW, vb, kappa, fmt = error_variances("noise", h, W, noise=s)
+    p = pair_model(rule, h, a, W, vh, vW, vb, fmt).probability(kappa)
+    m, se = float(flips.mean()), float(flips.std()) / math.sqrt(flips.numel())
+    assert m > 0.01
+    assert 0.75 * m - 5 * se < float(p.mean()) < 1.33 * m + 5 * se
