@@ -51,7 +51,8 @@ from ..stats import selection_changed
 
 __all__ = ["PRICED", "ROUTER_COMPUTE", "WHOLE_MODEL", "parse_perturbations", "router_linear", "quantize_weight",
            "quantized_model", "perturbed_logits", "error_variances", "candidate_pairs", "pair_model",
-           "with_group_event", "PairModel", "predicted_flip_rate", "sequence_mean", "paired_ratio", "FlipPrice", "price_flips", "write_flips",
+           "with_group_event", "PairModel", "predicted_flip_rate", "sequence_mean", "paired_ratio", "FlipPrice",
+           "price_flips", "write_flips",
            "TARGET_LAYER", "TARGET_MEAN", "MIN_MEASURED"]
 
 ROUTER_COMPUTE = ("bf16", "fp16", "fp8")
@@ -274,7 +275,8 @@ def candidate_pairs(rule: RoutingRule, logits: torch.Tensor, width: int = 2):
 
 @torch.no_grad()
 def _pair_terms(hidden, W, i, j, c, vh, vW, vb, chunk: int = 256):
-    """Per pair: (Σ_l (c_i W_il − c_j W_jl)² v_h,l + Σ_l h_l² (c_i² vW_il + c_j² vW_jl) + c_i² vb_i + c_j² vb_j,
+    """Per pair: (Σ_l (c_i W_il − c_j W_jl)² v_h,l + Σ_l h_l² (c_i² vW_il + c_j² vW_jl)
+    + c_i² vb_i + c_j² vb_j,
     ‖c_i W_i − c_j W_j‖²), both ``(N, P)`` float64."""
     N, P = i.shape
     h = hidden.to(torch.float64)
