@@ -168,24 +168,43 @@ def test_price_flips_on_tiny_lm_cli(tiny_lm_small, tmp_path, monkeypatch, quiet_
     monkeypatch.setattr(tinylm, "DEFAULT", tinylm.SMALL)
     monkeypatch.setenv("SOFTHARD_CACHE", str(tiny_lm_small.path.parent))
     out = tmp_path / "o"
-    res = CliRunner().invoke(app, ["inspect", "softhard:tiny-lm", "--out", str(out), "--tokens", "4096",
+    res = CliRunner().invoke(app, ["inspect", "softhard:tiny-lm", "--out", str(out), "--tokens", "2048",
                                    "--taus", "", "--no-dense", "--no-overhead", "--no-progress", "--perturb",
-                                   "fp8,int4-router,int4,noise", "--noise", "0.05", "--save-tokens"])
+                                   "fp8,int4,noise", "--noise", "0.05", "--save-tokens"])
     assert res.exit_code == 0, res.output
     rows = list(csv.DictReader((out / "flips.csv").open()))
     assert [c for c in rows[0]][:6] == ["layer", "perturbation", "predicted", "predicted_stderr", "measured",
                                         "measured_stderr"]
-    assert len(rows) == 2 * 4
+    assert len(rows) == 2 * 3
     for r in rows:
         pred, meas = float(r["predicted"]), float(r["measured"])
         assert 0 <= pred <= 1 and 0 <= meas <= 1 and float(r["measured_stderr"]) > 0
         if r["perturbation"] == "int4":
             assert r["error_model"] == "calibrated" and int(r["calibration_tokens"]) > 0
-            assert int(r["tokens"]) + int(r["calibration_tokens"]) == 4096
+            assert int(r["tokens"]) + int(r["calibration_tokens"]) == 2048
         if meas >= 0.005:
             assert 0.5 <= pred / meas <= 2.0, r
     assert (out / "flips.png").is_file() and "Flips predicted beside measured" in (out / "report.html").read_text()
     d = np.load(out / "tokens.npz")
-    assert d["token_ids"].shape == (4096,) and d["layer00_scores"].shape == (4096, 4)
+    assert d["token_ids"].shape == (2048,) and d["layer00_scores"].shape == (2048, 4)
     bad = CliRunner().invoke(app, ["inspect", "softhard:tiny-lm", "--out", str(tmp_path / "x"), "--perturb", "int3"])
     assert bad.exit_code == 2 and "int3" in bad.output and not (tmp_path / "x").exists()
+
+
+def test_grouped_sigmoid_rule_with_bias_noise_flips_predicted():
+    """DeepSeek-V3's rule (top-4 of sigmoid(a) + b within the best 2 of 4 groups): noise flips predicted from the
+    score-space pairs and the group event within ×0.75–1.33 of the measurement (docs/flips.md §1)."""
+    from softhard.inspect.price.flips import error_variances, pair_model
+    from softhard.inspect.rules import RoutingRule
+
+    h, W, a = _router(N=30000, d=32, K=16, seed=4)
+    b = torch.randn(16, generator=torch.Generator().manual_seed(5)).double() * 0.05
+    rule = RoutingRule(num_experts=16, k=4, scores="sigmoid", bias=b, n_group=4, topk_group=2, group_top=2)
+    s = 0.02
+    new = perturbed_logits("noise", h, W, None, noise=s, generator=torch.Generator().manual_seed(6))
+    flips = (rule.select(a) != rule.select(new)).any(-1).double()
+    vh, vW, vb, kappa, fmt = error_variances("noise", h, W, noise=s)
+    p = pair_model(rule, h, a, W, vh, vW, vb, fmt).probability(kappa)
+    m, se = float(flips.mean()), float(flips.std()) / math.sqrt(flips.numel())
+    assert m > 0.01
+    assert 0.75 * m - 5 * se < float(p.mean()) < 1.33 * m + 5 * se

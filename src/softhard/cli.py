@@ -230,8 +230,9 @@ def landscape(
 @app.command("inspect")
 def inspect_cmd(
     models: list[str] = typer.Argument(..., help="local model directories (config.json [+ safetensors]), "
-                                                 "softhard:digits or softhard:tiny-lm; several: checkpoints of one "
-                                                 "model side by side"),
+                                                 "softhard:digits, or a model of the zoo trained here: "
+                                                 "softhard:tiny-lm, softhard:deepseek-lm, softhard:qwen-lm (each "
+                                                 "also @SEED); several: checkpoints of one model side by side"),
     out: Path = typer.Option(..., "--out", help="output directory"),
     tokens: int = typer.Option(2048, "--tokens", help="tokens (images for softhard:digits) to inspect"),
     text: Optional[Path] = typer.Option(None, "--text", help="texts to tokenize: a UTF-8 file, .jsonl, .parquet, a "

@@ -38,7 +38,7 @@ from .stats import LayerStats
 __all__ = ["Inspection", "inspect_model", "inspect_path", "inspect_paths", "compare_rows", "write_inspection",
            "default_widths", "DIGITS", "TINY_LM", "MIN_CPU_SECONDS"]
 
-TINY_LM = "softhard:tiny-lm"  # the language MoE trained and cached by softhard (.tinylm)
+TINY_LM = "softhard:tiny-lm"  # the first language MoE trained and cached by softhard (.tinylm; the zoo: .zoo.models)
 MIN_CPU_SECONDS = 0.5  # plain-forward CPU time below which the hook overhead is not reported
 
 
@@ -412,14 +412,15 @@ def _inspect_path(model: str, out, *, tokens: int = 2048, text=None, random_ids:
                  dense: bool = True, save_tokens: bool = False, progress: bool = False, harden: bool = False,
                  harden_taus=None, perturbations=(), calibration: float = 0.125,
                  quantize: str | None = None) -> tuple[Inspection, list[Path]]:
-    """Inspect a local model directory (or ``"softhard:digits"``: the digits MoE trained here, or
-    ``"softhard:tiny-lm"``: the language MoE trained here and cached, :mod:`.tinylm`) and write the files of
+    """Inspect a local model directory (or ``"softhard:digits"``: the digits MoE trained here, or a language MoE
+    of the zoo trained here and cached, ``"softhard:tiny-lm"``, ``"softhard:deepseek-lm"``, ``"softhard:qwen-lm"``,
+    each also ``@SEED``: :mod:`.zoo.models`) and write the files of
     :func:`write_inspection` into ``out``. Returns the inspection and the written paths.
 
     ``tokens`` tokens are read from ``text`` (a text, JSON-lines or parquet file or a saved dataset, see
     :func:`softhard.inspect.loading.read_texts`; needs the model's tokenizer) or drawn uniformly from the
     vocabulary with ``seed`` (``random_ids``, the default without ``text``); for the digits model they are the
-    first ``tokens`` images of the seeded order, for the tiny LM its held-out text by default. ``dtype``
+    first ``tokens`` images of the seeded order, for the zoo's models their held-out docstrings by default. ``dtype``
     (``float32``, ``bfloat16``, ``float16``), ``device`` and ``device_map`` are passed to
     :func:`~softhard.inspect.loading.load_model`. ``harden``: also the hardening curve
     (:func:`softhard.inspect.hardening.harden`, at ``harden_taus``), written as ``hardening.csv``/``.json``/
@@ -431,13 +432,18 @@ def _inspect_path(model: str, out, *, tokens: int = 2048, text=None, random_ids:
     (:func:`softhard.inspect.price.flips.quantized_model`). User errors raise :class:`InspectError`.
     """
     from .price.flips import parse_perturbations
+    from .zoo.models import parse_zoo_name, zoo_config
 
     perturbations = parse_perturbations(perturbations)
-    if model in (DIGITS, TINY_LM) and layers not in (None, ""):  # their MoE layers are known before any training
-        from .digits import MOE_LAYERS
-        from .tinylm import DEFAULT
 
-        count = MOE_LAYERS if model == DIGITS else DEFAULT.layers
+    try:
+        zoo = parse_zoo_name(model)
+    except ValueError as e:
+        raise InspectError(str(e)) from None
+    if (model == DIGITS or zoo) and layers not in (None, ""):  # their MoE layers are known before any training
+        from .digits import MOE_LAYERS
+
+        count = MOE_LAYERS if model == DIGITS else zoo_config(*zoo).layers
         wanted = parse_layers(layers)
         if wanted and max(wanted) >= count:
             raise InspectError(f"The 'layers' parameter of inspect must be MoE layer indices in [0, {count - 1}]. "
@@ -476,22 +482,23 @@ def _inspect_path(model: str, out, *, tokens: int = 2048, text=None, random_ids:
         net, batches, describe, extra = _digits(tokens, seed, batch_size)
         if dtype is not None or device not in (None, "cpu") or device_map is not None:
             notes.append(f"{DIGITS} runs in float64 on the CPU: --dtype/--device/--device-map ignored")
-    elif model == TINY_LM:  # issue 12 item 5
-        from . import tinylm
+    elif zoo:  # issue 12 item 5, issue 20 item 5: the language MoEs trained and cached here
+        from .zoo.models import zoo_lm
+        from .zoo.train import heldout_ids
 
         if device not in (None, "cpu") or device_map is not None:
-            notes.append(f"{TINY_LM} runs on the CPU: --device/--device-map ignored")
-        lm = tinylm.tiny_lm(tinylm.DEFAULT, progress=progress)
+            notes.append(f"{model} runs on the CPU: --device/--device-map ignored")
+        lm = zoo_lm(model, zoo_config(*zoo), progress=progress)
         net = lm.model if dtype is None else lm.model.to(DTYPES[dtype])
         if text is not None:
             ids = encode_text(text, lm.tokenizer, 256, max_tokens=tokens)[:tokens]
         elif random_ids:
             ids = torch.randint(0, 256, (tokens,), generator=torch.Generator().manual_seed(seed))
         else:
-            ids = tinylm.heldout_ids(lm, tokens)
+            ids = heldout_ids(lm, tokens)
         batches, describe = token_batches(net, ids, seq_len, batch_size), _token_describer(lm.tokenizer)
-        extra = {"cache": str(lm.path), **{k: lm.info[k] for k in ("train_seconds", "heldout_loss", "unigram_loss",
-                                                                     "bigram_loss", "params")}}
+        extra = {"cache": str(lm.path), "training_seed": lm.info["config"]["seed"],
+                 **{k: lm.info[k] for k in ("train_seconds", "heldout_loss", "unigram_loss", "bigram_loss", "params")}}
     else:
         net, tok = load_model(model, trust_remote_code=trust_remote_code, seed=seed,
                               dtype=DTYPES[dtype] if dtype else None, device=device, device_map=device_map,
@@ -521,7 +528,7 @@ def _inspect_path(model: str, out, *, tokens: int = 2048, text=None, random_ids:
                         seed=seed,
                         progress=progress, measure_overhead=measure_overhead, save_tokens=save_tokens)
     source = "digits" if model == DIGITS else "text" if text is not None else "random-ids" if (
-        random_ids or model != TINY_LM) else "heldout"
+        random_ids or not zoo) else "heldout"
     ins.meta.update(model=str(model), source=source, notes=notes, wall_seconds=time.perf_counter() - t0, **extra)
     paths = []
     if perturbations:  # issue 20 item 1: flips predicted beside measured

@@ -195,7 +195,8 @@ def render_compare_routing_report(out) -> str:
              f"({esc(meta['format_b'])})</h1>",
              "<p>Per layer, on the same tokens: the share whose selected experts differ (mismatch); of those, the "
              "share whose decision margin was at most the score noise measured between the two runs on that token "
-             "(max − min of the change of its scores: a selection made from these scores cannot change otherwise) — "
+             "(max − min of the change of its scores: a selection made from these scores cannot change "
+             "otherwise) — "
              "near ties; the share of all tokens mismatched beyond that noise (genuine); and the mismatch predicted "
              "from the reference side's gaps and the fitted noise scale (cross-fitted on halves of the sequences; "
              "docs/compare_routing.md). ± per-sequence standard errors.</p>"]

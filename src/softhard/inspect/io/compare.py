@@ -34,7 +34,7 @@ import torch
 
 from ...closed.rounding import abs_mean_rounded, ulp
 from ..layouts import InspectError
-from ..price.flips import PairModel, candidate_pairs, paired_ratio, sequence_mean
+from ..price.flips import PairModel, candidate_pairs, paired_ratio, sequence_mean, with_group_event
 from ..rules import RoutingRule
 from .dumps import RouterDump, read_dump
 
@@ -186,7 +186,8 @@ def compare_dumps(a: RouterDump, b: RouterDump, *, score_noise: float | None = N
         x, y = mism * near, mism
         rt, rt_se = paired_ratio(x, y, units)
         g = sequence_mean(mism * ~near, units)
-        pm = PairModel(gap, torch.zeros_like(gap), torch.from_numpy(r2)[:, None].expand_as(gap).clone(), q)
+        pm = with_group_event(rule, s_ref, PairModel(gap, torch.zeros_like(gap),
+                                                      torch.from_numpy(r2)[:, None].expand_as(gap).clone(), q))
         p = pm.probability(torch.from_numpy(np.nan_to_num(kappa, nan=0.0))).numpy()
         pr = sequence_mean(p, units)
         ratio, ratio_se = paired_ratio(p, mism, units)

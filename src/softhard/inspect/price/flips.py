@@ -50,8 +50,9 @@ from ..rules import RoutingRule, score_function
 from ..stats import selection_changed
 
 __all__ = ["PRICED", "ROUTER_COMPUTE", "WHOLE_MODEL", "parse_perturbations", "router_linear", "quantize_weight",
-           "quantized_model", "perturbed_logits", "error_variances", "candidate_pairs", "flip_probabilities",
-           "predicted_flip_rate", "sequence_mean", "paired_ratio", "FlipPrice", "price_flips", "write_flips",
+           "quantized_model", "perturbed_logits", "error_variances", "candidate_pairs", "pair_model",
+           "with_group_event", "PairModel", "predicted_flip_rate", "sequence_mean", "paired_ratio", "FlipPrice",
+           "price_flips", "write_flips",
            "TARGET_LAYER", "TARGET_MEAN", "MIN_MEASURED"]
 
 ROUTER_COMPUTE = ("bf16", "fp16", "fp8")
@@ -274,7 +275,8 @@ def candidate_pairs(rule: RoutingRule, logits: torch.Tensor, width: int = 2):
 
 @torch.no_grad()
 def _pair_terms(hidden, W, i, j, c, vh, vW, vb, chunk: int = 256):
-    """Per pair: (Σ_l (c_i W_il − c_j W_jl)² v_h,l + Σ_l h_l² (c_i² vW_il + c_j² vW_jl) + c_i² vb_i + c_j² vb_j,
+    """Per pair: (Σ_l (c_i W_il − c_j W_jl)² v_h,l + Σ_l h_l² (c_i² vW_il + c_j² vW_jl)
+    + c_i² vb_i + c_j² vb_j,
     ‖c_i W_i − c_j W_j‖²), both ``(N, P)`` float64."""
     N, P = i.shape
     h = hidden.to(torch.float64)
@@ -347,12 +349,19 @@ def pair_model(rule: RoutingRule, hidden: torch.Tensor, logits: torch.Tensor, W:
                          + c.gather(1, j) ** 2 * rounding_variance(a.gather(1, j), fmt))
     order = torch.argsort(gap, dim=1, stable=True)  # the boundary pair (k-th, (k+1)-th) first
     gap, var, iso, q = (x.gather(1, order) for x in (gap, var, iso, q))
-    if rule.grouped:
-        m = rule.margin(logits)[:, None]
-        event = m < gap[:, :1]
-        g_ev = torch.where(event, m, torch.full_like(m, math.inf))
-        gap = torch.cat([gap, g_ev], 1)
-        var, iso, q = (torch.cat([x, x[:, :1]], 1) for x in (var, iso, q))
+    return with_group_event(rule, logits, PairModel(gap, var, iso, q))
+
+
+def with_group_event(rule: RoutingRule, logits: torch.Tensor, pm: PairModel) -> PairModel:
+    """For a group-limited rule, ``pm`` with one more event per token: the rule's own margin (a group leaving or
+    entering) where it is smaller than the boundary pair's gap, priced with the boundary pair's error; ``pm``
+    itself for other rules. ``pm``'s pairs must be sorted by gap (the boundary pair first)."""
+    if not rule.grouped or pm.gap.shape[1] == 0:
+        return pm
+    m = rule.margin(logits)[:, None]
+    g_ev = torch.where(m < pm.gap[:, :1], m, torch.full_like(m, math.inf))
+    gap = torch.cat([pm.gap, g_ev], 1)
+    var, iso, q = (torch.cat([x, x[:, :1]], 1) for x in (pm.var, pm.iso, pm.q))
     return PairModel(gap, var, iso, q)
 
 

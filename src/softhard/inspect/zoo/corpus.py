@@ -9,6 +9,9 @@ r"""The training text of softhard's language models: docstrings of the Python st
   blank lines (:func:`stdlib_corpus`); English prose with code examples.
 
 :func:`corpus_fingerprint` hashes the relative paths and bytes of the files (it changes with the Python version).
+The tokenizer is bytes: token ids are the UTF-8 bytes of the text (vocabulary 256), written as a ``tokenizers``
+byte-level tokenizer with no merges, so ``AutoTokenizer`` reads it back (:func:`byte_tokenizer`).
+
 Every model of the zoo (:mod:`softhard.inspect.zoo.models`) trains on this text; the held-out text *kinds*
 (:mod:`softhard.inspect.zoo.texts`) are never part of it.
 """
@@ -23,7 +26,8 @@ from pathlib import Path
 
 import torch
 
-__all__ = ["stdlib_files", "is_heldout_file", "corpus_fingerprint", "stdlib_corpus", "byte_ids", "HELDOUT_EVERY"]
+__all__ = ["stdlib_files", "is_heldout_file", "corpus_fingerprint", "stdlib_corpus", "byte_ids", "byte_chars",
+           "byte_tokenizer", "HELDOUT_EVERY"]
 
 HELDOUT_EVERY = 10  # file i (sorted) is held out when i % HELDOUT_EVERY == HELDOUT_EVERY - 1
 
@@ -80,3 +84,29 @@ def stdlib_corpus() -> tuple[str, str]:
 def byte_ids(text: str) -> torch.Tensor:
     """Token ids ``(n,)`` (int64) of ``text`` for the byte tokenizer: its UTF-8 bytes."""
     return torch.frombuffer(bytearray(text.encode("utf-8")), dtype=torch.uint8).to(torch.long)
+
+
+def byte_chars() -> dict[int, str]:
+    """The byte → character map of byte-level tokenizers: printable Latin-1 bytes stand for themselves,
+    the other 68 are shifted to code points 256, 257, ... (``tokenizers``' ByteLevel alphabet)."""
+    keep = set(range(33, 127)) | set(range(161, 173)) | set(range(174, 256))
+    out, n = {}, 0
+    for b in range(256):
+        if b in keep:
+            out[b] = chr(b)
+        else:
+            out[b] = chr(256 + n)
+            n += 1
+    return out
+
+
+def byte_tokenizer():
+    """A ``transformers`` fast tokenizer whose token ids are the UTF-8 bytes of the text (vocabulary 256)."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers
+    from transformers import PreTrainedTokenizerFast
+
+    vocab = {c: b for b, c in byte_chars().items()}
+    tok = Tokenizer(models.BPE(vocab=vocab, merges=[]))
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False)
+    tok.decoder = decoders.ByteLevel()
+    return PreTrainedTokenizerFast(tokenizer_object=tok)
