@@ -126,6 +126,12 @@ def test_condition_numbers_to_1e12_keep_their_smallest_variance():
         psi = sh.coarea_constant(router, law)
         exact = mpmath.npdf(3) / ref
         assert float(abs(psi.value - exact) / exact) < 1e-12 and within_bound(psi.value, psi.error_bound, exact)[0]
+        # the profile ψ(s) at s = 0 and 30 standard deviations further out (z = −33: 1e-237), same digits
+        prof = sh.level_set_profile(router, law, [0.0, -30 * float(ref)])
+        assert prof.method == "exact"
+        for z, val, bound in zip((3, 33), prof.value, prof.error_bound):
+            exact = mpmath.npdf(z) / ref
+            assert float(abs(val - exact) / exact) < 1e-12 and within_bound(val, bound, exact)[0]
         # conditioning on a score through the factor: exactly zero variance along it, no S − SvvᵀS/s² residue
         cond_law = normal.condition_on_score(law, torch.tensor(v), 0.0, 0.0)
         assert float(torch.linalg.vector_norm(cond_law.factor.T @ torch.tensor(v))) <= 1e-15  # rounding of v·F only

@@ -29,8 +29,8 @@ from .normal import (ABSEPS, ROUNDING, ContrastLaw, box_probability, combined_bo
                      finite_mass, gaussian_components, interval_mass, linear_moments, log_interval_mass, log_phi,
                      to_numpy)
 
-__all__ = ["PAIRWISE_MAX_K", "MAX_SECONDS", "RELEPS", "pair_score", "pair_density_at_zero", "pair_densities_closed",
-           "pair_densities_seconds", "boundary_mass_exact",
+__all__ = ["PAIRWISE_MAX_K", "MAX_SECONDS", "RELEPS", "pair_score", "pair_density_at_zero", "pair_density",
+           "pair_density_closed", "pair_densities_closed", "pair_densities_seconds", "boundary_mass_exact",
            "boundary_mass_closed", "boundary_mass_seconds", "min_pair_sd", "interface_constant_exact",
            "interface_constant_closed", "interface_constant_seconds", "flip_probability_exact",
            "flip_probability_seconds", "box_seconds", "ExactRun"]
@@ -109,6 +109,42 @@ def pair_density_at_zero(router: LinearRouter, law, pair=(0, 1)) -> float:
     where = "pair_density_at_zero"
     router = _linear_router(router, where)
     return pair_densities_closed(router, law, [check_pair(pair, router.num_experts, where)], where)[0]
+
+
+def pair_density(router: LinearRouter, law, levels, pair=(0, 1)) -> np.ndarray:
+    r"""Level-set profile :math:`\psi_{ij}(s)` (3.8), exact, on a grid of levels s: the density of
+    :math:`g_{ij}(X)` at s (coarea formula, Lemma 3.6),
+
+    .. math:: \psi_{ij}(s) = \int_{\{g_{ij} = s\}} \frac{p}{|\nabla g_{ij}|}\,dH^{d-1}
+              = \sum_c \omega_c\, \varphi\big((s - m_{g,c})/s_c\big)/s_c, \qquad s_c = |F_c^\top (w_i - w_j)|
+
+    for a linear router and a Gaussian (mixture) law (:math:`\psi_{ij}(0)` is :func:`pair_density_at_zero`); the
+    score's law is read through each component's factor (:func:`~softhard.closed.normal.contrast_law`) and the
+    components are summed in log space. ``levels`` shape ``(S,)``; returns ``(S,)``. A density below the float64
+    range raises :class:`~softhard.closed.normal.MassUnderflow` (it is not 0).
+    """
+    return pair_density_closed(router, law, levels, pair)[0]
+
+
+def pair_density_closed(router, law, levels, pair=(0, 1), where: str = "pair_density") -> tuple[np.ndarray, np.ndarray]:
+    r"""``(ψ_ij(s) (S,), absolute error bound (S,))`` of :func:`pair_density`; the bound is rounding, first order
+    through each component's score standard deviation, :math:`\psi\,(10^{-12} + 4\rho(1 + z^2))`."""
+    router = _linear_router(router, where)
+    pair = check_pair(pair, router.num_experts, where)
+    t = to_numpy(levels).astype(np.float64).reshape(-1)
+    logs, err = [], np.zeros_like(t)
+    for w, comp in _components(router, law, where):
+        con = _Contrasts(router, comp, [pair])
+        s, m = float(con.law.sd[0]), float(con.law.mean[0])
+        if s == 0.0:
+            fail("router", where, "a score g_ij with non-degenerate law (vᵀSv > 0)", f"pair {pair} with vᵀSv = 0")
+        z = (t - m) / s
+        lp = (math.log(w) if w > 0 else -math.inf) + log_phi(z) - math.log(s)
+        logs.append(lp)
+        err += np.exp(lp) * (ROUNDING + 4.0 * float(con.law.rel_error[0]) * (1.0 + (2.0 + np.abs(z)) ** 2))
+    log_total = np.logaddexp.reduce(np.stack(logs), axis=0)
+    total = finite_mass(np.exp(log_total), log_total, where, "the density of a score difference")
+    return total, err
 
 
 def pair_densities_closed(router, law, pairs, where: str = "pair_density_at_zero") -> tuple[float, float]:
