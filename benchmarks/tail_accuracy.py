@@ -3,8 +3,12 @@ and the cost of the exact paths.
 
 Usage::
 
-    python benchmarks/tail_accuracy.py --cases binary k3 [--out benchmarks/tail_accuracy.json]   # any softhard
-    python benchmarks/tail_accuracy.py --cases kexperts cost                                     # this branch on
+    # before: main's code before issue 19 (a checkout of it under /tmp/before)
+    PYTHONPATH=/tmp/before/src python benchmarks/tail_accuracy.py --cases binary k3 --label before \
+        --out benchmarks/tail_accuracy.json
+    PYTHONPATH=src python benchmarks/tail_accuracy.py --cases binary k3 kexperts cost --label after \
+        --out benchmarks/tail_accuracy.json
+    python benchmarks/tail_accuracy.py --table --out benchmarks/tail_accuracy.json   # the tables, side by side
 
 ``binary`` and ``k3`` use only the public API that main had before issue 19 (``boundary_mass``), so the "before"
 column is this script run with ``PYTHONPATH`` pointing at main's ``src``. Every reference is computed here in
@@ -78,7 +82,8 @@ def case_binary() -> list[dict]:
     for z in (38.5, 39.0, 40.0):  # beyond the float64 range
         router = sh.LinearRouter.binary([1.0, 0.0], b=z)
         v, bound, err = estimate(lambda: sh.boundary_mass(router, sh.Gaussian.standard(2), 0.001))
-        rows.append({"z": z, "reference": float(mass_ref(-z - 0.001, -z + 0.001)), "value": v, "error_bound": bound,
+        rows.append({"z": z, "reference": mpmath.nstr(mass_ref(-z - 0.001, -z + 0.001), 4), "value": v,
+                     "error_bound": bound,
                      "exception": err, "rel_error": None, "bound_holds": None})
     return rows
 
@@ -217,16 +222,54 @@ def case_cost() -> dict:
 CASES = {"binary": case_binary, "k3": case_k3, "kexperts": case_kexperts, "cost": case_cost}
 
 
+def _fmt(x, spec=".2g"):
+    return x if isinstance(x, str) else format(x, spec)
+
+
+def _cell(r) -> tuple[str, str]:
+    """(relative error, error_bound / value) of one row, or what the library did instead."""
+    if r is None:
+        return "", ""
+    if r["exception"]:
+        return r["exception"], ""
+    if r["rel_error"] is None:
+        return f"value {r['value']:.3g}", ""
+    bound = "0 (value 0)" if not r["value"] else f"{r['error_bound'] / abs(r['value']):.2g}"
+    return f"{r['rel_error']:.2g}", bound
+
+
 def table(results: dict) -> str:
+    """Markdown tables of a results file ``{label: {case: {"rows": ...}}}``: before beside after where both ran."""
+    labels = [x for x in ("before", "after") if x in results] or list(results)
     out = []
-    if "binary" in results:
-        out += ["| z | reference β(0.001) | relative error | error_bound / β |", "|---|---|---|---|"]
-        for r in results["binary"]["rows"]:
-            if r["exception"] or r["rel_error"] is None:
-                out.append(f"| {r['z']} | {r['reference']:.4g} | {r['exception'] or r['value']} | |")
-            else:
-                rb = f"{r['error_bound'] / r['value']:.2g}" if r["value"] else "0 (value 0)"
-                out.append(f"| {r['z']} | {r['reference']:.4g} | {r['rel_error']:.2g} | {rb} |")
+    for case, key, head in (("binary", "z", "| z | reference β(0.001) |"),
+                            ("k3", "lead", "| lead | reference β(0.02) |")):
+        runs = {lab: {r[key]: r for r in results[lab][case]["rows"]} for lab in labels if case in results[lab]}
+        if not runs:
+            continue
+        keys = next(iter(runs.values())).keys()
+        out += [head + "".join(f" {lab}: rel. error | {lab}: error_bound / β |" for lab in runs),
+                "|---|---|" + "---|---|" * len(runs)]
+        for k in keys:
+            ref = next(iter(runs.values()))[k]["reference"]
+            cells = "".join(" {} | {} |".format(*_cell(runs[lab].get(k))) for lab in runs)
+            out.append(f"| {k} | {_fmt(ref, '.4g')} |{cells}")
+        out.append("")
+    if "kexperts" in results.get("after", {}):
+        out += ["| K | d | condition | z | w | form | reference β | rel. error | error_bound / β | bound holds | s |",
+                "|---|---|---|---|---|---|---|---|---|---|---|"]
+        for r in results["after"]["kexperts"]["rows"]:
+            out.append(f"| {r['K']} | {r['d']} | {r['cond']:.0e} | {r['z']:g} | {r['w']:g} | {r['form']} | "
+                       f"{r['reference']:.4g} | {r['rel_error']:.2g} | {r['rel_bound']:.2g} | {r['bound_holds']} | "
+                       f"{r['seconds']:.2f} |")
+        out.append("")
+    if "cost" in results.get("after", {}):
+        cost = results["after"]["cost"]["rows"]
+        out += ["| levels | box_probability s | predicted |", "|---|---|---|"]
+        out += [f"| {r['levels']} | {r['seconds']:.3g} | {r['predicted']:.3g} |" for r in cost["box_by_levels"]]
+        out += ["", "| K | w | boundary_mass exact s | predicted |", "|---|---|---|---|"]
+        out += [f"| {r['K']} | {r['w']:g} | {r['seconds']:.3g} | {r['predicted']:.3g} |"
+                for r in cost["boundary_mass_exact"]]
     return "\n".join(out)
 
 
@@ -235,7 +278,11 @@ def main(argv=None) -> None:
     ap.add_argument("--cases", nargs="*", default=["binary", "k3"], choices=list(CASES))
     ap.add_argument("--out", default=None, help="JSON file to merge the results into")
     ap.add_argument("--label", default="after", help="a label stored with the results (e.g. before/after)")
+    ap.add_argument("--table", action="store_true", help="only print the tables of --out (before beside after)")
     args = ap.parse_args(argv)
+    if args.table:
+        print(table(json.loads(Path(args.out).read_text())))
+        return
     results = {}
     for name in args.cases:
         t0 = time.perf_counter()
@@ -245,7 +292,7 @@ def main(argv=None) -> None:
         old = json.loads(path.read_text()) if path.exists() else {}
         old.setdefault(args.label, {}).update(results)
         path.write_text(json.dumps(old, indent=1, default=float))
-    print(table(results))
+    print(table({args.label: results}))
 
 
 if __name__ == "__main__":
