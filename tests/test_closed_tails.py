@@ -267,8 +267,12 @@ def test_exact_paths_are_priced_refused_when_too_long_and_show_progress(capsys):
     law = sh.Gaussian.standard(32)
     # K = 64, d = 32: box probabilities of rank 31 — far beyond an hour; refused with the predicted time, before
     # any of the work
-    with pytest.raises(ValueError, match=r"The 'max_seconds' parameter of boundary_mass must be at least the "
+    with pytest.raises(ValueError, match=r"The 'max_seconds' parameter of boundary_mass_exact must be at least the "
                                          r"predicted time of this exact computation, [\d.e+]+ (min|h)"):
+        sh.boundary_mass_exact(big, law, 0.01)
+    # through the quantity: refused by the same price (by the closed form's guard, or by the registry's check of the
+    # registered cost, whichever comes first)
+    with pytest.raises(ValueError, match=r"parameter of boundary_mass must be .*predicted .*pass max_seconds="):
         sh.boundary_mass(big, law, 0.01, method="exact")
     assert boundary.boundary_mass_seconds(big, law, np.array([0.01])) > 3600
     # the price grows with the number of box probabilities: K(K-1)/2 bands at small w, K winners at large w
