@@ -122,7 +122,7 @@ def test_law_dtype_and_device_are_checked_first_and_named():
     g = Gaussian(torch.tensor([0, 1]), torch.tensor([[2, 1], [1, 2]]))  # integer data, float64 law
     assert g.mean.dtype == g.cov.dtype == F64 and g.cov.tolist() == [[2.0, 1.0], [1.0, 2.0]]
     g32 = GaussianMixture([0.3, 0.7], [[0.0], [1.0]], dtype=F32)  # weights summing to 1 in float64
-    assert g32.weights.dtype == F32
+    assert g32.weights.dtype == F64 and g32.sample(3).dtype == F32  # one float64 law, float32 draws (issue 19)
     assert torch.isfinite(Gaussian.standard(2, dtype=F32).from_uniform(torch.tensor([[1 - 1e-16, 0.0]]))).all()
     with pytest.raises(TypeError, match=r"The 'generator' parameter of Gaussian.sample must be None, a torch"):
         Gaussian.standard(2).sample(3, generator=7)

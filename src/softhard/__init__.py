@@ -20,7 +20,7 @@ _EXPORTS = {
                       "score_gradient"],
     "model.experts": ["ConstantExperts", "LinearExperts", "MLPExperts", "as_experts"],
     "model.moe": ["FunctionTeacher", "HardTeacher", "MoE", "Teacher", "as_teacher"],
-    "closed.normal": ["orthant_probability"],
+    "closed.normal": ["MassUnderflow", "orthant_probability"],
     "closed.boundary": ["boundary_mass_exact", "flip_probability_exact", "interface_constant_exact"],
     "closed.risk": ["gap_slope_exact", "gate_entropy_exact", "risk_exact", "risk_gap_exact"],
     "estimators.reducer": ["Estimate", "TargetNotReached", "draw", "mean_estimate", "monte_carlo"],

@@ -10,8 +10,10 @@ Every law exposes
   (used by scrambled Sobol quasi-Monte Carlo);
 - ``log_prob(x) -> (n,)``: the log density where there is one.
 
-Everything is float64 on the CPU unless a ``device``/``dtype`` (float64 or float32) is given; parameters are
-validated in float64 and stored in ``dtype``.
+Everything is float64 on the CPU unless a ``device``/``dtype`` (float64 or float32) is given. Parameters are
+validated and kept in float64 whatever ``dtype`` (one law per law: a float32 Gaussian is its float64 twin, and
+every method reads the same float64 mean and factor); ``dtype`` is the dtype of the draws and densities the law
+returns.
 """
 
 from __future__ import annotations
@@ -23,7 +25,7 @@ import torch
 
 from .._validate import DTYPE, as_tensor, check_device, check_dtype, check_finite, check_inputs, check_int, fail
 
-__all__ = ["Law", "Gaussian", "GaussianMixture", "Uniform", "Empirical", "as_law", "check_covariance",
+__all__ = ["Law", "Gaussian", "GaussianMixture", "Uniform", "Empirical", "as_law", "check_covariance", "square_factor",
            "standard_normal", "standard_uniform", "U_EPS"]
 
 U_EPS = 1e-15
@@ -110,23 +112,34 @@ def check_covariance(cov, where: str, param: str = "cov", d: int | None = None) 
     return S
 
 
-# eigenvalues below this fraction of the largest are rounding, not variance: a covariance built as
-# S − SvvᵀS/vᵀSv (a law conditioned on a hyperplane) keeps ~1e-16–1e-12·λ_max where it should have 0
-_RANK_RTOL = 1e-10
+def _rank_cut(lam_max: float, d: int) -> float:
+    r"""Eigenvalues at or below this are rounding, not variance: :math:`16\sqrt d\,\epsilon\,\lambda_{\max}`
+    (about what an eigen-solver's backward error leaves on a symmetric matrix with exact zeros), so that condition
+    numbers to 1e12 and beyond keep their smallest variances while a rank-deficient matrix with rounding noise
+    (a sample covariance of n < d points, ``A Aᵀ``) is seen as singular."""
+    return 16.0 * math.sqrt(d) * float(torch.finfo(DTYPE).eps) * max(lam_max, 0.0)
 
 
 def _sqrt_factor(cov: torch.Tensor) -> torch.Tensor:
-    r"""A rank-revealing factor ``L`` (``(d, d)``, float64) with :math:`LL^\top = \Sigma`.
+    r"""A rank-revealing factor ``F`` (``(d, d)``, float64) with :math:`FF^\top = \Sigma`.
 
-    Cholesky when Σ is numerically positive definite (every eigenvalue above ``_RANK_RTOL``·λ_max);
-    otherwise the eigen-factor :math:`V\,\mathrm{diag}(\sqrt{\lambda_i}\,1\{\lambda_i > \mathrm{cut}\})`, whose
-    columns for the dropped eigenvalues are exactly 0. Cholesky of a singular Σ may succeed with a
-    rounding-level pivot and leave a spurious column (~1e-7 for a conditioned N(0, I₂)); code that asks
-    whether a direction has zero variance (``closed.moments.region_moments``) would then miss it.
+    Cholesky when Σ is numerically positive definite (every eigenvalue above :func:`_rank_cut`); otherwise the
+    eigen-factor :math:`V\,\mathrm{diag}(\sqrt{\lambda_i}\,1\{\lambda_i > \mathrm{cut}\})`, whose columns for
+    the dropped eigenvalues are exactly 0. Cholesky of a singular Σ may succeed with a rounding-level pivot and
+    leave a spurious column (~1e-7 for a conditioned N(0, I₂)); code that asks whether a direction has zero
+    variance (``closed.moments.region_moments``) would then miss it. A clearly well-conditioned Σ (smallest
+    Cholesky pivot above 1e-6 of the largest variance) skips the eigen-decomposition, which dominates the cost
+    at d in the thousands.
     """
     cov = cov.to(DTYPE)
+    d = cov.shape[0]
+    top = float(cov.diagonal().max()) if d else 0.0
+    if top > 0:
+        L, info = torch.linalg.cholesky_ex(cov)
+        if int(info) == 0 and float(L.diagonal().min()) ** 2 > 1e-6 * top:
+            return L
     lam, V = torch.linalg.eigh(cov)
-    cut = _RANK_RTOL * float(lam[-1].clamp_min(0))
+    cut = _rank_cut(float(lam[-1]), d)
     if float(lam[0]) > cut:
         L, info = torch.linalg.cholesky_ex(cov)
         if int(info) == 0:
@@ -134,16 +147,36 @@ def _sqrt_factor(cov: torch.Tensor) -> torch.Tensor:
     return V * torch.where(lam > cut, lam, torch.zeros_like(lam)).sqrt()
 
 
+def square_factor(F: torch.Tensor) -> torch.Tensor:
+    r"""A ``(q, q)`` factor :math:`G` with :math:`GG^\top = FF^\top` for ``F (q, r)`` (float64), without forming
+    :math:`FF^\top`: ``F`` padded with zero columns when r ≤ q, else :math:`G = R^\top` from the QR decomposition
+    :math:`F^\top = QR` (lower triangular; backward stable, so no digit of F is lost to squaring its condition
+    number)."""
+    q, r = F.shape
+    if r <= q:
+        return torch.cat([F, F.new_zeros(q, q - r)], 1) if r < q else F
+    R = torch.linalg.qr(F.T, mode="r")[1]
+    return R.T
+
+
 class Gaussian(Law):
     r"""Gaussian law :math:`N(m, S)` on ℝ^d.
+
+    One law whatever ``dtype``: the parameters are kept in float64 — ``mean`` ``(d,)``, ``cov`` ``(d, d)`` and
+    one rank-revealing ``factor`` ``(d, d)`` with :math:`FF^\top = S` (:attr:`scale_tril` is the same tensor) —
+    and every method (closed forms, the score-space, conditional and line estimators, sampling) reads them.
+    ``dtype`` is the dtype of what the law returns: draws are :math:`m + Fz` computed in float64 from float64
+    normals and then rounded to ``dtype`` (so a float32 law's draws are its float64 twin's draws, rounded), and
+    ``log_prob`` comes back in ``dtype``.
 
     Args:
         mean: ``m``, shape ``(d,)``.
         cov: ``S``, shape ``(d, d)``, symmetric positive semi-definite (singular allowed for sampling;
             ``log_prob`` needs it positive definite). ``None`` means the identity.
+        dtype: float64 (default) or float32, the dtype of draws and densities.
     """
 
-    def __init__(self, mean, cov=None, *, device=None, dtype: torch.dtype = DTYPE):
+    def __init__(self, mean, cov=None, *, device=None, dtype: torch.dtype = DTYPE, _factor=None):
         dtype, device = _setup(dtype, device, "Gaussian")
         m = as_tensor(mean, "mean", "Gaussian", dtype=DTYPE).reshape(-1) if _is_vec(mean) else None
         if m is None:
@@ -152,12 +185,26 @@ class Gaussian(Law):
         d = m.shape[0]
         if d < 1:
             fail("mean", "Gaussian", "non-empty", mean)
-        S = torch.eye(d, dtype=DTYPE) if cov is None else check_covariance(cov, "Gaussian", d=d)
+        if _factor is not None:
+            F = square_factor(_factor.to(DTYPE))
+            S = F @ F.T
+            S = 0.5 * S + 0.5 * S.T
+        else:
+            S = torch.eye(d, dtype=DTYPE) if cov is None else check_covariance(cov, "Gaussian", d=d)
+            F = _sqrt_factor(S)
         device = m.device if device is None else device
-        self.mean, self.cov = m.to(device=device, dtype=dtype), S.to(device=device, dtype=dtype)
+        self.mean, self.cov = m.to(device=device, dtype=DTYPE), S.to(device=device, dtype=DTYPE)
+        self.factor = F.to(device=device, dtype=DTYPE)
         self.d = self.qmc_dim = d
         self.dtype, self.device = dtype, self.mean.device
-        self.scale_tril = _sqrt_factor(S).to(device=device, dtype=dtype)
+        self.given = "factor" if _factor is not None else "cov"  # which of cov and factor is the exact input
+        self._identity = bool((self.mean == 0).all()) and bool(
+            (self.factor == torch.eye(d, dtype=DTYPE, device=self.factor.device)).all())
+
+    @property
+    def scale_tril(self) -> torch.Tensor:
+        """The law's factor (float64, ``(d, d)``; lower triangular when it is a Cholesky factor)."""
+        return self.factor
 
     @classmethod
     def standard(cls, d: int, **kw) -> "Gaussian":
@@ -165,18 +212,36 @@ class Gaussian(Law):
         d = check_int(d, "d", "Gaussian.standard")
         return cls(torch.zeros(d, dtype=DTYPE), None, **kw)
 
+    @classmethod
+    def from_factor(cls, mean, factor, *, device=None, dtype: torch.dtype = DTYPE) -> "Gaussian":
+        r"""The law of :math:`m + Fz`, :math:`z \sim N(0, I_r)`: ``mean (d,)``, ``factor F (d, r)`` (any r ≥ 1).
+
+        The covariance :math:`FF^\top` is never factorised again: a factor with r < d keeps its exact rank (zero
+        columns), one with r > d is reduced by a QR decomposition (:func:`square_factor`). This is how a law
+        reduced along linear maps or conditioned on a score keeps every digit its inputs have.
+        """
+        where = "Gaussian.from_factor"
+        m = as_tensor(mean, "mean", where, dtype=DTYPE)
+        if m.ndim != 1 or m.numel() < 1:
+            fail("mean", where, "a non-empty 1-d array of shape (d,)", f"shape {tuple(m.shape)}")
+        F = as_tensor(factor, "factor", where, dtype=DTYPE)
+        if F.ndim != 2 or F.shape[0] != m.shape[0] or F.shape[1] < 1:
+            fail("factor", where, f"an array of shape ({m.shape[0]}, r) with r >= 1", f"shape {tuple(F.shape)}")
+        check_finite(F, "factor", where)
+        return cls(m, None, device=device, dtype=dtype, _factor=F)
+
     def _affine(self, z: torch.Tensor) -> torch.Tensor:
-        """``m + L z`` row-wise; for N(0, I) that map is the identity and is skipped (same numbers, O(d²) less work)."""
-        L = self.scale_tril
-        if bool((self.mean == 0).all()) and bool((L == torch.eye(self.d, dtype=L.dtype, device=L.device)).all()):
-            return z
-        return self.mean + z @ L.T
+        """``m + F z`` row-wise in float64, returned in the law's dtype; for N(0, I) the map is skipped (same numbers,
+        O(d²) less work)."""
+        z = z.to(DTYPE)
+        x = z if self._identity else self.mean + z @ self.factor.T
+        return x.to(self.dtype)
 
     def sample(self, n, generator=None):
-        return self._affine(standard_normal(generator, (self._n(n, generator), self.d), self.dtype, self.device))
+        return self._affine(standard_normal(generator, (self._n(n, generator), self.d), DTYPE, self.device))
 
     def from_uniform(self, u):
-        return self._affine(_ndtri(u, self.dtype))
+        return self._affine(_ndtri(u, DTYPE))
 
     def log_prob(self, x):
         x = check_inputs(x, self.d, "Gaussian.log_prob")
@@ -184,8 +249,9 @@ class Gaussian(Law):
         if int(info) != 0:
             fail("cov", "Gaussian.log_prob", "positive definite (a singular Gaussian has no density)",
                  f"smallest eigenvalue {float(torch.linalg.eigvalsh(self.cov).min()):.3g}")
-        r = torch.linalg.solve_triangular(L, (x - self.mean).T, upper=False)
-        return -0.5 * (r * r).sum(0) - torch.log(torch.diagonal(L)).sum() - 0.5 * self.d * math.log(2 * math.pi)
+        r = torch.linalg.solve_triangular(L, (x.to(DTYPE) - self.mean).T, upper=False)
+        lp = -0.5 * (r * r).sum(0) - torch.log(torch.diagonal(L)).sum() - 0.5 * self.d * math.log(2 * math.pi)
+        return lp.to(self.dtype)
 
     def __repr__(self):
         return f"Gaussian(d={self.d})"
@@ -234,18 +300,18 @@ class GaussianMixture(Law):
                 fail("covs", where, f"an array of shape ({C}, {d}, {d})", f"shape {tuple(S.shape)}")
             S = [check_covariance(S[c], where, f"covs[{c}]", d) for c in range(C)]
         device = w.device if device is None else device
-        self.weights = (w / w.sum()).to(device=device, dtype=dtype)
+        self.weights = (w / w.sum()).to(device=device, dtype=DTYPE)
         self.components = [Gaussian(M[c], S[c], dtype=dtype, device=device) for c in range(C)]
         self.d, self.qmc_dim = d, d + 1
         self.dtype, self.device = dtype, self.weights.device
         self._cum = torch.cumsum(self.weights, 0)
 
     def _pick(self, u: torch.Tensor) -> torch.Tensor:
-        return torch.searchsorted(self._cum, u.contiguous().to(self.dtype), right=True).clamp_max(len(self.components) - 1)
+        return torch.searchsorted(self._cum, u.contiguous().to(DTYPE), right=True).clamp_max(len(self.components) - 1)
 
     def _assemble(self, comp: torch.Tensor, z: torch.Tensor) -> torch.Tensor:
         # one affine map per component (no (n, d, d) gather: memory stays O(n d))
-        x = torch.empty_like(z)
+        x = torch.empty(z.shape, dtype=self.dtype, device=z.device)
         for c, g in enumerate(self.components):
             mask = comp == c
             x[mask] = g._affine(z[mask])
@@ -253,15 +319,15 @@ class GaussianMixture(Law):
 
     def sample(self, n, generator=None):
         n = self._n(n, generator)
-        u = standard_uniform(generator, (n,), self.dtype, self.device)
-        return self._assemble(self._pick(u), standard_normal(generator, (n, self.d), self.dtype, self.device))
+        u = standard_uniform(generator, (n,), DTYPE, self.device)
+        return self._assemble(self._pick(u), standard_normal(generator, (n, self.d), DTYPE, self.device))
 
     def from_uniform(self, u):
-        return self._assemble(self._pick(u[:, 0]), _ndtri(u[:, 1:], self.dtype))
+        return self._assemble(self._pick(u[:, 0]), _ndtri(u[:, 1:], DTYPE))
 
     def log_prob(self, x):
-        lp = torch.stack([c.log_prob(x) for c in self.components], dim=-1)
-        return torch.logsumexp(lp + torch.log(self.weights), dim=-1)
+        lp = torch.stack([c.log_prob(x).to(DTYPE) for c in self.components], dim=-1)
+        return torch.logsumexp(lp + torch.log(self.weights), dim=-1).to(self.dtype)
 
     def __repr__(self):
         return f"GaussianMixture(C={len(self.components)}, d={self.d})"

@@ -17,7 +17,13 @@ import numpy as np
 import torch
 
 from .._validate import check_float, check_grid, check_int
-from ..closed.boundary import interface_constant_closed, pair_density, pair_density_at_zero
+from ..closed.boundary import (
+    interface_constant_closed,
+    interface_constant_seconds,
+    pair_densities_closed,
+    pair_densities_seconds,
+    pair_density_closed,
+)
 from ..closed.risk import ENTROPY_CONSTANT
 from ..estimators.fits import fit_margin_tail
 from ..estimators.kernel import kernel, kernel_estimate, pilot_bandwidths
@@ -26,7 +32,7 @@ from ..estimators.reducer import Estimate, draw, sample_mean
 from ..estimators.registry import Call, Quantity
 from ..model.gates import top_two
 from ..model.routers import check_pair, score_gradient
-from .door import finish, is_gaussian, is_linear_gaussian, logits_of, router_call, sampler
+from .door import exact_guard, finish, is_gaussian, is_linear_gaussian, logits_of, router_call, sampler
 
 __all__ = ["coarea_constant", "coarea_sum", "interface_constant", "entropy_slope", "interface_diagnostic",
            "level_set_profile", "InterfaceDiagnostic", "COAREA_CONSTANT", "COAREA_SUM", "INTERFACE_CONSTANT",
@@ -77,10 +83,12 @@ def coarea_constant(router, law, pair=(0, 1), *, method: str = "auto", n: int | 
 
 
 @COAREA_CONSTANT.register("exact", applies=lambda c: None if is_linear_gaussian(c.model, c.law) else
-                          "a LinearRouter and a Gaussian or GaussianMixture law", cost=lambda c: 1e-4, exact=True,
+                          "a LinearRouter and a Gaussian or GaussianMixture law",
+                          cost=lambda c: pair_densities_seconds(c.model, c.law, 1), exact=True,
                           summary="(3.14): ψ(0) = φ(m_g/s)/s per component")
 def _coarea_exact(c: Call) -> Estimate:
-    return Estimate.exact(pair_density_at_zero(c.model, c.law, c.options["pair"]), "pair_density_at_zero (3.14)")
+    v, bound = pair_densities_closed(c.model, c.law, [c.options["pair"]], c.where)
+    return Estimate.exact(v, "pair_density_at_zero (3.14)", bound)
 
 
 @COAREA_CONSTANT.register("conditional", applies=lambda c: None if is_gaussian(c.law) else
@@ -132,10 +140,12 @@ def level_set_profile(router, law, levels, pair=(0, 1), *, method: str = "auto",
 
 
 @LEVEL_SET_PROFILE.register("exact", applies=lambda c: None if is_linear_gaussian(c.model, c.law) else
-                            "a LinearRouter and a Gaussian or GaussianMixture law", cost=lambda c: 1e-4, exact=True,
+                            "a LinearRouter and a Gaussian or GaussianMixture law",
+                            cost=lambda c: pair_densities_seconds(c.model, c.law, 1), exact=True,
                             summary="(3.14) at s: a normal density per component")
 def _profile_exact(c: Call) -> Estimate:
-    return Estimate.exact(pair_density(c.model, c.law, c.grid, c.options["pair"]), "pair_density (3.8), (3.14)")
+    v, bound = pair_density_closed(c.model, c.law, c.grid, c.options["pair"], c.where)
+    return Estimate.exact(v, "pair_density (3.8), (3.14)", bound)
 
 
 @LEVEL_SET_PROFILE.register("kernel", applies=lambda c: None, summary="kernel density of g_ij at each s")
@@ -173,11 +183,12 @@ def coarea_sum(router, law, *, method: str = "auto", n: int | None = None, seed=
 
 
 @COAREA_SUM.register("exact", applies=lambda c: None if is_linear_gaussian(c.model, c.law) else
-                     "a LinearRouter and a Gaussian or GaussianMixture law", cost=lambda c: 1e-4, exact=True,
+                     "a LinearRouter and a Gaussian or GaussianMixture law",
+                     cost=lambda c: pair_densities_seconds(c.model, c.law, len(c.options["pairs"])), exact=True,
                      summary="sum of (3.14)")
 def _sum_exact(c: Call) -> Estimate:
-    return Estimate.exact(sum(pair_density_at_zero(c.model, c.law, p) for p in c.options["pairs"]),
-                          "pair_density_at_zero (3.14), summed")
+    v, bound = pair_densities_closed(c.model, c.law, c.options["pairs"], c.where)
+    return Estimate.exact(v, "pair_density_at_zero (3.14), summed", bound)
 
 
 @COAREA_SUM.register("conditional", applies=lambda c: None if is_gaussian(c.law) else
@@ -228,15 +239,15 @@ def interface_constant(router, law, *, method: str = "auto", n: int | None = Non
 
 
 def _interface_cost(c: Call) -> float:
-    K = c.model.num_experts
-    return 1e-4 * K * K if K <= 4 else 2e-2 * K * (K - 1) / 2
+    """:func:`~softhard.closed.boundary.interface_constant_seconds`: K(K−1)/2 conditional orthants by rank."""
+    return interface_constant_seconds(c.model, c.law)
 
 
 @INTERFACE_CONSTANT.register("exact", applies=lambda c: None if is_linear_gaussian(c.model, c.law) else
                              "a LinearRouter and a Gaussian or GaussianMixture law", cost=_interface_cost,
                              exact=True, summary="ψ_ij(0) times a (K−2)-dimensional orthant probability")
 def _interface_exact(c: Call) -> Estimate:
-    v, bound = interface_constant_closed(c.model, c.law, where=c.where)
+    v, bound = interface_constant_closed(c.model, c.law, where=c.where, **exact_guard(c))
     return Estimate.exact(v, "interface_constant_exact", bound)
 
 

@@ -20,10 +20,10 @@ from ..model.moe import HardTeacher, MoE, Teacher, as_teacher
 from ..model.routers import LinearRouter, as_router
 
 __all__ = ["SAMPLING_KEYWORDS", "router_call", "moe_call", "temperature_grid", "width_grid", "logits_of", "finish",
-           "sampler", "is_gaussian", "is_linear_gaussian"]
+           "sampler", "exact_guard", "is_gaussian", "is_linear_gaussian"]
 
 SAMPLING_KEYWORDS = ("max_samples", "scrambles", "chunk", "device", "workers", "min_n", "progress", "desc",
-                     "sampling")
+                     "sampling", "max_seconds")
 
 
 def _sampling(where: str, n, seed, target_rel_error, kw: dict):
@@ -34,7 +34,10 @@ def _sampling(where: str, n, seed, target_rel_error, kw: dict):
     sampling = kw.pop("sampling", None)
     if sampling is not None and sampling not in SAMPLINGS:
         fail("sampling", where, f"one of {SAMPLINGS}", sampling)
-    return sampling_options(where, n, seed, target_rel_error, **kw), sampling
+    max_seconds = kw.pop("max_seconds", None)  # an exact path predicted to run longer is refused (closed.boundary)
+    if max_seconds is not None:
+        max_seconds = check_float(max_seconds, "max_seconds", where, 0.0, math.inf, high_open=False)
+    return sampling_options(where, n, seed, target_rel_error, **kw), {"sampling": sampling, "max_seconds": max_seconds}
 
 
 def router_call(where: str, router, law, grid, n, seed, target_rel_error, kw: dict, **options) -> Call:
@@ -44,8 +47,14 @@ def router_call(where: str, router, law, grid, n, seed, target_rel_error, kw: di
     r = as_router(router, law.d, where)
     if r.d is not None and r.d != law.d:
         fail("law", where, f"a law on R^{r.d} (the router's input dimension)", f"a law on R^{law.d}")
-    s, sampling = _sampling(where, n, seed, target_rel_error, dict(kw))
-    return Call(where, r, law, grid, None, {**options, "sampling": sampling}, s)
+    s, extra = _sampling(where, n, seed, target_rel_error, dict(kw))
+    return Call(where, r, law, grid, None, {**options, **extra}, s)
+
+
+def exact_guard(c: Call) -> dict:
+    """The keywords of an exact closed form's guard (:class:`softhard.closed.boundary.ExactRun`): ``max_seconds``
+    (None: one hour) and ``progress`` (the user's ``progress=True``, else shown when predicted to be long)."""
+    return {"max_seconds": c.options.get("max_seconds"), "progress": True if c.sampling.progress else None}
 
 
 def sampler(c: Call, default: str) -> str:
@@ -61,8 +70,8 @@ def moe_call(where: str, moe, law, grid, teacher, n, seed, target_rel_error, kw:
     if moe.d is not None and moe.d != law.d:
         fail("law", where, f"a law on R^{moe.d} (the MoE's input dimension)", f"a law on R^{law.d}")
     t = _teacher(teacher, moe, law, where)
-    s, sampling = _sampling(where, n, seed, target_rel_error, dict(kw))
-    return Call(where, moe, law, grid, t, {**options, "sampling": sampling}, s)
+    s, extra = _sampling(where, n, seed, target_rel_error, dict(kw))
+    return Call(where, moe, law, grid, t, {**options, **extra}, s)
 
 
 def _teacher(teacher, moe: MoE, law, where: str) -> Teacher:

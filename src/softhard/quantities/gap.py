@@ -18,10 +18,10 @@ import torch
 from .._validate import check_float
 from ..closed.risk import (
     g1_half_bracket,
-    gap_slope_exact,
+    gap_slope_closed,
     gate_entropy_exact,
     is_binary_linear_gaussian,
-    risk_gap_exact,
+    risk_gap_closed,
 )
 from ..estimators import conditional, lines
 from ..estimators.kernel import kernel, kernel_estimate, pilot_bandwidths
@@ -95,10 +95,19 @@ def risk_gap(moe, law, taus, *, teacher=None, method: str = "auto", n: int | Non
     return finish(RISK_GAP.estimate(call, method), scalar)
 
 
-@RISK_GAP.register("exact", applies=_exact_applies, cost=lambda c: 2e-3 * c.grid.numel(), exact=True,
+def _exact_seconds(c: Call, per_point: float) -> float:
+    """The binary closed forms: reducing the law along the scores (d² multiply-adds per component, 1 ns each),
+    then ``per_point`` seconds per grid point and component (measured by benchmarks/tail_accuracy.py --cost)."""
+    comps = len(c.law.components) if hasattr(c.law, "components") else 1
+    points = c.grid.numel() if c.grid is not None else 1
+    return comps * (1e-9 * 4 * c.law.d ** 2 + per_point * points)
+
+
+@RISK_GAP.register("exact", applies=_exact_applies, cost=lambda c: _exact_seconds(c, 4e-3), exact=True,
                    summary="1-d quadrature across the interface (binary linear MoE)")
 def _gap_exact(c: Call) -> Estimate:
-    return Estimate.exact(risk_gap_exact(c.model, c.law, c.grid, c.teacher), "risk_gap_exact")
+    v, bound = risk_gap_closed(c.model, c.law, c.grid, c.teacher, c.where)
+    return Estimate.exact(v, "risk_gap_exact", bound)
 
 
 @RISK_GAP.register("conditional", applies=lambda c: None if _space(c) is not None else _LINEAR_RULE,
@@ -161,10 +170,11 @@ def gap_slope(moe, law, *, teacher=None, method: str = "auto", n: int | None = N
     return GAP_SLOPE.estimate(call, method)
 
 
-@GAP_SLOPE.register("exact", applies=_exact_applies, cost=lambda c: 1e-3, exact=True,
+@GAP_SLOPE.register("exact", applies=_exact_applies, cost=lambda c: _exact_seconds(c, 5e-4), exact=True,
                     summary="closed form at the interface (binary linear MoE)")
 def _slope_exact(c: Call) -> Estimate:
-    return Estimate.exact(gap_slope_exact(c.model, c.law, c.teacher), "gap_slope_exact")
+    v, bound = gap_slope_closed(c.model, c.law, c.teacher, c.where)
+    return Estimate.exact(v, "gap_slope_exact", bound)
 
 
 @GAP_SLOPE.register("conditional", applies=lambda c: None if is_gaussian(c.law) else
@@ -210,7 +220,7 @@ def gate_entropy_mean(router, law, taus, *, method: str = "auto", n: int | None 
 
 
 @GATE_ENTROPY.register("exact", applies=lambda c: None if c.model.num_experts == 2 and is_linear_gaussian(
-    c.model, c.law) else "a binary LinearRouter and a Gaussian (mixture) law", cost=lambda c: 1e-3 * c.grid.numel(),
+    c.model, c.law) else "a binary LinearRouter and a Gaussian (mixture) law", cost=lambda c: _exact_seconds(c, 3e-3),
     exact=True, summary="1-d quadrature of H(σ(g/τ)) against the density of g")
 def _entropy_exact(c: Call) -> Estimate:
     return Estimate.exact(gate_entropy_exact(c.model, c.law, c.grid), "gate_entropy_exact")

@@ -20,8 +20,8 @@ import math
 import torch
 
 from .._validate import check_float, check_int, fail
-from ..closed.boundary import COAREA_FORM_WIDTH, PAIRWISE_MAX_K, boundary_mass_closed, min_pair_sd
-from ..closed.normal import ABSEPS, gaussian_components, linear_moments
+from ..closed.boundary import PAIRWISE_MAX_K, boundary_mass_closed, boundary_mass_seconds
+from ..closed.normal import ABSEPS
 from ..estimators import conditional, lines
 from ..estimators.fits import MarginTail, fit_margin_tail
 from ..estimators.reducer import Estimate, draw, sample_mean
@@ -30,6 +30,7 @@ from ..estimators.score_space import score_space
 from ..model.gates import pairwise_separation, top_two, topk_margin
 from ..model.routers import LinearRouter
 from .door import (
+    exact_guard,
     finish,
     is_gaussian,
     is_linear_gaussian,
@@ -81,8 +82,12 @@ def boundary_mass(router, law, widths, *, kind: str = "top2", k: int = 1, method
         seed: ``int``, ``torch.Generator`` or ``None``; a sampled estimate depends on ``(seed, n)`` only.
         target_rel_error: relative standard error to reach on every width (a miss says
             ``converged=False`` and warns).
-        abseps: absolute accuracy of Genz's algorithm in the closed form.
-        **sampling: ``max_samples``, ``scrambles``, ``chunk``, ``device``, ``workers``, ``min_n``, ``progress``,
+        abseps: absolute accuracy asked of the closed form's randomised box probabilities where its form is
+            absolute (the complement form of β where β is not small, and β_pair); the pairs form of β is accurate
+            relative to β (:func:`~softhard.closed.boundary.boundary_mass_exact`).
+        **sampling: ``max_samples``, ``scrambles``, ``chunk``, ``device``, ``workers``, ``min_n``, ``progress``
+            (also the exact path's bar; a long exact run shows it anyway), ``max_seconds`` (an exact run predicted
+            to take longer, default one hour, is refused with the predicted time),
             ``sampling`` (see :func:`softhard.estimators.reducer.monte_carlo`).
 
     Returns:
@@ -112,38 +117,22 @@ def _exact_applies(c: Call):
     return None
 
 
-def _orthant_seconds(q: int, relaxed: bool = False) -> float:
-    """Cost model of one orthant probability in q free dimensions: exact to rounding for q ≤ 2; Genz's algorithm
-    at abseps 1e-6 (complement form), or at the relaxed accuracy of the coarea form (benchmarks/run.py)."""
-    if q <= 2:
-        return 3e-4
-    return 5e-3 * 1.8 ** (q - 3) if relaxed else 1.2e-2 * 2.4 ** (q - 3)
-
-
 def _exact_cost(c: Call) -> float:
-    """Seconds of :func:`~softhard.closed.boundary.boundary_mass_closed`: orthant probabilities per width and
-    Gaussian component (the coarea form at small widths, the complement form otherwise)."""
-    K, kind = c.model.num_experts, c.options["kind"]
-    if K == 2:
-        return 1e-4
-    total = 0.0
-    for _, comp in gaussian_components(c.law, c.where):
-        pair_sd = min_pair_sd(linear_moments(c.model.weight, c.model.bias, comp)[1])
-        for w in c.grid.tolist():
-            if kind == "pairwise":
-                total += math.factorial(K) * _orthant_seconds(K - 1)
-            elif 0 < w <= COAREA_FORM_WIDTH * pair_sd:
-                total += 8 * K * (K - 1) / 2 * _orthant_seconds(K - 2, relaxed=True)
-            else:
-                total += K * _orthant_seconds(K - 1)
-    return total
+    """Seconds of :func:`~softhard.closed.boundary.boundary_mass_closed`
+    (:func:`~softhard.closed.boundary.boundary_mass_seconds`): the contrast rows, then per width and Gaussian
+    component its box probabilities — K(K−1)/2 pair bands, K winners or K! orderings — priced by their rank."""
+    key = ("exact_seconds",)
+    if key not in c.cache:
+        c.cache[key] = boundary_mass_seconds(c.model, c.law, c.grid, c.options["kind"])
+    return c.cache[key]
 
 
 @BOUNDARY_MASS.register("exact", applies=_exact_applies, cost=_exact_cost, exact=True,
-                        summary="Gaussian orthant probabilities (3.11 and its K-expert extension)")
+                        summary="Gaussian box probabilities (3.11 and its K-expert extension)")
 def _exact(c: Call) -> Estimate:
-    v, bound, forms = boundary_mass_closed(c.model, c.law, c.grid, c.options["kind"], c.options["abseps"], c.where)
-    return Estimate.exact(v, "boundary_mass_exact", bound, forms=forms)
+    v, bound, forms = boundary_mass_closed(c.model, c.law, c.grid, c.options["kind"], c.options["abseps"], c.where,
+                                           **exact_guard(c))
+    return Estimate.exact(v, "boundary_mass_exact", bound, forms=forms, predicted_seconds=_exact_cost(c))
 
 
 def _conditional_applies(c: Call):
@@ -240,7 +229,7 @@ def ambiguity_mass(router, law, taus, *, eps: float = EPS_2TAU, method: str = "a
 def _ambiguity_exact(c: Call) -> Estimate:
     factor = math.log((1 - c.options["eps"]) / c.options["eps"])
     w = (c.grid * factor).clamp(max=1e300)  # τ near 1e308: w overflows; β = 1 there anyway
-    v, bound, _ = boundary_mass_closed(c.model, c.law, w, "top2", ABSEPS, c.where)
+    v, bound, _ = boundary_mass_closed(c.model, c.law, w, "top2", ABSEPS, c.where, **exact_guard(c))
     return Estimate.exact(v, "boundary_mass_exact at w = τ log((1-ε)/ε)", bound)
 
 
