@@ -35,10 +35,10 @@ from typing import Any, Callable
 import numpy as np
 
 from .._validate import fail
-from .reducer import DEFAULT_TARGET, Estimate, Sampling, first_stop
+from .reducer import DEFAULT_TARGET, Estimate, Sampling, check_budget, duration, first_stop
 
 __all__ = ["Call", "Method", "Quantity", "QUANTITIES", "SAMPLINGS", "CHEAP", "PILOT_INDICATORS", "target_of", "pilot",
-           "pilot_size", "reuse_pilot", "remaining_cost", "evaluation_seconds"]
+           "pilot_size", "reuse_pilot", "remaining_cost", "evaluation_seconds", "check_time"]
 
 SAMPLINGS = ("mc", "qmc")
 CHEAP = 0.01  # seconds: a closed form at most this expensive is taken without comparing with sampling
@@ -113,7 +113,7 @@ def pilot(call: Call, m: Method) -> Estimate:
     if key not in call.cache:
         s = call.sampling
         n0 = min(pilot_size(call, m), s.n or s.max_samples)
-        call.cache[key] = m.draws(call, dataclasses.replace(s, n=n0, target=None, progress=False))
+        call.cache[key] = m.draws(call, dataclasses.replace(s, n=n0, target=None, progress=False, quiet=True))
     return call.cache[key]
 
 
@@ -125,7 +125,7 @@ def pilot_size(call: Call, m: Method) -> int:
 def reuse_pilot(call: Call, m: Method) -> Estimate | None:
     """The cached pilot if it already is this call's result: no ``n`` given, every entry within the target."""
     est, t = call.cache.get(("pilot", m.name)), target_of(call)
-    if est is None or call.sampling.n is not None or t is None or m.pilot_draws:
+    if est is None or call.sampling.n is not None or t is None or m.pilot_draws or est.info.get("no_hit") is not None:
         return None
     se, v = np.asarray(est.stderr), np.asarray(est.value)
     return est.replace(target=t, converged=True) if bool(np.all(se <= t * np.abs(v))) else None
@@ -149,6 +149,19 @@ def remaining_cost(call: Call, m: Method) -> float:
     worst = float(np.max(rel))
     need = est.n * worst ** 2 if math.isfinite(worst) else math.inf
     return m.per_draw(call) * max(0.0, min(need, float(cap)) - est.n)
+
+
+def check_time(call: Call, m: Method) -> None:
+    """Refuse a run predicted to exceed ``max_seconds`` (default an hour), naming the prediction: a closed form by
+    its cost model, a sampler with a requested ``n`` by ``n`` times its per-draw cost."""
+    s = call.sampling
+    if m.cost is not None:
+        seconds = m.cost(call)
+        if seconds > s.max_seconds:
+            fail("method", call.where, f"a method whose predicted time is at most max_seconds={s.max_seconds:g} s "
+                 f"('{m.name}' is predicted to take {duration(seconds)}; pass max_seconds= to allow it)", m.name)
+    elif m.per_draw is not None:
+        check_budget(call.law, m.name, s, m.per_draw(call))
 
 
 class Quantity:
@@ -217,7 +230,8 @@ class Quantity:
         fail("method", call.where, f"a method that applies to this model and law ({reasons})", "auto")
 
     def estimate(self, call: Call, method: str) -> Estimate:
-        """Run ``method`` (validated by :meth:`check_method`) on the call; ``"auto"`` chooses first."""
+        """Run ``method`` (validated by :meth:`check_method`) on the call; ``"auto"`` chooses first. A run predicted
+        to take longer than ``max_seconds`` is refused first (:func:`check_time`)."""
         if method == "auto":
             m, how = self.choose(call), "auto"
         else:
@@ -225,6 +239,7 @@ class Quantity:
             why = m.applies(call)
             if why is not None:
                 fail("method", call.where, f"a method that applies here: '{method}' needs {why}", method)
+        check_time(call, m)
         return m.run(call).replace(method=m.name, info={"chosen_by": how})
 
 

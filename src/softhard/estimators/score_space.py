@@ -167,9 +167,10 @@ def batched(fn, draws: torch.Tensor) -> torch.Tensor:
     return torch.cat([fn(draws[i:i + ROWS]) for i in range(0, draws.shape[0], ROWS)])
 
 
-def run_conditional(terms, draws: Law, opts: Sampling, sampling: str, info: dict) -> Estimate:
-    """Reduce per-draw conditional terms with the one reducer (``sampling``: "mc" or "qmc" over the draws)."""
-    est = sample_mean(lambda d: batched(terms, d), draws, sampling, opts)
+def run_conditional(terms, draws: Law, opts: Sampling, sampling: str, info: dict, bound=None) -> Estimate:
+    """Reduce per-draw conditional terms with the one reducer (``sampling``: "mc" or "qmc" over the draws;
+    ``bound``: as in :func:`~softhard.estimators.reducer.sample_mean`)."""
+    est = sample_mean(lambda d: batched(terms, d), draws, sampling, opts, bound=bound)
     return est.replace(method="conditional", info={"sampling": sampling, **info})
 
 

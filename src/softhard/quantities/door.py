@@ -23,7 +23,7 @@ __all__ = ["SAMPLING_KEYWORDS", "router_call", "moe_call", "temperature_grid", "
            "sampler", "is_gaussian", "is_linear_gaussian"]
 
 SAMPLING_KEYWORDS = ("max_samples", "scrambles", "chunk", "device", "workers", "min_n", "progress", "desc",
-                     "sampling")
+                     "sampling", "max_seconds")
 
 
 def _sampling(where: str, n, seed, target_rel_error, kw: dict):

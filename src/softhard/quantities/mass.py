@@ -181,6 +181,12 @@ def _mass_terms(c: Call, logits):
     return terms
 
 
+def _bound(c: Call):
+    """Indicator terms are bounded by 1; β(0) = μ(Δ = 0) is 0 by construction for continuous margins, so an
+    entry w = 0 without a hit is exact (:func:`~softhard.estimators.reducer.sample_mean`, ``bound``)."""
+    return (c.grid > 0).to(torch.float64).numpy() if c.where == "boundary_mass" else 1.0
+
+
 def _register_samplers(quantity: Quantity, terms_of):
     """Register "score" (a LinearRouter under a Gaussian (mixture) law: the K logits sampled directly, at a cost
     independent of d, :func:`~softhard.estimators.score_space.score_space`), then "qmc" and "mc" over inputs, for
@@ -192,7 +198,7 @@ def _register_samplers(quantity: Quantity, terms_of):
                                summary="QMC/MC over the logits")
     def _score(c: Call, opts) -> Estimate:
         how = sampler(c, "qmc")
-        est = sample_mean(terms_of(c, lambda y: y), score_space(c.model, c.law).law, how, opts)
+        est = sample_mean(terms_of(c, lambda y: y), score_space(c.model, c.law).law, how, opts, bound=_bound(c))
         return est.replace(info={"sampling": how})
 
     for name in ("qmc", "mc"):
@@ -201,7 +207,7 @@ def _register_samplers(quantity: Quantity, terms_of):
                                   pilot_draws=PILOT_INDICATORS, dominated_by=("score",),
                                   summary=f"{name} over inputs")(
             lambda c, opts, name=name: sample_mean(terms_of(c, lambda x: logits_of(c.model, x, c.where)), c.law, name,
-                                                   opts))
+                                                   opts, bound=_bound(c)))
 
 
 _register_samplers(BOUNDARY_MASS, _mass_terms)
