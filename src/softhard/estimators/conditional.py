@@ -16,6 +16,7 @@ Gauss–Legendre quadrature for the risk gap. Derivation and variance: ``docs/es
 
 from __future__ import annotations
 
+import functools
 import itertools
 import math
 
@@ -35,6 +36,7 @@ __all__ = ["boundary_mass_linear", "risk_gap_linear", "gap_slope_linear"]
 _NORMAL_REACH = 8.0  # the density is integrated up to 8 standard units beyond the interface and the centre
 
 
+@functools.lru_cache(maxsize=4096)
 def _panel_breaks(m_g: float, s: float, temp: float) -> tuple[tuple[float, float], torch.Tensor]:
     r"""The range ``(lo, hi)`` of τ integrated across the interface of a pair and the panel breaks inside it
     (τ units; :math:`g = m_g + s\tau`, interface at :math:`\tau_0 = -m_g/s`) for the gap at temperature ``temp``.
@@ -182,7 +184,7 @@ class _PairLines:
             self.consts.append(dict(e=e, gamma=gamma, m_g=m_g, s=s, c1=c1, inv=1.0 / c1,
                                     lower=others & (c1 > 0), upper=others & (c1 < 0), flat=others & (c1 == 0),
                                     mu=mu, Fmu=mu @ F.T, logpi=logpi, half=0.5 * (mu * mu).sum(-1),
-                                    gram=mu @ mu.transpose(1, 2)))
+                                    gram=mu @ mu.transpose(1, 2), tops=self.tops))
 
     def _shifts(self, F, M, e, gamma, m_g, s, sl):
         """``mu (P, S, q)`` (slot 0: no shift) and ``log π (P, S)`` (equal weights, ``-inf`` for unused slots)."""
@@ -225,16 +227,17 @@ class _PairLines:
             proj = torch.einsum("nq,psq->nps", x, k["mu"])  # (n, P, S): μ_{p,m'}·ξ
             v = 0.0
             for slot in range(k["mu"].shape[1]):
-                used = torch.isfinite(k["logpi"][:, slot])  # (P,)
-                if not bool(used.any()):
+                idx = torch.isfinite(k["logpi"][:, slot]).nonzero()[:, 0]  # the pairs with a draw in this slot
+                if idx.numel() == 0:
                     continue
-                # log of π_m φ(ξ+μ_m) / Σ_m' π_m' φ(ξ+μ_m - μ_m')·(φ(ξ+μ_m)/φ(ξ+μ_m)): a balance-heuristic weight
-                expo = k["logpi"][None] + proj + k["gram"][None, :, :, slot] - k["half"][None]  # (n, P, S)
-                logw = k["logpi"][:, slot][None] - torch.logsumexp(expo, -1)  # (n, P)
-                ys = y[:, None, :] + k["Fmu"][None, :, slot]  # (n, P, q)
-                t = fn(k, ys, tau)
-                wt = torch.where(used[None], logw.exp(), 0.0)
-                v = v + (wt.reshape(*wt.shape, *([1] * (t.dim() - 2))) * t).sum(1)
+                ks = {key: val[idx] for key, val in k.items()}  # every constant is indexed by pair first
+                ys = y[:, None, :] + ks["Fmu"][None, :, slot]  # (n, P', q): the draw ξ + μ_{p,slot}
+                t = fn(ks, ys, tau[:, idx])
+                if k["mu"].shape[1] > 1:  # the balance-heuristic weight π_m φ(x) / Σ_m' π_m' φ(x − μ_m'), x = ξ + μ_m
+                    expo = ks["logpi"][None] + proj[:, idx] + ks["gram"][None, :, :, slot] - ks["half"][None]
+                    wt = (ks["logpi"][:, slot][None] - torch.logsumexp(expo, -1)).exp()  # (n, P')
+                    t = wt.reshape(*wt.shape, *([1] * (t.dim() - 2))) * t
+                v = v + t.sum(1)
             if out is None:
                 out = torch.zeros(draws.shape[0], *v.shape[1:], dtype=v.dtype, device=v.device)
             out[m] = v
@@ -244,7 +247,7 @@ class _PairLines:
         r"""``(l, u)`` each ``(n, P)`` for per-pair points ``y (n, P, q)``: :math:`a_{top} - a_k = c_0 + c_1\tau > 0`
         for top ∈ {i, j}, k ∉ {i, j}."""
         a = y[..., self.space.slices["logits"]]  # (n, P, K)
-        top = self.tops.to(a.device)[None].expand(a.shape[0], -1, -1)  # (n, P, 2)
+        top = k["tops"][None].expand(a.shape[0], -1, -1)  # (n, P, 2)
         d0 = a.gather(2, top)[..., None] - a[:, :, None, :]  # (n, P, 2, K): a_top - a_k at the draw
         r = tau[..., None, None] - d0 * k["inv"]  # root of c_0 + c_1 τ' = 0, c_0 = d0 - c_1 τ
         lo = torch.where(k["lower"], r, -math.inf).flatten(2).amax(-1)
@@ -304,40 +307,47 @@ def risk_gap_linear(moe: MoE, law, taus: torch.Tensor, teacher, space: ScoreSpac
     has_teacher = "teacher_logits" in sl
     t = taus.to(DTYPE)
 
-    def pair_terms(k, y, tau, lo, hi, p):
-        """``(n, T)``: the integral across the interface of pair p, for every draw and temperature (``y (n, q)``:
-        the draw of pair p)."""
-        ga, mg, sg = k["gamma"][p], k["m_g"][p], k["s"][p]
-        al = y - tau[:, p, None] * ga  # (n, q): the line's point at τ = 0
-        brk_t = []
+    gx, gw = gauss_legendre(8, like=torch.zeros((), dtype=DTYPE))
+
+    def integrals(al, ga, a, b, brk, temp):
+        """``(m,)``: the integral across the interface along m lines (``al (m, q)``: the line's point at τ = 0,
+        ``ga (m, q)``: its direction γ, ``[a, b]``: the range integrated, ``brk (m, B)``: panel breaks)."""
+        cuts = [a[:, None], b[:, None], brk]
         if has_teacher:  # crossings of two teacher logits along the line: f* jumps there
-            ta, tg = al[:, sl["teacher_logits"]], ga[sl["teacher_logits"]]
-            i, j = torch.triu_indices(ta.shape[1], ta.shape[1], 1, device=y.device)
-            brk_t = [(-(ta[:, i] - ta[:, j]) / (tg[i] - tg[j])).nan_to_num(0.0, 0.0, 0.0)]
-        out = []
-        for temp in t:
-            (lo_b, hi_b), layers = _panel_breaks(float(mg), float(sg), float(temp))
-            a = torch.clamp(lo[:, p], min=lo_b)
-            b = torch.clamp(hi[:, p], max=hi_b)
-            layers = layers.to(y)
-            pts = torch.sort(torch.cat([a[:, None], b[:, None], layers.expand(y.shape[0], -1), *brk_t], 1), 1).values
-            pts = torch.minimum(torch.maximum(pts, a[:, None]), torch.maximum(a, b)[:, None])
-            half, mid = (pts[:, 1:] - pts[:, :-1]) / 2, (pts[:, 1:] + pts[:, :-1]) / 2
-            gx, gw = gauss_legendre(8, like=y)
-            nodes = (mid[..., None] + half[..., None] * gx).flatten(1)  # (n, nodes)
-            wts = (half[..., None] * gw).flatten(1) * phi(nodes)
-            yy = al[:, None, :] + nodes[..., None] * ga  # (n, nodes, q)
-            lg, h = yy[..., sl["logits"]], yy[..., sl["outputs"]]
-            f0 = h.gather(-1, lg.argmax(-1, keepdim=True))[..., 0]
-            e = torch.exp((lg - lg.amax(-1, keepdim=True)) / temp)  # softmax weights, unnormalised
-            ft = torch.einsum("...k,...k->...", e, h) / e.sum(-1)
-            fs = hard_from(yy[..., sl["teacher_logits"]], yy[..., sl["teacher_outputs"]]) if has_teacher else f0
-            out.append((wts * ((fs - ft) ** 2 - (fs - f0) ** 2)).sum(1))
-        return torch.stack(out, 1)
+            ta, tg = al[:, sl["teacher_logits"]], ga[:, sl["teacher_logits"]]
+            i, j = torch.triu_indices(ta.shape[-1], ta.shape[-1], 1, device=al.device)
+            cuts.append((-(ta[:, i] - ta[:, j]) / (tg[:, i] - tg[:, j])).nan_to_num(0.0, 0.0, 0.0))
+        pts = torch.sort(torch.cat(cuts, -1), -1).values
+        pts = torch.minimum(torch.maximum(pts, a[:, None]), b[:, None])
+        half, mid = (pts[:, 1:] - pts[:, :-1]) / 2, (pts[:, 1:] + pts[:, :-1]) / 2
+        nodes = (mid[..., None] + half[..., None] * gx.to(al)).flatten(1)  # (m, N)
+        wts = (half[..., None] * gw.to(al)).flatten(1) * phi(nodes)
+        yy = al[:, None, :] + nodes[..., None] * ga[:, None, :]  # (m, N, q)
+        lg, h = yy[..., sl["logits"]], yy[..., sl["outputs"]]
+        f0 = h.gather(-1, lg.argmax(-1, keepdim=True))[..., 0]
+        e = torch.exp((lg - lg.amax(-1, keepdim=True)) / temp)  # softmax weights, unnormalised
+        ft = (e * h).sum(-1) / e.sum(-1)
+        fs = hard_from(yy[..., sl["teacher_logits"]], yy[..., sl["teacher_outputs"]]) if has_teacher else f0
+        return (wts * ((fs - ft) ** 2 - (fs - f0) ** 2)).sum(-1)
 
     def component(k, y, tau):
         lo, hi = pl.interval(k, y, tau)
-        return torch.stack([pair_terms(k, y[:, p], tau, lo, hi, p) for p in range(len(pl.pairs))], 1)
+        out = torch.zeros(*lo.shape, len(t), dtype=DTYPE, device=y.device)
+        for q, temp in enumerate(t):
+            parts = [_panel_breaks(float(mg), float(sg), float(temp)) for mg, sg in zip(k["m_g"], k["s"])]
+            ends = torch.tensor([e for e, _ in parts], dtype=DTYPE, device=y.device)
+            a, b = torch.maximum(lo, ends[:, 0]), torch.minimum(hi, ends[:, 1])
+            r, p = (a < b).nonzero(as_tuple=True)  # only the lines that cross their pair's interval
+            if r.numel() == 0:
+                continue
+            B = max(len(x) for _, x in parts)
+            brk = torch.stack([torch.cat([x, x[-1:].expand(B - len(x))]) for _, x in parts]).to(y)
+            al = y[r, p] - tau[r, p, None] * k["gamma"][p]
+            rows = max(1, (1 << 22) // (8 * (B + 3 + len(sl.get("teacher_logits", ()))) * y.shape[2]))
+            out[r, p, q] = torch.cat([integrals(al[c:c + rows], k["gamma"][p[c:c + rows]], a[r, p][c:c + rows],
+                                                b[r, p][c:c + rows], brk[p[c:c + rows]], float(temp))
+                                      for c in range(0, r.numel(), rows)])
+        return out
 
     return run_conditional(lambda d: pl.per_component(d, component), pl.draws, opts, sampling,
                            pl.info("pairwise conditioning + Gauss-Legendre in g"))
@@ -357,15 +367,14 @@ def gap_slope_linear(moe: MoE, law, teacher, space: ScoreSpace, opts: Sampling, 
     pl = _PairLines(space, "gap_slope")
     sl = space.slices
     has_teacher = "teacher_logits" in sl
-    I, J = pl.tops[:, 0], pl.tops[:, 1]
 
     def component(k, y, tau):
         lo, hi = pl.interval(k, y, tau)
         t0 = -k["m_g"] / k["s"]  # (P,): where g_ij = 0 on each pair's line
         y0 = y + (t0 - tau)[..., None] * k["gamma"]  # (n, P, q) on the surface g_ij = 0
         h = y0[..., sl["outputs"]]
-        ar = torch.arange(len(pl.pairs), device=y.device)
-        hi_, hj = h[:, ar, I.to(y.device)], h[:, ar, J.to(y.device)]
+        ar = torch.arange(k["tops"].shape[0], device=y.device)
+        hi_, hj = h[:, ar, k["tops"][:, 0]], h[:, ar, k["tops"][:, 1]]
         D = hi_ - hj
         if has_teacher:  # g_ij = m_g + sτ grows with τ: i's side is τ > τ_0
             ta, th = y0[..., sl["teacher_logits"]], y0[..., sl["teacher_outputs"]]
