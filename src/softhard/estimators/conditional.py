@@ -343,7 +343,9 @@ def risk_gap_linear(moe: MoE, law, taus: torch.Tensor, teacher, space: ScoreSpac
             B = max(len(x) for _, x in parts)
             brk = torch.stack([torch.cat([x, x[-1:].expand(B - len(x))]) for _, x in parts]).to(y)
             al = y[r, p] - tau[r, p, None] * k["gamma"][p]
-            rows = max(1, (1 << 22) // (8 * (B + 3 + len(sl.get("teacher_logits", ()))) * y.shape[2]))
+            crossings = (lambda k_: k_ * (k_ - 1) // 2)(sl["teacher_logits"].stop - sl["teacher_logits"].start
+                                                        if has_teacher else 0)
+            rows = max(1, (1 << 22) // (8 * (B + 3 + crossings) * y.shape[2]))  # (rows, nodes, q) near 2**22
             out[r, p, q] = torch.cat([integrals(al[c:c + rows], k["gamma"][p[c:c + rows]], a[r, p][c:c + rows],
                                                 b[r, p][c:c + rows], brk[p[c:c + rows]], float(temp))
                                       for c in range(0, r.numel(), rows)])
