@@ -27,15 +27,18 @@ the reported standard error for densities that vary on the scale :math:`\hat s`;
 from __future__ import annotations
 
 import math
+import warnings
+from dataclasses import dataclass
 
 import numpy as np
 import torch
 
 from .._validate import as_tensor, check_finite, check_float, check_int, fail
 from ..closed.normal import to_numpy
-from .reducer import BLOCK, Estimate, Sampling, draw, mean_estimate
+from .reducer import BLOCK, Estimate, Sampling, user_stacklevel, draw, mean_estimate
 
-__all__ = ["kernel_bandwidth", "kernel", "kernel_estimate", "density_at_zero", "pilot_bandwidths", "pilot_sample"]
+__all__ = ["kernel_bandwidth", "kernel", "kernel_estimate", "kernel_bound", "density_at_zero", "pilot_bandwidths",
+           "pilot_sample", "kernel_pilot", "KernelPilot", "MIN_HITS", "FewHits"]
 
 
 def kernel_bandwidth(values, n: int | None = None, one_sided: bool = False) -> float:
@@ -67,10 +70,76 @@ def kernel(v: torch.Tensor, h: float, one_sided: bool) -> torch.Tensor:
     return torch.where(u.abs() <= 1, 0.75 * (1.0 - u * u), torch.zeros_like(u)) / h
 
 
-def kernel_estimate(est: Estimate, h: float, one_sided: bool, scale: float = 1.0) -> Estimate:
+def kernel_bound(h, one_sided: bool):
+    """The largest ``|k(u)|/h`` of the kernel: ``4/h`` (boundary kernel), ``0.75/h`` (Epanechnikov); the ``bound``
+    of :func:`~softhard.estimators.reducer.sample_mean` for kernel terms (``h`` a float or an array)."""
+    return (4.0 if one_sided else 0.75) / np.asarray(h, dtype=np.float64)
+
+
+def kernel_estimate(est: Estimate, h: float, one_sided: bool, scale: float = 1.0, where: str = "kernel") -> Estimate:
+    """A sampled kernel average as the kernel estimate (times ``scale``). Fewer than :data:`MIN_HITS` samples within
+    the window (``est.info["hits"]``) leave the normal interval untrustworthy: ``converged=False`` and a
+    :class:`FewHits` warning (none at all: the reducer's upper bound)."""
     kind = "boundary (4 - 6u) on [0, 1]" if one_sided else "Epanechnikov"
-    return Estimate(est.value * scale, est.stderr * scale, est.n, "kernel", est.seed,
-                    {**est.info, "bandwidth": h, "kernel": kind})
+    est = est.scaled(scale).replace(method="kernel", info={"bandwidth": h, "kernel": kind})
+    hits = int(np.sum(est.info.get("hits", MIN_HITS)))
+    if hits < MIN_HITS and est.info.get("no_hit") is None:
+        warnings.warn(f"{where}: only {hits} of {est.n} samples fell within the kernel window (bandwidth "
+                      f"{np.round(h, 6).tolist()}); below {MIN_HITS} its standard error is not trusted: raise n",
+                      FewHits, stacklevel=user_stacklevel())
+        est = est.replace(converged=False)
+    return est
+
+
+class FewHits(UserWarning):
+    """A kernel estimate had fewer than :data:`MIN_HITS` samples within its window: its interval is not trusted."""
+
+
+MIN_HITS = 30  # samples within the kernel window below which the kernel estimate's interval is not trusted
+
+
+@dataclass(frozen=True)
+class KernelPilot:
+    """What the first block of a kernel run's sample says: its ``bandwidth`` (a float, or ``(P,)`` for several
+    differences), the ``hits`` (samples within the window(s)) among its ``n_pilot`` draws, and ``n_run``, the most
+    samples the run may use (``n``, else ``max_samples``)."""
+
+    bandwidth: float | np.ndarray
+    hits: int
+    n_pilot: int
+    n_run: int
+
+    @property
+    def expected_hits(self) -> float:
+        """Hits expected in the run: the pilot's rate times ``n_run``; a pilot without a hit knows only that the
+        rate is below ~3/``n_pilot`` (the rule of three), so that upper end is taken."""
+        return max(self.hits, 3) * self.n_run / self.n_pilot if self.hits == 0 else self.hits * self.n_run / self.n_pilot
+
+    def declines(self) -> str | None:
+        """``None``, or why a kernel estimate would not be trusted here (fewer than :data:`MIN_HITS` hits expected,
+        at most, in the run): the applicability rule of the kernel methods, so that ``method="auto"`` moves on."""
+        if self.expected_hits >= MIN_HITS:
+            return None
+        return (f"at least {MIN_HITS} samples within the kernel window (bandwidth {np.round(self.bandwidth, 6).tolist()})"
+                f"; the first {self.n_pilot} draws put {self.hits} there, so {'at most ' if self.hits == 0 else ''}about "
+                f"{self.expected_hits:.3g} are expected in {self.n_run} (a rare interface: raise n or max_samples)")
+
+
+def kernel_pilot(law, values_of, sampling: Sampling, one_sided: bool = False, bandwidth=None) -> KernelPilot:
+    """The bandwidth rule at the sample size a run of ``sampling`` will use (``n``, else at most 2²⁰), applied to
+    ``values_of(x)`` (``(N,)``, or ``(N, P)`` for P differences with a bandwidth each) on the first block of its
+    draws (unless ``bandwidth`` is given), and the samples of that block within the window(s)."""
+    n = sampling.n if sampling.n is not None else min(sampling.max_samples, 1 << 20)
+    with torch.no_grad():
+        v = values_of(pilot_sample(law, n, sampling.seed)).detach().cpu().numpy()
+    if bandwidth is not None:
+        h = bandwidth
+    elif v.ndim == 1:
+        h = kernel_bandwidth(v, n, one_sided=one_sided)
+    else:
+        h = np.array([kernel_bandwidth(col, n, one_sided=one_sided) for col in v.T])
+    inside = ((v >= 0) & (v <= np.asarray(h))) if one_sided else (np.abs(v) <= np.asarray(h))
+    return KernelPilot(h, int(inside.sum()), v.shape[0], sampling.n if sampling.n is not None else sampling.max_samples)
 
 
 def density_at_zero(values, bandwidth: float | None = None, one_sided: bool = False) -> Estimate:
@@ -108,14 +177,8 @@ def density_at_zero(values, bandwidth: float | None = None, one_sided: bool = Fa
 
 
 def pilot_bandwidths(law, values_of, sampling: Sampling, one_sided: bool = False):
-    """The bandwidth rule at the sample size a run of ``sampling`` will use (``n``, else at most 2²⁰), applied to
-    ``values_of(x)`` on the first block of its draws: a float for values ``(N,)``, an array ``(P,)`` for ``(N, P)``."""
-    n = sampling.n if sampling.n is not None else min(sampling.max_samples, 1 << 20)
-    with torch.no_grad():
-        v = values_of(pilot_sample(law, n, sampling.seed)).detach().cpu().numpy()
-    if v.ndim == 1:
-        return kernel_bandwidth(v, n, one_sided=one_sided)
-    return np.array([kernel_bandwidth(col, n, one_sided=one_sided) for col in v.T])
+    """The bandwidth of :func:`kernel_pilot`: a float for values ``(N,)``, an array ``(P,)`` for ``(N, P)``."""
+    return kernel_pilot(law, values_of, sampling, one_sided).bandwidth
 
 
 def pilot_sample(law, n: int, seed) -> torch.Tensor:

@@ -41,7 +41,7 @@ from ..model.laws import as_law
 
 __all__ = ["Estimate", "Moments", "Sampling", "sampling_options", "sample_mean", "TargetNotReached", "NoHit",
            "DEFAULT_TARGET", "MAX_SAMPLES", "MAX_SECONDS", "first_stop", "monte_carlo", "mean_estimate", "draw",
-           "resolve_seed", "BLOCK", "no_hit_bound", "draw_seconds", "check_budget", "duration"]
+           "resolve_seed", "BLOCK", "no_hit_bound", "draw_seconds", "check_budget", "duration", "user_stacklevel"]
 
 BLOCK = 1 << 14  # samples per RNG block: fixes the stream, so results depend on (seed, n) only
 
@@ -453,8 +453,8 @@ def sample_mean(terms, law, method: str, s: Sampling, default_target: float | No
     if s.n is not None and est.n != s.n and target is None:
         info["n_requested"] = s.n
     converged = target is None or _converged(np.asarray(est.value), np.asarray(est.stderr), target, hits, B)
+    info["hits"] = _out(hits)
     if B is not None:
-        info["hits"] = _out(hits)
         none = (hits == 0) & (np.broadcast_to(B, np.shape(hits)) > 0)
         if bool(np.any(none)):
             upper = np.where(none, np.broadcast_to(B, none.shape) * no_hit_bound(est.n), 0.0)
@@ -466,7 +466,7 @@ def sample_mean(terms, law, method: str, s: Sampling, default_target: float | No
                 warnings.warn(f"{s.where}: no hit in {est.n} draws{which}: reported as 0 with the 95 % upper bound "
                               f"{float(np.max(upper)):.3g} (rule of three, 3/n) in error_bound; raise n or use a "
                               "method that samples the event (method='exact' or 'conditional' where they apply)",
-                              NoHit, stacklevel=_user_stacklevel())
+                              NoHit, stacklevel=user_stacklevel())
     if not converged and target is not None and not _converged(np.asarray(est.value), np.asarray(est.stderr),
                                                                target):
         reached = float(np.max(np.where(np.asarray(est.stderr) == 0, 0.0, np.asarray(est.rel_error))))
@@ -474,11 +474,11 @@ def sample_mean(terms, law, method: str, s: Sampling, default_target: float | No
         if not s.quiet:
             warnings.warn(f"{s.where}: target relative error {target:g} not reached: {reached:.3g} after {est.n} "
                           f"samples ({stop}); raise {'n' if s.n is not None else 'max_samples'} or relax the target",
-                          TargetNotReached, stacklevel=_user_stacklevel())
+                          TargetNotReached, stacklevel=user_stacklevel())
     return est.replace(info=info, converged=converged, target=target)
 
 
-def _user_stacklevel() -> int:
+def user_stacklevel() -> int:
     """The ``stacklevel`` of a warning issued here that points at the first frame outside softhard (the user's
     call), however deep the package's own frames are."""
     import os

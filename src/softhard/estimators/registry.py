@@ -206,8 +206,9 @@ class Quantity:
         methods = list(self.methods.values())
         closed = sorted(((m.cost(call), i, m) for i, m in enumerate(methods) if m.exact and m.applies(call) is None),
                         key=lambda c: c[:2])
+        closed = [c for c in closed if c[0] <= call.sampling.max_seconds]  # the rest would be refused
         if closed and closed[0][0] <= CHEAP:
-            return closed[0][2]
+            return closed[0][2]  # before any sampler's applicability is judged (a kernel's is a pilot run)
         sampled = [(i, m) for i, m in enumerate(methods) if not m.exact and m.applies(call) is None]
         names = {m.name for _, m in sampled}
         sampled = [(i, m) for i, m in sampled if not names.intersection(m.dominated_by)]

@@ -20,7 +20,7 @@ from .._validate import check_float, check_int
 from ..closed.boundary import interface_constant_closed, pair_density_at_zero
 from ..closed.risk import ENTROPY_CONSTANT
 from ..estimators.fits import fit_margin_tail
-from ..estimators.kernel import kernel, kernel_estimate, pilot_bandwidths
+from ..estimators.kernel import kernel, kernel_bound, kernel_estimate, kernel_pilot
 from ..estimators.lines import coarea_lines
 from ..estimators.reducer import Estimate, draw, sample_mean
 from ..estimators.registry import Call, Quantity
@@ -29,19 +29,43 @@ from ..model.routers import check_pair, score_gradient
 from .door import is_gaussian, is_linear_gaussian, logits_of, router_call, sampler
 
 __all__ = ["coarea_constant", "coarea_sum", "interface_constant", "entropy_slope", "interface_diagnostic",
-           "InterfaceDiagnostic", "COAREA_CONSTANT", "COAREA_SUM", "INTERFACE_CONSTANT"]
+           "InterfaceDiagnostic", "COAREA_CONSTANT", "COAREA_SUM", "INTERFACE_CONSTANT", "kernel_pilot_of"]
 
 COAREA_CONSTANT = Quantity("coarea_constant")
 COAREA_SUM = Quantity("coarea_sum")
 INTERFACE_CONSTANT = Quantity("interface_constant")
 
 
-def _bandwidth(c: Call, values_of) -> float:
-    """The kernel bandwidth: the user's, or the rule of :mod:`softhard.estimators.kernel` applied to the first block
-    of the sample (a pilot of the same draws) at the sample size the run will use."""
-    if c.options["bandwidth"] is not None:
-        return c.options["bandwidth"]
-    return pilot_bandwidths(c.law, values_of, c.sampling, c.options.get("one_sided", False))
+def kernel_pilot_of(c: Call, values_of, one_sided: bool = False):
+    """The kernel pilot of the call (cached): the user's bandwidth, or the rule of :mod:`softhard.estimators.kernel`
+    applied to the first block of the sample (a pilot of the same draws) at the sample size the run will use, and
+    the hits it predicts."""
+    if "kernel_pilot" not in c.cache:
+        c.cache["kernel_pilot"] = kernel_pilot(c.law, values_of, c.sampling, one_sided, c.options.get("bandwidth"))
+    return c.cache["kernel_pilot"]
+
+
+def _pair_difference(c: Call):
+    i, j = c.options["pair"]
+
+    def g(x):
+        a = logits_of(c.model, x, c.where)
+        return a[:, i] - a[:, j]
+    return g
+
+
+def _margin(c: Call):
+    return lambda x: top_two(logits_of(c.model, x, c.where))[0]
+
+
+def _differences(c: Call):
+    pairs = c.options["pairs"]
+    I, J = torch.tensor([p[0] for p in pairs]), torch.tensor([p[1] for p in pairs])
+
+    def differences(x):
+        a = logits_of(c.model, x, c.where)
+        return a[:, I] - a[:, J]
+    return differences
 
 
 def _options(where, bandwidth):
@@ -87,17 +111,13 @@ def _coarea_lines(c: Call) -> Estimate:
     return coarea_lines(c.model, c.law, c.options["pair"], c.sampling, sampler(c, "qmc"))
 
 
-@COAREA_CONSTANT.register("kernel", applies=lambda c: None, summary="kernel density of g_ij at 0 over inputs")
+@COAREA_CONSTANT.register("kernel", applies=lambda c: kernel_pilot_of(c, _pair_difference(c)).declines(),
+                          summary="kernel density of g_ij at 0 over inputs")
 def _coarea_kernel(c: Call) -> Estimate:
-    i, j = c.options["pair"]
-
-    def g(x):
-        a = logits_of(c.model, x, c.where)
-        return a[:, i] - a[:, j]
-
-    h = _bandwidth(c, g)
-    return kernel_estimate(sample_mean(lambda x: kernel(g(x), h, False), c.law, sampler(c, "mc"), c.sampling),
-                           h, False)
+    g, h = _pair_difference(c), kernel_pilot_of(c, _pair_difference(c)).bandwidth
+    est = sample_mean(lambda x: kernel(g(x), h, False), c.law, sampler(c, "mc"), c.sampling,
+                      bound=kernel_bound(h, False))
+    return kernel_estimate(est, h, False, where=c.where)
 
 
 def coarea_sum(router, law, *, method: str = "auto", n: int | None = None, seed=0,
@@ -135,22 +155,18 @@ def _sum_lines(c: Call) -> Estimate:
                             dof=min(e.dof for e in parts))
 
 
-@COAREA_SUM.register("kernel", applies=lambda c: None, summary="kernel densities over inputs, one pass")
+@COAREA_SUM.register("kernel", applies=lambda c: kernel_pilot_of(c, _differences(c)).declines(),
+                     summary="kernel densities over inputs, one pass")
 def _sum_kernel(c: Call) -> Estimate:
-    pairs = c.options["pairs"]
-    I, J = torch.tensor([p[0] for p in pairs]), torch.tensor([p[1] for p in pairs])
-    def differences(x):
-        a = logits_of(c.model, x, c.where)
-        return a[:, I] - a[:, J]
-
-    hs = torch.as_tensor(pilot_bandwidths(c.law, differences, c.sampling), dtype=torch.float64)
+    differences = _differences(c)
+    hs = torch.as_tensor(kernel_pilot_of(c, differences).bandwidth, dtype=torch.float64)
 
     def terms(x):
         u = differences(x)
         return kernel(u, hs.to(u), False).sum(-1)
 
-    est = sample_mean(terms, c.law, sampler(c, "mc"), c.sampling)
-    return est.replace(info={"bandwidth": hs.tolist(), "kernel": "Epanechnikov"})
+    est = sample_mean(terms, c.law, sampler(c, "mc"), c.sampling, bound=float(kernel_bound(hs.numpy(), False).sum()))
+    return kernel_estimate(est, hs.tolist(), False, where=c.where)
 
 
 def interface_constant(router, law, *, method: str = "auto", n: int | None = None, seed=0,
@@ -184,14 +200,13 @@ def _interface_exact(c: Call) -> Estimate:
     return Estimate.exact(v, "interface_constant_exact", bound)
 
 
-@INTERFACE_CONSTANT.register("kernel", applies=lambda c: None, summary="one-sided kernel density of Δ at 0")
+@INTERFACE_CONSTANT.register("kernel", applies=lambda c: kernel_pilot_of(c, _margin(c), True).declines(),
+                             summary="one-sided kernel density of Δ at 0")
 def _interface_kernel(c: Call) -> Estimate:
-    def margin(x):
-        return top_two(logits_of(c.model, x, c.where))[0]
-
-    h = _bandwidth(c, margin)
-    est = sample_mean(lambda x: kernel(margin(x), h, True), c.law, sampler(c, "mc"), c.sampling)
-    return kernel_estimate(est, h, True, 0.5)
+    margin, h = _margin(c), kernel_pilot_of(c, _margin(c), True).bandwidth
+    est = sample_mean(lambda x: kernel(margin(x), h, True), c.law, sampler(c, "mc"), c.sampling,
+                      bound=kernel_bound(h, True))
+    return kernel_estimate(est, h, True, 0.5, where=c.where)
 
 
 def entropy_slope(router, law, *, method: str = "auto", n: int | None = None, seed=0,

@@ -24,7 +24,7 @@ from ..closed.risk import (
     risk_gap_exact,
 )
 from ..estimators import conditional, lines
-from ..estimators.kernel import kernel, kernel_estimate, pilot_bandwidths
+from ..estimators.kernel import kernel, kernel_estimate, kernel_pilot
 from ..estimators.reducer import Estimate, sample_mean
 from ..estimators.registry import Call, Quantity
 from ..estimators.score_space import linear_gap_space
@@ -175,12 +175,18 @@ def _slope_conditional(c: Call) -> Estimate:
     return lines.gap_slope_lines(c.model, c.law, c.teacher, c.sampling, sampler(c, "qmc"))
 
 
-@GAP_SLOPE.register("kernel", applies=lambda c: None, summary="one-sided boundary kernel over inputs")
+def _slope_pilot(c: Call):
+    if "kernel_pilot" not in c.cache:
+        c.cache["kernel_pilot"] = kernel_pilot(c.law, lambda x: top_two(logits_of(c.model.router, x, c.where))[0],
+                                               c.sampling, True, c.options["bandwidth"])
+    return c.cache["kernel_pilot"]
+
+
+@GAP_SLOPE.register("kernel", applies=lambda c: _slope_pilot(c).declines(),
+                    summary="one-sided boundary kernel over inputs")
 def _slope_kernel(c: Call) -> Estimate:
     moe, teacher, s = c.model, c.teacher, c.sampling
-    h = c.options["bandwidth"]
-    if h is None:
-        h = pilot_bandwidths(c.law, lambda x: top_two(logits_of(moe.router, x, c.where))[0], s, one_sided=True)
+    h = _slope_pilot(c).bandwidth
 
     def terms(x):
         a, e = moe._scores(x)
@@ -188,7 +194,7 @@ def _slope_kernel(c: Call) -> Estimate:
         hw, hr = e.gather(1, w[:, None])[:, 0], e.gather(1, r[:, None])[:, 0]
         return kernel(delta, h, True) * g1_half_bracket(hw - hr, teacher._signal(x), hw)
 
-    return kernel_estimate(sample_mean(terms, c.law, sampler(c, "mc"), s), h, True)
+    return kernel_estimate(sample_mean(terms, c.law, sampler(c, "mc"), s), h, True, where=c.where)
 
 
 def gate_entropy_mean(router, law, taus, *, method: str = "auto", n: int | None = None, seed=0,
