@@ -68,7 +68,7 @@ def _constraints(W, b, i, j, n, nv, basis, t):
             dv = W[top] - W[k]
             c0.append(float(dv @ n) * r + b[top] - b[k])
             C1.append(basis @ dv)
-    return r, np.array(c0), np.array(C1)
+    return r, np.array(c0), np.array(C1).reshape(len(c0), W.shape[1] - 1)
 
 
 def _interval(c0, c1):

@@ -31,8 +31,10 @@ from ..model.routers import LinearRouter
 from .reducer import Estimate, Sampling
 from .score_space import ScoreSpace, StandardDraws, gaussian_factors, pick_component, run_conditional, score_space
 
-__all__ = ["boundary_mass_linear", "risk_gap_linear", "gap_slope_linear"]
+__all__ = ["boundary_mass_linear", "risk_gap_linear", "gap_slope_linear", "setup_seconds", "beta_draw_seconds",
+           "gap_draw_seconds", "slope_draw_seconds"]
 
+_ULPS = 8.0  # rounding of a normal cdf difference: this many ulps of each cdf value
 _NORMAL_REACH = 8.0  # the density is integrated up to 8 standard units beyond the interface and the centre
 
 
@@ -102,37 +104,36 @@ def _pair_shifts(F: np.ndarray, M: np.ndarray, e: np.ndarray, gamma: np.ndarray,
       rare loss that plain draws rarely see), sharing the weight :data:`_EDGE_SHARE`.
     """
     K = logits.stop - logits.start
-    base = M + (-m_g / s) * gamma  # the draw's centre moved onto the surface along the line
-    rows, rhs = [], []
-    for k in range(K):
-        if k in (i, j):
-            continue
-        u = np.zeros(M.shape[0])
-        u[logits.start + i], u[logits.start + k] = 1.0, -1.0
-        n = F.T @ u
-        n = n - (n @ e) * e
-        c = float(u @ base)
-        if np.linalg.norm(n) <= 1e-12 * max(1.0, np.abs(F).max()):
-            if c <= 0:
-                return [], 1.0  # never the top two on the surface: nothing to find
-            continue
-        rows.append(n)
-        rhs.append(c)
-    if not rows:
+    base = (M + (-m_g / s) * gamma)[logits]  # the draw's centre moved onto the surface along the line
+    others = np.array([k for k in range(K) if k not in (i, j)], dtype=int)
+    if others.size == 0:
         return [], 1.0
-    G, c = np.array(rows), np.array(rhs)
+    U = F[logits].T  # (q, K): columns Fᵀe_k
+    Nk = U[:, [i]] - U[:, others]  # (q, K - 2): Fᵀ(e_i − e_k)
+    Nk = Nk - np.outer(e, e @ Nk)  # projected on e^⊥
+    ck = base[i] - base[others]
+    flat = np.linalg.norm(Nk, axis=0) <= 1e-12 * max(1.0, np.abs(F).max())
+    if bool((flat & (ck <= 0)).any()):
+        return [], 1.0  # never the top two on the surface: nothing to find
+    rows, rhs = Nk[:, ~flat].T, ck[~flat]
+    if rows.shape[0] == 0:
+        return [], 1.0
+    G, c = rows, rhs
     norm = np.linalg.norm(G, axis=1)
     dist = c / norm  # signed distance of the origin from each plane (> 0: on the region's side)
     order = np.argsort(-np.abs(dist))
-    feet = [-c[k] * G[k] / norm[k] ** 2 for k in order]
+
+    def feet(keep):
+        return [-c[k] * G[k] / norm[k] ** 2 for k in order if keep(dist[k])][:_MAX_SHIFTS]
+
     if bool((dist < 0).any()):
         x = _least_distance(G, -c)
         if x is None or np.linalg.norm(x) < _RARE_FROM or _least_distance(G, 1e-7 * norm - c) is None:
             return [], 1.0  # an empty or flat region, or one that plain draws reach
-        shifts = [x] + [f for f, k in zip(feet, order) if dist[k] < -_RARE_FROM]
+        shifts = [x] + feet(lambda t: t < -_RARE_FROM)
         share = None
     else:
-        shifts = [f for f, k in zip(feet, order) if dist[k] >= _EDGE_FROM]
+        shifts = feet(lambda t: t >= _EDGE_FROM)
         share = _EDGE_SHARE
     kept = []
     for x in shifts:  # one shift per place: planes of a low-rank law often share their feet
@@ -274,12 +275,21 @@ def boundary_mass_linear(router: LinearRouter, law, widths: torch.Tensor, opts: 
         w = widths.to(y)[None, None, :]
         a = torch.maximum(lo[..., None], ((-w - k["m_g"][:, None]) / k["s"][:, None]))
         b = torch.minimum(hi[..., None], ((w - k["m_g"][:, None]) / k["s"][:, None]))
-        return interval_mass(a, b)
+        nd = torch.special.ndtr  # rounding of the cdf difference: a few ulps of the larger cdf value it cancels
+        upper = a > 0
+        rounding = _ULPS * torch.finfo(DTYPE).eps * torch.where(upper, nd(-a) + nd(-b), nd(a) + nd(b))
+        return torch.cat([interval_mass(a, b), torch.where(b > a, rounding, 0.0)], -1)
 
     def terms(d):
         return pl.per_component(d, component)
 
-    return run_conditional(terms, pl.draws, opts, sampling, pl.info(), bound=(widths > 0).to(DTYPE).numpy())
+    W = widths.numel()
+    est = run_conditional(terms, pl.draws, opts, sampling, pl.info(),
+                          bound=torch.cat([(widths > 0).to(DTYPE), torch.zeros(W, dtype=DTYPE)]).numpy())
+    info = {key: (np.asarray(v)[:W] if np.ndim(v) == 1 and np.size(v) == 2 * W else v) for key, v in est.info.items()}
+    out = est[:W].replace(info=info)
+    rounding = np.abs(np.asarray(est.value)[W:])  # the mean rounding bound of the terms
+    return out.replace(error_bound=np.asarray(out.error_bound) + rounding, info={"rounding_bound": rounding})
 
 
 def _winner(a: torch.Tensor, slope: torch.Tensor, side: float) -> torch.Tensor:
@@ -390,3 +400,32 @@ def gap_slope_linear(moe: MoE, law, teacher, space: ScoreSpace, opts: Sampling, 
         return torch.where(on, phi(t0) / k["s"] * bracket, 0.0)
 
     return run_conditional(lambda d: pl.per_component(d, component), pl.draws, opts, sampling, pl.info())
+
+
+# --- cost models (seconds, one thread; benchmarks/scale.py) -----------------------------------------------------
+
+
+def setup_seconds(K: int, q: int) -> float:
+    """Building the pair lines once: per pair, its constraint planes and, where the pair's region is rare, a least
+    distance program over its K − 2 planes in q dimensions."""
+    pairs = K * (K - 1) / 2
+    return 1e-3 + pairs * (5e-4 + 1e-9 * q * K * K)
+
+
+def beta_draw_seconds(K: int, widths: int) -> float:
+    """β: per draw, per pair, the interval of the line and a normal cdf difference per width."""
+    return 1e-6 + 3e-7 * K * (K - 1) / 2 * (1 + (widths - 1) / 4)
+
+
+def gap_draw_seconds(K: int, q: int, temps: int, teacher_K: int = 0) -> float:
+    """The gap: per draw, every pair's interval, then Gauss–Legendre along the lines that cross their pair's
+    interval (about K − 1 of them: a line passes through few top-two cells), 8 nodes on ~25 panels plus the
+    teacher's crossings, each node O(q)."""
+    pairs = K * (K - 1) / 2
+    nodes = 8 * (25 + teacher_K * (teacher_K - 1) / 2)
+    return 1e-6 + 3e-7 * pairs + temps * (K - 1) * nodes * q * 3e-9
+
+
+def slope_draw_seconds(K: int, q: int) -> float:
+    """G_1: per draw, per pair, the interval and the bracket at the surface point, O(q)."""
+    return 1e-6 + K * (K - 1) / 2 * (3e-7 + 3e-9 * q)

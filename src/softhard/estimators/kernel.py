@@ -76,7 +76,8 @@ def kernel_bound(h, one_sided: bool):
     return (4.0 if one_sided else 0.75) / np.asarray(h, dtype=np.float64)
 
 
-def kernel_estimate(est: Estimate, h: float, one_sided: bool, scale: float = 1.0, where: str = "kernel") -> Estimate:
+def kernel_estimate(est: Estimate, h: float, one_sided: bool, scale: float = 1.0, where: str = "kernel",
+                    quiet: bool = False) -> Estimate:
     """A sampled kernel average as the kernel estimate (times ``scale``). Fewer than :data:`MIN_HITS` samples within
     the window (``est.info["hits"]``) leave the normal interval untrustworthy: ``converged=False`` and a
     :class:`FewHits` warning (none at all: the reducer's upper bound)."""
@@ -84,6 +85,9 @@ def kernel_estimate(est: Estimate, h: float, one_sided: bool, scale: float = 1.0
     est = est.scaled(scale).replace(method="kernel", info={"bandwidth": h, "kernel": kind})
     hits = int(np.sum(est.info.get("hits", MIN_HITS)))
     if hits < MIN_HITS and est.info.get("no_hit") is None:
+        est = est.replace(converged=False)
+        if quiet:
+            return est
         warnings.warn(f"{where}: only {hits} of {est.n} samples fell within the kernel window (bandwidth "
                       f"{np.round(h, 6).tolist()}); below {MIN_HITS} its standard error is not trusted: raise n",
                       FewHits, stacklevel=user_stacklevel())

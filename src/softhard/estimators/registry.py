@@ -38,7 +38,7 @@ from .._validate import fail
 from .reducer import DEFAULT_TARGET, Estimate, Sampling, check_budget, duration, first_stop
 
 __all__ = ["Call", "Method", "Quantity", "QUANTITIES", "SAMPLINGS", "CHEAP", "PILOT_INDICATORS", "target_of", "pilot",
-           "pilot_size", "reuse_pilot", "remaining_cost", "evaluation_seconds", "check_time"]
+           "pilot_size", "pilot_price", "reuse_pilot", "remaining_cost", "evaluation_seconds", "check_time"]
 
 SAMPLINGS = ("mc", "qmc")
 CHEAP = 0.01  # seconds: a closed form at most this expensive is taken without comparing with sampling
@@ -83,8 +83,11 @@ class Method:
     ("qmc" or "mc", which sets the first checkpoint) and ``pilot_draws``: ``None`` for a pilot of the first
     checkpoint, which ``run`` reuses when it met the target (estimators whose relative variance per draw is
     O(1)), or a smaller number for samplers of indicators, which rarely meet a target that early.
-    ``dominated_by``: methods that do the same with less work (sampling the K logits instead of the d inputs);
-    ``"auto"`` does not consider this one where one of them applies.
+    ``dominated_by``: methods that draw terms of the same law (sampling the K logits instead of the d inputs);
+    ``"auto"`` does not consider this one where one of them applies at a per-draw cost no higher. ``setup(call)``:
+    seconds spent once per call before the first draw (building a score space), counted in the pilot's price.
+    ``rate``: the relative error falls like :math:`n^{-\text{rate}}` (1/2; a kernel estimate, whose bandwidth
+    shrinks with n, 3/8).
     """
 
     name: str
@@ -98,6 +101,8 @@ class Method:
     sampler: Callable[[Call], str] | None = None
     pilot_draws: int | None = None
     dominated_by: tuple[str, ...] = ()
+    setup: Callable[[Call], float] | None = None
+    rate: float = 0.5
 
 
 def target_of(call: Call) -> float | None:
@@ -117,6 +122,11 @@ def pilot(call: Call, m: Method) -> Estimate:
     return call.cache[key]
 
 
+def pilot_price(call: Call, m: Method) -> float:
+    """Seconds of a costed sampler's pilot: its setup and its draws."""
+    return (m.setup(call) if m.setup else 0.0) + m.per_draw(call) * pilot_size(call, m)
+
+
 def pilot_size(call: Call, m: Method) -> int:
     """Draws of a sampler's pilot: its first checkpoint, or its ``pilot_draws``."""
     return m.pilot_draws or first_stop(m.sampler(call), call.sampling)
@@ -133,8 +143,8 @@ def reuse_pilot(call: Call, m: Method) -> Estimate | None:
 
 def remaining_cost(call: Call, m: Method) -> float:
     r"""Seconds a costed sampler still needs after its pilot: ``per_draw`` times the draws for the target beyond
-    the pilot's :math:`n_0`, :math:`n = n_0 \max_g (\mathrm{se}_g / (t |v_g|))^2` (at most the budget); 0 when the
-    pilot met the target. With a fixed ``n`` and no target the samplers are ranked by the time they would need for
+    the pilot's :math:`n_0`, :math:`n = n_0 \max_g (\mathrm{se}_g / (t |v_g|))^{1/\text{rate}}` (at most the budget);
+    0 when the pilot met the target. With a fixed ``n`` and no target the samplers are ranked by the time they would need for
     the default target (the product of time and variance per draw), since the same ``n`` buys them very different
     accuracies."""
     s, t = call.sampling, target_of(call)
@@ -147,7 +157,7 @@ def remaining_cost(call: Call, m: Method) -> float:
     if m.pilot_draws:  # an indicator pilot without a single hit knows nothing of that entry's variance
         rel = np.where((se == 0) & (v == 0), np.inf, rel)
     worst = float(np.max(rel))
-    need = est.n * worst ** 2 if math.isfinite(worst) else math.inf
+    need = est.n * worst ** (1 / m.rate) if math.isfinite(worst) else math.inf
     return m.per_draw(call) * max(0.0, min(need, float(cap)) - est.n)
 
 
@@ -160,8 +170,8 @@ def check_time(call: Call, m: Method) -> None:
         if seconds > s.max_seconds:
             fail("method", call.where, f"a method whose predicted time is at most max_seconds={s.max_seconds:g} s "
                  f"('{m.name}' is predicted to take {duration(seconds)}; pass max_seconds= to allow it)", m.name)
-    elif m.per_draw is not None:
-        check_budget(call.law, m.name, s, m.per_draw(call))
+    elif m.per_draw is not None and s.n is not None:
+        check_budget(call.law, m.name, s, m.per_draw(call) + (m.setup(call) if m.setup else 0.0) / s.n)
 
 
 class Quantity:
@@ -183,11 +193,12 @@ class Quantity:
 
     def register_sampler(self, name: str, *, applies: Callable[[Call], str | None], per_draw: Callable[[Call], float],
                          sampler: Callable[[Call], str], pilot_draws: int | None = None,
-                         dominated_by: tuple[str, ...] = (), summary: str = ""):
+                         dominated_by: tuple[str, ...] = (), setup: Callable[[Call], float] | None = None,
+                         rate: float = 0.5, summary: str = ""):
         """Decorator registering a costed sampler ``draws(call, sampling) -> Estimate``."""
         def deco(draws):
             method = Method(name, lambda c: reuse_pilot(c, method) or draws(c, c.sampling), applies, None, False,
-                            summary, draws, per_draw, sampler, pilot_draws, dominated_by)
+                            summary, draws, per_draw, sampler, pilot_draws, dominated_by, setup, rate)
             self.methods[name] = method
             return draws
         return deco
@@ -210,10 +221,10 @@ class Quantity:
         if closed and closed[0][0] <= CHEAP:
             return closed[0][2]  # before any sampler's applicability is judged (a kernel's is a pilot run)
         sampled = [(i, m) for i, m in enumerate(methods) if not m.exact and m.applies(call) is None]
-        names = {m.name for _, m in sampled}
-        sampled = [(i, m) for i, m in sampled if not names.intersection(m.dominated_by)]
-        pilots = sorted(((m.per_draw(call) * pilot_size(call, m), i, m) for i, m in sampled if m.draws),
-                        key=lambda c: c[:2])
+        cheaper = {m.name: m.per_draw(call) for _, m in sampled if m.per_draw is not None}
+        sampled = [(i, m) for i, m in sampled if not any(
+            n in cheaper and m.per_draw is not None and cheaper[n] <= cheaper[m.name] for n in m.dominated_by)]
+        pilots = sorted(((pilot_price(call, m), i, m) for i, m in sampled if m.draws), key=lambda c: c[:2])
         best = closed[0] if closed else None
         for price, i, m in pilots:
             if best is not None and price >= best[0]:
