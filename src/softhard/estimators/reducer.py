@@ -28,6 +28,7 @@ import dataclasses
 import itertools
 import math
 import time
+import weakref
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Callable
@@ -310,9 +311,19 @@ def draw_seconds(law) -> float:
 
     d = getattr(law, "qmc_dim", getattr(law, "d", 1))
     comps = law.components if isinstance(law, GaussianMixture) else [law] if isinstance(law, Gaussian) else []
-    dense = any(not (bool((c.mean == 0).all()) and bool((c.scale_tril == torch.eye(
-        c.d, dtype=c.scale_tril.dtype, device=c.scale_tril.device)).all())) for c in comps)
-    return 1e-8 * d + (1e-9 * law.d * law.d if dense else 0.0)
+    return 1e-8 * d + (1e-9 * law.d * law.d if any(_dense(c) for c in comps) else 0.0)
+
+
+_DENSE: "weakref.WeakKeyDictionary" = weakref.WeakKeyDictionary()
+
+
+def _dense(g) -> bool:
+    """Whether a Gaussian maps its normals through a factor (not N(0, I)); cached per law object."""
+    if g not in _DENSE:
+        L = g.scale_tril
+        _DENSE[g] = not (bool((g.mean == 0).all()) and bool((torch.diagonal(L) == 1).all())
+                         and int(torch.count_nonzero(L)) == g.d)
+    return _DENSE[g]
 
 
 def check_budget(law, method: str, s: Sampling, per_draw: float | None = None, what: str = "n") -> None:
