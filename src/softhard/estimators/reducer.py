@@ -132,7 +132,10 @@ class Estimate:
     def __getitem__(self, idx) -> "Estimate":
         """The estimate of one entry (or a slice) of an array-valued estimate."""
         pick = lambda a: _out(np.broadcast_to(np.asarray(a), np.shape(self.value))[idx])  # noqa: E731
-        return self.replace(value=pick(self.value), stderr=pick(self.stderr), error_bound=pick(self.error_bound))
+        shape = np.shape(self.value)
+        info = {k: pick(v) for k, v in self.info.items() if isinstance(v, np.ndarray) and v.shape == shape}
+        return self.replace(value=pick(self.value), stderr=pick(self.stderr), error_bound=pick(self.error_bound),
+                            info=info)
 
     def __len__(self):
         return len(np.asarray(self.value))
@@ -143,7 +146,7 @@ class Estimate:
             if self.method == "exact":
                 bound = f" (±{self.error_bound:.1g})" if self.error_bound else ""
                 return f"{self.value:{spec}}{bound} (exact)"
-            if self.info.get("no_hit"):
+            if np.any(self.info.get("no_hit", 0.0)):
                 return f"≤ {self.error_bound:.3g} (95 % upper bound: no hit in n={self.n}, {self.method})"
             flag = "" if self.converged else ", target not reached"
             return f"{self.value:{spec}} ± {self.stderr:.2g} (n={self.n}, {self.method}{flag})"
