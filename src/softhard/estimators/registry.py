@@ -38,7 +38,8 @@ from .._validate import fail
 from .reducer import DEFAULT_TARGET, Estimate, Sampling, check_budget, duration, first_stop
 
 __all__ = ["Call", "Method", "Quantity", "QUANTITIES", "SAMPLINGS", "CHEAP", "PILOT_INDICATORS", "target_of", "pilot",
-           "pilot_size", "pilot_price", "reuse_pilot", "remaining_cost", "evaluation_seconds", "check_time"]
+           "pilot_size", "pilot_price", "reuse_pilot", "remaining_cost", "evaluation_seconds", "check_time",
+           "max_seconds_of"]
 
 SAMPLINGS = ("mc", "qmc")
 CHEAP = 0.01  # seconds: a closed form at most this expensive is taken without comparing with sampling
@@ -164,7 +165,7 @@ def remaining_cost(call: Call, m: Method) -> float:
 def check_time(call: Call, m: Method) -> None:
     """Refuse a run predicted to exceed ``max_seconds`` (default an hour), naming the prediction: a closed form by
     its cost model, a sampler with a requested ``n`` by ``n`` times its per-draw cost."""
-    s = call.sampling
+    s = dataclasses.replace(call.sampling, max_seconds=max_seconds_of(call))
     if m.cost is not None:
         seconds = m.cost(call)
         if seconds > s.max_seconds:
@@ -172,6 +173,13 @@ def check_time(call: Call, m: Method) -> None:
                  f"('{m.name}' is predicted to take {duration(seconds)}; pass max_seconds= to allow it)", m.name)
     elif m.per_draw is not None and s.n is not None:
         check_budget(call.law, m.name, s, m.per_draw(call) + (m.setup(call) if m.setup else 0.0) / s.n)
+
+
+def max_seconds_of(call: Call) -> float:
+    """The call's ``max_seconds``: the user's keyword (in the sampling settings, or among the options where the door
+    keeps it for the exact paths' guard), else :data:`~softhard.estimators.reducer.MAX_SECONDS`."""
+    given = call.options.get("max_seconds")
+    return float(given) if given is not None else call.sampling.max_seconds
 
 
 class Quantity:
@@ -217,7 +225,7 @@ class Quantity:
         methods = list(self.methods.values())
         closed = sorted(((m.cost(call), i, m) for i, m in enumerate(methods) if m.exact and m.applies(call) is None),
                         key=lambda c: c[:2])
-        closed = [c for c in closed if c[0] <= call.sampling.max_seconds]  # the rest would be refused
+        closed = [c for c in closed if c[0] <= max_seconds_of(call)]  # the rest would be refused
         if closed and closed[0][0] <= CHEAP:
             return closed[0][2]  # before any sampler's applicability is judged (a kernel's is a pilot run)
         sampled = [(i, m) for i, m in enumerate(methods) if not m.exact and m.applies(call) is None]
