@@ -5,7 +5,7 @@ standard deviations, expert 0 pointing at the mean so that the interfaces move i
 two tail reproducers of issue 19) and every estimator, ``Estimate.interval(0.95)`` is computed for ``--seeds``
 seeds (400 by default) and compared with an independent reference (``benchmarks/references.py``: SciPy
 quadrature of the definitions, no softhard code). Reported per cell: coverage with its binomial 95 % interval,
-mean |z| (z = error / stderr; honest: about 0.8), runs declined (a kernel that predicts fewer than 30 samples in
+mean |z| (z = error / stderr; honest: about 0.8), runs declined (a kernel that predicts fewer than 100 samples in
 its window declines with the reason) and seconds per run.
 
 Usage: ``python benchmarks/coverage.py [--seeds 400] [--out benchmarks/coverage.json]``; ``benchmarks/run.py
@@ -79,14 +79,14 @@ def estimators(W, b, E, c, mean):
         "conditional G1, QMC n=2048": (
             lambda s: sh.gap_slope(moe, law, method="conditional", n=2048, seed=s),
             lambda: ref.gap_slope(Wp, bp, Ep, cp)),
-        "kernel psi_01(0), MC n=2^14": (
-            lambda s: sh.coarea_constant(router, law, (0, 1), method="kernel", n=1 << 14, seed=s),
+        "kernel psi_01(0), MC n=2^16": (
+            lambda s: sh.coarea_constant(router, law, (0, 1), method="kernel", n=1 << 16, seed=s),
             lambda: ref.pair_density(Wp, bp, 0, 1)),
-        "kernel C_Sigma, MC n=2^14": (
-            lambda s: sh.interface_constant(router, law, method="kernel", n=1 << 14, seed=s),
+        "kernel C_Sigma, MC n=2^16": (
+            lambda s: sh.interface_constant(router, law, method="kernel", n=1 << 16, seed=s),
             lambda: ref.interface_constant(Wp, bp)),
-        "kernel G1, MC n=2^14": (
-            lambda s: sh.gap_slope(moe, law, method="kernel", n=1 << 14, seed=s),
+        "kernel G1, MC n=2^16": (
+            lambda s: sh.gap_slope(moe, law, method="kernel", n=1 << 16, seed=s),
             lambda: ref.gap_slope(Wp, bp, Ep, cp)),
     })
     return out

@@ -168,14 +168,14 @@ def test_a_requested_n_predicted_past_max_seconds_is_refused_at_once():
 def test_a_kernel_with_too_few_samples_in_its_window_declines_or_says_so():
     router = sh.as_router(lambda x: torch.stack([x[:, 0] - 4.5, -x[:, 0] + 4.5], 1) / 2, 2)  # g = x_1 − 4.5
     law = sh.Gaussian.standard(2)
-    with pytest.raises(ValueError, match="'kernel' needs at least 30 samples within the kernel window"):
+    with pytest.raises(ValueError, match="'kernel' needs at least 100 samples within the kernel window"):
         sh.coarea_constant(router, law, method="kernel", n=1 << 14, seed=0)
     uni = sh.Uniform([-1.0, -1.0], [1.0, 1.0])  # the kernel is the only method there: auto says why it cannot
     edge = sh.LinearRouter.binary([1.0, 0.0], b=0.999)
-    with pytest.raises(ValueError, match="a method that applies to this model and law .*'kernel' needs at least 30"):
+    with pytest.raises(ValueError, match="a method that applies to this model and law .*'kernel' needs at least 100"):
         sh.coarea_constant(edge, uni, n=1 << 10, seed=0, bandwidth=0.02)
     assert sh.coarea_constant(edge, uni, n=1 << 14, seed=0, bandwidth=0.02).method == "kernel"
-    # a run that ends with fewer than 30 samples in the window than its pilot predicted is flagged
+    # a run that ends with fewer than 100 samples in the window than its pilot predicted is flagged
     few = sh.Estimate(0.4, 0.1, 1000, "mc", 0, {"hits": 12.0})
     with pytest.warns(FewHits, match="only 12 of 1000 samples fell within the kernel window"):
         est = kernel_estimate(few, 0.05, False, where="coarea_constant")

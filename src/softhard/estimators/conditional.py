@@ -39,7 +39,7 @@ import numpy as np
 import torch
 
 from .._validate import DTYPE, fail
-from ..closed.normal import gauss_legendre, interval_mass, phi
+from ..closed.normal import gauss_legendre, interval_mass, normal_cdf, phi
 from ..closed.risk import TAIL_TAU, g1_bracket
 from ..model.moe import MoE, hard_from
 from ..model.routers import LinearRouter
@@ -290,7 +290,7 @@ def boundary_mass_linear(router: LinearRouter, law, widths: torch.Tensor, opts: 
         w = widths.to(y)[None, None, :]
         a = torch.maximum(lo[..., None], ((-w - k["m_g"][:, None]) / k["s"][:, None]))
         b = torch.minimum(hi[..., None], ((w - k["m_g"][:, None]) / k["s"][:, None]))
-        nd = torch.special.ndtr  # rounding of the cdf difference: a few ulps of the larger cdf value it cancels
+        nd = normal_cdf  # rounding of the cdf difference: a few ulps of the larger cdf value it cancels
         upper = a > 0
         rounding = _ULPS * torch.finfo(DTYPE).eps * torch.where(upper, nd(-a) + nd(-b), nd(a) + nd(b))
         return torch.cat([interval_mass(a, b), torch.where(b > a, rounding, 0.0)], -1)
