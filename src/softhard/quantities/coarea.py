@@ -16,8 +16,8 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 
-from .._validate import check_float, check_int
-from ..closed.boundary import interface_constant_closed, pair_density_at_zero
+from .._validate import check_float, check_grid, check_int
+from ..closed.boundary import interface_constant_closed, pair_density, pair_density_at_zero
 from ..closed.risk import ENTROPY_CONSTANT
 from ..estimators.fits import fit_margin_tail
 from ..estimators.kernel import kernel, kernel_bound, kernel_estimate, kernel_pilot
@@ -27,13 +27,15 @@ from ..estimators.registry import PILOT_INDICATORS, Call, Quantity
 from ..estimators.score_space import thin_law
 from ..model.gates import top_two
 from ..model.routers import check_pair, score_gradient
-from .door import is_gaussian, is_linear_gaussian, logits_of, router_call, sampler
+from .door import finish, is_gaussian, is_linear_gaussian, logits_of, router_call, sampler
 from .sampled import input_seconds, input_view, score_seconds, score_view, space_of
 
 __all__ = ["coarea_constant", "coarea_sum", "interface_constant", "entropy_slope", "interface_diagnostic",
-           "InterfaceDiagnostic", "COAREA_CONSTANT", "COAREA_SUM", "INTERFACE_CONSTANT", "kernel_pilot_of"]
+           "level_set_profile", "InterfaceDiagnostic", "COAREA_CONSTANT", "COAREA_SUM", "INTERFACE_CONSTANT",
+           "LEVEL_SET_PROFILE", "kernel_pilot_of"]
 
 COAREA_CONSTANT = Quantity("coarea_constant")
+LEVEL_SET_PROFILE = Quantity("level_set_profile")
 COAREA_SUM = Quantity("coarea_sum")
 INTERFACE_CONSTANT = Quantity("interface_constant")
 
@@ -154,6 +156,54 @@ def _coarea_lines(c: Call, opts) -> Estimate:
 
 
 _register_kernel(COAREA_CONSTANT, _pair_difference, False, "kernel density of g_ij at 0 over inputs (or logits)")
+
+
+def level_set_profile(router, law, levels, pair=(0, 1), *, method: str = "auto", n: int | None = None, seed=0,
+                      target_rel_error: float | None = None, bandwidth: float | None = None, **sampling) -> Estimate:
+    r"""Level-set profile :math:`\psi_{ij}(s)` of Assumption 3.4 / Lemma 3.6 (3.8) at levels s ≠ 0 too: by the
+    coarea formula, the density of :math:`g_{ij}(X) = a_i(X) - a_j(X)` at s.
+
+    .. math:: \psi_{ij}(s) = \int_{\{g_{ij} = s\}} \frac{p}{|\nabla g_{ij}|}\, dH^{d-1}
+              = \lim_{w\to0}\frac{\mu(|g_{ij} - s| \le w)}{2w}
+
+    Assumption 3.4 asks it finite for :math:`|s| \le r_0` and continuous at 0; :func:`coarea_constant` is s = 0.
+
+    Args:
+        router: any router; law: any law on ℝ^d; levels: s, a float or ``(S,)``; pair: ``(i, j)``.
+        method: ``"auto"``, ``"exact"`` (linear router, Gaussian (mixture) law: a normal density per component,
+            :func:`softhard.closed.boundary.pair_density`), ``"kernel"`` (any router and law: the Epanechnikov kernel
+            estimate at every s from one sample, over the logits where they are cheaper than the inputs; a
+            bandwidth per level by the rule of :mod:`softhard.estimators.kernel` (the density's scale at s) from
+            the first block unless ``bandwidth`` is given; it declines when fewer than 100 samples would fall in
+            the windows).
+        n, seed, target_rel_error, sampling keywords: as in :func:`softhard.boundary_mass`.
+
+    Returns:
+        :class:`~softhard.estimators.reducer.Estimate` of shape ``(S,)`` (a float for a scalar ``levels``).
+    """
+    where = "level_set_profile"
+    method = LEVEL_SET_PROFILE.check_method(method, where)
+    scalar = isinstance(levels, (int, float)) and not isinstance(levels, bool)
+    grid = check_grid([levels] if scalar else levels, "levels", where, low=-math.inf).to(torch.float64)
+    call = router_call(where, router, law, grid, n, seed, target_rel_error, sampling, **_options(where, bandwidth))
+    call.options["pair"] = check_pair(pair, call.model.num_experts, where)
+    return finish(LEVEL_SET_PROFILE.estimate(call, method), scalar)
+
+
+@LEVEL_SET_PROFILE.register("exact", applies=lambda c: None if is_linear_gaussian(c.model, c.law) else
+                            "a LinearRouter and a Gaussian or GaussianMixture law", cost=lambda c: 1e-4, exact=True,
+                            summary="(3.14) at s: a normal density per component")
+def _profile_exact(c: Call) -> Estimate:
+    return Estimate.exact(pair_density(c.model, c.law, c.grid, c.options["pair"]), "pair_density (3.8), (3.14)")
+
+
+def _level_differences(c: Call):
+    i, j = c.options["pair"]
+    return lambda a: (a[:, i] - a[:, j])[:, None] - c.grid.to(a)[None, :]
+
+
+_register_kernel(LEVEL_SET_PROFILE, _level_differences, False,
+                 "kernel density of g_ij at each s over inputs (or logits), a bandwidth per level")
 
 
 def coarea_sum(router, law, *, method: str = "auto", n: int | None = None, seed=0,
