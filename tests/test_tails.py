@@ -111,6 +111,23 @@ def test_conditional_gap_slope_in_the_tail_against_a_line_integral():
     within(sh.gap_slope(moe, sh.Gaussian(m, np.eye(2)), method="conditional", n=1 << 13, seed=3), ref)
 
 
+def test_conditional_beta_of_a_binary_router_far_in_the_tail():
+    """K = 2: every draw gives the same Φ difference, the spread is 0 and only the rounding bound stands between the
+    value and the truth. torch's ``ndtr`` (torch 2.13, CPU) lost the lower tail (relative 2e-9 of β at z = 5, 2 % at
+    z = 8, 0 beyond 8.3: coverage 0 % at z = 5 in benchmarks/coverage.py); mpmath at 40 digits is the reference."""
+    mp = pytest.importorskip("mpmath")
+    mp.mp.dps = 40
+    v, w = np.array([1.0, 0.3]), 0.01
+    s = mp.sqrt(mp.mpf(1.0) ** 2 + mp.mpf(0.3) ** 2)
+    for z in (5.0, 8.0, 12.0):
+        b = z * float(np.linalg.norm(v))  # g = v·x + b ~ N(b, |v|²): the interface z standard deviations out
+        ref = float(mp.ncdf((w - mp.mpf(b)) / s) - mp.ncdf((-w - mp.mpf(b)) / s))
+        est = sh.boundary_mass(sh.LinearRouter.binary(v, b=b), sh.Gaussian.standard(2), w, method="conditional",
+                               n=256, seed=0)
+        assert abs(est.value - ref) <= 5 * est.stderr + est.error_bound, (z, est.value, ref)
+        assert abs(est.value / ref - 1) < 1e-12
+
+
 @pytest.mark.parametrize("z", [0.0, 5.0, 8.0])
 def test_conditional_gap_quadrature_in_the_tail(z):
     """A binary router whose expert difference is parallel to v: every draw gives the same integral across the

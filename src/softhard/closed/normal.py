@@ -49,9 +49,16 @@ def _on_numpy(fn, x) -> np.ndarray:
     return fn(torch.from_numpy(np.asarray(x, dtype=np.float64))).numpy()
 
 
+def _ndtr(t: torch.Tensor) -> torch.Tensor:
+    # ½ erfc(−t/√2): torch's ndtr (torch 2.13, CPU) loses the lower tail (relative error 4e-11 at −5, 2e-6 at −7,
+    # 2 % at −8, 0 below −8.3); erfc keeps 1e-13 relative to t = −37 (the same fix as branch i19-closed's)
+    return 0.5 * torch.special.erfc(-t * 0.7071067811865476)
+
+
 def normal_cdf(t):
-    r"""Standard normal distribution function :math:`\Phi(t)` (array, float or tensor)."""
-    return torch.special.ndtr(t) if isinstance(t, torch.Tensor) else _on_numpy(torch.special.ndtr, t)
+    r"""Standard normal distribution function :math:`\Phi(t) = \tfrac12\,\mathrm{erfc}(-t/\sqrt2)` (array, float or
+    tensor)."""
+    return _ndtr(t) if isinstance(t, torch.Tensor) else _on_numpy(_ndtr, t)
 
 
 def logistic(u):
@@ -63,7 +70,7 @@ def interval_mass(a, b):
     r""":math:`[\Phi(b) - \Phi(a)]_+`, accurate in both tails (the upper tail is taken as
     :math:`\Phi(-a) - \Phi(-b)`); array, float or tensor, broadcast."""
     if isinstance(a, torch.Tensor) or isinstance(b, torch.Tensor):
-        nd = torch.special.ndtr
+        nd = _ndtr
         return torch.where(a > 0, nd(-a) - nd(-b), nd(b) - nd(a)).clamp_min(0.0)
     a, b = np.asarray(a, dtype=np.float64), np.asarray(b, dtype=np.float64)
     with np.errstate(invalid="ignore"):

@@ -49,7 +49,9 @@ from .score_space import ScoreSpace, StandardDraws, gaussian_factors, pick_compo
 __all__ = ["boundary_mass_linear", "risk_gap_linear", "gap_slope_linear", "setup_seconds", "beta_draw_seconds",
            "gap_draw_seconds", "slope_draw_seconds"]
 
-_ULPS = 8.0  # rounding of a normal cdf difference: this many ulps of each cdf value
+# rounding of a normal cdf difference: (8 + 2t²) ulps of each cdf value Φ(t) it subtracts (tail side): 8 for the
+# difference and erfc itself, 2t² for the argument's own rounding (a few ulps of t), which d log Φ/dt ≈ |t| amplifies
+_ULPS = 8.0
 _NORMAL_REACH = 8.0  # the density is integrated up to 8 standard units beyond the interface and the centre
 
 
@@ -290,9 +292,10 @@ def boundary_mass_linear(router: LinearRouter, law, widths: torch.Tensor, opts: 
         w = widths.to(y)[None, None, :]
         a = torch.maximum(lo[..., None], ((-w - k["m_g"][:, None]) / k["s"][:, None]))
         b = torch.minimum(hi[..., None], ((w - k["m_g"][:, None]) / k["s"][:, None]))
-        nd = normal_cdf  # rounding of the cdf difference: a few ulps of the larger cdf value it cancels
+        nd = normal_cdf  # rounding of the cdf difference: (8 + 2t²) ulps of each cdf value Φ(t) it subtracts
         upper = a > 0
-        rounding = _ULPS * torch.finfo(DTYPE).eps * torch.where(upper, nd(-a) + nd(-b), nd(a) + nd(b))
+        fa, fb = (_ULPS + 2 * a.clamp(-40, 40) ** 2), (_ULPS + 2 * b.clamp(-40, 40) ** 2)
+        rounding = torch.finfo(DTYPE).eps * torch.where(upper, fa * nd(-a) + fb * nd(-b), fa * nd(a) + fb * nd(b))
         return torch.cat([interval_mass(a, b), torch.where(b > a, rounding, 0.0)], -1)
 
     def terms(d):
