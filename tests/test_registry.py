@@ -93,7 +93,7 @@ PAIRS = [(q, label, m) for q, label, fn, _ in CASES for m in QUANTITIES[q].metho
 
 
 def applies(quantity, method, fn):
-    try:  # a kernel declines a sample too small to put 30 points in its window
+    try:  # a kernel declines a sample too small to put 100 points in its window
         fn(method=method, n=1 << 14 if method == "kernel" else 64, seed=0)
     except ValueError as e:
         if "must be a method that applies here" in str(e):
