@@ -10,7 +10,9 @@ which for K = 2 is the rounding bound, every draw giving the same value; honest:
 for QMC's t₁₅ one), runs declined (a kernel that predicts fewer than 100 samples in
 its window declines with the reason) and seconds per run.
 
-Usage: ``python benchmarks/coverage.py [--seeds 400] [--out benchmarks/coverage.json]``; ``benchmarks/run.py
+Usage: ``python benchmarks/coverage.py [--seeds 400] [--cases LABEL ...] [--cell-seconds S] [--out
+benchmarks/coverage.json]`` (``--cases``: only the cases whose label contains one of these; ``--cell-seconds``: a
+cell stops after S seconds and reports its coverage over the seeds it ran, in ``runs``); ``benchmarks/run.py
 --cases coverage`` runs it too. One thread; about an hour for 400 seeds on a quiet machine.
 """
 
@@ -94,9 +96,13 @@ def estimators(W, b, E, c, mean):
     return out
 
 
-def cell(run, truth: float, seeds) -> dict:
+def cell(run, truth: float, seeds, budget: float = math.inf) -> dict:
+    """Coverage over ``seeds`` (in order), stopping after ``budget`` seconds of the cell (the seeds run so far count)."""
     hits, zs, declined, reason, secs, n = 0, [], 0, None, [], 0
+    start = time.perf_counter()
     for s in seeds:
+        if time.perf_counter() - start > budget:
+            break
         t0 = time.perf_counter()
         try:
             with warnings.catch_warnings():
@@ -122,14 +128,17 @@ def cell(run, truth: float, seeds) -> dict:
     return out
 
 
-def run(n_seeds: int = 400, out: str | Path | None = None) -> dict:
+def run(n_seeds: int = 400, out: str | Path | None = None, only=None, budget: float = math.inf) -> dict:
+    """``only``: labels (substrings) of the cases to run; ``budget``: seconds per cell (fewer seeds where it ends)."""
     torch.set_num_threads(1)
     seeds = range(n_seeds)
     results = []
     for label, W, b, E, c, mean, _ in cases():
+        if only and not any(o in label for o in only):
+            continue
         for name, (fn, truth) in estimators(W, b, E, c, mean).items():
             t0 = time.perf_counter()
-            r = cell(fn, float(truth()), seeds)
+            r = cell(fn, float(truth()), seeds, budget)
             r.update(case=label, estimator=name, cell_seconds=time.perf_counter() - t0)
             results.append(r)
             print(row(r), flush=True)
@@ -158,8 +167,11 @@ def main(argv=None) -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--seeds", type=int, default=400)
     ap.add_argument("--out", default="benchmarks/coverage.json")
+    ap.add_argument("--cases", nargs="*", help="run only the cases whose label contains one of these")
+    ap.add_argument("--cell-seconds", type=float, default=math.inf,
+                    help="stop a cell after this many seconds (its coverage over the seeds run so far)")
     args = ap.parse_args(argv)
-    print(table(run(args.seeds, args.out)))
+    print(table(run(args.seeds, args.out, args.cases, args.cell_seconds)))
 
 
 if __name__ == "__main__":
