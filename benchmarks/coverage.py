@@ -139,7 +139,7 @@ def run(n_seeds: int = 400, out: str | Path | None = None, only=None, budget: fl
         for name, (fn, truth) in estimators(W, b, E, c, mean).items():
             t0 = time.perf_counter()
             r = cell(fn, float(truth()), seeds, budget)
-            r.update(case=label, estimator=name, cell_seconds=time.perf_counter() - t0)
+            r.update(case=label, estimator=name, seeds=n_seeds, cell_seconds=time.perf_counter() - t0)
             results.append(r)
             print(row(r), flush=True)
     entry = {"case": f"coverage of the reported 95 % intervals, {n_seeds} seeds per cell", "seeds": n_seeds,
@@ -154,6 +154,8 @@ def row(r: dict) -> str:
         return f"| {r['case']} | {r['estimator']} | declined ({r['declined']}/{r['declined']}): {r['reason']} | | | |"
     lo, hi = r["coverage_ci"]
     dec = f" ({r['declined']} declined)" if r["declined"] else ""
+    if r["runs"] + r["declined"] < r.get("seeds", 0):
+        dec += f" ({r['runs'] + r['declined']} of {r['seeds']} seeds: --cell-seconds)"
     return (f"| {r['case']} | {r['estimator']} | {r['coverage']:.1%} [{lo:.1%}, {hi:.1%}]{dec} | "
             f"{r['mean_abs_z']:.2f} | {r['truth']:.6g} | {r['seconds']:.3f} |")
 
