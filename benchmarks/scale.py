@@ -182,8 +182,8 @@ def run_method(quantity, method, fn, cap: float) -> dict:
     extra = m.cost is None and r > TARGET
     scale = (r / TARGET) ** (1 / m.rate) if extra and math.isfinite(r) and r > 0 else (math.inf if extra else 1.0)
     # a capped run costs its time; the draws the target still needs cost per draw what the run's draws cost (its time
-    # less the predicted setup), or the predicted per-draw cost where the prediction of the setup exceeds the run
-    per = (t - fixed) / est.n if t > fixed and est.n else per_draw
+    # less the predicted setup), or at most the run's time per draw where the predicted setup exceeds the whole run
+    per = (t - fixed) / est.n if t > fixed else t / max(est.n, 1)
     seconds = t if not extra else t + (scale - 1) * est.n * per
     return {**row, "status": "ok", "value": float(np.ravel(est.value)[0]), "rel_error": min(r, TARGET) if not extra
             else TARGET, "n": int(est.n * scale) if math.isfinite(scale) else None, "seconds": seconds,
