@@ -2,7 +2,7 @@
 baseline (``benchmarks/baseline.py``) measured in the same run; sampling throughput; peak memory.
 
 Usage: ``python benchmarks/run.py [--out benchmarks/results.json] [--quick] [--cases gap top2 mlp throughput
-memory]``. ``--quick`` skips the peak-memory run (1e9 samples, about half an hour) and shortens the others.
+memory coverage scale]``. ``--quick`` skips the peak-memory run (1e9 samples, about half an hour) and shortens the others.
 Results are merged into ``--out`` (cases not run keep their previous entry) and printed as a table.
 
 How each number is taken (also written into the JSON):
@@ -375,6 +375,14 @@ def table(results: dict) -> str:
             lines.append(f"  {r['quantity']:<15}{r['point']:<14}{r['method']:<34}{r['value']:>11.5g}"
                          f"{r['rel_error']:>9.2%}{r['n']:>12,}{r['seconds']:>9.3g}{star}{tail}")
         lines.append("  * extrapolated from a run capped at 2^22 samples by the 1/sqrt(n) law")
+    if "coverage" in results:
+        import coverage
+
+        lines.append(f"\n{results['coverage']['case']}\n" + coverage.table(results["coverage"]))
+    if "scale" in results:
+        import scale
+
+        lines.append(f"\n{results['scale']['case']}\n" + scale.table(results["scale"]))
     if "startup" in results:
         lines.append(f"\n{results['startup']['case']}")
         for k, v in results["startup"]["results"].items():
@@ -390,8 +398,24 @@ def table(results: dict) -> str:
     return "\n".join(lines)
 
 
+def case_coverage(quick: bool) -> dict:
+    """Coverage of the 95 % intervals of the conditional and kernel estimators (benchmarks/coverage.py): 400 seeds
+    per cell (100 with --quick)."""
+    import coverage
+
+    return coverage.run(100 if quick else 400)
+
+
+def case_scale(quick: bool) -> dict:
+    """Every quantity's default against every method at K = 16–256, d = 32–4096 (benchmarks/scale.py; --quick:
+    K = 16, 64 and d = 32, 1024)."""
+    import scale
+
+    return scale.run((16, 64) if quick else (16, 64, 256), (32, 1024) if quick else (32, 1024, 4096))
+
+
 CASES = {"auto": case_auto, "startup": case_startup, "gap": case_gap, "top2": case_top2, "mlp": case_mlp,
-         "throughput": case_throughput}
+         "throughput": case_throughput, "coverage": case_coverage, "scale": case_scale}
 
 
 def main(argv=None) -> None:

@@ -62,7 +62,7 @@ def test_unbounded_7_1_local_certificate_and_cauchy_schwarz():
     assert np.all((9.5 < overshoot) & (overshoot < 11.5))
     assert np.all(local.value - 5 * local.stderr <= 11.5 * exact) and np.all(local.value + 5 * local.stderr >= 9.5 * exact)
     cs = sh.cauchy_schwarz_bound(moe, law, TAUS, n=1 << 15, seed=4)
-    assert cs.method == "mc" and cs.info["stderr"] == "delta method"
+    assert cs.method in ("mc", "score") and cs.info["sampling"] == "mc" and cs.info["stderr"] == "delta method"
     assert np.all(np.abs(cs.value - exact) <= 5 * cs.stderr)
     same = sh.risk_gap(moe, law, TAUS, method="mc", n=1 << 15, seed=4)
     np.testing.assert_allclose(cs.value, same.value, rtol=1e-10)  # realizable: the bound is the gap itself

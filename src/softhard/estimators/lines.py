@@ -31,7 +31,7 @@ from ..model.routers import cast_to_module
 from .reducer import Estimate, Sampling
 from .score_space import StandardDraws, by_component, gaussian_factors, pick_component, run_conditional
 
-__all__ = ["crofton_constant", "coarea_lines", "boundary_mass_lines", "gap_slope_lines"]
+__all__ = ["crofton_constant", "coarea_lines", "boundary_mass_lines", "gap_slope_lines", "line_draw_seconds"]
 
 
 _T_MAX = 6.0  # lines are searched on t ∈ [-6, 6]: crossings beyond carry weight φ(t) < 6.1e-9
@@ -381,3 +381,12 @@ def gap_slope_lines(moe: MoE, law, teacher: Teacher, opts: Sampling, sampling: s
 
 def _scatter(n: int, rows: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
     return torch.zeros(n, dtype=DTYPE, device=v.device).index_add_(0, rows, v)
+
+
+def line_draw_seconds(router, law, evaluations: int = 150) -> float:
+    """Cost model of one line (seconds, one thread): its two Gaussian vectors and about ``evaluations`` router
+    evaluations (grid, refinement, roots; 100 for β and 55 for ψ(0) on the K = 4 MLP, docs/estimators.md §3)."""
+    from .reducer import draw_seconds
+    from .registry import evaluation_seconds
+
+    return 2e-5 + 2 * draw_seconds(law) + evaluations * evaluation_seconds(router, law.d)

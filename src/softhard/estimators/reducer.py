@@ -28,6 +28,7 @@ import dataclasses
 import itertools
 import math
 import time
+import weakref
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Callable
@@ -39,9 +40,9 @@ import torch
 from .._validate import check_device, check_float, check_int, check_seed, fail
 from ..model.laws import as_law
 
-__all__ = ["Estimate", "Moments", "Sampling", "sampling_options", "sample_mean", "TargetNotReached",
-           "DEFAULT_TARGET", "MAX_SAMPLES", "first_stop", "monte_carlo", "mean_estimate", "draw", "resolve_seed",
-           "BLOCK"]
+__all__ = ["Estimate", "Moments", "Sampling", "sampling_options", "sample_mean", "TargetNotReached", "NoHit",
+           "DEFAULT_TARGET", "MAX_SAMPLES", "MAX_SECONDS", "first_stop", "monte_carlo", "mean_estimate", "draw",
+           "resolve_seed", "BLOCK", "no_hit_bound", "draw_seconds", "check_budget", "duration", "user_stacklevel"]
 
 BLOCK = 1 << 14  # samples per RNG block: fixes the stream, so results depend on (seed, n) only
 
@@ -64,7 +65,8 @@ class Estimate:
             closed form. Intervals use the Student-t quantile with ``dof`` degrees of freedom.
         error_bound: a deterministic bound on the absolute error left by a closed form's numerical
             integration (e.g. Genz's algorithm, ``abseps`` per orthant), 0 where the closed form is exact
-            to rounding; added to the half-width of :meth:`interval`.
+            to rounding; or, for a sampled entry that saw no hit (``info["no_hit"]``), its 95 % upper bound
+            (the value is then 0; :func:`no_hit_bound`); added to the half-width of :meth:`interval`.
         target: the relative error that was asked (``None``: none).
     """
 
@@ -130,7 +132,10 @@ class Estimate:
     def __getitem__(self, idx) -> "Estimate":
         """The estimate of one entry (or a slice) of an array-valued estimate."""
         pick = lambda a: _out(np.broadcast_to(np.asarray(a), np.shape(self.value))[idx])  # noqa: E731
-        return self.replace(value=pick(self.value), stderr=pick(self.stderr), error_bound=pick(self.error_bound))
+        shape = np.shape(self.value)
+        info = {k: pick(v) for k, v in self.info.items() if isinstance(v, np.ndarray) and v.shape == shape}
+        return self.replace(value=pick(self.value), stderr=pick(self.stderr), error_bound=pick(self.error_bound),
+                            info=info)
 
     def __len__(self):
         return len(np.asarray(self.value))
@@ -141,6 +146,8 @@ class Estimate:
             if self.method == "exact":
                 bound = f" (±{self.error_bound:.1g})" if self.error_bound else ""
                 return f"{self.value:{spec}}{bound} (exact)"
+            if np.any(self.info.get("no_hit", 0.0)):
+                return f"≤ {self.error_bound:.3g} (95 % upper bound: no hit in n={self.n}, {self.method})"
             flag = "" if self.converged else ", target not reached"
             return f"{self.value:{spec}} ± {self.stderr:.2g} (n={self.n}, {self.method}{flag})"
         return repr(self)
@@ -160,18 +167,21 @@ def _out(a):
 
 
 class Moments:
-    """Ordered merge of per-block (count, mean, M2): deterministic, numerically stable."""
+    """Ordered merge of per-block (count, mean, M2): deterministic, numerically stable; ``hits``: the number of
+    non-zero terms of each entry."""
 
     def __init__(self):
-        self.n, self.mean, self.m2 = 0, None, None
+        self.n, self.mean, self.m2, self.hits = 0, None, None, None
 
     def add_block(self, t: np.ndarray) -> None:
         nb = t.shape[0]
         mb = t.mean(axis=0)
         m2b = ((t - mb) ** 2).sum(axis=0)
+        hb = np.count_nonzero(t, axis=0)
         if self.n == 0:
-            self.n, self.mean, self.m2 = nb, mb, m2b
+            self.n, self.mean, self.m2, self.hits = nb, mb, m2b, hb
             return
+        self.hits = self.hits + hb
         n = self.n + nb
         delta = mb - self.mean
         self.mean = self.mean + delta * (nb / n)
@@ -245,10 +255,16 @@ def draw(law, n: int, seed=0, device=None) -> torch.Tensor:
 
 DEFAULT_TARGET = 5e-3  # relative error sampled to when neither n nor target_rel_error is given
 MAX_SAMPLES = 1 << 24  # the cap on samples when n is not given (raise it with max_samples=)
+MAX_SECONDS = 3600.0  # a requested n predicted to take longer is refused (raise it with max_seconds=)
+NO_HIT_LEVEL = 0.95  # the confidence of the upper bound reported for an entry that saw no hit
 
 
 class TargetNotReached(UserWarning):
     """A ``target_rel_error`` was asked and a budget or cap stopped the sampling first."""
+
+
+class NoHit(UserWarning):
+    """A sampled entry saw no hit (every term 0): it is reported as an upper bound, not as 0 ± 0."""
 
 
 @dataclass(frozen=True)
@@ -271,10 +287,13 @@ class Sampling:
     progress: bool = False
     desc: str = "sampling"
     where: str = "monte_carlo"
+    max_seconds: float = MAX_SECONDS
+    quiet: bool = False
 
 
 def sampling_options(where: str, n=None, seed=0, target_rel_error=None, *, max_samples=None, scrambles=16,
-                     chunk=None, device=None, workers=1, min_n=None, progress=False, desc=None) -> Sampling:
+                     chunk=None, device=None, workers=1, min_n=None, progress=False, desc=None,
+                     max_seconds=MAX_SECONDS) -> Sampling:
     """Validate the sampling arguments of a public function ``where`` (errors name it) into a :class:`Sampling`."""
     n = None if n is None else check_int(n, "n", where)
     target = None if target_rel_error is None else check_float(target_rel_error, "target_rel_error", where, 0.0,
@@ -283,7 +302,51 @@ def sampling_options(where: str, n=None, seed=0, target_rel_error=None, *, max_s
     return Sampling(n, resolve_seed(seed, where), target, cap, check_int(scrambles, "scrambles", where, low=2),
                     None if chunk is None else check_int(chunk, "chunk", where),
                     None if device is None else check_device(device, where), check_int(workers, "workers", where),
-                    None if min_n is None else check_int(min_n, "min_n", where), bool(progress), desc or where, where)
+                    None if min_n is None else check_int(min_n, "min_n", where), bool(progress), desc or where, where,
+                    check_float(max_seconds, "max_seconds", where, 0.0, math.inf, high_open=False))
+
+
+def draw_seconds(law) -> float:
+    """Cost model of drawing one input from ``law`` (seconds, one thread): 10 ns per normal or uniform number
+    and, for a Gaussian that is not N(0, I), 1 ns per entry of its factor (the map ``m + Lz``); a floor for
+    anything sampled from it (``benchmarks/scale.py`` measured it)."""
+    from ..model.laws import Gaussian, GaussianMixture
+
+    d = getattr(law, "qmc_dim", getattr(law, "d", 1))
+    comps = law.components if isinstance(law, GaussianMixture) else [law] if isinstance(law, Gaussian) else []
+    return 1e-8 * d + (1e-9 * law.d * law.d if any(_dense(c) for c in comps) else 0.0)
+
+
+_DENSE: "weakref.WeakKeyDictionary" = weakref.WeakKeyDictionary()
+
+
+def _dense(g) -> bool:
+    """Whether a Gaussian maps its normals through a factor (not N(0, I)); cached per law object."""
+    if g not in _DENSE:
+        L = g.scale_tril
+        _DENSE[g] = not (bool((g.mean == 0).all()) and bool((torch.diagonal(L) == 1).all())
+                         and int(torch.count_nonzero(L)) == g.d)
+    return _DENSE[g]
+
+
+def check_budget(law, method: str, s: Sampling, per_draw: float | None = None, what: str = "n") -> None:
+    """Refuse a requested ``n`` whose predicted time (``per_draw`` seconds per draw, default the floor
+    :func:`draw_seconds`) exceeds ``s.max_seconds``, before anything is drawn."""
+    if s.n is None:
+        return
+    seconds = s.n * (draw_seconds(law) if per_draw is None else per_draw)
+    if seconds > s.max_seconds:
+        fail(what, s.where, f"a sample size whose predicted time is at most max_seconds={s.max_seconds:g} s "
+             f"(predicted {duration(seconds)} for n={s.n} with method '{method}'; pass max_seconds= to allow it)",
+             s.n)
+
+
+def duration(seconds: float) -> str:
+    """A time span in words: '2.3 h', '4.1e+17 years'."""
+    for unit, size in (("years", 3.15576e7), ("days", 86400.0), ("h", 3600.0), ("min", 60.0)):
+        if seconds >= 2 * size:
+            return f"{seconds / size:.3g} {unit}"
+    return f"{seconds:.3g} s"
 
 
 def _progress(total: int, enabled: bool, desc: str):
@@ -297,7 +360,7 @@ def _progress(total: int, enabled: bool, desc: str):
 def monte_carlo(terms: Callable[[torch.Tensor], torch.Tensor], law, n: int | None = None, seed=0, *,
                 method: str = "mc", target_rel_error: float | None = None, max_samples: int | None = None,
                 scrambles: int = 16, chunk: int | None = None, device=None, min_n: int | None = None, workers: int = 1,
-                progress: bool = False, desc: str = "sampling") -> Estimate:
+                progress: bool = False, desc: str = "sampling", max_seconds: float = MAX_SECONDS) -> Estimate:
     r"""Average per-sample terms over a law: :math:`\hat E[t(X)] = \frac1n\sum_i t(X_i)` with its standard error.
 
     Args:
@@ -326,6 +389,8 @@ def monte_carlo(terms: Callable[[torch.Tensor], torch.Tensor], law, n: int | Non
         workers: threads drawing the blocks of a chunk in parallel ("mc"; NumPy releases the GIL while
             it fills an array); never changes the result.
         progress: show a progress bar.
+        max_seconds: a requested ``n`` whose predicted time exceeds it is refused at once with the prediction
+            (here a floor: :func:`draw_seconds` per draw; the quantities use their methods' cost models).
 
     Returns:
         :class:`Estimate` with ``value`` and ``stderr`` of the terms' trailing shape; ``dof`` is ``n − 1``
@@ -338,7 +403,8 @@ def monte_carlo(terms: Callable[[torch.Tensor], torch.Tensor], law, n: int | Non
     if method not in ("mc", "qmc"):
         fail("method", where, "one of 'mc', 'qmc'", method)
     opts = sampling_options(where, n, seed, target_rel_error, max_samples=max_samples, scrambles=scrambles,
-                            chunk=chunk, device=device, workers=workers, min_n=min_n, progress=progress, desc=desc)
+                            chunk=chunk, device=device, workers=workers, min_n=min_n, progress=progress, desc=desc,
+                            max_seconds=max_seconds)
     return sample_mean(terms, law, method, opts)
 
 
@@ -350,12 +416,29 @@ def first_stop(method: str, s: Sampling) -> int:
     return BLOCK if method == "mc" else s.scrambles * _QMC_FIRST[0]
 
 
-def sample_mean(terms, law, method: str, s: Sampling, default_target: float | None = DEFAULT_TARGET) -> Estimate:
-    """The trusted core of :func:`monte_carlo` (arguments validated by the caller, :func:`sampling_options`).
+def no_hit_bound(n: int, level: float = NO_HIT_LEVEL) -> float:
+    r"""The one-sided upper confidence bound on a probability p after n draws without a hit (Clopper–Pearson):
+    :math:`1 - (1 - \text{level})^{1/n}`, about :math:`3/n` at 95 % (the rule of three)."""
+    return -math.expm1(math.log1p(-level) / n)
+
+
+def sample_mean(terms, law, method: str, s: Sampling, default_target: float | None = DEFAULT_TARGET, *,
+                bound=None) -> Estimate:
+    r"""The trusted core of :func:`monte_carlo` (arguments validated by the caller, :func:`sampling_options`).
 
     Budget: ``s.n`` samples (or until ``s.target`` within them); with ``s.n = None``, until ``s.target`` or
     ``default_target``, at most ``s.max_samples``.
+
+    ``bound``: a bound ``B`` on ``|terms|`` per entry (a float or an array of the value's shape; 0 exempts an
+    entry whose value is 0 by construction, such as β(0)), for terms that are 0 except on an event (indicators,
+    kernel windows, ...). An entry without a single non-zero term ("no hit") is then never taken as converged,
+    and if the run ends so it is reported as an upper bound: ``value = 0``, ``error_bound =`` :math:`B` times
+    :func:`no_hit_bound` (:math:`|E\,t| \le B\,P(t \ne 0)`, and P(t ≠ 0) is below the rule-of-three bound at 95 %;
+    for QMC the n points are counted as if independent, which scrambled nets, spread more evenly than
+    independent draws, do not make optimistic), ``converged = False``, ``info["no_hit"]``, and a
+    :class:`NoHit` warning. ``info["hits"]`` counts the non-zero terms of every entry.
     """
+    check_budget(law, method, s)
     target = s.target if s.target is not None or s.n is not None else default_target
     n = s.n if s.n is not None else s.max_samples
     min_n = first_stop(method, s)
@@ -368,12 +451,13 @@ def sample_mean(terms, law, method: str, s: Sampling, default_target: float | No
         bpc = max(1, s.chunk // BLOCK)
     bar = _progress(n, s.progress, s.desc)
     pool = ThreadPoolExecutor(s.workers) if s.workers > 1 and method == "mc" else None
+    B = None if bound is None else np.asarray(bound, dtype=np.float64)
     t0 = time.perf_counter()
     try:
         if method == "mc":
-            est = _mc(terms, law, n, s.seed, bpc, s.device, target, min_n, bar, pool, s.where)
+            est, hits = _mc(terms, law, n, s.seed, bpc, s.device, target, min_n, bar, pool, s.where, B)
         else:
-            est = _qmc(terms, law, n, s.seed, R, bpc, s.device, target, min_n, bar, s.where)
+            est, hits = _qmc(terms, law, n, s.seed, R, bpc, s.device, target, min_n, bar, s.where, B)
     finally:
         if bar is not None:
             bar.close()
@@ -382,17 +466,33 @@ def sample_mean(terms, law, method: str, s: Sampling, default_target: float | No
     info = {"seconds": time.perf_counter() - t0}
     if s.n is not None and est.n != s.n and target is None:
         info["n_requested"] = s.n
-    converged = target is None or _converged(np.asarray(est.value), np.asarray(est.stderr), target)
-    if not converged:
+    converged = target is None or _converged(np.asarray(est.value), np.asarray(est.stderr), target, hits, B)
+    info["hits"] = _out(hits)
+    if B is not None:
+        none = (hits == 0) & (np.broadcast_to(B, np.shape(hits)) > 0)
+        if bool(np.any(none)):
+            upper = np.where(none, np.broadcast_to(B, none.shape) * no_hit_bound(est.n), 0.0)
+            info.update(no_hit=_out(none.astype(float)), upper_bound=_out(upper))
+            est = est.replace(error_bound=_out(upper))
+            converged = False
+            if not s.quiet:
+                which = "" if none.ndim == 0 else f" at entries {np.flatnonzero(none).tolist()}"
+                warnings.warn(f"{s.where}: no hit in {est.n} draws{which}: reported as 0 with the 95 % upper bound "
+                              f"{float(np.max(upper)):.3g} (rule of three, 3/n) in error_bound; raise n or use a "
+                              "method that samples the event (method='exact' or 'conditional' where they apply)",
+                              NoHit, stacklevel=user_stacklevel())
+    if not converged and target is not None and not _converged(np.asarray(est.value), np.asarray(est.stderr),
+                                                               target):
         reached = float(np.max(np.where(np.asarray(est.stderr) == 0, 0.0, np.asarray(est.rel_error))))
         stop = f"the budget n={s.n}" if s.n is not None else f"the cap max_samples={s.max_samples}"
-        warnings.warn(f"{s.where}: target relative error {target:g} not reached: {reached:.3g} after {est.n} "
-                      f"samples ({stop}); raise {'n' if s.n is not None else 'max_samples'} or relax the target",
-                      TargetNotReached, stacklevel=_user_stacklevel())
+        if not s.quiet:
+            warnings.warn(f"{s.where}: target relative error {target:g} not reached: {reached:.3g} after {est.n} "
+                          f"samples ({stop}); raise {'n' if s.n is not None else 'max_samples'} or relax the target",
+                          TargetNotReached, stacklevel=user_stacklevel())
     return est.replace(info=info, converged=converged, target=target)
 
 
-def _user_stacklevel() -> int:
+def user_stacklevel() -> int:
     """The ``stacklevel`` of a warning issued here that points at the first frame outside softhard (the user's
     call), however deep the package's own frames are."""
     import os
@@ -428,11 +528,15 @@ def _cat(xs: list[torch.Tensor]) -> torch.Tensor:
     return xs[0] if len(xs) == 1 else torch.cat(xs)
 
 
-def _converged(mean: np.ndarray, stderr: np.ndarray, target: float) -> bool:
-    return bool(np.all(stderr <= target * np.abs(mean)))
+def _converged(mean: np.ndarray, stderr: np.ndarray, target: float, hits=None, bound=None) -> bool:
+    """Every entry within the target; with a ``bound``, an entry without a hit (and a bound > 0) is not."""
+    ok = stderr <= target * np.abs(mean)
+    if bound is not None:
+        ok = ok & ((np.asarray(hits) > 0) | (np.broadcast_to(bound, np.shape(ok)) == 0))
+    return bool(np.all(ok))
 
 
-def _mc(terms, law, n, seed, bpc, device, target, min_n, bar, pool, where) -> Estimate:
+def _mc(terms, law, n, seed, bpc, device, target, min_n, bar, pool, where, bound) -> tuple[Estimate, np.ndarray]:
     acc = Moments()
     sample = lambda bm: law.sample(bm[1], _block_generator(seed, bm[0]))  # noqa: E731
     for part in _chunks(n, bpc):
@@ -442,12 +546,12 @@ def _mc(terms, law, n, seed, bpc, device, target, min_n, bar, pool, where) -> Es
             bar.update(x.shape[0])
         for a, b in _offsets([m for _, m in part]):  # blocks merged in order; early stop checked after each
             acc.add_block(t[a:b])
-            if target is not None and acc.n >= min_n and _converged(acc.mean, acc.stderr(), target):
+            if target is not None and acc.n >= min_n and _converged(acc.mean, acc.stderr(), target, acc.hits, bound):
                 break
         else:
             continue
         break
-    return Estimate(_out(acc.mean), _out(acc.stderr()), acc.n, "mc", seed, dof=acc.n - 1)
+    return Estimate(_out(acc.mean), _out(acc.stderr()), acc.n, "mc", seed, dof=acc.n - 1), acc.hits
 
 
 def _sobol_block(engine, jitter: np.random.Generator, m: int) -> torch.Tensor:
@@ -479,7 +583,7 @@ def _grouped(sizes, bpc: int):
         yield part
 
 
-def _qmc(terms, law, n, seed, R, bpc, device, target, min_n, bar, where) -> Estimate:
+def _qmc(terms, law, n, seed, R, bpc, device, target, min_n, bar, where, bound) -> tuple[Estimate, np.ndarray]:
     """``R`` independent scramblings of ``n // R`` points each, advanced together chunk by chunk so that
     early stopping can look at all of them after every block."""
     engines = [torch.quasirandom.SobolEngine(law.qmc_dim, scramble=True, seed=int(
@@ -491,6 +595,9 @@ def _qmc(terms, law, n, seed, R, bpc, device, target, min_n, bar, where) -> Esti
         means = np.stack([a.mean for a in accs])
         return Estimate(_out(means.mean(0)), _out(means.std(0, ddof=1) / math.sqrt(R)), R * accs[0].n, "qmc", seed,
                         dof=R - 1)
+
+    def hits():
+        return sum(a.hits for a in accs)
 
     for part in _grouped(_qmc_sizes(n // R), bpc):
         ts = []
@@ -504,9 +611,9 @@ def _qmc(terms, law, n, seed, R, bpc, device, target, min_n, bar, where) -> Esti
                 acc.add_block(t[a:b])
             if target is not None and R * accs[0].n >= min_n:
                 est = result()
-                if _converged(np.asarray(est.value), np.asarray(est.stderr), target):
-                    return est
-    return result()
+                if _converged(np.asarray(est.value), np.asarray(est.stderr), target, hits(), bound):
+                    return est, hits()
+    return result(), hits()
 
 
 def mean_estimate(values) -> Estimate:

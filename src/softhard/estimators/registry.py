@@ -35,10 +35,11 @@ from typing import Any, Callable
 import numpy as np
 
 from .._validate import fail
-from .reducer import DEFAULT_TARGET, Estimate, Sampling, first_stop
+from .reducer import DEFAULT_TARGET, Estimate, Sampling, check_budget, duration, first_stop
 
 __all__ = ["Call", "Method", "Quantity", "QUANTITIES", "SAMPLINGS", "CHEAP", "PILOT_INDICATORS", "target_of", "pilot",
-           "pilot_size", "reuse_pilot", "remaining_cost", "evaluation_seconds"]
+           "pilot_size", "pilot_price", "reuse_pilot", "remaining_cost", "evaluation_seconds", "check_time",
+           "max_seconds_of"]
 
 SAMPLINGS = ("mc", "qmc")
 CHEAP = 0.01  # seconds: a closed form at most this expensive is taken without comparing with sampling
@@ -83,8 +84,11 @@ class Method:
     ("qmc" or "mc", which sets the first checkpoint) and ``pilot_draws``: ``None`` for a pilot of the first
     checkpoint, which ``run`` reuses when it met the target (estimators whose relative variance per draw is
     O(1)), or a smaller number for samplers of indicators, which rarely meet a target that early.
-    ``dominated_by``: methods that do the same with less work (sampling the K logits instead of the d inputs);
-    ``"auto"`` does not consider this one where one of them applies.
+    ``dominated_by``: methods that draw terms of the same law (sampling the K logits instead of the d inputs);
+    ``"auto"`` does not consider this one where one of them applies at a per-draw cost no higher. ``setup(call)``:
+    seconds spent once per call before the first draw (building a score space), counted in the pilot's price.
+    ``rate``: the relative error falls like :math:`n^{-\text{rate}}` (1/2; a kernel estimate, whose bandwidth
+    shrinks with n, 3/8).
     """
 
     name: str
@@ -98,6 +102,8 @@ class Method:
     sampler: Callable[[Call], str] | None = None
     pilot_draws: int | None = None
     dominated_by: tuple[str, ...] = ()
+    setup: Callable[[Call], float] | None = None
+    rate: float = 0.5
 
 
 def target_of(call: Call) -> float | None:
@@ -113,8 +119,13 @@ def pilot(call: Call, m: Method) -> Estimate:
     if key not in call.cache:
         s = call.sampling
         n0 = min(pilot_size(call, m), s.n or s.max_samples)
-        call.cache[key] = m.draws(call, dataclasses.replace(s, n=n0, target=None, progress=False))
+        call.cache[key] = m.draws(call, dataclasses.replace(s, n=n0, target=None, progress=False, quiet=True))
     return call.cache[key]
+
+
+def pilot_price(call: Call, m: Method) -> float:
+    """Seconds of a costed sampler's pilot: its setup and its draws."""
+    return (m.setup(call) if m.setup else 0.0) + m.per_draw(call) * pilot_size(call, m)
 
 
 def pilot_size(call: Call, m: Method) -> int:
@@ -125,7 +136,7 @@ def pilot_size(call: Call, m: Method) -> int:
 def reuse_pilot(call: Call, m: Method) -> Estimate | None:
     """The cached pilot if it already is this call's result: no ``n`` given, every entry within the target."""
     est, t = call.cache.get(("pilot", m.name)), target_of(call)
-    if est is None or call.sampling.n is not None or t is None or m.pilot_draws:
+    if est is None or call.sampling.n is not None or t is None or m.pilot_draws or est.info.get("no_hit") is not None:
         return None
     se, v = np.asarray(est.stderr), np.asarray(est.value)
     return est.replace(target=t, converged=True) if bool(np.all(se <= t * np.abs(v))) else None
@@ -133,8 +144,8 @@ def reuse_pilot(call: Call, m: Method) -> Estimate | None:
 
 def remaining_cost(call: Call, m: Method) -> float:
     r"""Seconds a costed sampler still needs after its pilot: ``per_draw`` times the draws for the target beyond
-    the pilot's :math:`n_0`, :math:`n = n_0 \max_g (\mathrm{se}_g / (t |v_g|))^2` (at most the budget); 0 when the
-    pilot met the target. With a fixed ``n`` and no target the samplers are ranked by the time they would need for
+    the pilot's :math:`n_0`, :math:`n = n_0 \max_g (\mathrm{se}_g / (t |v_g|))^{1/\text{rate}}` (at most the budget);
+    0 when the pilot met the target. With a fixed ``n`` and no target the samplers are ranked by the time they would need for
     the default target (the product of time and variance per draw), since the same ``n`` buys them very different
     accuracies."""
     s, t = call.sampling, target_of(call)
@@ -147,8 +158,28 @@ def remaining_cost(call: Call, m: Method) -> float:
     if m.pilot_draws:  # an indicator pilot without a single hit knows nothing of that entry's variance
         rel = np.where((se == 0) & (v == 0), np.inf, rel)
     worst = float(np.max(rel))
-    need = est.n * worst ** 2 if math.isfinite(worst) else math.inf
+    need = est.n * worst ** (1 / m.rate) if math.isfinite(worst) else math.inf
     return m.per_draw(call) * max(0.0, min(need, float(cap)) - est.n)
+
+
+def check_time(call: Call, m: Method) -> None:
+    """Refuse a run predicted to exceed ``max_seconds`` (default an hour), naming the prediction: a closed form by
+    its cost model, a sampler with a requested ``n`` by ``n`` times its per-draw cost."""
+    s = dataclasses.replace(call.sampling, max_seconds=max_seconds_of(call))
+    if m.cost is not None:
+        seconds = m.cost(call)
+        if seconds > s.max_seconds:
+            fail("method", call.where, f"a method whose predicted time is at most max_seconds={s.max_seconds:g} s "
+                 f"('{m.name}' is predicted to take {duration(seconds)}; pass max_seconds= to allow it)", m.name)
+    elif m.per_draw is not None and s.n is not None:
+        check_budget(call.law, m.name, s, m.per_draw(call) + (m.setup(call) if m.setup else 0.0) / s.n)
+
+
+def max_seconds_of(call: Call) -> float:
+    """The call's ``max_seconds``: the user's keyword (in the sampling settings, or among the options where the door
+    keeps it for the exact paths' guard), else :data:`~softhard.estimators.reducer.MAX_SECONDS`."""
+    given = call.options.get("max_seconds")
+    return float(given) if given is not None else call.sampling.max_seconds
 
 
 class Quantity:
@@ -170,11 +201,12 @@ class Quantity:
 
     def register_sampler(self, name: str, *, applies: Callable[[Call], str | None], per_draw: Callable[[Call], float],
                          sampler: Callable[[Call], str], pilot_draws: int | None = None,
-                         dominated_by: tuple[str, ...] = (), summary: str = ""):
+                         dominated_by: tuple[str, ...] = (), setup: Callable[[Call], float] | None = None,
+                         rate: float = 0.5, summary: str = ""):
         """Decorator registering a costed sampler ``draws(call, sampling) -> Estimate``."""
         def deco(draws):
             method = Method(name, lambda c: reuse_pilot(c, method) or draws(c, c.sampling), applies, None, False,
-                            summary, draws, per_draw, sampler, pilot_draws, dominated_by)
+                            summary, draws, per_draw, sampler, pilot_draws, dominated_by, setup, rate)
             self.methods[name] = method
             return draws
         return deco
@@ -193,13 +225,14 @@ class Quantity:
         methods = list(self.methods.values())
         closed = sorted(((m.cost(call), i, m) for i, m in enumerate(methods) if m.exact and m.applies(call) is None),
                         key=lambda c: c[:2])
+        closed = [c for c in closed if c[0] <= max_seconds_of(call)]  # the rest would be refused
         if closed and closed[0][0] <= CHEAP:
-            return closed[0][2]
+            return closed[0][2]  # before any sampler's applicability is judged (a kernel's is a pilot run)
         sampled = [(i, m) for i, m in enumerate(methods) if not m.exact and m.applies(call) is None]
-        names = {m.name for _, m in sampled}
-        sampled = [(i, m) for i, m in sampled if not names.intersection(m.dominated_by)]
-        pilots = sorted(((m.per_draw(call) * pilot_size(call, m), i, m) for i, m in sampled if m.draws),
-                        key=lambda c: c[:2])
+        cheaper = {m.name: m.per_draw(call) for _, m in sampled if m.per_draw is not None}
+        sampled = [(i, m) for i, m in sampled if not any(
+            n in cheaper and m.per_draw is not None and cheaper[n] <= cheaper[m.name] for n in m.dominated_by)]
+        pilots = sorted(((pilot_price(call, m), i, m) for i, m in sampled if m.draws), key=lambda c: c[:2])
         best = closed[0] if closed else None
         for price, i, m in pilots:
             if best is not None and price >= best[0]:
@@ -217,7 +250,8 @@ class Quantity:
         fail("method", call.where, f"a method that applies to this model and law ({reasons})", "auto")
 
     def estimate(self, call: Call, method: str) -> Estimate:
-        """Run ``method`` (validated by :meth:`check_method`) on the call; ``"auto"`` chooses first."""
+        """Run ``method`` (validated by :meth:`check_method`) on the call; ``"auto"`` chooses first. A run predicted
+        to take longer than ``max_seconds`` is refused first (:func:`check_time`)."""
         if method == "auto":
             m, how = self.choose(call), "auto"
         else:
@@ -225,6 +259,7 @@ class Quantity:
             why = m.applies(call)
             if why is not None:
                 fail("method", call.where, f"a method that applies here: '{method}' needs {why}", method)
+        check_time(call, m)
         return m.run(call).replace(method=m.name, info={"chosen_by": how})
 
 

@@ -21,7 +21,7 @@ from ..model.routers import LinearRouter
 from .reducer import Estimate, Sampling, sample_mean
 
 __all__ = ["ScoreSpace", "score_space", "linear_gap_space", "StandardDraws", "pick_component", "gaussian_factors",
-           "by_component", "batched", "run_conditional", "ROWS"]
+           "by_component", "batched", "run_conditional", "ROWS", "FactorLaw", "thin_law", "linear_maps_rows"]
 
 ROWS = 2048  # draws per vectorised batch inside the terms (memory), never changes a result
 
@@ -123,6 +123,68 @@ def score_space(model, law, teacher=None) -> ScoreSpace:
     return ScoreSpace(GaussianMixture(law.weights, torch.stack(means), torch.stack(covs)), slices)
 
 
+def linear_maps_rows(model, law, teacher=None) -> int | None:
+    """q, the rows :func:`score_space` would stack for ``(model, law, teacher)`` (an MoE's teacher: as in
+    :func:`linear_gap_space`), or ``None`` where it does not apply; nothing is computed."""
+    if not isinstance(law, (Gaussian, GaussianMixture)):
+        return None
+    maps = _linear_maps(model)
+    if maps is None:
+        return None
+    if isinstance(model, MoE):
+        if len(maps) != 2:
+            return None
+        tmaps = _teacher_maps(model, teacher)
+        if tmaps is None:
+            return None
+        maps = maps + tmaps
+    return sum(int(m[1].shape[0]) for m in maps)
+
+
+class FactorLaw(Law):
+    r"""A Gaussian (mixture) :math:`\sum_c \omega_c N(M_c, F_cF_c^\top)` sampled through thin factors
+    ``F_c (q, r_c)``: ``r = max r_c`` normals per draw (and a uniform picking the component of a mixture), so a
+    law of rank r on ℝ^q costs O(qr) per draw, not O(q²) (:func:`thin_law`)."""
+
+    def __init__(self, weights: torch.Tensor, means: list, factors: list):
+        self.weights, self.means, self.factors = weights, means, factors
+        self.r = max(f.shape[1] for f in factors)
+        self.d = means[0].shape[0]
+        self.mixed = len(means) > 1
+        self.qmc_dim = self.r + int(self.mixed)
+        self.dtype = means[0].dtype
+
+    def _assemble(self, u, z):
+        if not self.mixed:
+            return self.means[0] + z[:, :self.factors[0].shape[1]] @ self.factors[0].T
+        comp = pick_component(self.weights, u)
+        y = torch.empty(z.shape[0], self.d, dtype=z.dtype)
+        for c, (M, F) in enumerate(zip(self.means, self.factors)):
+            m = comp == c
+            if bool(m.any()):
+                y[m] = M + z[m, :F.shape[1]] @ F.T
+        return y
+
+    def sample(self, n, generator=None):
+        n = self._n(n, generator)
+        u = standard_uniform(generator, (n,), DTYPE, "cpu") if self.mixed else None
+        return self._assemble(u, standard_normal(generator, (n, self.r), DTYPE, "cpu"))
+
+    def from_uniform(self, u):
+        u = u.to(DTYPE)
+        z = torch.special.ndtri(u[:, int(self.mixed):].clamp(U_EPS, 1 - U_EPS))
+        return self._assemble(u[:, 0] if self.mixed else None, z)
+
+
+def thin_law(law: Law) -> FactorLaw:
+    """The Gaussian (mixture) ``law`` as a :class:`FactorLaw`: each component's factor without the columns that
+    are exactly 0 (the dropped eigen-directions of a singular covariance, ``model.laws``), in float64."""
+    w, means, factors = gaussian_factors(law)
+    thin = [F[:, F.abs().amax(0) > 0].to(DTYPE) for F in factors]
+    thin = [F if F.shape[1] else torch.zeros(F.shape[0], 1, dtype=DTYPE) for F in thin]
+    return FactorLaw(w, [M.to(DTYPE) for M in means], thin)
+
+
 class StandardDraws(Law):
     """Standard draws for the conditional estimators: ``(N, u + k)``, ``u`` uniforms then ``k`` normals."""
 
@@ -167,9 +229,10 @@ def batched(fn, draws: torch.Tensor) -> torch.Tensor:
     return torch.cat([fn(draws[i:i + ROWS]) for i in range(0, draws.shape[0], ROWS)])
 
 
-def run_conditional(terms, draws: Law, opts: Sampling, sampling: str, info: dict) -> Estimate:
-    """Reduce per-draw conditional terms with the one reducer (``sampling``: "mc" or "qmc" over the draws)."""
-    est = sample_mean(lambda d: batched(terms, d), draws, sampling, opts)
+def run_conditional(terms, draws: Law, opts: Sampling, sampling: str, info: dict, bound=None) -> Estimate:
+    """Reduce per-draw conditional terms with the one reducer (``sampling``: "mc" or "qmc" over the draws;
+    ``bound``: as in :func:`~softhard.estimators.reducer.sample_mean`)."""
+    est = sample_mean(lambda d: batched(terms, d), draws, sampling, opts, bound=bound)
     return est.replace(method="conditional", info={"sampling": sampling, **info})
 
 

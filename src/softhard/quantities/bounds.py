@@ -37,8 +37,9 @@ from ..estimators.reducer import Estimate, sample_mean
 from ..estimators.registry import Call, Quantity
 from ..model.gates import tail_sum
 from ..model.moe import hard_from, soft_from
-from .mass import EPS_2TAU
 from .door import finish, is_linear_gaussian, moe_call, temperature_grid
+from .mass import EPS_2TAU
+from .sampled import register_samplers
 
 __all__ = ["theorem45_constant", "gap_certificate", "local_gap_certificate", "cauchy_schwarz_bound",
            "margin_slope_constant", "corollary44_bound", "lemma57_constant", "GAP_CERTIFICATE",
@@ -85,13 +86,10 @@ def _bound(quantity: Quantity, where: str, moe, law, taus, teacher, method, n, s
 
 
 def _register_samplers(quantity: Quantity, terms_of, post=None):
-    """Register "mc" and "qmc" for a bound whose per-sample terms are ``terms_of(call)`` ("mc" first: its
-    standard error is the i.i.d. one, which the delta method of :func:`cauchy_schwarz_bound` needs)."""
-    for name in ("mc", "qmc"):
-        def run(c: Call, name=name) -> Estimate:
-            est = sample_mean(terms_of(c), c.law, name, c.sampling)
-            return post(est) if post else est
-        quantity.register(name, applies=lambda c: None, summary=f"{name} over inputs")(run)
+    """Register "mc", "qmc" and "score" for a bound whose per-draw terms are ``terms_of(call, view)`` (``view(v) ->
+    (logits, outputs, f*)``, :mod:`softhard.quantities.sampled`); "mc" first, and "mc" draws in score space: the
+    i.i.d. standard error is the one the delta method of :func:`cauchy_schwarz_bound` needs."""
+    register_samplers(quantity, terms_of, post=post, order=("mc", "qmc", "score"), score_sampling="mc")
 
 
 def gap_certificate(moe, law, taus, *, B_Y: float, B_h: float, teacher=None, method: str = "auto",
@@ -123,12 +121,11 @@ def gap_certificate(moe, law, taus, *, B_Y: float, B_h: float, teacher=None, met
                   B_Y=B_Y, B_h=B_h)
 
 
-def _certificate_terms(c: Call):
-    moe, teacher, t, B_Y, B_h = c.model, c.teacher, c.grid, c.options["B_Y"], c.options["B_h"]
+def _certificate_terms(c: Call, view):
+    t, B_Y, B_h = c.grid, c.options["B_Y"], c.options["B_h"]
 
-    def terms(x):
-        a, h = moe._scores(x)
-        fs = teacher._signal(x)
+    def terms(v):
+        a, h, fs = view(v)
         for name, val, bound, what in (("B_h", h, B_h, "|h_k(x)|"), ("B_Y", fs, B_Y, "|f*(x)|")):
             val = val.abs().max()
             if float(val) > bound:
@@ -157,13 +154,13 @@ def local_gap_certificate(moe, law, taus, *, teacher=None, method: str = "auto",
                   target_rel_error, sampling)
 
 
-def _local_terms(c: Call):
-    moe, teacher, t = c.model, c.teacher, c.grid
+def _local_terms(c: Call, view):
+    t = c.grid
 
-    def terms(x):
-        a, h = moe._scores(x)
+    def terms(v):
+        a, h, fs = view(v)
         spread = (h - hard_from(a, h)[:, None]).abs().max(-1).values
-        reach = 2 * (h - teacher._signal(x)[:, None]).abs().max(-1).values
+        reach = 2 * (h - fs[:, None]).abs().max(-1).values
         return (spread * reach)[:, None] * _lemma41(a, t)
     return terms
 
@@ -191,13 +188,13 @@ def cauchy_schwarz_bound(moe, law, taus, *, teacher=None, method: str = "auto", 
                   target_rel_error, sampling)
 
 
-def _cs_terms(c: Call):
-    moe, teacher, t = c.model, c.teacher, c.grid
+def _cs_terms(c: Call, view):
+    t = c.grid
 
-    def terms(x):
-        a, h = moe._scores(x)
+    def terms(v):
+        a, h, fs = view(v)
         ft, f0 = soft_from(a, h, t), hard_from(a, h)[:, None]
-        t1, t2 = (ft - f0) ** 2, (2 * teacher._signal(x)[:, None] - ft - f0) ** 2
+        t1, t2 = (ft - f0) ** 2, (2 * fs[:, None] - ft - f0) ** 2
         return torch.stack([t1, t2, t1 * t1, t2 * t2, t1 * t2], dim=1)  # (N, 5, T)
     return terms
 

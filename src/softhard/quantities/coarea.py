@@ -26,17 +26,19 @@ from ..closed.boundary import (
 )
 from ..closed.risk import ENTROPY_CONSTANT
 from ..estimators.fits import fit_margin_tail
-from ..estimators.kernel import kernel, kernel_estimate, pilot_bandwidths
-from ..estimators.lines import coarea_lines
+from ..estimators.kernel import kernel, kernel_bound, kernel_estimate, kernel_pilot
+from ..estimators import lines
 from ..estimators.reducer import Estimate, draw, sample_mean
-from ..estimators.registry import Call, Quantity
+from ..estimators.registry import PILOT_INDICATORS, Call, Quantity
+from ..estimators.score_space import thin_law
 from ..model.gates import top_two
 from ..model.routers import check_pair, score_gradient
 from .door import exact_guard, finish, is_gaussian, is_linear_gaussian, logits_of, router_call, sampler
+from .sampled import input_seconds, input_view, score_seconds, score_view, space_of
 
 __all__ = ["coarea_constant", "coarea_sum", "interface_constant", "entropy_slope", "interface_diagnostic",
            "level_set_profile", "InterfaceDiagnostic", "COAREA_CONSTANT", "COAREA_SUM", "INTERFACE_CONSTANT",
-           "LEVEL_SET_PROFILE"]
+           "LEVEL_SET_PROFILE", "kernel_pilot_of"]
 
 COAREA_CONSTANT = Quantity("coarea_constant")
 LEVEL_SET_PROFILE = Quantity("level_set_profile")
@@ -44,12 +46,70 @@ COAREA_SUM = Quantity("coarea_sum")
 INTERFACE_CONSTANT = Quantity("interface_constant")
 
 
-def _bandwidth(c: Call, values_of) -> float:
-    """The kernel bandwidth: the user's, or the rule of :mod:`softhard.estimators.kernel` applied to the first block
-    of the sample (a pilot of the same draws) at the sample size the run will use."""
-    if c.options["bandwidth"] is not None:
-        return c.options["bandwidth"]
-    return pilot_bandwidths(c.law, values_of, c.sampling, c.options.get("one_sided", False))
+def _kernel_view(c: Call):
+    """``(law, view)`` a kernel samples: the Gaussian logits where they apply and cost less per draw, else inputs."""
+    if space_of(c) is not None and score_seconds(c) <= input_seconds(c):
+        return thin_law(space_of(c).law), score_view(c)
+    return c.law, input_view(c)
+
+
+def _kernel_per_draw(c: Call) -> float:
+    return score_seconds(c) if space_of(c) is not None and score_seconds(c) <= input_seconds(c) else input_seconds(c)
+
+
+def kernel_pilot_of(c: Call, values_of, one_sided: bool = False):
+    """The kernel pilot of the call (cached): the user's bandwidth, or the rule of :mod:`softhard.estimators.kernel`
+    applied to the first block of the sample (a pilot of the same draws) at the sample size the run will use, and
+    the hits it predicts; ``values_of(logits)`` is the kernel's variable."""
+    if "kernel_pilot" not in c.cache:
+        law, view = _kernel_view(c)
+        c.cache["kernel_pilot"] = kernel_pilot(law, lambda v: values_of(view(v)[0]), c.sampling, one_sided,
+                                               c.options.get("bandwidth"))
+    return c.cache["kernel_pilot"]
+
+
+def _pair_difference(c: Call):
+    i, j = c.options["pair"]
+    return lambda a: a[:, i] - a[:, j]
+
+
+def _margin(c: Call):
+    return lambda a: top_two(a)[0]
+
+
+def _differences(c: Call):
+    pairs = c.options["pairs"]
+    I, J = torch.tensor([p[0] for p in pairs]), torch.tensor([p[1] for p in pairs])
+    return lambda a: a[:, I] - a[:, J]
+
+
+def _kernel_run(c: Call, opts, values_of, h, one_sided: bool, bound, scale: float = 1.0, total: bool = False):
+    """The kernel average of ``values_of(logits)`` over the kernel's law (:func:`_kernel_view`)."""
+    law, view = _kernel_view(c)
+    hh = torch.as_tensor(h, dtype=torch.float64)
+
+    def terms(v):
+        u = values_of(view(v)[0])
+        k = kernel(u, hh.to(u), one_sided)
+        return k.sum(-1) if total else k
+
+    est = sample_mean(terms, law, sampler(c, "mc"), opts, bound=bound)
+    return kernel_estimate(est, h, one_sided, scale, where=c.where, quiet=opts.quiet)
+
+
+def _register_kernel(quantity: Quantity, values_of, one_sided: bool, summary: str, scale: float = 1.0,
+                     total: bool = False):
+    """Register the costed kernel sampler of a density at 0 of ``values_of(call)(logits)``."""
+    def pilot(c):
+        return kernel_pilot_of(c, values_of(c), one_sided)
+
+    @quantity.register_sampler("kernel", applies=lambda c: pilot(c).declines(), per_draw=_kernel_per_draw,
+                               sampler=lambda c: sampler(c, "mc"), pilot_draws=PILOT_INDICATORS, rate=3 / 8,
+                               summary=summary)
+    def _kernel(c: Call, opts) -> Estimate:
+        h = pilot(c).bandwidth
+        b = kernel_bound(h, one_sided)
+        return _kernel_run(c, opts, values_of(c), h, one_sided, float(b.sum()) if total else b, scale, total)
 
 
 def _options(where, bandwidth):
@@ -91,23 +151,19 @@ def _coarea_exact(c: Call) -> Estimate:
     return Estimate.exact(v, "pair_density_at_zero (3.14)", bound)
 
 
-@COAREA_CONSTANT.register("conditional", applies=lambda c: None if is_gaussian(c.law) else
-                          "a Gaussian or GaussianMixture law", summary="lines through the law, Crofton weight")
-def _coarea_lines(c: Call) -> Estimate:
-    return coarea_lines(c.model, c.law, c.options["pair"], c.sampling, sampler(c, "qmc"))
+def _lines_per_draw(c: Call) -> float:
+    return lines.line_draw_seconds(c.model, c.law, 55)
 
 
-@COAREA_CONSTANT.register("kernel", applies=lambda c: None, summary="kernel density of g_ij at 0 over inputs")
-def _coarea_kernel(c: Call) -> Estimate:
-    i, j = c.options["pair"]
+@COAREA_CONSTANT.register_sampler("conditional", applies=lambda c: None if is_gaussian(c.law) else
+                                  "a Gaussian or GaussianMixture law", per_draw=_lines_per_draw,
+                                  sampler=lambda c: sampler(c, "qmc"), pilot_draws=PILOT_INDICATORS,
+                                  summary="lines through the law, Crofton weight")
+def _coarea_lines(c: Call, opts) -> Estimate:
+    return lines.coarea_lines(c.model, c.law, c.options["pair"], opts, sampler(c, "qmc"))
 
-    def g(x):
-        a = logits_of(c.model, x, c.where)
-        return a[:, i] - a[:, j]
 
-    h = _bandwidth(c, g)
-    return kernel_estimate(sample_mean(lambda x: kernel(g(x), h, False), c.law, sampler(c, "mc"), c.sampling),
-                           h, False)
+_register_kernel(COAREA_CONSTANT, _pair_difference, False, "kernel density of g_ij at 0 over inputs (or logits)")
 
 
 def level_set_profile(router, law, levels, pair=(0, 1), *, method: str = "auto", n: int | None = None, seed=0,
@@ -124,7 +180,10 @@ def level_set_profile(router, law, levels, pair=(0, 1), *, method: str = "auto",
         router: any router; law: any law on ℝ^d; levels: s, a float or ``(S,)``; pair: ``(i, j)``.
         method: ``"auto"``, ``"exact"`` (linear router, Gaussian (mixture) law: a normal density per component,
             :func:`softhard.closed.boundary.pair_density`), ``"kernel"`` (any router and law: the Epanechnikov kernel
-            estimate at every s from one sample, one bandwidth from the first block unless ``bandwidth`` is given).
+            estimate at every s from one sample, over the logits where they are cheaper than the inputs; a
+            bandwidth per level by the rule of :mod:`softhard.estimators.kernel` (the density's scale at s) from
+            the first block unless ``bandwidth`` is given; it declines when fewer than 100 samples would fall in
+            the windows).
         n, seed, target_rel_error, sampling keywords: as in :func:`softhard.boundary_mass`.
 
     Returns:
@@ -148,22 +207,13 @@ def _profile_exact(c: Call) -> Estimate:
     return Estimate.exact(v, "pair_density (3.8), (3.14)", bound)
 
 
-@LEVEL_SET_PROFILE.register("kernel", applies=lambda c: None, summary="kernel density of g_ij at each s")
-def _profile_kernel(c: Call) -> Estimate:
+def _level_differences(c: Call):
     i, j = c.options["pair"]
+    return lambda a: (a[:, i] - a[:, j])[:, None] - c.grid.to(a)[None, :]
 
-    def g(x):
-        a = logits_of(c.model, x, c.where)
-        return a[:, i] - a[:, j]
 
-    h = _bandwidth(c, g)
-    s = c.grid
-
-    def terms(x):
-        u = g(x)
-        return kernel(u[:, None] - s.to(u)[None, :], h, False)
-
-    return kernel_estimate(sample_mean(terms, c.law, sampler(c, "mc"), c.sampling), h, False)
+_register_kernel(LEVEL_SET_PROFILE, _level_differences, False,
+                 "kernel density of g_ij at each s over inputs (or logits), a bandwidth per level")
 
 
 def coarea_sum(router, law, *, method: str = "auto", n: int | None = None, seed=0,
@@ -191,33 +241,19 @@ def _sum_exact(c: Call) -> Estimate:
     return Estimate.exact(v, "pair_density_at_zero (3.14), summed", bound)
 
 
-@COAREA_SUM.register("conditional", applies=lambda c: None if is_gaussian(c.law) else
-                     "a Gaussian or GaussianMixture law",
-                     summary="lines per pair")
-def _sum_lines(c: Call) -> Estimate:
-    parts = [coarea_lines(c.model, c.law, p, c.sampling, sampler(c, "qmc")) for p in c.options["pairs"]]
+@COAREA_SUM.register_sampler("conditional", applies=lambda c: None if is_gaussian(c.law) else
+                             "a Gaussian or GaussianMixture law",
+                             per_draw=lambda c: len(c.options["pairs"]) * _lines_per_draw(c),
+                             sampler=lambda c: sampler(c, "qmc"), pilot_draws=PILOT_INDICATORS, summary="lines per pair")
+def _sum_lines(c: Call, opts) -> Estimate:
+    parts = [lines.coarea_lines(c.model, c.law, p, opts, sampler(c, "qmc")) for p in c.options["pairs"]]
     return parts[0].replace(value=float(sum(e.value for e in parts)),
                             stderr=math.sqrt(sum(e.stderr ** 2 for e in parts)),
                             n=sum(e.n for e in parts), converged=all(e.converged for e in parts),
                             dof=min(e.dof for e in parts))
 
 
-@COAREA_SUM.register("kernel", applies=lambda c: None, summary="kernel densities over inputs, one pass")
-def _sum_kernel(c: Call) -> Estimate:
-    pairs = c.options["pairs"]
-    I, J = torch.tensor([p[0] for p in pairs]), torch.tensor([p[1] for p in pairs])
-    def differences(x):
-        a = logits_of(c.model, x, c.where)
-        return a[:, I] - a[:, J]
-
-    hs = torch.as_tensor(pilot_bandwidths(c.law, differences, c.sampling), dtype=torch.float64)
-
-    def terms(x):
-        u = differences(x)
-        return kernel(u, hs.to(u), False).sum(-1)
-
-    est = sample_mean(terms, c.law, sampler(c, "mc"), c.sampling)
-    return est.replace(info={"bandwidth": hs.tolist(), "kernel": "Epanechnikov"})
+_register_kernel(COAREA_SUM, _differences, False, "kernel densities over inputs (or logits), one pass", total=True)
 
 
 def interface_constant(router, law, *, method: str = "auto", n: int | None = None, seed=0,
@@ -251,14 +287,8 @@ def _interface_exact(c: Call) -> Estimate:
     return Estimate.exact(v, "interface_constant_exact", bound)
 
 
-@INTERFACE_CONSTANT.register("kernel", applies=lambda c: None, summary="one-sided kernel density of Δ at 0")
-def _interface_kernel(c: Call) -> Estimate:
-    def margin(x):
-        return top_two(logits_of(c.model, x, c.where))[0]
-
-    h = _bandwidth(c, margin)
-    est = sample_mean(lambda x: kernel(margin(x), h, True), c.law, sampler(c, "mc"), c.sampling)
-    return kernel_estimate(est, h, True, 0.5)
+_register_kernel(INTERFACE_CONSTANT, _margin, True, "one-sided kernel density of Δ at 0 over inputs (or logits)",
+                 scale=0.5)
 
 
 def entropy_slope(router, law, *, method: str = "auto", n: int | None = None, seed=0,

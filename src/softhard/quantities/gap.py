@@ -24,12 +24,13 @@ from ..closed.risk import (
     risk_gap_closed,
 )
 from ..estimators import conditional, lines
-from ..estimators.kernel import kernel, kernel_estimate, pilot_bandwidths
+from ..estimators.kernel import kernel, kernel_estimate, kernel_pilot
 from ..estimators.reducer import Estimate, sample_mean
-from ..estimators.registry import Call, Quantity
-from ..estimators.score_space import linear_gap_space
+from ..estimators.registry import PILOT_INDICATORS, Call, Quantity, evaluation_seconds
+from ..estimators.score_space import linear_maps_rows, thin_law
 from ..model.gates import gate_entropy, top_two
 from ..model.moe import HardTeacher, hard_from, soft_from
+from .sampled import input_seconds, input_view, register_samplers, score_seconds, score_setup, score_view, space_of
 from .door import (
     finish,
     is_gaussian,
@@ -57,9 +58,7 @@ def _exact_applies(c: Call):
 
 
 def _space(c: Call):
-    if "space" not in c.cache:
-        c.cache["space"] = linear_gap_space(c.model, c.law, c.teacher)
-    return c.cache["space"]
+    return space_of(c)
 
 
 def risk_gap(moe, law, taus, *, teacher=None, method: str = "auto", n: int | None = None, seed=0,
@@ -110,27 +109,45 @@ def _gap_exact(c: Call) -> Estimate:
     return Estimate.exact(v, "risk_gap_exact", bound)
 
 
-@RISK_GAP.register("conditional", applies=lambda c: None if _space(c) is not None else _LINEAR_RULE,
-                   summary="pairwise conditioning + Gauss–Legendre across each interface")
-def _gap_conditional(c: Call) -> Estimate:
-    return conditional.risk_gap_linear(c.model, c.law, c.grid, c.teacher, _space(c), c.sampling, sampler(c, "qmc"))
+def _linear_applies(c: Call):
+    return None if _space(c) is not None else _LINEAR_RULE
 
 
-def _gap_terms(c: Call):
-    moe, teacher, t = c.model, c.teacher, c.grid
-    same = isinstance(teacher, HardTeacher) and teacher.moe is moe
+def _teacher_K(c: Call) -> int:
+    sl = _space(c).slices if _space(c) is not None else {}
+    return sl["teacher_logits"].stop - sl["teacher_logits"].start if "teacher_logits" in sl else 0
 
-    def terms(x):  # x comes from the law: the trusted path, no validation per block
-        a, h = moe._scores(x)
-        f0 = hard_from(a, h)
-        s = (f0 if same else teacher._signal(x))[:, None]
-        return (s - soft_from(a, h, t)) ** 2 - (s - f0[:, None]) ** 2  # the noise variance cancels
+
+def _conditional_setup(c: Call) -> float:
+    K = c.model.router.num_experts
+    return conditional.setup_seconds(K, linear_maps_rows(c.model, c.law, c.teacher) or K) + score_setup(c)
+
+
+def _gap_conditional_per_draw(c: Call) -> float:
+    """:func:`~softhard.estimators.conditional.gap_draw_seconds`: O(K²) intervals, O(K q) quadrature per τ."""
+    return conditional.gap_draw_seconds(c.model.router.num_experts, linear_maps_rows(c.model, c.law, c.teacher),
+                                        c.grid.numel(), _teacher_K(c))
+
+
+@RISK_GAP.register_sampler("conditional", applies=_linear_applies, per_draw=_gap_conditional_per_draw,
+                           setup=_conditional_setup, sampler=lambda c: sampler(c, "qmc"), pilot_draws=PILOT_INDICATORS,
+                           summary="pairwise conditioning + Gauss–Legendre across each interface")
+def _gap_conditional(c: Call, opts) -> Estimate:
+    return conditional.risk_gap_linear(c.model, c.law, c.grid, c.teacher, _space(c), opts, sampler(c, "qmc"))
+
+
+def _gap_terms(c: Call, view):
+    t = c.grid
+
+    def terms(v):
+        a, h, s = view(v)
+        f0 = hard_from(a, h)[:, None]
+        s = s[:, None]
+        return (s - soft_from(a, h, t)) ** 2 - (s - f0) ** 2  # the noise variance cancels
     return terms
 
 
-for _name in ("qmc", "mc"):
-    RISK_GAP.register(_name, applies=lambda c: None, summary=f"{_name} over inputs")(
-        lambda c, _name=_name: sample_mean(_gap_terms(c), c.law, _name, c.sampling))
+register_samplers(RISK_GAP, _gap_terms)
 
 
 def gap_slope(moe, law, *, teacher=None, method: str = "auto", n: int | None = None, seed=0,
@@ -177,28 +194,58 @@ def _slope_exact(c: Call) -> Estimate:
     return Estimate.exact(v, "gap_slope_exact", bound)
 
 
-@GAP_SLOPE.register("conditional", applies=lambda c: None if is_gaussian(c.law) else
-                    "a Gaussian or GaussianMixture law", summary="pairwise conditioning, or lines + Crofton weight")
-def _slope_conditional(c: Call) -> Estimate:
+def _slope_conditional_per_draw(c: Call) -> float:
+    q = linear_maps_rows(c.model, c.law, c.teacher)
+    if q is not None:
+        return conditional.slope_draw_seconds(c.model.router.num_experts, q)
+    return lines.line_draw_seconds(c.model.router, c.law, 100) + 2 * evaluation_seconds(c.model.experts, c.law.d)
+
+
+@GAP_SLOPE.register_sampler("conditional", applies=lambda c: None if is_gaussian(c.law) else
+                            "a Gaussian or GaussianMixture law", per_draw=_slope_conditional_per_draw,
+                            setup=lambda c: _conditional_setup(c) if _space(c) is not None else 0.0,
+                            sampler=lambda c: sampler(c, "qmc"), pilot_draws=PILOT_INDICATORS,
+                            summary="pairwise conditioning, or lines + Crofton weight")
+def _slope_conditional(c: Call, opts) -> Estimate:
     if _space(c) is not None:
-        return conditional.gap_slope_linear(c.model, c.law, c.teacher, _space(c), c.sampling, sampler(c, "qmc"))
-    return lines.gap_slope_lines(c.model, c.law, c.teacher, c.sampling, sampler(c, "qmc"))
+        return conditional.gap_slope_linear(c.model, c.law, c.teacher, _space(c), opts, sampler(c, "qmc"))
+    return lines.gap_slope_lines(c.model, c.law, c.teacher, opts, sampler(c, "qmc"))
 
 
-@GAP_SLOPE.register("kernel", applies=lambda c: None, summary="one-sided boundary kernel over inputs")
-def _slope_kernel(c: Call) -> Estimate:
-    moe, teacher, s = c.model, c.teacher, c.sampling
-    h = c.options["bandwidth"]
-    if h is None:
-        h = pilot_bandwidths(c.law, lambda x: top_two(logits_of(moe.router, x, c.where))[0], s, one_sided=True)
+def _kernel_view(c: Call):
+    """``(law, view)`` the kernel samples: the score space where it applies and is cheaper per draw, else inputs."""
+    if _space(c) is not None and score_seconds(c) <= input_seconds(c):
+        return thin_law(_space(c).law), score_view(c)
+    return c.law, input_view(c)
 
-    def terms(x):
-        a, e = moe._scores(x)
+
+def _slope_pilot(c: Call):
+    if "kernel_pilot" not in c.cache:
+        law, view = _kernel_view(c)
+        c.cache["kernel_pilot"] = kernel_pilot(law, lambda v: top_two(view(v)[0])[0], c.sampling, True,
+                                               c.options["bandwidth"])
+    return c.cache["kernel_pilot"]
+
+
+def _kernel_per_draw(c: Call) -> float:
+    return score_seconds(c) if _space(c) is not None and score_seconds(c) <= input_seconds(c) else input_seconds(c)
+
+
+@GAP_SLOPE.register_sampler("kernel", applies=lambda c: _slope_pilot(c).declines(), per_draw=_kernel_per_draw,
+                            sampler=lambda c: sampler(c, "mc"), pilot_draws=PILOT_INDICATORS, rate=3 / 8,
+                            summary="one-sided boundary kernel over inputs (or the Gaussian scores)")
+def _slope_kernel(c: Call, opts) -> Estimate:
+    law, view = _kernel_view(c)
+    h = _slope_pilot(c).bandwidth
+
+    def terms(v):
+        a, e, fs = view(v)
         delta, w, r = top_two(a)
         hw, hr = e.gather(1, w[:, None])[:, 0], e.gather(1, r[:, None])[:, 0]
-        return kernel(delta, h, True) * g1_half_bracket(hw - hr, teacher._signal(x), hw)
+        return kernel(delta, h, True) * g1_half_bracket(hw - hr, fs, hw)
 
-    return kernel_estimate(sample_mean(terms, c.law, sampler(c, "mc"), s), h, True)
+    return kernel_estimate(sample_mean(terms, law, sampler(c, "mc"), opts), h, True, where=c.where,
+                           quiet=opts.quiet)
 
 
 def gate_entropy_mean(router, law, taus, *, method: str = "auto", n: int | None = None, seed=0,
@@ -226,13 +273,11 @@ def _entropy_exact(c: Call) -> Estimate:
     return Estimate.exact(gate_entropy_exact(c.model, c.law, c.grid), "gate_entropy_exact")
 
 
-def _entropy_terms(c: Call):
-    def terms(x):
-        a = logits_of(c.model, x, c.where)
+def _entropy_terms(c: Call, view):
+    def terms(v):
+        a = view(v)[0]
         return torch.stack([gate_entropy(a, float(tau)) for tau in c.grid], dim=-1)
     return terms
 
 
-for _name in ("qmc", "mc"):
-    GATE_ENTROPY.register(_name, applies=lambda c: None, summary=f"{_name} over inputs")(
-        lambda c, _name=_name: sample_mean(_entropy_terms(c), c.law, _name, c.sampling))
+register_samplers(GATE_ENTROPY, _entropy_terms)

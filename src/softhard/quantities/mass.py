@@ -24,11 +24,11 @@ from ..closed.boundary import PAIRWISE_MAX_K, boundary_mass_closed, boundary_mas
 from ..closed.normal import ABSEPS
 from ..estimators import conditional, lines
 from ..estimators.fits import MarginTail, fit_margin_tail
-from ..estimators.reducer import Estimate, draw, sample_mean
-from ..estimators.registry import PILOT_INDICATORS, Call, Quantity, evaluation_seconds
-from ..estimators.score_space import score_space
+from ..estimators.reducer import Estimate, draw
+from ..estimators.registry import Call, Quantity
 from ..model.gates import pairwise_separation, top_two, topk_margin
 from ..model.routers import LinearRouter
+from .sampled import register_samplers, score_setup
 from .door import (
     exact_guard,
     finish,
@@ -144,15 +144,20 @@ def _conditional_applies(c: Call):
 
 
 def _conditional_per_draw(c: Call) -> float:
-    """Pairwise conditioning: 1 µs + 0.22 µs per pair of experts per draw; lines: about 150 router evaluations."""
-    K, W = c.model.num_experts, c.grid.numel()
+    """Pairwise conditioning (a linear router: :func:`~softhard.estimators.conditional.beta_draw_seconds`, O(K²));
+    lines (:func:`~softhard.estimators.lines.line_draw_seconds`)."""
     if isinstance(c.model, LinearRouter):
-        return 1e-6 + 2.2e-7 * K * (K - 1) / 2 * (1 + (W - 1) / 4)
-    return 2e-5 + 150 * evaluation_seconds(c.model, c.law.d)
+        return conditional.beta_draw_seconds(c.model.num_experts, c.grid.numel())
+    return lines.line_draw_seconds(c.model, c.law)
+
+
+def _conditional_setup(c: Call) -> float:
+    K = c.model.num_experts
+    return conditional.setup_seconds(K, K) + score_setup(c) if isinstance(c.model, LinearRouter) else 0.0
 
 
 @BOUNDARY_MASS.register_sampler("conditional", applies=_conditional_applies, per_draw=_conditional_per_draw,
-                                sampler=lambda c: sampler(c, "qmc"),
+                                setup=_conditional_setup, sampler=lambda c: sampler(c, "qmc"),
                                 summary="conditional MC across each interface (linear router), or lines + the "
                                 "Crofton weight")
 def _conditional(c: Call, opts) -> Estimate:
@@ -160,40 +165,23 @@ def _conditional(c: Call, opts) -> Estimate:
     return fn(c.model, c.law, c.grid, opts, sampler(c, "qmc"))
 
 
-def _mass_terms(c: Call, logits):
-    """Per-sample indicators ``(N, W)`` of margin ≤ w, from ``logits(draws) -> (N, K)``."""
+def _mass_terms(c: Call, view):
+    """Per-draw indicators ``(N, W)`` of margin ≤ w, from ``view(draws) -> (logits, ...)``."""
     w, margin = c.grid, margin_function(c.options["kind"], c.options["k"])
 
-    def terms(x):
-        m = margin(logits(x))
+    def terms(v):
+        m = margin(view(v)[0])
         return (m[:, None] <= w.to(m)).to(torch.float64)
     return terms
 
 
-def _register_samplers(quantity: Quantity, terms_of):
-    """Register "score" (a LinearRouter under a Gaussian (mixture) law: the K logits sampled directly, at a cost
-    independent of d, :func:`~softhard.estimators.score_space.score_space`), then "qmc" and "mc" over inputs, for
-    indicator terms ``terms_of(call, logits)``."""
-    @quantity.register_sampler("score", applies=lambda c: None if is_linear_gaussian(c.model, c.law) else
-                               "a LinearRouter and a Gaussian or GaussianMixture law",
-                               per_draw=lambda c: 3e-7 + 3e-8 * c.model.num_experts * (1 + (c.grid.numel() - 1) / 8),
-                               sampler=lambda c: sampler(c, "qmc"), pilot_draws=PILOT_INDICATORS,
-                               summary="QMC/MC over the logits")
-    def _score(c: Call, opts) -> Estimate:
-        how = sampler(c, "qmc")
-        est = sample_mean(terms_of(c, lambda y: y), score_space(c.model, c.law).law, how, opts)
-        return est.replace(info={"sampling": how})
-
-    for name in ("qmc", "mc"):
-        quantity.register_sampler(name, applies=lambda c: None, sampler=lambda c, name=name: name,
-                                  per_draw=lambda c: evaluation_seconds(c.model, c.law.d) + 5e-8 * c.grid.numel(),
-                                  pilot_draws=PILOT_INDICATORS, dominated_by=("score",),
-                                  summary=f"{name} over inputs")(
-            lambda c, opts, name=name: sample_mean(terms_of(c, lambda x: logits_of(c.model, x, c.where)), c.law, name,
-                                                   opts))
+def _bound(c: Call):
+    """Indicator terms are bounded by 1; β(0) = μ(Δ = 0) is 0 by construction for continuous margins, so an
+    entry w = 0 without a hit is exact (:func:`~softhard.estimators.reducer.sample_mean`, ``bound``)."""
+    return (c.grid > 0).to(torch.float64).numpy() if c.where == "boundary_mass" else 1.0
 
 
-_register_samplers(BOUNDARY_MASS, _mass_terms)
+register_samplers(BOUNDARY_MASS, _mass_terms, bound=_bound)
 
 
 def ambiguity_mass(router, law, taus, *, eps: float = EPS_2TAU, method: str = "auto", n: int | None = None, seed=0,
@@ -233,18 +221,18 @@ def _ambiguity_exact(c: Call) -> Estimate:
     return Estimate.exact(v, "boundary_mass_exact at w = τ log((1-ε)/ε)", bound)
 
 
-def _ambiguity_terms(c: Call, logits):
+def _ambiguity_terms(c: Call, view):
     t, e = c.grid, c.options["eps"]
 
-    def terms(x):
-        a = logits(x)
+    def terms(v):
+        a = view(v)[0]
         z = (a - a.max(-1, keepdim=True).values).unsqueeze(1) / t.to(a)[:, None]
         pmax = 1.0 / torch.exp(z).sum(-1)  # max_k π_k = 1 / Σ_j exp(z_j) since the top z is 0
         return (pmax < 1 - e).to(torch.float64)
     return terms
 
 
-_register_samplers(AMBIGUITY_MASS, _ambiguity_terms)
+register_samplers(AMBIGUITY_MASS, _ambiguity_terms, bound=_bound)
 
 
 def margin_tail(router, law, *, n: int = 1 << 20, seed=0, t_max: float | None = None, tail_fraction: float = 0.05,
