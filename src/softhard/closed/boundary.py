@@ -32,19 +32,20 @@ def pair_score(router: LinearRouter, pair=(0, 1)) -> tuple[torch.Tensor, float]:
     return router.weight[i] - router.weight[j], float(router.bias[i] - router.bias[j])
 
 
-def pair_density_at_zero(router: LinearRouter, law, pair=(0, 1)) -> float:
+def pair_density_at_zero(router: LinearRouter, law, pair=(0, 1), where: str = "pair_density_at_zero") -> float:
     r"""Coarea constant :math:`\psi_{ij}(0)` (3.8), exact: the density of :math:`g_{ij}(X)` at 0 (3.14).
 
     .. math:: \psi_{ij}(0) = \sum_c \omega_c\, \varphi(m_{g,c}/s_c)/s_c
 
-    for a linear router and a Gaussian (``C = 1``) or Gaussian-mixture law.
+    for a linear router and a Gaussian (``C = 1``) or Gaussian-mixture law. Errors name ``where``.
     """
     v, c = pair_score(router, pair)
     total = 0.0
-    for w, comp in gaussian_components(law, "pair_density_at_zero"):
+    for w, comp in gaussian_components(law, where):
         m_g, s = score_law(v, c, comp)
         if s == 0.0:
-            fail("router", "pair_density_at_zero", "a score g_ij with non-degenerate law (vᵀSv > 0)", "vᵀSv = 0")
+            fail("router", where, f"a pair {tuple(pair)} whose score g_ij has a non-degenerate law (vᵀSv > 0)",
+                 "vᵀSv = 0")
         total += w * float(phi(m_g / s)) / s
     return total
 

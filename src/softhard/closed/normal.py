@@ -24,7 +24,7 @@ import math
 import numpy as np
 import torch
 
-from .._validate import as_tensor, check_float, fail
+from .._validate import as_tensor, check_bools, check_float, fail
 from ..model.laws import Gaussian, GaussianMixture
 
 __all__ = ["SQRT2PI", "ABSEPS", "phi", "normal_cdf", "logistic", "interval_mass", "gauss_legendre", "quadrature",
@@ -171,7 +171,7 @@ def orthant_with_bound(mean, cov, low, closed=None, abseps: float = ABSEPS,
     if low.ndim > 1 or low.size not in (1, m.size) or np.isnan(low).any():
         fail("low", where, f"a scalar or an array of shape ({m.size},)", low)
     low = np.broadcast_to(low.reshape(-1), m.shape).astype(float)
-    closed = np.zeros(m.shape, bool) if closed is None else np.broadcast_to(np.asarray(closed, bool), m.shape)
+    closed = check_bools(closed, "closed", where, m.size)
     sd = np.sqrt(np.clip(np.diag(C), 0.0, None))
     scale = max(1.0, float(np.abs(m).max(initial=0.0)), float(sd.max(initial=0.0)))
     fixed = sd <= 1e-10 * scale

@@ -38,13 +38,14 @@ from .reducer import BLOCK, Estimate, Sampling, draw, mean_estimate
 __all__ = ["kernel_bandwidth", "kernel", "kernel_estimate", "density_at_zero", "pilot_bandwidths", "pilot_sample"]
 
 
-def kernel_bandwidth(values, n: int | None = None, one_sided: bool = False) -> float:
+def kernel_bandwidth(values, n: int | None = None, one_sided: bool = False, *,
+                     _where: str = "kernel_bandwidth") -> float:
     r"""The bandwidth rule :math:`h = \hat s\, N^{-1/4}` (module docstring); ``values`` of shape ``(N,)``.
 
     ``n`` is the sample size the estimate will use (default: ``len(values)``; a pilot sample may be
-    smaller than the final one).
+    smaller than the final one). Errors name ``_where`` (the public function that needed the bandwidth).
     """
-    where = "kernel_bandwidth"
+    where = _where
     if not isinstance(one_sided, bool):
         fail("one_sided", where, "a bool", one_sided, TypeError)
     v = to_numpy(as_tensor(values, "values", where)).reshape(-1)
@@ -96,7 +97,7 @@ def density_at_zero(values, bandwidth: float | None = None, one_sided: bool = Fa
     check_finite(v, "values", where)
     if one_sided and bool((v < 0).any()):
         fail("values", where, "non-negative with one_sided=True", f"minimum {float(v.min()):.3g}")
-    h = kernel_bandwidth(v.cpu().numpy(), one_sided=one_sided) if bandwidth is None else check_float(
+    h = kernel_bandwidth(v.cpu().numpy(), one_sided=one_sided, _where=where) if bandwidth is None else check_float(
         bandwidth, "bandwidth", where, 0.0, math.inf)
     inside = int(((v >= 0) & (v <= h)).sum() if one_sided else (v.abs() <= h).sum())
     if inside < 2:
@@ -114,8 +115,8 @@ def pilot_bandwidths(law, values_of, sampling: Sampling, one_sided: bool = False
     with torch.no_grad():
         v = values_of(pilot_sample(law, n, sampling.seed)).detach().cpu().numpy()
     if v.ndim == 1:
-        return kernel_bandwidth(v, n, one_sided=one_sided)
-    return np.array([kernel_bandwidth(col, n, one_sided=one_sided) for col in v.T])
+        return kernel_bandwidth(v, n, one_sided=one_sided, _where=sampling.where)
+    return np.array([kernel_bandwidth(col, n, one_sided=one_sided, _where=sampling.where) for col in v.T])
 
 
 def pilot_sample(law, n: int, seed) -> torch.Tensor:

@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 
-from .._validate import check_float, check_int
+from .._validate import check_float, check_int, fail
 from ..closed.boundary import interface_constant_closed, pair_density_at_zero
 from ..closed.risk import ENTROPY_CONSTANT
 from ..estimators.fits import fit_margin_tail
@@ -25,7 +25,7 @@ from ..estimators.lines import coarea_lines
 from ..estimators.reducer import Estimate, draw, sample_mean
 from ..estimators.registry import Call, Quantity
 from ..model.gates import top_two
-from ..model.routers import check_pair, score_gradient
+from ..model.routers import LinearRouter, check_pair, score_gradient
 from .door import is_gaussian, is_linear_gaussian, logits_of, router_call, sampler
 
 __all__ = ["coarea_constant", "coarea_sum", "interface_constant", "entropy_slope", "interface_diagnostic",
@@ -71,6 +71,11 @@ def coarea_constant(router, law, pair=(0, 1), *, method: str = "auto", n: int | 
     method = COAREA_CONSTANT.check_method(method, where)
     call = router_call(where, router, law, None, n, seed, target_rel_error, sampling, **_options(where, bandwidth))
     call.options["pair"] = check_pair(pair, call.model.num_experts, where)
+    if isinstance(call.model, LinearRouter):
+        i, j = call.options["pair"]
+        if bool((call.model.weight[i] == call.model.weight[j]).all()):
+            fail("pair", where, "two experts whose scores differ somewhere (g_ij = a_i − a_j is not constant)",
+                 f"{(i, j)}: rows {i} and {j} of the router's weight are equal")
     return COAREA_CONSTANT.estimate(call, method)
 
 
@@ -78,7 +83,8 @@ def coarea_constant(router, law, pair=(0, 1), *, method: str = "auto", n: int | 
                           "a LinearRouter and a Gaussian or GaussianMixture law", cost=lambda c: 1e-4, exact=True,
                           summary="(3.14): ψ(0) = φ(m_g/s)/s per component")
 def _coarea_exact(c: Call) -> Estimate:
-    return Estimate.exact(pair_density_at_zero(c.model, c.law, c.options["pair"]), "pair_density_at_zero (3.14)")
+    return Estimate.exact(pair_density_at_zero(c.model, c.law, c.options["pair"], c.where),
+                          "pair_density_at_zero (3.14)")
 
 
 @COAREA_CONSTANT.register("conditional", applies=lambda c: None if is_gaussian(c.law) else
@@ -120,7 +126,7 @@ def coarea_sum(router, law, *, method: str = "auto", n: int | None = None, seed=
                      "a LinearRouter and a Gaussian or GaussianMixture law", cost=lambda c: 1e-4, exact=True,
                      summary="sum of (3.14)")
 def _sum_exact(c: Call) -> Estimate:
-    return Estimate.exact(sum(pair_density_at_zero(c.model, c.law, p) for p in c.options["pairs"]),
+    return Estimate.exact(sum(pair_density_at_zero(c.model, c.law, p, c.where) for p in c.options["pairs"]),
                           "pair_density_at_zero (3.14), summed")
 
 

@@ -180,7 +180,7 @@ def _slope_kernel(c: Call) -> Estimate:
     moe, teacher, s = c.model, c.teacher, c.sampling
     h = c.options["bandwidth"]
     if h is None:
-        h = pilot_bandwidths(c.law, lambda x: top_two(logits_of(moe.router, x, c.where))[0], s, one_sided=True)
+        h = pilot_bandwidths(c.law, lambda x: top_two(logits_of(moe.router, x, c.where, "moe"))[0], s, one_sided=True)
 
     def terms(x):
         a, e = moe._scores(x)

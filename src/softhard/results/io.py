@@ -14,7 +14,7 @@ from typing import Any
 from .labels import latex_cell, latex_label
 from .table import Table
 
-__all__ = ["atomic_write", "write_table", "read_table", "to_jsonable", "tex_columns", "csv_text"]
+__all__ = ["atomic_write", "write_table", "read_table", "TableError", "to_jsonable", "tex_columns", "csv_text"]
 
 
 def atomic_write(path: str | os.PathLike, data: str | bytes) -> Path:
@@ -121,20 +121,80 @@ def write_table(table: Table, out: str | os.PathLike, tex: bool | None = None) -
     return paths
 
 
+class TableError(ValueError):
+    """A file that is not a table written by softhard (unreadable, not JSON, not the table layout); one line."""
+
+
 def read_table(path: str | os.PathLike) -> Table:
-    """Read a table back from ``NAME.json``, or its rows from ``NAME.csv`` (metadata from the JSON beside it, if any)."""
+    """Read a table back from ``NAME.json``, or its rows from ``NAME.csv`` (metadata from the JSON beside it, if any).
+
+    Raises :class:`TableError` (one line naming the file) for a file that cannot be read or is not a table
+    written by softhard; warns when its directory holds a publication cut by an interrupted command (the file
+    may belong to the old or to the new set: :func:`softhard.results.outputs.interrupted`).
+    """
     path = Path(path)
-    if path.suffix == ".json":
-        d = json.loads(path.read_text(encoding="utf-8"))
-        rows = [{k: _NONFINITE.get(v, v) if isinstance(v, str) else v for k, v in r.items()} for r in d["rows"]]
-        return Table(d["name"], d["columns"], rows, d.get("meta", {}))
-    with path.open(encoding="utf-8", newline="") as fh:
-        reader = csv.DictReader(fh)
-        rows, cols = list(reader), list(reader.fieldnames or [])
-    conv = lambda v: (float(v) if v not in ("", None) and _isnum(v) else v)  # noqa: E731
-    side = path.with_suffix(".json")
-    meta = json.loads(side.read_text(encoding="utf-8")).get("meta", {}) if side.exists() else {}
-    return Table(path.stem, cols, [{k: conv(v) for k, v in r.items()} for r in rows], meta)
+    _warn_if_interrupted(path.parent)
+    try:
+        if path.suffix == ".json":
+            d = json.loads(path.read_text(encoding="utf-8"))
+            _check_layout(d)
+            rows = [{k: _NONFINITE.get(v, v) if isinstance(v, str) else v for k, v in r.items()} for r in d["rows"]]
+            return Table(d["name"], d["columns"], rows, d.get("meta", {}))
+        with path.open(encoding="utf-8", newline="") as fh:
+            reader = csv.DictReader(fh)
+            rows, cols = list(reader), list(reader.fieldnames or [])
+        conv = lambda v: (float(v) if v not in ("", None) and _isnum(v) else v)  # noqa: E731
+        side = path.with_suffix(".json")
+        meta = json.loads(side.read_text(encoding="utf-8")).get("meta", {}) if side.exists() else {}
+        if not isinstance(meta, dict):
+            raise TableError("its metadata is not a mapping")
+        return Table(path.stem, cols, [{k: conv(v) for k, v in r.items()} for r in rows], meta)
+    except TableError as e:
+        raise TableError(f"{path} is not a table written by softhard: {e}") from None
+    except UnicodeDecodeError:
+        raise TableError(f"{path} is not a table written by softhard: not UTF-8 text") from None
+    except ValueError as e:  # json.JSONDecodeError, csv.Error
+        raise TableError(f"{path} is not a table written by softhard: {' '.join(str(e).split())}") from None
+    except OSError as e:
+        raise TableError(f"{path} cannot be read: {e.strerror or e}") from None
+
+
+def _check_layout(d) -> None:
+    """The layout :func:`write_table` writes: ``name`` (str), ``columns`` (list of str), ``rows`` (list of
+    mappings from those columns to numbers, text, booleans or null), ``meta`` (a mapping, optional)."""
+    if not isinstance(d, dict):
+        raise TableError(f"a JSON {type(d).__name__}, not an object with name, columns and rows")
+    missing = [k for k in ("name", "columns", "rows") if k not in d]
+    if missing:
+        raise TableError(f"no {' or '.join(repr(k) for k in missing)}")
+    if not isinstance(d["name"], str) or not isinstance(d["columns"], list) or not all(
+            isinstance(c, str) for c in d["columns"]):
+        raise TableError("'name' must be text and 'columns' a list of names")
+    if not isinstance(d["rows"], list) or not all(isinstance(r, dict) for r in d["rows"]):
+        raise TableError("'rows' must be a list of objects")
+    if not isinstance(d.get("meta", {}), dict):
+        raise TableError("'meta' must be an object")
+    cols = set(d["columns"])
+    for i, r in enumerate(d["rows"]):
+        extra = set(r) - cols
+        if extra:
+            raise TableError(f"row {i} has columns not in 'columns': {sorted(extra)[:3]}")
+        bad = [k for k, v in r.items() if not (v is None or isinstance(v, (int, float, str, bool)))]
+        if bad:
+            raise TableError(f"row {i}, column {bad[0]!r} holds a {type(r[bad[0]]).__name__}")
+
+
+def _warn_if_interrupted(folder: Path) -> None:
+    from .outputs import interrupted
+
+    cut = interrupted(folder) if folder.is_dir() else []
+    if cut:
+        import warnings
+
+        name, moved, total = cut[0]
+        warnings.warn(f"{folder} is incomplete: a command was interrupted while publishing its files ({moved} of "
+                      f"{total} moved; {name}), so this file may belong to the old or to the new set; run any "
+                      f"softhard command on {folder} (e.g. softhard render) to complete it", stacklevel=3)
 
 
 def _isnum(v: str) -> bool:
