@@ -394,10 +394,8 @@ def inspect_cmd(
 
     out = _dir(out, "--out")
     for option, value in (("--tokens", tokens), ("--seq-len", seq_len), ("--batch-size", batch_size)):
-        if not 1 <= value <= INSPECT_MAX:
+        if value > INSPECT_MAX:  # the lower bounds are inspect's own checks
             _die(f"{option} must be an integer in [1, {INSPECT_MAX}], got {value}")
-    if top_k is not None and top_k < 1:
-        _die(f"--top-k must be an integer >= 1, got {top_k}")
     if text is not None and not text.exists():
         _die(f"--text {text}: no such file or directory")
     try:

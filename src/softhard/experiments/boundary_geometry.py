@@ -104,4 +104,5 @@ def run(config: Config = Config(), progress: bool = False) -> Table:
                              "router": "g'(x) = (cos α·e_1 + sin α·e_2)·x − offset + shift",
                              "why_default": _WHY_DEFAULT,
                              "flip_rate_exact": "P(sign g(X) ≠ sign g'(X)) from the bivariate normal law of (g, g')"}}
+    meta["tex_columns"] = ["offset", "boundary_mass", "boundary_mass_exact", "risk_gap", "risk_gap_exact", "flip_rate"]
     return Table("table2", cols, rows, meta)

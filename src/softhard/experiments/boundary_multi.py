@@ -82,4 +82,5 @@ def run(config: Config = Config(), progress: bool = False) -> Table:
                        "boundary_mass_exact": "Gaussian orthant probabilities (Genz)",
                        "risk_gap_exact": "two-dimensional quadrature over the router's plane "
                                          "(softhard.closed.fan)"}}
+    meta["tex_columns"] = ["tau", "boundary_mass", "boundary_mass_exact", "risk_gap", "risk_gap_exact", "gap_over_tau"]
     return Table("table1_multi", cols, rows, meta)

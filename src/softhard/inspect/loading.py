@@ -238,14 +238,16 @@ class _load_report:
                 records.append(record.getMessage())
 
         self.root, self.handler = tlog._get_library_root_logger(), Keep()
-        self.defaults = list(self.root.handlers)
+        self.defaults, self.level = list(self.root.handlers), self.root.level
         for h in self.defaults:
             self.root.removeHandler(h)
         self.root.addHandler(self.handler)
+        self.root.setLevel(logging.WARNING)  # kept, not shown, whatever the verbosity
         return self.records
 
     def __exit__(self, *exc) -> None:
         self.root.removeHandler(self.handler)
+        self.root.setLevel(self.level)
         for h in self.defaults:
             self.root.addHandler(h)
 

@@ -533,8 +533,8 @@ def _check_text(model: str, text) -> None:
     p = Path(model)
     if p.is_dir() and not any((p / f).is_file() for f in ("tokenizer.json", "tokenizer_config.json",
                                                             "tokenizer.model", "vocab.json")):
-        raise InspectError(f"--text needs a tokenizer, and {model} has none (no tokenizer.json, tokenizer_config.json, "
-                           f"tokenizer.model or vocab.json): give --random-ids instead.")
+        raise InspectError(f"--text needs a tokenizer, and {model} has no tokenizer (no tokenizer.json, "
+                           f"tokenizer_config.json, tokenizer.model or vocab.json): give --random-ids instead.")
 
 
 def compare_rows(labels: list[str], inspections: list[Inspection]) -> list[dict]:
