@@ -124,7 +124,7 @@ def test_binary_ambiguity_mass_is_the_boundary_mass():
     tau = 0.1
     dec = risk_decomposition(student, prob.teacher, prob.law, tau, n=1 << 16, seed=9)
     W, b = student.router.effective()
-    v, c = (W[0] - W[1]).detach(), float(b[0] - b[1])
+    v, c = (W[0] - W[1]).detach(), float((b[0] - b[1]).detach())
     m_g, s = c, float(torch.linalg.norm(v))  # law N(0, I)
     exact = norm.cdf((2 * tau - m_g) / s) - norm.cdf((-2 * tau - m_g) / s)
     assert abs(dec.ambiguity_mass.value - exact) <= 5 * dec.ambiguity_mass.stderr

@@ -183,8 +183,8 @@ class RoutingMonitor:
                 row = {"step": self.steps, "layer": s.index, "module": s.name, "tokens": int(m.size)}
                 near = mean_estimate((m[:, None] <= np.asarray(self.widths)).astype(np.float64)) if m.size else None
                 for i, w in enumerate(self.widths):
-                    row[f"near_tie_w{w:g}"] = float(near.value[i]) if near else float("nan")
-                    row[f"near_tie_w{w:g}_stderr"] = float(near.stderr[i]) if near else float("nan")
+                    row[f"near_tie_w{w:g}"] = float(near.value[i]) if near is not None else float("nan")
+                    row[f"near_tie_w{w:g}_stderr"] = float(near.stderr[i]) if near is not None else float("nan")
                 for q in self.quantiles:
                     row[f"margin_q{q:g}"] = float(np.quantile(m, q)) if m.size else float("nan")
                 g = self._gaps[s.index].estimate()
