@@ -164,7 +164,7 @@ def test_report_is_self_contained_and_complete(results):
         info = read_table(results / f"{name}.json").meta["paper"]["columns"]
         for c in PAPER[name].columns:  # a small table per printed column, its printed values as printed
             assert info[c]["rule"] in info[c]["reading"] or info[c]["rule"]  # every reading names its rule
-    assert page.count("<th>paper (as printed)</th>") == sum(len(PAPER[n].columns) for n in ("table1", "table2",
+    assert page.count("<th>paper</th>") == sum(len(PAPER[n].columns) for n in ("table1", "table2",
                                                                                             "table3"))
     assert "<td class=\"paper\">0.5994</td>" in page  # Table 1, τ = 0.2: as printed, not 0.5995
     for fig in FIGURES:
@@ -215,7 +215,12 @@ def test_render_redraws_the_same_figures(results):
     tables = {p.name: p.read_bytes() for p in results.glob("table*")}
     for p in before:
         (results / p).unlink()
-    written = render_all(results, echo=lambda s: None)
+    computed = json.loads((results / "table1.json").read_text())["meta"]["computed_at"]
+    written = render_all(results, echo=lambda s: None, command="softhard render results")
+    page = (results / "report.html").read_text(encoding="utf-8")  # issue 23: when computed kept, rendering added
+    assert f"computed by <code>softhard reproduce --out {results}" in page and computed in page
+    assert "This page — rendered by <code>softhard render results</code> on" in page
+    assert json.loads((results / "manifest.json").read_text())["rendered_by"] == "softhard render results"
     assert {p.name for p in written} >= set(before) | {"report.html", "manifest.json"}
     for p, data in before.items():
         assert (results / p).read_bytes() == data, p

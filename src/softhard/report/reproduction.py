@@ -66,10 +66,10 @@ _CAPTIONS = {
     "figure3_phase": "The phase diagram [beyond the paper]: steps to align, measured and predicted by the "
                      "linearised model (6.7), and the measured alignment rate against ρ (6.11).",
 }
-_BEYOND = {"table1_limit": ("τ → 0 limits of Table 1", "the conditional estimator down to τ = 10⁻⁴ beside the "
+_BEYOND = {"table1_limit": ("τ → 0 limits of Table 1", "The conditional estimator down to τ = 10⁻⁴ beside the "
                             "exact values: (L_τ − L_0)/τ → G_1 and β(w)/2w → ψ(0) (w = 2τ); drawn in panels (c) "
                             "and (d) of figure 1"),
-           "table1_multi": ("Table 1 with K experts", "the top-two boundary mass of a K-expert linear router, "
+           "table1_multi": ("Table 1 with K experts", "The top-two boundary mass of a K-expert linear router, "
                             "exact through Gaussian orthant probabilities, and the gap")}
 # readable names of the design settings the diagnostics record (others: underscores as spaces)
 _DESIGN_NAMES = {
@@ -124,7 +124,7 @@ def _comparison(t, c: str) -> str:
     has_exact = f"{c}_exact" in t.columns
     has_z = any(isinstance(r.get(f"{c}_paper_z"), (int, float)) for r in t.rows)
     header = [html_label(key), "ours ± s.e." if has_se else "ours"] + (["exact"] if has_exact else []) + [
-        "paper (as printed)"] + (["z"] if has_z else [])
+        "paper"] + (["z"] if has_z else [])
     keys, ours = _cells(t, key), _cells(t, c)
     exact = _cells(t, f"{c}_exact") if has_exact else []
     printed = col.get("printed") or [None] * len(t.rows)
@@ -150,13 +150,13 @@ def _comparison(t, c: str) -> str:
         ev_rows = [[keys[i], _minus(f"{d:+.1f} %"), _z(zp[i]) if i < len(zp) else ""]
                    for i, d in enumerate(ev["paper_minus_exact_percent"])]
         n_min = ev.get("n_min")
-        head = [html_label(key), "paper − exact", "in the paper's s.e." + (
-            f" at n ≥ {_sci_html(n_min)}" if n_min else "")]
+        head = [html_label(key), "paper − exact", "paper's z"]
+        at = f" at n = {_sci_html(n_min)} draws" if n_min else ""
         parts.append("<details open><summary>The evidence: the paper's differences from the exact values</summary>"
-                     + _table(head, ev_rows) + "<p class='note'>The sample size is the least the paper's own "
-                     "boundary-mass column allows (99 %): fewer draws would have scattered it further from the "
-                     "exact masses than it is. At more draws each difference is more of the paper's standard "
-                     "errors, not fewer.</p></details>")
+                     + _table(head, ev_rows) + f"<p class='note'>Paper's z: the difference in the paper's own "
+                     f"standard errors{at}, the least sample size its boundary-mass column allows (99 %): fewer "
+                     "draws would have scattered that column further from the exact masses than it is. At more "
+                     "draws each difference is more of the paper's standard errors, not fewer.</p></details>")
     return "".join(parts)
 
 
@@ -251,9 +251,10 @@ def phase_summary(tables: dict) -> dict | None:
               and r["rate_measured"] > 0 and r["rate_predicted"] > 0]
     never = sum(r.get("steps_predicted") is None for r in aniso.rows)
     unaligned = sum(r.get("steps_to_align") is None for r in rows)
-    return {"cells": len(aniso.rows), "never_predicted": never, "ratio_min": min(ratios) if ratios else None,
-            "ratio_max": max(ratios) if ratios else None, "rate_cells": len(ratios),
-            "below": sum(x > 1 for x in ratios), "unaligned_measured": unaligned, "all_cells": len(rows)}
+    below = sorted(x for x in ratios if x > 1)
+    return {"cells": len(aniso.rows), "never_predicted": never, "ratio_min": below[0] if below else None,
+            "ratio_max": below[-1] if below else None, "ratio_median": below[len(below) // 2] if below else None,
+            "rate_cells": len(ratios), "below": len(below), "unaligned_measured": unaligned, "all_cells": len(rows)}
 
 
 def _phase_section(out: Path, tables: dict) -> str:
@@ -264,7 +265,7 @@ def _phase_section(out: Path, tables: dict) -> str:
     if s["ratio_min"] is not None:
         words.append(f"the measured alignment rate after the first step is below the rate ρ (6.11) that the reduced "
                      f"model predicts in {s['below']} of {s['rate_cells']} cells of the anisotropy grid, by factors "
-                     f"of {s['ratio_min']:.1f} to {s['ratio_max']:.0f}")
+                     f"of {s['ratio_min']:.1f} to {s['ratio_max']:.0f} (median {s['ratio_median']:.0f})")
     words.append(f"the linearised iteration (6.7) from the same θ_0 never reaches the alignment threshold within the "
                  f"run in {s['never_predicted']} of {s['cells']} cells, while the measured descent aligns in all "
                  f"but {s['unaligned_measured']} of the {s['all_cells']} cells of both grids")
@@ -395,7 +396,7 @@ def render_page(out: str | Path, tables: dict, command: str | None = None, notes
              "<h1>Soft-to-Hard Routing in Sparse Mixture-of-Experts Models (arXiv 2605.02124), §7 reproduced</h1>",
              _provenance(tables, command, now), warn,
              "<p>Every table of the paper's §7 is shown beside its printed values, column by column: ours with its "
-             "standard error, the exact value where one exists, the paper's value as printed and z. Each column "
+             "standard error, the exact value where one exists, the paper's value (copied as printed) and z. Each column "
              "has a reading that states its rule and the evidence. Sections marked <span class='badge'>BEYOND THE "
              "PAPER</span> are our own extensions.</p>",
              f"<h2>Contents</h2><ul>{toc}</ul>", _readings_rules(tables),
