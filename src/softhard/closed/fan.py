@@ -6,7 +6,8 @@ rows :math:`w_k = (\cos\theta_k, \sin\theta_k, 0, \dots)` with :math:`\theta_k =
 :math:`E x_3^2 = 1`,
 
 .. math:: L_\tau - L_0 = E\big[(f_\tau - f_0)^2\big]
-          = \frac{1}{2\pi}\int_0^{2\pi}\!\!\int_0^\infty \Big(\sum_k \pi_k^\tau(r, \varphi)\, c_k - c_{k^*(\varphi)}\Big)^2
+          = \frac{1}{2\pi}\int_0^{2\pi}\!\!\int_0^\infty
+            \Big(\sum_k \pi_k^\tau(r, \varphi)\, c_k - c_{k^*(\varphi)}\Big)^2
             r e^{-r^2/2}\, dr\, d\varphi,
           \qquad a_k = r\cos(\varphi - \theta_k),
 
@@ -20,7 +21,6 @@ and against Monte Carlo at K = 4.
 
 from __future__ import annotations
 
-import math
 
 import numpy as np
 

@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 
 from ..results.io import read_table
-from .figures import legend_outside, log_axis, pyplot, savefig
+from .figures import log_axis, pyplot, savefig
 
 __all__ = ["figure1", "figure1_multi", "figure2"]
 

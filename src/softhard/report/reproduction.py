@@ -23,7 +23,7 @@ import math
 from pathlib import Path
 
 from ..results.io import atomic_write
-from ..results.labels import column_cells, html_label, html_math, text_label
+from ..results.labels import column_cells, html_label, html_math
 
 __all__ = ["render_page", "write_report", "phase_summary"]
 
@@ -165,7 +165,7 @@ def _sci_html(n: float) -> str:
     return f"{n / 10 ** e:.1f}×10<sup>{e}</sup>"
 
 
-def _all_columns(t, skip_paper: bool = True) -> str:
+def _all_columns(t) -> str:
     cols = [c for c in t.columns if not c.endswith(("_stderr", "_paper", "_paper_z"))]
     cells = {c: _cells(t, c) for c in cols}
     rows = [[cells[c][i] for c in cols] for i in range(len(t.rows))]
@@ -232,9 +232,9 @@ def _extras(out: Path, tables: dict, names: list[str]) -> str:
             continue
         tex = " and .tex" if (out / f"{name}.tex").is_file() else " (too long for LaTeX: CSV/JSON only)"
         note = t.meta.get("note", "")
+        cols = "" if not note else f" <details><summary>Columns</summary>{_value(note)}</details>"
         parts.append(f"<li><code>{name}.csv</code>/<code>.json</code>{tex}: {len(t.rows)} rows × {len(t.columns)} "
-                     f"columns.{'' if not note else ' <details><summary>Columns</summary>' + _value(note) + '</details>'}"
-                     "</li>")
+                     f"columns.{cols}</li>")
     return f"<p>Written beside it:</p><ul>{''.join(parts)}</ul>" if parts else ""
 
 
@@ -396,7 +396,8 @@ def render_page(out: str | Path, tables: dict, command: str | None = None, notes
              "<h1>Soft-to-Hard Routing in Sparse Mixture-of-Experts Models (arXiv 2605.02124), §7 reproduced</h1>",
              _provenance(tables, command, now), warn,
              "<p>Every table of the paper's §7 is shown beside its printed values, column by column: ours with its "
-             "standard error, the exact value where one exists, the paper's value (copied as printed) and z. Each column "
+             "standard error, the exact value where one exists, the paper's value (copied as printed) and z. Each "
+             "column "
              "has a reading that states its rule and the evidence. Sections marked <span class='badge'>BEYOND THE "
              "PAPER</span> are our own extensions.</p>",
              f"<h2>Contents</h2><ul>{toc}</ul>", _readings_rules(tables),

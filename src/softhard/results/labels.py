@@ -143,7 +143,8 @@ def html_math(text) -> str:
     ``L<sub>τ</sub> − L<sub>0</sub>``, ``h_1,2`` → ``h<sub>1,2</sub>``, ``I_{d}`` → ``I<sub>d</sub>``. Only a single
     letter takes a subscript, so ``snake_case`` words and file names are left alone."""
     out = html.escape(str(text))
-    out = re.sub(r"(?<![A-Za-z0-9_.\-/])([A-Za-zα-ωΑ-Ω])_(\{[^}]+\}|[0-9]+(?:,[0-9]+)?|[A-Za-zα-ωΑ-Ω]+)(?![A-Za-z0-9_])",
+    out = re.sub(r"(?<![A-Za-z0-9_.\-/])([A-Za-zα-ωΑ-Ω])_(\{[^}]+\}|[0-9]+(?:,[0-9]+)?|[A-Za-zα-ωΑ-Ω]+)"
+                 r"(?![A-Za-z0-9_])",
                  lambda m: f"{m.group(1)}<sub>{m.group(2).strip('{}')}</sub>", out)
     return out
 
