@@ -17,10 +17,11 @@ one), ``foreign`` (any other exception or message), ``silent`` (a result: the va
 (a config section of a table not selected by ``--only``, ``--out ''``, ``--samples`` of 2**70, a corrupt or
 foreign ``table1.json`` given to ``render``, a sweep spec without axes, an unreachable ``--scheduler``,
 ``inspect`` with ``--top-k`` above K, ``--layers``/``--router-path``/``--text`` that cannot be right, weights that
-do not fit the config). Outcomes: ``clean`` (exit 2, one line on stderr starting ``error:``, no traceback, no
-ANSI codes, no file or directory left behind), else the first of ``accepted`` (exit 0), ``internal`` (exit 1,
-"internal error"), ``traceback``, ``ansi``, ``lines`` (more than one line on stderr), ``left`` (files left
-behind), ``exit<N>``, ``timeout``.
+do not fit the config). Outcomes: ``clean`` (exit 2, one line on stderr starting ``error:`` besides progress-bar
+status lines, no traceback, no ANSI codes, no file or directory left behind), else the first of ``timeout``,
+``late`` (the refusal came after the model's weights loaded), ``accepted`` (exit 0), ``traceback``, ``internal``
+(exit 1, "internal error"), ``ansi``, ``lines`` (more than one line on stderr), ``left`` (files left behind),
+``exit<N>``.
 
 ``fault`` — the same commands with a full disk (every write under the output directory fails with ``ENOSPC``
 after ``k`` files, k = 0 and 3: the patch is installed in the child process before softhard is imported) for
@@ -144,11 +145,11 @@ def _api_cases() -> list[ApiCase]:
     numbers("tolerance_width", lambda tau=0.5, eps=0.1: sh.tolerance_width(tau, eps), ["tau", "eps"])
     numbers("draw", lambda n=8, seed=0: sh.draw(law, n, seed), ["n", "seed"])
     numbers("monte_carlo", lambda n=64, seed=0: sh.monte_carlo(lambda x: x[:, :1], law, n, seed), ["n", "seed"])
-    numbers("LinearRouter.binary", lambda b=0.0: sh.LinearRouter.binary([1.0, 0.5], b), ["b"], "LinearRouter")
+    numbers("LinearRouter.binary", lambda b=0.0: sh.LinearRouter.binary([1.0, 0.5], b), ["b"], "LinearRouter.binary")
     numbers("density_at_zero", lambda bandwidth=None: sh.density_at_zero(
         np.random.default_rng(0).normal(size=200), bandwidth=bandwidth), ["bandwidth"])
-    numbers("Estimate.interval", lambda level=0.95: est.interval(level), ["level"], "Estimate")
-    numbers("Gaussian.standard", lambda d=2: sh.Gaussian.standard(d), ["d"], "Gaussian")
+    numbers("Estimate.interval", lambda level=0.95: est.interval(level), ["level"], "Estimate.interval")
+    numbers("Gaussian.standard", lambda d=2: sh.Gaussian.standard(d), ["d"], "Gaussian.standard")
     numbers("reduced_operator", lambda tau=0.2: sh.reduced_operator(np.eye(2), [1.0, 0.0], [1.0, 0.0], tau),
             ["tau"])
     numbers("TauSchedule", lambda tau=0.3, factor=0.9: sh.TauSchedule("geometric", tau, factor, 0.05),
@@ -387,10 +388,15 @@ def _child(case: CliCase, d: Path, timeout: float, env: dict) -> tuple[int | Non
         return None, text(e.stdout), text(e.stderr), time.perf_counter() - t0
 
 
+PROGRESS = re.compile(r"\d+%\|")  # a progress bar's status line: output of a command that started, not an error
+
+
 def classify_cli(code, stdout: str, stderr: str, before: dict, after: dict) -> str:
     if code is None:
         return "timeout"
-    lines = [ln for ln in stderr.splitlines() if ln.strip()]
+    if "Loading weights" in stderr:  # a refusal that waited for the model's weights to load
+        return "late"
+    lines = [ln for ln in stderr.splitlines() if ln.strip() and not PROGRESS.search(ln)]
     if code == 0:
         return "accepted"
     if "Traceback (most recent call last)" in stderr or "Traceback (most recent call last)" in stdout:
@@ -609,8 +615,9 @@ def run_kill(timeout: float) -> list[dict]:
         code = ("import sys\nfrom softhard.results.io import read_table\n"
                 "try:\n    t = read_table(sys.argv[1])\n    print('read', len(t.rows), 'rows')\n"
                 "except Exception as e:\n    print(type(e).__name__, e, file=sys.stderr); sys.exit(2)\n")
+        reader_env = {k: v for k, v in env.items() if k != "PYTHONWARNINGS"}  # a reader's warnings are its words
         p = subprocess.run([sys.executable, "-c", code, str(d / "set" / "table1.json")], capture_output=True,
-                           text=True, timeout=timeout, env=env)
+                           text=True, timeout=timeout, env=reader_env)
         said = re.search(r"incomplete|interrupted", p.stdout + p.stderr, re.I) is not None
         rows.append({"section": "fault", "case": "SIGKILL in publication, then read_table(table1.json)",
                      "outcome": "detected" if said else "undetected", "exit": p.returncode,

@@ -159,10 +159,11 @@ def test_progress_bars_to_a_file_become_plain_lines():
     out = _PlainLines(sink)
     out.write("\rrun:  0%|   | 0/2\rrun:  0%|   | 0/2")
     out.write("\x1b[A\rrun: 50%|#  | 1/2\rrun:100%|## | 2/2\r          \r")
-    out.write("error: one line\n")
+    out.write("\rrun: 99%|## | 2/2")
+    out.write("error: one line\n")  # not glued to the bar's last state
     out.close()
     assert sink.getvalue().splitlines() == ["run:  0%|   | 0/2", "run: 50%|#  | 1/2", "run:100%|## | 2/2",
-                                            "error: one line"]
+                                            "run: 99%|## | 2/2", "error: one line"]
 
 
 def test_help_imports_no_numerical_stack():

@@ -59,7 +59,7 @@ class _PlainLines(io.TextIOBase):
 
     def __init__(self, stream):
         super().__init__()
-        self.stream, self.buf, self.last = stream, "", None
+        self.stream, self.buf, self.last, self.redrawn = stream, "", None, False
 
     def writable(self) -> bool:
         return True
@@ -75,9 +75,12 @@ class _PlainLines(io.TextIOBase):
         return getattr(self.stream, "encoding", "utf-8")
 
     def write(self, text: str) -> int:
+        if self.redrawn and text and not text.startswith("\r"):
+            self._emit()  # a bar's last state (written after a carriage return) is its own line, before a message
         for part in re.split(r"([\r\n])", _ANSI.sub("", text)):
             if part in ("\r", "\n"):
                 self._emit()
+                self.redrawn = part == "\r"
             else:
                 self.buf += part
         return len(text)

@@ -122,7 +122,8 @@ def _comparison(t, c: str) -> str:
     key = info["key"]
     has_se = f"{c}_stderr" in t.columns
     has_exact = f"{c}_exact" in t.columns
-    has_z = any(isinstance(r.get(f"{c}_paper_z"), (int, float)) for r in t.rows)
+    # z compares digits: not shown where the paper's design constants are unknown (a "shape" table)
+    has_z = info.get("compare") != "shape" and any(isinstance(r.get(f"{c}_paper_z"), (int, float)) for r in t.rows)
     header = [html_label(key), "ours ± s.e." if has_se else "ours"] + (["exact"] if has_exact else []) + [
         "paper"] + (["z"] if has_z else [])
     keys, ours = _cells(t, key), _cells(t, c)
