@@ -39,6 +39,31 @@ def quiet_transformers():
         yield
 
 
+@pytest.fixture(scope="session")
+def zoo_cache(tmp_path_factory):
+    """An empty model cache for the zoo's test-sized models (one per test process, as on CI)."""
+    return tmp_path_factory.mktemp("softhard-zoo-cache")
+
+
+@pytest.fixture(scope="session")
+def deepseek_lm_small(zoo_cache):
+    """``softhard:deepseek-lm`` in its test configuration (``zoo.models.DEEPSEEK_SMALL``), trained once per test
+    process."""
+    pytest.importorskip("transformers")
+    from softhard.inspect.zoo.models import zoo_lm
+
+    return zoo_lm("softhard:deepseek-lm", small=True, cache_dir=zoo_cache)
+
+
+@pytest.fixture(scope="session")
+def qwen_lm_small(zoo_cache):
+    """``softhard:qwen-lm`` in its test configuration (``zoo.models.QWEN_SMALL``), trained once per test process."""
+    pytest.importorskip("transformers")
+    from softhard.inspect.zoo.models import zoo_lm
+
+    return zoo_lm("softhard:qwen-lm", small=True, cache_dir=zoo_cache)
+
+
 def pytest_configure(config):
     """`make test` output without noise: off a terminal, pytest-xdist's quiet mode prints "bringing up nodes..."
     once per worker start-up instead of a status line; nothing is lost by not printing it."""

@@ -332,20 +332,29 @@ def landscape(
     kinds = [f"{r['kind']}{'' if r['teacher_equivalent'] else ' (not teacher-equivalent)'} at tau={r['tau']:g}"
              for r in table.rows]
     typer.echo("critical points: " + "; ".join(kinds))
-    typer.echo(f"uniform gap exponent {table.meta['gamma_alpha']:.3f} (predicted 1); "
-               f"recovery error slope {table.meta['recovery_slope']:.2f} in tau")
+    m = table.meta
+    exact = "" if m.get("gamma_alpha_exact") is None else f", exact {m['gamma_alpha_exact']:.4f}"
+    typer.echo(f"uniform gap exponent {m['gamma_alpha']:.3f} ± {m['gamma_alpha_stderr']:.3f}{exact} (predicted 1); "
+               f"recovery error slope {m['recovery_slope']:.2f} in tau")
+    if m.get("argmin_rate") is not None:
+        typer.echo(f"argmin L_tau -> argmin L_0 on a segment: rate {m['argmin_rate']:.2f}, "
+                   f"{'converges' if m['argmin_converges'] else 'FAILS the rule'} (landscape_argmin)")
+    elif m.get("argmin_note"):
+        typer.echo(f"argmin test {m['argmin_note']}")
 
 
 @app.command("inspect", cls=_Command)
 def inspect_cmd(
     models: list[str] = typer.Argument(..., metavar="MODEL...", show_default=False,
                                        help="Local model directories (config.json, safetensors weights), "
-                                            "softhard:digits or softhard:tiny-lm; several: checkpoints of one "
-                                            "model, side by side."),
+                                            "softhard:digits, or a model of the zoo trained here: softhard:tiny-lm, "
+                                            "softhard:deepseek-lm, softhard:qwen-lm (each also @SEED); several: "
+                                            "checkpoints of one model, side by side."),
     out: str = typer.Option(..., "--out", "-o", metavar="DIR", help="Output directory (created if missing)."),
     tokens: int = typer.Option(2048, "--tokens", metavar="N", help="Tokens to inspect (images for softhard:digits)."),
     text: Optional[Path] = typer.Option(None, "--text", metavar="FILE", help="Texts to tokenize: a UTF-8 file, "
-                                        ".jsonl, .parquet or a dataset saved to disk (needs a tokenizer)."),
+                                        ".jsonl, .parquet, a dataset saved to disk, or held-out text "
+                                        "softhard:prose, softhard:code or softhard:legal (needs a tokenizer)."),
     random_ids: bool = typer.Option(False, "--random-ids", help="Uniform random token ids (default without --text)."),
     layers: Optional[str] = typer.Option(None, "--layers", metavar="LIST",
                                          help="MoE layer indices, e.g. 0,2,5-7 (default: all)."),
@@ -367,9 +376,17 @@ def inspect_cmd(
     dense: bool = typer.Option(True, "--dense/--no-dense", help="Also run each block fully dense (sensitivity)."),
     tie_widths: str = typer.Option("0.01,0.1", "--tie-widths", metavar="LIST",
                                    help="Widths w of the 'within w of a tie' columns."),
-    perturb: str = typer.Option("fp16", "--perturb", metavar="KIND",
-                                help="Flip-rate perturbation: fp16, noise or none."),
-    noise: float = typer.Option(1e-3, "--noise", metavar="X", help="Relative size of the noise (--perturb noise)."),
+    perturb: str = typer.Option("fp16", "--perturb", metavar="LIST",
+                                help="Changes whose flips are predicted beside measured (flips.csv), comma-separated: "
+                                     "bf16, fp16, fp8 (router compute), int8-router, int4-router, int8, int4 (whole "
+                                     "model; optimum-quanto), noise; or none."),
+    noise: float = typer.Option(1e-3, "--noise", metavar="X", help="Relative size of the Gaussian noise (--perturb "
+                                "noise)."),
+    quantize: Optional[str] = typer.Option(None, "--quantize", metavar="int8|int4", help="Inspect the model with "
+                                           "its weights quantized (optimum-quanto, weight-only)."),
+    calibration: float = typer.Option(0.125, "--calibration", metavar="SHARE", help="Share of the sequences on "
+                                      "which whole-model int8/int4 errors are calibrated (left out of their "
+                                      "flips.csv rows)."),
     seed: int = typer.Option(0, "--seed", metavar="S", help="Seed, an integer >= 0 (random ids, random weights, "
                              "noise, sampling)."),
     overhead: bool = typer.Option(True, "--overhead/--no-overhead", help="Time plain forwards to report the hook "
@@ -386,7 +403,8 @@ def inspect_cmd(
     """Router margins, boundary mass and soft-vs-hard sensitivity of an MoE model, layer by layer.
 
     Needs the 'models' extra (pip install 'softhard[models]'): transformers, safetensors, scikit-learn.
-    Writes layers.csv/.json, summary.json, a figure per layer and report.html into DIR.
+    Writes layers.csv/.json, summary.json, a figure per layer, flips.csv/.json (--perturb) and report.html
+    into DIR.
 
     \b
     Examples:
@@ -399,7 +417,7 @@ def inspect_cmd(
     for option, value in (("--tokens", tokens), ("--seq-len", seq_len), ("--batch-size", batch_size)):
         if value > INSPECT_MAX:  # the lower bounds are inspect's own checks
             _die(f"{option} must be an integer in [1, {INSPECT_MAX}], got {value}")
-    if text is not None and not text.exists():
+    if text is not None and not str(text).startswith("softhard:") and not text.exists():  # held-out texts by name
         _die(f"--text {text}: no such file or directory")
     try:
         grid = {name: [float(v) for v in s.split(",") if v.strip()] for name, s in (("taus", taus),
@@ -408,9 +426,23 @@ def inspect_cmd(
     except ValueError:
         _die(f"--taus, --tie-widths and --harden-taus take comma-separated numbers; got {taus!r}, {tie_widths!r} "
              f"and {harden_taus!r}")
+    from .inspect.price.flips import parse_perturbations
+
+    try:
+        kinds = parse_perturbations(perturb)
+    except InspectError as e:
+        _die(str(e))
+    if quantize not in (None, "int8", "int4"):
+        _die(f"--quantize must be int8 or int4, got {quantize!r}")
+    if not 0 < calibration < 1:
+        _die(f"--calibration must be a share in (0, 1), got {calibration}")
+    # layers.csv's flip_rate perturbs the router's input only: the fp16 round trip of the hidden state, or noise
+    legacy = "fp16" if "fp16" in kinds else "noise" if "noise" in kinds else None
     kw = dict(tokens=tokens, text=text, random_ids=random_ids, layers=layers, trust_remote_code=trust_remote_code,
               router_path=router_path, top_k=top_k, seq_len=seq_len, batch_size=batch_size, taus=grid["taus"],
-              tie_widths=grid["tie-widths"], perturbation=None if perturb == "none" else perturb, noise=noise,
+              tie_widths=grid["tie-widths"], perturbation=legacy, perturbations=kinds, calibration=calibration,
+              quantize=quantize,
+              noise=noise,
               seed=seed, dtype=dtype, device=device, device_map=device_map, measure_overhead=overhead, dense=dense,
               save_tokens=save_tokens, progress=progress, harden=harden, harden_taus=grid["harden-taus"])
     if len(models) < 2 and compare:
@@ -454,6 +486,10 @@ def inspect_cmd(
         typer.echo(f"{m['model']}: {m['layers']} MoE layers, {m['tokens']} tokens, {oh}")
         for note in m.get("notes", []):
             typer.echo(f"note: {note}")
+        for kind, v in (m.get("flips") or {}).items():
+            typer.echo(f"flips {kind}: " + (v.get("note", "") if v.get("mean_ratio") is None else
+                       f"predicted/measured {v['mean_ratio']:.3g} averaged over {v['layers']} layers (per layer "
+                       f"{v['min_ratio']:.3g}-{v['max_ratio']:.3g}): targets {'hold' if v['holds'] else 'FAIL'}"))
         if "hardening" in m:
             typer.echo(f"hardening: {m['hardening']['verdict']}")
     typer.echo(f"-> {out}")
@@ -486,6 +522,53 @@ def _undo(root: Path, before: set[Path] | None) -> None:
             shutil.rmtree(p, ignore_errors=True)
         else:
             p.unlink(missing_ok=True)
+
+
+@app.command("compare-routing", cls=_Command)
+def compare_routing_cmd(
+    a: Path = typer.Argument(..., metavar="A", show_default=False,
+                             help="Reference dump: tokens.npz (softhard inspect --save-tokens), router logits "
+                                  "(.safetensors), a Megatron-Core router trace (.jsonl or folder) or routed expert "
+                                  "ids (.npy/.npz/.jsonl)."),
+    b: Path = typer.Argument(..., metavar="B", show_default=False,
+                             help="The other run's dump of the same tokens (same formats)."),
+    out: str = typer.Option(..., "--out", "-o", metavar="DIR", help="Output directory (created if missing)."),
+    top_k: Optional[int] = typer.Option(None, "--top-k", metavar="K", help="Experts per token of dumps without a "
+                                        "selection (router logits), or the k of flat expert-id dumps."),
+    num_layers: Optional[int] = typer.Option(None, "--num-layers", metavar="N",
+                                             help="MoE layers of a flat expert-id dump."),
+    probabilities: bool = typer.Option(False, "--probabilities", help="The dumped router_logits are probabilities "
+                                       "(read as log p)."),
+    score_noise: Optional[float] = typer.Option(None, "--score-noise", metavar="X", help="Relative score noise for "
+                                                "a side with expert ids only (nothing to measure it from)."),
+) -> None:
+    """Two router dumps of the same tokens, layer by layer: mismatch rate, the share of mismatches at near ties,
+    genuine disagreements and the mismatch predicted from the margins (docs/compare_routing.md).
+
+    Needs the 'models' extra (pip install 'softhard[models]').
+    """
+    from .inspect import InspectError
+    from .inspect.io.compare import compare_routing
+
+    out = _dir(out, "--out")
+    before = _tree(out)
+    try:
+        rows, meta, paths = compare_routing(a, b, out, top_k=top_k, num_layers=num_layers,
+                                            probabilities=probabilities, score_noise=score_noise)
+    except InspectError as e:
+        _undo(out, before)
+        _die(str(e))
+    except BaseException:  # a full disk, an interrupt: nothing of the comparison stays behind
+        _undo(out, before)
+        raise
+    for note in meta["notes"]:
+        typer.echo(f"note: {note}")
+    for r in rows:
+        typer.echo(f"layer {r['layer']}: {r['tokens']} tokens, mismatch {r['mismatch']:.4f} ± "
+                   f"{r['mismatch_stderr']:.2g}, near ties {r['near_tie_share']:.3g}, genuine {r['genuine']:.4f}, "
+                   f"predicted {r['predicted_mismatch']:.4f} (ratio {r['ratio']:.3g} ± {r['ratio_stderr']:.2g})")
+    for p in paths:
+        typer.echo(f"wrote {p}")
 
 
 @app.command(cls=_Command)
