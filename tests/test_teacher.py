@@ -206,7 +206,8 @@ def test_misrouting_bound_lemma_5_16():
     law = Uniform([-2.0, -2.0], [2.0, 2.0])  # bounded inputs: |h_k| ≤ B holds for affine experts
     x = draw(law, 1 << 14, 5)
     tau, eps, eta = 0.1, 0.02, 1.5
-    B = float((x.abs().sum(1).max()) * student.experts.weight.abs().max() + student.experts.bias.abs().max()) + 1
+    B = float((x.abs().sum(1).max()) * student.experts.weight.detach().abs().max()
+              + student.experts.bias.detach().abs().max()) + 1
     res = misrouting_bound(student, prob.teacher, tau=tau, eps=eps, eta=eta, B=B, sample=x)
     # μ(M) and the residual on M, independently
     a = student.logits(x).detach().numpy()

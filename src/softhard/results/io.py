@@ -11,6 +11,7 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
+from .journal import interrupted
 from .labels import column_cells, latex_label
 from .table import Table
 
@@ -176,7 +177,7 @@ def read_table(path: str | os.PathLike) -> Table:
 
     Raises :class:`TableError` (one line naming the file) for a file that cannot be read or is not a table
     written by softhard; warns when its directory holds a publication cut by an interrupted command (the file
-    may belong to the old or to the new set: :func:`softhard.results.outputs.interrupted`).
+    may belong to the old or to the new set: :func:`softhard.results.journal.interrupted`).
     """
     path = Path(path)
     _warn_if_interrupted(path.parent)
@@ -231,8 +232,6 @@ def _check_layout(d) -> None:
 
 
 def _warn_if_interrupted(folder: Path) -> None:
-    from .outputs import interrupted
-
     cut = interrupted(folder) if folder.is_dir() else []
     if cut:
         import warnings

@@ -31,15 +31,15 @@ import secrets
 import shutil
 from pathlib import Path
 
+from .journal import JOURNAL, STAGE_NAME, interrupted
+
 __all__ = ["OutputError", "OutputSet", "check_output_dir", "recover", "read_manifest", "sha256_file", "verify",
            "interrupted", "DISK_ERRNOS"]
 
 # errors of a full or read-only disk: the set is not written, the command says so in one line
 DISK_ERRNOS = frozenset({errno.ENOSPC, errno.EDQUOT, errno.EFBIG, errno.EROFS, errno.EIO})
 MANIFEST = "manifest.json"
-JOURNAL = ".publish.json"
 LOCK = ".softhard.lock"
-_STAGE = re.compile(r"^\.staging-[0-9a-z-]+$")
 _TMP = re.compile(r"^\..+\.[^.]+\.tmp$")  # atomic_write's temporary names: .NAME.XXXX.tmp
 
 
@@ -110,25 +110,6 @@ def _replay(out: Path, stage: Path, journal: dict) -> None:
     shutil.rmtree(stage, ignore_errors=True)
 
 
-def interrupted(out: str | os.PathLike) -> list[tuple[str, int, int]]:
-    """The publications cut in ``out`` (a command killed inside its rename loop): per journaled stage, its
-    name, the files of the new set already moved and the files in all. A reader seeing one knows that ``OUT``
-    holds a mix of the old and the new set until the next softhard command on it completes the publication."""
-    out, found = Path(out), []
-    if not out.is_dir():
-        return found
-    for entry in sorted(out.iterdir()):
-        if entry.is_dir() and _STAGE.match(entry.name):
-            try:
-                journal = json.loads((entry / JOURNAL).read_text(encoding="utf-8"))
-                names = [n for n in journal["move"] if isinstance(n, str)]
-            except (OSError, ValueError, KeyError, TypeError):
-                continue
-            left = sum((entry / n).exists() for n in names)
-            found.append((entry.name, len(names) - left, len(names)))
-    return found
-
-
 def verify(out: str | os.PathLike) -> list[str]:
     """What is wrong with the output set in ``out``, one line each (empty: complete and as written): a cut
     publication (:func:`interrupted`), files listed in ``manifest.json`` that are missing, or whose size or
@@ -156,7 +137,7 @@ def recover(out: str | os.PathLike) -> list[str]:
         return done
     cut = {name: (moved, total) for name, moved, total in interrupted(out)}
     for entry in sorted(out.iterdir()):
-        if entry.is_dir() and _STAGE.match(entry.name):
+        if entry.is_dir() and STAGE_NAME.match(entry.name):
             try:
                 journal = json.loads((entry / JOURNAL).read_text(encoding="utf-8"))
             except (OSError, ValueError):
