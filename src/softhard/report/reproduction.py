@@ -275,8 +275,10 @@ def _phase_section(out: Path, tables: dict) -> str:
             + "; ".join(words) + " (docs/symmetry.md §4, §8). Table 3 above reports the measured transient only.")
     return ("<section class='beyond' id='table3_phase'><h2><span class='badge'>BEYOND THE PAPER</span> "
             "Symmetry breaking: phase diagram</h2>"
-            "<p>Router-only descent of the §7.3 design across a grid of τ × student contrast ε and τ × anisotropy "
-            "a of Σ: the steps to reach |cos(θ_t, u)| ≥ 0.99, measured and predicted by the reduced model.</p>"
+            + "<p>" + html_math("Router-only descent of the §7.3 design across a grid of τ × student contrast ε and "
+                                "τ × anisotropy a of Σ: the steps to reach |cos(θ_t, u)| ≥ "
+                                f"{tables['table3_phase_anisotropy'].meta.get('align_threshold', 0.99):g}, "
+                                "measured and predicted by the reduced model.") + "</p>"
             + f"<p><b>It records a failed prediction.</b> {html_math(text)}</p>"
             + _extras(out, tables, ["table3_phase_contrast", "table3_phase_anisotropy"])
             + _figures(out, _FIGURES["table3_phase"]) + "</section>")
