@@ -170,7 +170,7 @@ def _api_cases() -> list[ApiCase]:
         [0.0, 0.1], [[1.0, 0.2], [0.2, 1.0]], [0.0, 0.0], closed="yes"), "closed", ("orthant_probability",)))
     add(ApiCase("Estimate(value='a')", lambda: sh.Estimate(value="a", stderr=0.1, n=10), "value", ("Estimate",)))
     add(ApiCase("Estimate(stderr=-1)", lambda: sh.Estimate(value=1.0, stderr=-1.0, n=10), "stderr", ("Estimate",)))
-    add(ApiCase("Estimate(stderr=nan)", lambda: sh.Estimate(value=1.0, stderr=float("nan"), n=10), "stderr",
+    add(ApiCase("Estimate(stderr='0.1')", lambda: sh.Estimate(value=1.0, stderr="0.1", n=10), "stderr",
                 ("Estimate",)))
     add(ApiCase("Estimate(n=-3)", lambda: sh.Estimate(value=1.0, stderr=0.1, n=-3), "n", ("Estimate",)))
     add(ApiCase("Estimate(n=1.5)", lambda: sh.Estimate(value=1.0, stderr=0.1, n=1.5), "n", ("Estimate",)))

@@ -51,7 +51,8 @@ class Estimate:
     r"""An estimate: ``value`` and ``stderr`` (floats, or arrays of one shape) from ``n`` samples.
 
     Attributes:
-        value, stderr: the estimate and its standard error (``stderr = 0`` for a closed form).
+        value, stderr: the estimate and its standard error (``stderr = 0`` for a closed form; NaN where it
+            cannot be estimated, e.g. from a single sequence of a per-sequence mean).
         n: samples used (after any rounding, e.g. QMC's ``n`` is a multiple of its scramblings; 0 for a
             closed form).
         method: the estimator that produced it (``"exact"``, ``"conditional"``, ``"qmc"``, ``"mc"``, ...).
@@ -168,8 +169,8 @@ def _check_estimate(e: "Estimate") -> None:
     stderr = np.asarray(real_array(e.stderr, "stderr", where))
     if stderr.shape not in ((), value.shape):
         fail("stderr", where, f"a scalar or an array of the value's shape {value.shape}", f"shape {stderr.shape}")
-    if bool((stderr < 0).any()) or (bool(np.isnan(stderr).any()) and not bool(np.isnan(value).any())):
-        fail("stderr", where, "standard errors >= 0 (NaN only beside a NaN value)", e.stderr)
+    if bool((stderr < 0).any()):
+        fail("stderr", where, "standard errors >= 0 (or NaN: not estimable)", e.stderr)
     bound = np.asarray(real_array(e.error_bound, "error_bound", where))
     if bound.shape not in ((), value.shape) or bool((bound < 0).any()):
         fail("error_bound", where, "bounds >= 0, a scalar or of the value's shape", e.error_bound)
