@@ -563,10 +563,14 @@ def compare_routing_cmd(
         raise
     for note in meta["notes"]:
         typer.echo(f"note: {note}")
+    from .report.fig_flips import compare_routing_cells
+
     for r in rows:
-        typer.echo(f"layer {r['layer']}: {r['tokens']} tokens, mismatch {r['mismatch']:.4f} ± "
-                   f"{r['mismatch_stderr']:.2g}, near ties {r['near_tie_share']:.3g}, genuine {r['genuine']:.4f}, "
-                   f"predicted {r['predicted_mismatch']:.4f} (ratio {r['ratio']:.3g} ± {r['ratio_stderr']:.2g})")
+        c = compare_routing_cells(r)  # words, never nan: no mismatches give a bound, not "0 ± 0" and "ratio nan"
+        head = c["mismatch"] if c["mismatch"].startswith("no ") else f"{r['tokens']} tokens, mismatch {c['mismatch']}"
+        typer.echo(f"layer {r['layer']}: {head}, near ties "
+                   f"{c['near_ties']}, genuine {c['genuine']}, predicted {c['predicted']} (predicted/measured "
+                   f"{c['ratio']})")
     for p in paths:
         typer.echo(f"wrote {p}")
 

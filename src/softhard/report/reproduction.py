@@ -82,7 +82,8 @@ _DESIGN_NAMES = {
     "training sample size", "training_sample": "training sample", "evaluation": "evaluation",
     "gate_entropy": "gate entropy", "alignment_step1": "alignment after one step", "steps_to_align":
     "steps to align", "seed": "seed", "response": "response of the reduced model", "align_threshold":
-    "alignment threshold",
+    "alignment threshold", "beta0": "β_0 (teacher's shared part)", "w1": "student expert w_1",
+    "w2": "student expert w_2", "theta0": "initial router θ_0",
 }
 
 
@@ -181,11 +182,11 @@ def _value(v) -> str:
     if isinstance(v, bool):
         return "yes" if v else "no"
     if isinstance(v, float):
-        return html_math(f"{v:.6g}")
+        return html_math(f"{v:.6g}".replace("-", "−"))
     if isinstance(v, list):
         flat = [x for x in v if not isinstance(x, list)]
         if len(flat) == len(v):
-            shown = [f"{x:.6g}" if isinstance(x, float) else str(x) for x in v[:8]]
+            shown = [f"{x:.6g}".replace("-", "−") if isinstance(x, float) else str(x) for x in v[:8]]
             return html_math("(" + ", ".join(shown) + (", …" if len(v) > 8 else "") + ")")
         return html_math(json.dumps(v))
     text = str(v).replace(">=", "≥").replace("<=", "≤").replace("null", "none")
