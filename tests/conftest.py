@@ -62,3 +62,23 @@ def qwen_lm_small(zoo_cache):
     from softhard.inspect.zoo.models import zoo_lm
 
     return zoo_lm("softhard:qwen-lm", small=True, cache_dir=zoo_cache)
+
+
+def pytest_configure(config):
+    """`make test` output without noise: off a terminal, pytest-xdist's quiet mode prints "bringing up nodes..."
+    once per worker start-up instead of a status line; nothing is lost by not printing it."""
+    if config.option.verbose < 0:  # -q (on a terminal the status line is redrawn in place and this prints nothing)
+        try:
+            from xdist.dsession import TerminalDistReporter
+        except ImportError:  # pragma: no cover - run without xdist
+            return
+        TerminalDistReporter.ensure_show_status = lambda self: None
+
+
+def pytest_unconfigure(config):
+    """Hypothesis times garbage collection with a ``gc.callbacks`` hook that lives until the interpreter ends; an
+    xdist worker stopped during a collection then prints a KeyboardInterrupt traceback from it (issue 23). The
+    session is over here: remove the hook."""
+    import gc
+
+    gc.callbacks[:] = [cb for cb in gc.callbacks if not getattr(cb, "__module__", "").startswith("hypothesis")]

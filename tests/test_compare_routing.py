@@ -102,7 +102,7 @@ def test_cli_compare_routing(tmp_path):
     res = CliRunner().invoke(app, ["compare-routing", str(DATA / "hf_fp32.safetensors"),
                                    str(DATA / "hf_bf16.safetensors"), "--out", str(tmp_path / "o"), "--top-k", "2"])
     assert res.exit_code == 0, res.output
-    assert "layer 0: 64 tokens, mismatch" in res.output
+    assert "layer 0: no mismatches in 64 tokens" in res.output or "layer 0: 64 tokens, mismatch" in res.output
     head = (tmp_path / "o" / "compare_routing.csv").read_text().splitlines()[0].split(",")
     assert head[:10] == ["layer", "tokens", "mismatch", "mismatch_stderr", "near_tie_share", "near_tie_share_stderr",
                          "genuine", "genuine_stderr", "predicted_mismatch", "predicted_mismatch_stderr"]
@@ -115,3 +115,43 @@ def test_sglang_payload_is_base64_int32():
     line = json.loads((DATA / "sglang.jsonl").read_text().splitlines()[0])
     ids = np.frombuffer(base64.b64decode(line["meta_info"]["routed_experts"]), dtype=np.int32)
     assert ids.size == 16 * 2 * 2 and set(np.unique(ids)) <= {0, 1, 2, 3}
+
+
+def test_no_mismatch_reads_as_a_bound_never_nan(tmp_path):
+    """A run against itself: no token mismatches. The console and the page state the 95 % bound 3/N (rule of
+    three, checked here by hand: (1 - 3/64)^64 ≈ e^-3 ≈ 0.05) and say the ratio is not defined, never 'nan' or
+    '0.0000 ± 0'; a side with expert ids only says what it could not compute."""
+    from typer.testing import CliRunner
+
+    from softhard.cli import app
+
+    res = CliRunner().invoke(app, ["compare-routing", str(DATA / "hf_fp32.safetensors"),
+                                   str(DATA / "hf_fp32.safetensors"), "--out", str(tmp_path / "o"), "--top-k", "2"])
+    assert res.exit_code == 0, res.output
+    assert abs((1 - 3 / 64) ** 64 - 0.05) < 0.005
+    layers = [ln for ln in res.output.splitlines() if ln.startswith("layer ")]
+    assert len(layers) == 2
+    for ln in layers:
+        assert "no mismatches in 64 tokens: rate < 0.047 at 95 %" in ln, ln
+        assert "predicted/measured not defined: no mismatches" in ln and "near ties not defined" in ln, ln
+        assert "nan" not in ln.lower() and "± 0," not in ln and "0.0000 ±" not in ln, ln
+    page = (tmp_path / "o" / "report.html").read_text()
+    assert "nan" not in page.split("<img")[0].lower() and "not defined: no mismatches" in page
+    # expert ids only on one side, no --score-noise: mismatches measured, the rest "not computed" (not nan)
+    res = CliRunner().invoke(app, ["compare-routing", str(DATA / "megatron"), str(DATA / "sglang.jsonl"),
+                                   "--out", str(tmp_path / "p")])
+    assert res.exit_code == 0, res.output
+    layers = [ln for ln in res.output.splitlines() if ln.startswith("layer ")]
+    assert layers and all("nan" not in ln.lower() and "not computed" in ln for ln in layers), layers
+
+
+def test_compare_cells_with_mismatches():
+    from softhard.report.fig_flips import compare_routing_cells
+
+    row = {"tokens": 100, "sequences": 1, "mismatch": 0.05, "mismatch_stderr": float("nan"), "near_tie_share": 0.8,
+           "near_tie_share_stderr": 0.1, "genuine": 0.01, "genuine_stderr": 0.005, "predicted_mismatch": 0.04,
+           "predicted_mismatch_stderr": 0.01, "ratio": 0.8, "ratio_stderr": 0.2, "noise_scale": float("nan")}
+    c = compare_routing_cells(row)
+    assert c["mismatch"] == "0.0500 (± not estimable: one sequence)"
+    assert c["near_ties"] == "0.8 ± 0.1" and c["ratio"] == "0.8 ± 0.2" and c["noise_scale"] == "not measured"
+    assert not any("nan" in v for v in c.values())

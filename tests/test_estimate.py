@@ -176,8 +176,16 @@ def test_bad_input(kwargs, exc, match):
 
 
 def test_bad_input_elsewhere():
-    with pytest.raises(FloatingPointError, match="NaN or inf"):
+    with pytest.raises(ValueError, match=r"'terms' parameter of monte_carlo must be a function returning finite "
+                                         r"per-sample terms. Got 'non-finite terms such as \[nan"):
         monte_carlo(lambda x: torch.log(x[:, 0] - 10), LAW, 100)
+    with pytest.raises(ValueError, match=r"'terms' parameter of monte_carlo must be a function that runs on inputs of "
+                                         r"shape \(100, 3\); it raised IndexError") as info:
+        monte_carlo(lambda x: x[:, 0][10 ** 6], LAW, 100)  # the user's own error, kept as the cause
+    assert isinstance(info.value.__cause__, IndexError)
+    with pytest.raises(ValueError, match=r"'terms' parameter of monte_carlo must be a function returning at least "
+                                         r"one value per sample. Got 'shape \(100, 0\)'"):
+        monte_carlo(lambda x: x[:, 5:6], LAW, 100)
     with pytest.raises(ValueError, match=r"'values' parameter of mean_estimate must be an array of shape \(N, \.\.\.\) "
                                          r"with N >= 1"):
         mean_estimate(np.zeros((0, 2)))

@@ -221,3 +221,60 @@ def test_layers_of_the_builtin_models_are_checked_before_training(tmp_path, monk
     r = CliRunner().invoke(app, ["inspect", "softhard:digits", "--layers", "9", "--out", str(out)])
     assert r.exit_code == 2 and "must be MoE layer indices in [0, 1]. Got [9]" in r.output
     assert not out.exists()
+
+
+def _never_load(monkeypatch):
+    """Make reading any weights fail the test: options about the model's structure must be refused first."""
+    monkeypatch.setattr(transformers.MixtralForCausalLM, "from_pretrained",
+                        classmethod(lambda *a, **k: pytest.fail("weights loaded before checking the options")))
+
+
+@pytest.mark.parametrize("extra, message", [
+    (["--layers", "7"], "The 'layers' parameter of inspect must be MoE layer indices in [0, 1]. Got [7]."),
+    (["--router-path", "no.such.*"], "The 'router_path' parameter of inspect must be a pattern matching module names"),
+    (["--top-k", "9", "--router-path", "model.layers.*.mlp.gate"],
+     "The 'top_k' parameter of inspect must be an int in [1, 7] (the router model.layers.0.mlp.gate has K = 8"),
+    (["--text", "{root}/none.txt"], "--text {root}/none.txt: no such file or directory"),
+])
+def test_structure_options_are_checked_before_the_weights_load(dirs, tmp_path, monkeypatch, extra, message):
+    """Issue 23: --layers, --router-path, --top-k and --text are refused from the config (the model built on the
+    meta device) before any weight is read, in one line, with nothing left behind."""
+    _never_load(monkeypatch)
+    root = dirs["root"]
+    r = _run(dirs["mixtral"], "--out", tmp_path / "o", "--tokens", "8", *[e.format(root=root) for e in extra])
+    assert r.exit_code == 2 and r.stderr.count("\n") == 1 and message.format(root=root) in r.stderr, r.output
+    assert not (tmp_path / "o").exists()
+
+
+def test_weights_that_do_not_fit_the_config_are_one_line(dirs, tmp_path):
+    """Issue 23: transformers' load report (20 lines with ANSI codes) is not shown; one line names a tensor."""
+    import shutil
+
+    bad = tmp_path / "mismatch"
+    shutil.copytree(dirs["mixtral"], bad)
+    cfg = json.loads((bad / "config.json").read_text())
+    (bad / "config.json").write_text(json.dumps({**cfg, "hidden_size": 2 * cfg["hidden_size"]}))
+    r = _run(bad, "--out", tmp_path / "o", "--tokens", "8")
+    assert r.exit_code == 2 and r.stderr.count("\n") == 1, r.output
+    assert "its weights do not fit its config.json" in r.stderr and "checkpoint (" in r.stderr
+    assert "\x1b[" not in r.output and "LOAD REPORT" not in r.output and not (tmp_path / "o").exists()
+
+
+def test_a_full_disk_leaves_nothing_behind(dirs, tmp_path, monkeypatch):
+    """Issue 23: every write fails with ENOSPC (the disk is full): one line, exit 2, no half-written output."""
+    import errno
+    import os as os_module
+
+    from softhard.results import io as results_io
+
+    real = os_module.fdopen
+
+    def full(fd, *a, **k):
+        os_module.close(fd)
+        raise OSError(errno.ENOSPC, os_module.strerror(errno.ENOSPC))
+
+    monkeypatch.setattr(results_io.os, "fdopen", full)
+    r = _run(dirs["mixtral"], "--out", tmp_path / "o", "--tokens", "8", "--taus", "")
+    monkeypatch.setattr(results_io.os, "fdopen", real)
+    assert r.exit_code == 2 and r.stderr.count("\n") == 1 and "No space left on device" in r.stderr, r.output
+    assert not (tmp_path / "o").exists()

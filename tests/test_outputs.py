@@ -71,7 +71,8 @@ def _replace_failing_at(out: Path, k: int):
 @pytest.mark.parametrize("k", range(len(NEW) + 1))  # fail at each rename of the publication, manifest last
 def test_exception_mid_publication_is_rolled_forward(old_set, monkeypatch, k):
     monkeypatch.setattr(outputs.os, "replace", _replace_failing_at(old_set, k))
-    with pytest.raises(OSError, match="No space"):
+    with pytest.raises(OutputError, match="No space left on device .the new set is committed: the next softhard "
+                                          "command on .* completes it"):
         publish(old_set, NEW)
     monkeypatch.undo()
     with OutputSet(old_set) as s:  # the next command on OUT completes the committed publication

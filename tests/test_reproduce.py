@@ -141,17 +141,18 @@ def test_first_order_limit_without_drift(results):
 
 def test_latex_symbols_and_rounding(results):
     tex = (results / "table1.tex").read_text()
-    header = tex.splitlines()[4]
-    for symbol in (r"$\tau$", r"$\beta(2\tau)$", r"$L_\tau - L_0$", r"$G_1\tau$"):
+    body = tex.split("\\midrule\n")[1]
+    header = tex.split("\\toprule\n")[1].split("\\midrule\n")[0]
+    for symbol in (r"$\tau$", r"$\beta(2\tau)$", r"$L_\tau - L_0$", r"$(L_\tau - L_0)/\tau$"):
         assert symbol in header
     assert "_stderr" not in tex and r"\_" not in header
     row = read_table(results / "table1.json").rows[0]
     se = float(f"{row['boundary_mass_stderr']:.2g}")
     decimals = 1 - math.floor(math.log10(se))
-    assert f"${row['boundary_mass']:.{decimals}f} \\pm {se:.{decimals}f}$" in tex.splitlines()[6]
-    for m in re.finditer(r"\$([0-9.]+) \\pm ([0-9.]+)\$", tex):  # every error: two significant digits
-        assert len(m.group(2).replace(".", "").lstrip("0")) == 2
-        assert len(m.group(1).split(".")[-1]) == len(m.group(2).split(".")[-1])
+    concise = f"${row['boundary_mass']:.{decimals}f}({round(se * 10 ** decimals)})$"  # value(error in last digits)
+    assert concise in body.splitlines()[0]
+    for m in re.finditer(r"\$([0-9.]+)\(([0-9]+)\)\$", body):  # every error: two significant digits
+        assert 10 <= int(m.group(2)) <= 99
 
 
 def test_report_is_self_contained_and_complete(results):
@@ -160,16 +161,52 @@ def test_report_is_self_contained_and_complete(results):
     assert all(src.startswith("data:") for src in re.findall(r'src="([^"]*)"', page))
     for name in ("table1", "table2", "table3"):
         assert f"id='{name}'" in page
-        for c in PAPER[name].columns:  # a paper column per printed column, and its reading
-            reading = read_table(results / f"{name}.json").meta["paper"]["columns"][c]["reading"]
-            assert reading.replace("'", "&#x27;").split(";")[0] in page
-    assert page.count("<br>paper</th>") == sum(len(PAPER[n].columns) for n in ("table1", "table2", "table3"))
+        info = read_table(results / f"{name}.json").meta["paper"]["columns"]
+        for c in PAPER[name].columns:  # a small table per printed column, its printed values as printed
+            assert info[c]["rule"] in info[c]["reading"] or info[c]["rule"]  # every reading names its rule
+    assert page.count("<th>paper</th>") == sum(len(PAPER[n].columns) for n in ("table1", "table2",
+                                                                                            "table3"))
+    assert "<td class=\"paper\">0.5994</td>" in page  # Table 1, τ = 0.2: as printed, not 0.5995
     for fig in FIGURES:
         svg = base64.b64encode((results / f"{fig}.svg").read_bytes()).decode()
         assert svg in page and f"<code>{fig}.pdf</code>" in page
-    for section in ("id='config'", "id='versions'", "id='files'", "table1_limit", "table1_multi"):
+    for section in ("id='rules'", "id='config'", "id='versions'", "id='files'", "id='latex'", "id='table1_limit'",
+                    "id='table1_multi'"):
         assert section in page
-    assert "softhard reproduce --out" in page  # the command that made it
+    assert "softhard reproduce --out" in page and "computed by <code>softhard reproduce" in page
+
+
+def test_report_reads_on_a_phone_and_in_one_notation(results):
+    """Issue 23: a viewport; tables in boxes that scroll; subscripts as HTML, no `L_τ`/`θ_T`/`L_tau`; no number with
+    more than 12 significant digits; beyond-the-paper sections marked; every reading states its rule."""
+    page = (results / "report.html").read_text(encoding="utf-8")
+    text = re.sub(r'src="data:[^"]*"', "", page)
+    assert "<meta name='viewport' content='width=device-width, initial-scale=1'>" in page
+    assert ".wide{overflow-x:auto" in page and text.count("<table>") == text.count('<div class="wide"><table>')
+    visible = re.sub(r"<code>.*?</code>|<style>.*?</style>", "", text, flags=re.S)
+    for plain in ("L_τ", "L_0", "θ_T", "L_tau", "π_1", "`", ">=", "null", "0.09999999"):
+        assert plain not in visible, plain
+    assert "L<sub>τ</sub> − L<sub>0</sub>" in page
+    assert not re.search(r"\d\.\d{12,}", visible)  # no 18-digit values
+    assert page.count("BEYOND THE PAPER") >= 2 and "within our Monte Carlo noise" in page
+    assert "(rule: every |z| ≤ 3)" in page and "How the readings are made" in page
+    assert "needs <code>\\usepackage{booktabs}</code>" in page
+
+
+def test_table2_flip_reading_says_it_was_chosen_to_match(results):
+    col = read_table(results / "table2.json").meta["paper"]["columns"]["flip_rate"]
+    assert col["rule"] == "chosen" and "was chosen to reproduce this column" in col["reading"]
+    page = (results / "report.html").read_text(encoding="utf-8")
+    assert "chosen to reproduce this column, so its" in page
+
+
+def test_latex_fragments_need_booktabs_and_keep_one_format(results):
+    for name in ("table1", "table1_limit", "table1_multi", "table2", "table3"):
+        tex = (results / f"{name}.tex").read_text()
+        assert r"\usepackage{booktabs}" in tex and r"\toprule" in tex and r"\begingroup" in tex
+        assert not re.search(r"\d\.\d{12,}", tex)
+    lines = (results / "table1.tex").read_text().splitlines()
+    assert r"\multicolumn{2}{c}{$\beta(2\tau)$}" in "\n".join(lines) and "estimate & exact" in "\n".join(lines)
 
 
 def test_render_redraws_the_same_figures(results):
@@ -178,7 +215,12 @@ def test_render_redraws_the_same_figures(results):
     tables = {p.name: p.read_bytes() for p in results.glob("table*")}
     for p in before:
         (results / p).unlink()
-    written = render_all(results, echo=lambda s: None)
+    computed = json.loads((results / "table1.json").read_text())["meta"]["computed_at"]
+    written = render_all(results, echo=lambda s: None, command="softhard render results")
+    page = (results / "report.html").read_text(encoding="utf-8")  # issue 23: when computed kept, rendering added
+    assert f"computed by <code>softhard reproduce --out {results}" in page and computed in page
+    assert "This page — rendered by <code>softhard render results</code> on" in page
+    assert json.loads((results / "manifest.json").read_text())["rendered_by"] == "softhard render results"
     assert {p.name for p in written} >= set(before) | {"report.html", "manifest.json"}
     for p, data in before.items():
         assert (results / p).read_bytes() == data, p

@@ -113,7 +113,15 @@ def test_malformed_spec_one_line(tmp_path, text, words):
 @pytest.mark.parametrize("text, words", [
     ('experiment = "table2"\n[axes]\ntau = [0]', ["'tau'", "positive temperatures (> 0)", "0.0"]),
     ('experiment = "table2"\n[axes]\ntau = [0.1, nan]', ["'tau'", "finite", "nan"]),
-    ('experiment = "table2"\n[fixed]\nsamples = 0', ["'samples'", "an int >= 2", "0"]),
+    ('experiment = "table2"\n[fixed]\nsamples = 0', ["'samples'", "an int in [2, 2**34]", "0"]),
+    ('experiment = "table2"\n[fixed]\nsamples = 4611686018427387904\n[axes]\noffsets = [1.0]',
+     ["'samples' parameter of load_spec", "an int in [2, 2**34]"]),
+    ('experiment = "table2"\n[fixed]\nsamples = 4096', ["'offsets' parameter of load_spec must be one value per cell",
+                                                        "the spec has no axes", "(the default)"]),
+    ('experiment = "table2"\n[axes]\ntau = [0.1, 0.2]', ["'offsets' parameter of load_spec must be one value per "
+                                                         "cell", "table2 gives one row per value of offsets"]),
+    ('experiment = "table3"\ntable = "table3_trajectory"\n[axes]\ntaus = [0.1]',
+     ["'table' parameter of load_spec must be a table with one row per cell"]),
     ('experiment = "table2"\n[fixed]\noffsets = [1.0, inf]', ["'offsets'", "finite", "inf"]),
     ('experiment = "table1_limit"\n[fixed]\ntaus = [0.1, -0.1]', ["'taus'", "positive temperatures (> 0)"]),
     ('experiment = "sweep_cells:mass"\n[axes]\ntau = [nan]\noffset = [0]', ["'tau'", "finite"]),
@@ -138,9 +146,9 @@ def test_bad_source_and_out_types(tmp_path):
 
 
 def test_registry_spec(toy, tmp_path):
-    with pytest.raises(SpecError, match=r"The 'bogus' parameter of softhard sweep must be a field of toy.Config"):
+    with pytest.raises(SpecError, match=r"The 'bogus' parameter of load_spec must be a field of toy.Config"):
         load_spec({"experiment": "toy", "axes": {"bogus": [1]}})
-    with pytest.raises(SpecError, match=r"The 'K' parameter of toy must be of type int. Got 1.5."):
+    with pytest.raises(SpecError, match=r"The 'K' parameter of load_spec must be of type int. Got 1.5."):
         load_spec({"experiment": "toy", "axes": {"K": [2, 1.5]}})
     spec = load_spec({"experiment": "toy", "fixed": {"scale": 2}, "axes": {"taus": [0.5, 1.0], "K": [2, 3]}})
     assert spec.seeds == (5,)  # the diagnostic's own seed
@@ -475,6 +483,13 @@ def test_cli_errors_and_failures(tmp_path, monkeypatch):
     good = write(tmp_path, MASS)
     r = runner.invoke(app, ["sweep", str(good), "--out", str(tmp_path / "o"), "--workers", "2", "--scheduler", "x:1"])
     assert r.exit_code == 2 and "used alone" in r.output
+    pytest.importorskip("distributed")
+    import softhard.runs.sweep as sweep_module
+
+    monkeypatch.setattr(sweep_module, "CONNECT_SECONDS", 1)  # issue 23: unreachable, one line, nothing written
+    r = runner.invoke(app, ["sweep", str(good), "--out", str(tmp_path / "u"), "--scheduler", "tcp://127.0.0.1:9"])
+    assert r.exit_code == 2 and r.stderr.count("\n") == 1, r.output
+    assert "cannot reach the Dask scheduler at tcp://127.0.0.1:9" in r.stderr and not (tmp_path / "u").exists()
     flaky = write(tmp_path, f'experiment = "sweep_cells:flaky"\n[fixed]\nmarker = "{tmp_path / "no"}"\n'
                             "[axes]\nx = [1, 2]", "flaky.toml")
     r = runner.invoke(app, ["sweep", str(flaky), "--out", str(tmp_path / "f")])

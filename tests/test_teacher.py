@@ -128,7 +128,7 @@ def test_binary_ambiguity_mass_is_the_boundary_mass():
     tau = 0.1
     dec = risk_decomposition(student, prob.teacher, prob.law, tau, n=1 << 16, seed=9)
     W, b = student.router.effective()
-    v, c = (W[0] - W[1]).detach(), float(b[0] - b[1])
+    v, c = (W[0] - W[1]).detach(), float((b[0] - b[1]).detach())
     m_g, s = c, float(torch.linalg.norm(v))  # law N(0, I)
     exact = norm.cdf((2 * tau - m_g) / s) - norm.cdf((-2 * tau - m_g) / s)
     assert abs(dec.ambiguity_mass.value - exact) <= 5 * dec.ambiguity_mass.stderr
@@ -206,7 +206,8 @@ def test_misrouting_bound_lemma_5_16():
     law = Uniform([-2.0, -2.0], [2.0, 2.0])  # bounded inputs: |h_k| ≤ B holds for affine experts
     x = draw(law, 1 << 14, 5)
     tau, eps, eta = 0.1, 0.02, 1.5
-    B = float((x.abs().sum(1).max()) * student.experts.weight.abs().max() + student.experts.bias.abs().max()) + 1
+    B = float((x.abs().sum(1).max()) * student.experts.weight.detach().abs().max()
+              + student.experts.bias.detach().abs().max()) + 1
     res = misrouting_bound(student, prob.teacher, tau=tau, eps=eps, eta=eta, B=B, sample=x)
     # μ(M) and the residual on M, independently
     a = student.logits(x).detach().numpy()

@@ -34,8 +34,8 @@ def check_float(value: Any, param: str, where: str, low: float = -math.inf, high
     lo = "(" if low_open else "["
     hi = ")" if high_open else "]"
     rule = f"a float in {lo}{low:g}, {high:g}{hi}"
-    if isinstance(value, bool) or not isinstance(value, (numbers.Real, np.floating, np.integer)) and not (
-        isinstance(value, torch.Tensor) and value.numel() == 1
+    if isinstance(value, (bool, np.bool_)) or not isinstance(value, (numbers.Real, np.floating, np.integer)) and not (
+        isinstance(value, torch.Tensor) and value.numel() == 1 and value.dtype != torch.bool and not value.is_complex()
     ):
         fail(param, where, rule, value, TypeError)
     v = float(value)
@@ -74,20 +74,67 @@ def as_tensor(value: Any, param: str, where: str, dtype: torch.dtype | None = No
             fail(param, where, "an array of real numbers", f"a tensor of dtype {t.dtype}", TypeError)
         if t.device.type == "meta":
             fail(param, where, "a tensor with data (not on the 'meta' device)", f"tensor of shape {tuple(t.shape)}")
+        if t.dtype == torch.bool:
+            fail(param, where, "an array of real numbers (not booleans)", t, TypeError)
         if not t.is_floating_point():
             t = t.to(DTYPE)
         if dtype is not None:
             t = t.to(dtype)
     else:
-        try:
-            if np.iscomplexobj(value):
-                raise TypeError("complex")
-            t = torch.as_tensor(np.asarray(value, dtype=np.float64), dtype=dtype or DTYPE)
-        except (TypeError, ValueError, OverflowError):
-            fail(param, where, "an array of real numbers", value, TypeError)
+        t = torch.as_tensor(real_array(value, param, where), dtype=dtype or DTYPE)
     if device is not None:
         t = t.to(device)
     return t
+
+
+def real_array(value: Any, param: str, where: str) -> np.ndarray:
+    """``value`` as a float64 NumPy array, refusing what only looks like numbers: text (``'0.1'``, ``b'0.1'``,
+    ``['0.1']``), booleans (``True``, boolean arrays), ``None`` or other objects inside a list, complex values."""
+    rule = "an array of real numbers"
+    if isinstance(value, (str, bytes, np.str_, np.bytes_)):
+        fail(param, where, f"{rule} (not text)", value, TypeError)
+    if isinstance(value, (bool, np.bool_)):
+        fail(param, where, f"{rule} (not a boolean)", value, TypeError)
+    try:
+        arr = np.asarray(value)
+    except (TypeError, ValueError, OverflowError):  # ragged lists, objects NumPy cannot hold
+        fail(param, where, rule, value, TypeError)
+    kind = arr.dtype.kind
+    if kind in "USa":
+        fail(param, where, f"{rule} (not text)", value, TypeError)
+    if kind == "b":
+        fail(param, where, f"{rule} (not booleans)", value, TypeError)
+    if kind == "c" or np.iscomplexobj(arr):
+        fail(param, where, f"{rule} (not complex)", value, TypeError)
+    if kind == "O":
+        bad = next((v for v in arr.reshape(-1).tolist() if isinstance(v, (bool, np.bool_, str, bytes)) or not
+                    isinstance(v, (numbers.Real, np.floating, np.integer, torch.Tensor))), None)
+        if bad is not None:
+            fail(param, where, rule, value, TypeError)
+    try:
+        return np.asarray(arr, dtype=np.float64)
+    except (TypeError, ValueError, OverflowError):
+        fail(param, where, rule, value, TypeError)
+
+
+def check_bools(value: Any, param: str, where: str, size: int) -> np.ndarray:
+    """``None`` (all ``False``), one boolean (for all), or a list of ``size`` booleans, as an array ``(size,)``."""
+    rule = f"None, a boolean or a list of {size} booleans"
+    if value is None:
+        return np.zeros(size, bool)
+    if isinstance(value, (bool, np.bool_)):
+        return np.full(size, bool(value))
+    if isinstance(value, (str, bytes)):
+        fail(param, where, rule, value, TypeError)
+    try:
+        arr = np.asarray(value.tolist() if isinstance(value, torch.Tensor) else value, dtype=object).reshape(-1)
+    except (TypeError, ValueError):
+        fail(param, where, rule, value, TypeError)
+    if not all(isinstance(v, (bool, np.bool_)) for v in arr.tolist()):
+        fail(param, where, rule, value, TypeError)
+    if arr.size != size:
+        fail(param, where, rule, value)
+    return arr.astype(bool)
 
 
 def check_device(device: Any, where: str, param: str = "device") -> torch.device:

@@ -30,7 +30,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from .._validate import as_tensor, check_float, fail
+from .._validate import as_tensor, check_bools, check_float, fail
 from ..model.laws import Gaussian, GaussianMixture
 
 __all__ = ["SQRT2PI", "ABSEPS", "TINY", "phi", "log_phi", "normal_cdf", "normal_sf", "log_normal_cdf", "logistic",
@@ -939,6 +939,7 @@ def orthant_with_bound(mean, cov, low, closed=None, abseps: float = ABSEPS,
     low = to_numpy(as_tensor(low, "low", where))
     if low.ndim > 1 or low.size not in (1, m.size) or np.isnan(low).any():
         fail("low", where, f"a scalar or an array of shape ({m.size},)", low)
+    closed = check_bools(closed, "closed", where, m.size)
     sd = np.sqrt(np.clip(np.diag(C), 0.0, None))
     scale = 1e3 * max(1.0, float(np.abs(m).max(initial=0.0)), float(sd.max(initial=0.0)))
     p = box_probability(m, covariance_factor(C), np.broadcast_to(low.reshape(-1), m.shape), None, closed,

@@ -45,13 +45,14 @@ __all__ = ["kernel_bandwidth", "kernel", "kernel_estimate", "kernel_bound", "den
            "pilot_sample", "kernel_pilot", "KernelPilot", "MIN_HITS", "FewHits"]
 
 
-def kernel_bandwidth(values, n: int | None = None, one_sided: bool = False) -> float:
+def kernel_bandwidth(values, n: int | None = None, one_sided: bool = False, *,
+                     _where: str = "kernel_bandwidth") -> float:
     r"""The bandwidth rule :math:`h = \hat s\, N^{-1/4}` (module docstring); ``values`` of shape ``(N,)``.
 
     ``n`` is the sample size the estimate will use (default: ``len(values)``; a pilot sample may be
-    smaller than the final one).
+    smaller than the final one). Errors name ``_where`` (the public function that needed the bandwidth).
     """
-    where = "kernel_bandwidth"
+    where = _where
     if not isinstance(one_sided, bool):
         fail("one_sided", where, "a bool", one_sided, TypeError)
     v = to_numpy(as_tensor(values, "values", where)).reshape(-1)
@@ -179,7 +180,7 @@ def density_at_zero(values, bandwidth: float | None = None, one_sided: bool = Fa
     check_finite(v, "values", where)
     if one_sided and bool((v < 0).any()):
         fail("values", where, "non-negative with one_sided=True", f"minimum {float(v.min()):.3g}")
-    h = kernel_bandwidth(v.cpu().numpy(), one_sided=one_sided) if bandwidth is None else check_float(
+    h = kernel_bandwidth(v.cpu().numpy(), one_sided=one_sided, _where=where) if bandwidth is None else check_float(
         bandwidth, "bandwidth", where, 0.0, math.inf)
     inside = int(((v >= 0) & (v <= h)).sum() if one_sided else (v.abs() <= h).sum())
     if inside < 2:

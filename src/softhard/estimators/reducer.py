@@ -37,7 +37,7 @@ import warnings
 import numpy as np
 import torch
 
-from .._validate import check_device, check_float, check_int, check_seed, fail
+from .._validate import check_device, check_float, check_int, check_seed, fail, real_array
 from ..model.laws import as_law
 
 __all__ = ["Estimate", "Moments", "Sampling", "sampling_options", "sample_mean", "TargetNotReached", "NoHit",
@@ -52,7 +52,8 @@ class Estimate:
     r"""An estimate: ``value`` and ``stderr`` (floats, or arrays of one shape) from ``n`` samples.
 
     Attributes:
-        value, stderr: the estimate and its standard error (``stderr = 0`` for a closed form).
+        value, stderr: the estimate and its standard error (``stderr = 0`` for a closed form; NaN where it
+            cannot be estimated, e.g. from a single sequence of a per-sequence mean).
         n: samples used (after any rounding, e.g. QMC's ``n`` is a multiple of its scramblings; 0 for a
             closed form).
         method: the estimator that produced it (``"exact"``, ``"conditional"``, ``"qmc"``, ``"mc"``, ...).
@@ -81,6 +82,13 @@ class Estimate:
     error_bound: np.ndarray | float = 0.0
     target: float | None = None
 
+    def __post_init__(self):
+        _check_estimate(self)
+
+    def __bool__(self):
+        raise TypeError("The truth value of an Estimate is not defined: test est.value (an array for a grid), "
+                        "est.converged or est.stderr instead.")
+
     @classmethod
     def exact(cls, value, closed_form: str, error_bound=0.0, **info) -> "Estimate":
         """A closed-form value (``stderr = 0``, ``n = 0``, method ``"exact"``) with its integration error bound."""
@@ -97,11 +105,11 @@ class Estimate:
         r = np.where(np.asarray(self.stderr) == 0, 0.0, r)
         return float(r) if np.ndim(r) == 0 else r
 
-    def multiplier(self, level: float = 0.95) -> float:
+    def multiplier(self, level: float = 0.95, _where: str = "Estimate.multiplier") -> float:
         r"""Half-width of the ``level`` interval in standard errors: the Student-t quantile
         :math:`t_{\nu}((1 + \text{level})/2)` with :math:`\nu` = ``dof`` (1.96 for large ``n`` at 95 %;
         2.13 for QMC with 16 scramblings)."""
-        level = check_float(level, "level", "Estimate.multiplier", 0.0, 1.0)
+        level = check_float(level, "level", _where, 0.0, 1.0)
         from scipy.special import stdtrit, ndtri
 
         q = 0.5 + level / 2
@@ -109,7 +117,7 @@ class Estimate:
 
     def interval(self, level: float = 0.95):
         """``(low, high)``: ``value ∓ (multiplier(level)·stderr + error_bound)`` (arrays for an array value)."""
-        half = self.multiplier(level) * np.asarray(self.stderr) + np.asarray(self.error_bound)
+        half = self.multiplier(level, "Estimate.interval") * np.asarray(self.stderr) + np.asarray(self.error_bound)
         v = np.asarray(self.value)
         return _out(v - half), _out(v + half)
 
@@ -159,6 +167,34 @@ class Estimate:
                 "seed": self.seed, "converged": self.converged, "dof": self.dof,
                 "error_bound": tolist(np.broadcast_to(np.asarray(self.error_bound, float), np.shape(self.value))),
                 "target": self.target}
+
+
+def _check_estimate(e: "Estimate") -> None:
+    """The fields of an :class:`Estimate` a user builds by hand (errors name ``Estimate``)."""
+    where = "Estimate"
+    value = np.asarray(real_array(e.value, "value", where))
+    stderr = np.asarray(real_array(e.stderr, "stderr", where))
+    if stderr.shape not in ((), value.shape):
+        fail("stderr", where, f"a scalar or an array of the value's shape {value.shape}", f"shape {stderr.shape}")
+    if bool((stderr < 0).any()):
+        fail("stderr", where, "standard errors >= 0 (or NaN: not estimable)", e.stderr)
+    bound = np.asarray(real_array(e.error_bound, "error_bound", where))
+    if bound.shape not in ((), value.shape) or bool((bound < 0).any()):
+        fail("error_bound", where, "bounds >= 0, a scalar or of the value's shape", e.error_bound)
+    if isinstance(e.n, bool) or not isinstance(e.n, (int, np.integer)) or e.n < 0:
+        fail("n", where, "an int >= 0 (the samples used)", e.n, TypeError if not isinstance(e.n, (int, np.integer))
+             or isinstance(e.n, bool) else ValueError)
+    if not isinstance(e.method, str):
+        fail("method", where, "a str naming the estimator", e.method, TypeError)
+    if e.seed is not None and (isinstance(e.seed, bool) or not isinstance(e.seed, (int, np.integer)) or e.seed < 0):
+        fail("seed", where, "None or an int >= 0", e.seed, TypeError)
+    if not isinstance(e.converged, (bool, np.bool_)):
+        fail("converged", where, "a bool", e.converged, TypeError)
+    if isinstance(e.dof, bool) or not isinstance(e.dof, (int, float, np.integer, np.floating)) or not e.dof >= 0:
+        fail("dof", where, "a number >= 0 (inf for a closed form)", e.dof)
+    if e.target is not None and (isinstance(e.target, bool) or not isinstance(e.target, (int, float, np.floating))
+                                 or not 0 < e.target < math.inf):
+        fail("target", where, "None or a relative error in (0, inf)", e.target)
 
 
 def _out(a):
@@ -509,13 +545,31 @@ def _eval(terms, x, device, where: str) -> np.ndarray:
     if device is not None:
         x = x.to(device)
     with torch.no_grad():
-        t = _to_numpy(terms(x), where=where)
+        try:
+            out = terms(x)
+        except Exception as e:  # a user's terms: their error, its traceback kept as the cause
+            if where != "monte_carlo" or _ours(e):
+                raise
+            raise ValueError(f"The 'terms' parameter of monte_carlo must be a function that runs on inputs of shape "
+                             f"{tuple(x.shape)}; it raised {type(e).__name__}: {e} (its traceback is the cause of "
+                             f"this error).") from e
+        t = _to_numpy(out, where=where)
     if t.shape[0] != x.shape[0]:
         fail("terms", where, f"a function returning one row per sample ({x.shape[0]})", f"{t.shape[0]} rows")
+    if t.size == 0:
+        fail("terms", where, "a function returning at least one value per sample", f"shape {t.shape}")
     if not np.isfinite(t).all():
+        if where == "monte_carlo":
+            bad = t[~np.isfinite(t)][:3].tolist()
+            fail("terms", where, "a function returning finite per-sample terms", f"non-finite terms such as {bad}")
         raise FloatingPointError(f"{where}: the per-sample terms contain NaN or inf (the model, the teacher or the "
                                  "law produced a non-finite value)")
     return t
+
+
+def _ours(e: Exception) -> bool:
+    """An error in softhard's template (a user's mistake already reported), not a failure to wrap."""
+    return isinstance(e, (ValueError, TypeError)) and str(e).startswith("The '") and " parameter of " in str(e)
 
 
 def _offsets(sizes) -> list[tuple[int, int]]:

@@ -14,7 +14,7 @@ import importlib
 import math
 from typing import Any
 
-__all__ = ["REGISTRY", "MIN_SAMPLES", "get", "make_config", "did_you_mean"]
+__all__ = ["REGISTRY", "ROW_FIELDS", "MIN_SAMPLES", "MAX_SAMPLES", "get", "make_config", "did_you_mean"]
 
 # the smallest Monte Carlo sample size `softhard reproduce` accepts: a standard error from fewer draws is
 # not worth printing (the library itself accepts 2)
@@ -38,6 +38,18 @@ REGISTRY: dict[str, str] = {
 }
 
 
+# the Config fields whose values make the rows of each table (a sweep cell must give one row: one value each);
+# None: a table whose rows are not set by the config's lists (a trajectory: one row per step)
+ROW_FIELDS: dict[str, tuple[str, ...] | None] = {
+    "table1": ("taus",), "table1_limit": ("taus",), "table1_multi": ("taus",), "table2": ("offsets",),
+    "table3": ("taus",), "table3_trajectory": None, "table3_phase_contrast": ("phase_taus", "phase_contrasts"),
+    "table3_phase_anisotropy": ("phase_taus", "phase_anisotropies"),
+}
+# the most Monte Carlo draws a config may ask for (about 4 hours of Table 1 on one core): a larger number is a
+# typo, not a plan
+MAX_SAMPLES = 1 << 34
+
+
 def did_you_mean(word: str, choices) -> str:
     """`` (did you mean 'x'?)`` for the closest of ``choices`` to ``word``, or ``""``."""
     close = difflib.get_close_matches(str(word), [str(c) for c in choices], n=1, cutoff=0.6)
@@ -55,7 +67,7 @@ def make_config(name: str, overrides: dict[str, Any] | None = None):
     """``Config`` of diagnostic ``name`` with ``overrides`` checked before anything runs.
 
     Unknown keys (with the closest field suggested) and wrong types raise; then the values: sample sizes
-    and ``steps``/``d``/``K`` at least 1 (``samples`` at least 2), seeds in [0, 2**63), temperatures
+    and ``steps``/``d``/``K`` at least 1 (``samples`` in [2, :data:`MAX_SAMPLES`]), seeds in [0, 2**63), temperatures
     (``tau``, ``taus``, ``*_taus``) positive, every number finite, no empty tuple; then the module's own
     ``check(config)`` if it has one. Errors use the project's template (``ValueError``/``TypeError``).
     """
@@ -86,8 +98,8 @@ def _check_value(key: str, value, where: str) -> None:
         fail(key, where, "finite (no NaN or inf)", value)
     if key == "seed" and not 0 <= value < 2 ** 63:
         fail(key, where, "an int in [0, 2**63)", value)
-    if (key == "samples" or key.endswith("_samples")) and value < 2:
-        fail(key, where, "an int >= 2", value)
+    if (key == "samples" or key.endswith("_samples")) and not 2 <= value <= MAX_SAMPLES:
+        fail(key, where, f"an int in [2, 2**{MAX_SAMPLES.bit_length() - 1}]", value)
     if key in ("steps", "d", "K") and value < 1:
         fail(key, where, "an int >= 1", value)
     if (key in ("tau", "taus") or key.endswith("_taus")) and any(v <= 0 for v in numbers):

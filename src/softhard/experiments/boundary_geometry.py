@@ -99,7 +99,10 @@ def run(config: Config = Config(), progress: bool = False) -> Table:
                        "boundary_mass": f"β({config.width_factor:g}·τ)"},
             "perturbation": {"kind": "rotate u toward e_2, shift the score",
                              "angle_rad": config.flip_angle, "score_shift": config.flip_shift,
+                             "chosen_to_match_paper": (config.flip_angle, config.flip_shift) == (
+                                 Config.flip_angle, Config.flip_shift),
                              "router": "g'(x) = (cos α·e_1 + sin α·e_2)·x − offset + shift",
                              "why_default": _WHY_DEFAULT,
                              "flip_rate_exact": "P(sign g(X) ≠ sign g'(X)) from the bivariate normal law of (g, g')"}}
+    meta["tex_columns"] = ["offset", "boundary_mass", "boundary_mass_exact", "risk_gap", "risk_gap_exact", "flip_rate"]
     return Table("table2", cols, rows, meta)

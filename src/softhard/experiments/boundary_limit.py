@@ -84,4 +84,5 @@ def run(config: Config = Config(), progress: bool = False) -> Table:
             "note": "gap/τ → G_1 and β(w)/(2w) → ψ(0) as τ → 0 (w = 2τ); sampled columns: the conditional "
                     "estimator",
             "G1": g1, "psi0": psi0}
+    meta["tex_columns"] = ["tau", "gap_over_tau", "gap_over_tau_exact", "mass_over_2w", "mass_over_2w_exact"]
     return Table("table1_limit", cols, rows, meta)

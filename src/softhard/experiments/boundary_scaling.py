@@ -134,5 +134,7 @@ def run(config: Config = Config(), progress: bool = False) -> Table:
         meta["slopes"][c], meta["slopes"][f"{c}_stderr"] = fit["slope"], fit["slope_stderr"]
         if len(pts) < 3:
             meta["slopes"][f"{c}_note"] = f"no slope: {len(pts)} positive points with tau <= {config.slope_tau_max:g}"
+    meta["tex_columns"] = ["tau", "boundary_mass", "boundary_mass_exact", "risk_gap", "risk_gap_exact", "gap_over_tau",
+                           "gap_over_tau_exact"]  # fits a one-column text width (docs/reproduce.md)
     return Table("table1", cols, rows, meta)
 

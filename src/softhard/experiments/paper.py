@@ -2,7 +2,10 @@
 
 Data only: ``softhard reproduce`` joins them to our tables by column name (:mod:`softhard.runs.compare`)
 and writes ``<column>_paper`` beside each of our columns. The numbers are kept as the printed strings, so
-that the printed precision is known. Never tune a design to them.
+that the printed precision is known; each is copied as printed, never recomputed from another printed
+value (Table 1's (L_τ − L_0)/τ at τ = 0.2 is printed 0.5994, although 0.11989/0.2 = 0.59945). Never tune a
+design to them; the one design constant chosen to match a column (Table 2's flip perturbation, which the
+paper does not print) says so in its table's metadata and on the report.
 """
 
 from __future__ import annotations
@@ -21,7 +24,8 @@ class PaperTable:
 
     ``compare`` is ``"digits"`` (the same design: compare the numbers) or ``"shape"`` (the paper's design
     constants are not printed: compare trends and relations, not digits). ``unprinted`` names, per column,
-    the design constant the paper does not print and on which the column depends.
+    the design constant the paper does not print and on which the column depends. ``headings`` says, per
+    column, how we read a heading the paper's text does not give (shown beside the column).
     """
 
     section: str
@@ -31,6 +35,7 @@ class PaperTable:
     rows: dict[str, tuple[str, ...]]
     compare: str = "digits"
     unprinted: dict[str, str] = field(default_factory=dict)
+    headings: dict[str, str] = field(default_factory=dict)
 
 
 PAPER: dict[str, PaperTable] = {
@@ -39,7 +44,7 @@ PAPER: dict[str, PaperTable] = {
         {"0.02": ("0.0317", "0.01161", "0.5805"),
          "0.05": ("0.0797", "0.02969", "0.5938"),
          "0.1": ("0.1587", "0.05994", "0.5994"),
-         "0.2": ("0.3116", "0.11989", "0.5995"),
+         "0.2": ("0.3116", "0.11989", "0.5994"),
          "0.45": ("0.6327", "0.26180", "0.5818"),
          "0.6": ("0.7700", "0.33880", "0.5647")}),
     "table2": PaperTable(
@@ -60,5 +65,8 @@ PAPER: dict[str, PaperTable] = {
          "0.40": ("1.3268", "1.000", "3.840", "0.163", "0.133")},
         compare="shape",
         unprinted={c: "Σ, β₀, c, the student contrast, η, the number of steps and θ₀" for c in
-                   ("final_risk", "final_alignment", "router_norm", "boundary_mass", "gate_entropy")}),
+                   ("final_risk", "final_alignment", "router_norm", "boundary_mass", "gate_entropy")},
+        headings={"router_norm": "the printed table's heading of this column did not survive in the paper's text; "
+                                 "|θ_T|, the norm of the trained router (§7.3 lists the router norm |θ| among "
+                                 "the reported quantities), is our reading of it"}),
 }

@@ -357,6 +357,7 @@ def run(config: Config = Config(), progress: bool = False) -> Table:
                f"{c_u:g} (Prop. 6.3's hypothesis holds), the direction the linearised iteration (6.7) ends in; "
                + _RATE_LEFT_OUT if c_u != 0.0 else "reduced model: " + _HYPOTHESIS_FAILS)),
         "theta_final": [_vec(t) for t in fit.theta]}
+    meta["tex_columns"] = ["tau", "final_risk", "final_alignment", "router_norm", "boundary_mass", "gate_entropy"]
     table = Table("table3", cols, rows, meta)
     keep = _record_steps(config.steps)
     traj = [{"tau": float(tau), "step": int(s), "alignment_deficit": 1.0 - float(fit.alignment[s, r]),

@@ -867,7 +867,7 @@ def parse_layers(spec) -> list[int] | None:
 
 
 def find_routers(model: nn.Module, *, router_path: str | None = None, layers=None,
-                 top_k: int | None = None) -> list[RouterSite]:
+                 top_k: int | None = None, _where: str = "find_routers") -> list[RouterSite]:
     """The MoE layers of ``model``'s language model: one :class:`RouterSite` per router module, in module order.
 
     Args:
@@ -879,10 +879,14 @@ def find_routers(model: nn.Module, *, router_path: str | None = None, layers=Non
 
     Raises:
         InspectError: no MoE layer (one line saying whether the model looks like an MoE, naming the model
-            class), a pattern matching nothing, or a layer index out of range.
+            class), a pattern matching nothing, a layer index out of range, or a ``top_k`` that is not an int in
+            [1, K − 1] for the routers it would apply to. Errors name ``_where`` (the public function called).
     """
+    where = _where
     if not isinstance(model, nn.Module):
-        _fail("model", "find_routers", "a torch.nn.Module", type(model).__name__)
+        _fail("model", where, "a torch.nn.Module", type(model).__name__)
+    if top_k is not None and (isinstance(top_k, bool) or not isinstance(top_k, int) or top_k < 1):
+        _fail("top_k", where, "None or an int >= 1", top_k)
     prefix, root, cfg = language_model(model)
     mods = {prefix + n if n else prefix.rstrip("."): m for n, m in root.named_modules()}
     all_mods = dict(model.named_modules())
@@ -905,16 +909,20 @@ def find_routers(model: nn.Module, *, router_path: str | None = None, layers=Non
     for name, parent_name, m, parent, user in found:
         K = _num_experts(m) or 0
         if user and K < 2:
-            _fail("router_path", "find_routers", "a pattern matching router modules (with a K-output weight)",
+            _fail("router_path", where, "a pattern matching router modules (with a K-output weight)",
                   f"{name} of class {type(m).__name__}")
-        k = _first_attr([m, parent], _K_NAMES) or top_k or 1
+        declared_k = _first_attr([m, parent], _K_NAMES)
+        if top_k is not None and K >= 2 and top_k >= K:
+            _fail("top_k", where, f"an int in [1, {K - 1}] (the router {name} has K = {K} experts; k = K selects "
+                  "them all, with no decision to measure)", top_k)
+        k = declared_k or top_k or 1
         site = RouterSite(len(sites), name, parent_name, m, parent, UNREAD, K, k, config=cfg, user_top_k=top_k)
         site.slots["user"] = user
         sites.append(site)
     cls = type(model).__name__
     if not sites:
         if router_path is not None:
-            _fail("router_path", "find_routers", f"a pattern matching module names of {cls}", router_path)
+            _fail("router_path", where, f"a pattern matching module names of {cls}", router_path)
         hint = _moe_hint(root)
         if hint is not None and hint[1]:
             raise InspectError(f"Unknown MoE router layout for model class {cls} ({hint[0]}): no module is declared "
@@ -927,6 +935,6 @@ def find_routers(model: nn.Module, *, router_path: str | None = None, layers=Non
     keep = parse_layers(layers)
     if keep is not None:
         if keep[-1] >= len(sites):
-            _fail("layers", "inspect", f"MoE layer indices in [0, {len(sites) - 1}]", keep)
+            _fail("layers", where, f"MoE layer indices in [0, {len(sites) - 1}]", keep)
         sites = [s for s in sites if s.index in keep]
     return sites

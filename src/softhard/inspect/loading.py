@@ -99,7 +99,8 @@ def _model_class(config, trust_remote_code: bool):
 
 
 def load_model(path, *, trust_remote_code: bool = False, seed=0, dtype: torch.dtype | None = None,
-               device: str | None = None, device_map: str | None = None, notes: list | None = None):
+               device: str | None = None, device_map: str | None = None, notes: list | None = None,
+               check=None):
     """Load ``(model, tokenizer or None)`` from a local directory holding ``config.json`` (and weights).
 
     Args:
@@ -110,6 +111,9 @@ def load_model(path, *, trust_remote_code: bool = False, seed=0, dtype: torch.dt
         device: ``"cpu"``, ``"cuda[:N]"`` or ``"auto"``; device_map: ``"auto"`` (accelerate) to spread the model
             over the devices and the CPU.
         notes: a list that receives one-line remarks (e.g. a native class loaded in place of custom code).
+        check: called with the model built on the meta device (no weights read) before the weights load, so that
+            options about its structure (layers, router names, k) fail fast; skipped for a model that cannot be
+            built there.
 
     Raises:
         InspectError: not a directory with a config, a config transformers cannot read, custom code without
@@ -145,6 +149,10 @@ def load_model(path, *, trust_remote_code: bool = False, seed=0, dtype: torch.dt
     if not trust_remote_code and getattr(config, "auto_map", None) and native:
         config.auto_map = {}
     cls = _model_class(config, trust_remote_code)
+    if check is not None:
+        skeleton = _meta_model(cls, config, trust_remote_code)
+        if skeleton is not None:
+            check(skeleton)
     safetensors = sorted(p.glob("*.safetensors"))
     pickles = sorted(f for f in p.iterdir() if f.suffix in _PICKLES and f.is_file())
     if not safetensors and pickles:
@@ -162,14 +170,16 @@ def load_model(path, *, trust_remote_code: bool = False, seed=0, dtype: torch.dt
             import accelerate  # noqa: F401
         except ImportError:
             raise InspectError("--device-map auto needs the accelerate package (pip install accelerate).") from None
+    report: list[str] = []
     try:
         if safetensors:
             kw = {"dtype": dtype} if dtype is not None else {}
             placement = device_map or device
             if placement is not None:
                 kw["device_map"] = placement
-            model = cls.from_pretrained(p, config=config, trust_remote_code=trust_remote_code, local_files_only=True,
-                                        use_safetensors=True, **kw)
+            with _load_report() as report:  # transformers' load report is not for the user: one line below
+                model = cls.from_pretrained(p, config=config, trust_remote_code=trust_remote_code,
+                                            local_files_only=True, use_safetensors=True, **kw)
         else:
             notes.append(f"no weights in {path}: random weights from --seed {seed}")
             with torch.random.fork_rng(devices=[]):
@@ -185,6 +195,10 @@ def load_model(path, *, trust_remote_code: bool = False, seed=0, dtype: torch.dt
     except InspectError:
         raise
     except Exception as e:  # noqa: BLE001 - a model that cannot be built or read: one line
+        mismatch = _first_mismatch(report)
+        if mismatch:
+            raise InspectError(f"cannot load the model in {path}: its weights do not fit its config.json "
+                               f"({mismatch})") from None
         raise InspectError(f"cannot load the model in {path}: {type(e).__name__}: {_first_line(e)}") from None
     model.eval()
     tokenizer = None
@@ -196,6 +210,63 @@ def load_model(path, *, trust_remote_code: bool = False, seed=0, dtype: torch.dt
             tokenizer = None
             notes.append("the tokenizer in the directory could not be read")
     return model, tokenizer
+
+
+def _meta_model(cls, config, trust_remote_code: bool):
+    """The model of ``config`` on the meta device (structure and shapes only), or ``None`` if it cannot be built."""
+    try:
+        with torch.device("meta"):
+            auto = _auto_model(config, cls.__name__)
+            if auto is not None:
+                return auto.from_config(config, trust_remote_code=trust_remote_code)
+            return cls._from_config(config)
+    except Exception:  # noqa: BLE001 - a model that needs real tensors to build: checked after loading instead
+        return None
+
+
+class _load_report:
+    """Keep transformers' log records of a load (its load report among them) instead of printing them."""
+
+    def __enter__(self) -> list[str]:
+        import logging
+
+        from transformers.utils import logging as tlog
+
+        self.records: list[str] = []
+        records = self.records
+
+        class Keep(logging.Handler):
+            def emit(self, record):
+                records.append(record.getMessage())
+
+        self.root, self.handler = tlog._get_library_root_logger(), Keep()
+        self.defaults, self.level = list(self.root.handlers), self.root.level
+        for h in self.defaults:
+            self.root.removeHandler(h)
+        self.root.addHandler(self.handler)
+        self.root.setLevel(logging.WARNING)  # kept, not shown, whatever the verbosity
+        return self.records
+
+    def __exit__(self, *exc) -> None:
+        self.root.removeHandler(self.handler)
+        self.root.setLevel(self.level)
+        for h in self.defaults:
+            self.root.addHandler(h)
+
+
+def _first_mismatch(records: list[str]) -> str | None:
+    """``name: checkpoint (a, b) vs config (c, d)`` from a load report's first MISMATCH line, and how many differ."""
+    import re
+
+    lines = [ln for rec in records for ln in re.sub(r"\x1b\[[0-9;]*m", "", rec).splitlines() if "MISMATCH" in ln
+             and "|" in ln]
+    if not lines:
+        return None
+    name = lines[0].split("|")[0].strip()
+    shapes = re.findall(r"torch\.Size\(\[([^\]]*)\]\)", lines[0])
+    detail = f": checkpoint ({shapes[0]}) vs config ({shapes[1]})" if len(shapes) == 2 else ""
+    more = f"; {len(lines) - 1} more tensor{'s' if len(lines) > 2 else ''} differ" if len(lines) > 1 else ""
+    return f"{name}{detail}{more}"
 
 
 def vocab_size(model) -> int:

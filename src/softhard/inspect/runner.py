@@ -124,7 +124,7 @@ def inspect_model(model, batches: Iterable[Batch], *, describe: Callable | None 
         raise InspectError(f"The 'perturbation' parameter of {where} must be one of {PERTURBATIONS} or None. "
                            f"Got {perturbation!r}.")
     noise = check_float(noise, "noise", where, 0.0, math.inf)
-    sites = find_routers(model, router_path=router_path, layers=layers, top_k=top_k)
+    sites = find_routers(model, router_path=router_path, layers=layers, top_k=top_k, _where="inspect_model")
     stats = {s.index: LayerStats(s, w, reservoir=check_int(reservoir, "reservoir", where, low=2),
                                  nearest=check_int(nearest, "nearest", where, low=0), seed=seed,
                                  keep_tokens=save_tokens) for s in sites}
@@ -440,14 +440,21 @@ def _inspect_path(model: str, out, *, tokens: int = 2048, text=None, random_ids:
         zoo = parse_zoo_name(model)
     except ValueError as e:
         raise InspectError(str(e)) from None
-    if (model == DIGITS or zoo) and layers not in (None, ""):  # their MoE layers are known before any training
-        from .digits import MOE_LAYERS
+    if (model == DIGITS or zoo) and (layers not in (None, "") or top_k is not None):  # known before any training
+        from inspect import signature
+
+        from .digits import MOE_LAYERS, train_digits_moe
 
         count = MOE_LAYERS if model == DIGITS else zoo_config(*zoo).layers
         wanted = parse_layers(layers)
         if wanted and max(wanted) >= count:
             raise InspectError(f"The 'layers' parameter of inspect must be MoE layer indices in [0, {count - 1}]. "
                                f"Got {wanted}.")
+        experts = signature(train_digits_moe).parameters["num_experts"].default if model == DIGITS else \
+            zoo_config(*zoo).experts
+        if top_k is not None and (isinstance(top_k, bool) or not isinstance(top_k, int) or not 1 <= top_k < experts):
+            raise InspectError(f"The 'top_k' parameter of inspect must be an int in [1, {experts - 1}] ({model} has "
+                               f"{experts} experts per layer). Got {top_k!r}.")
     try:
         tokens = check_int(tokens, "tokens", "inspect")
         seed = check_int(seed, "seed", "inspect", low=0)
@@ -500,9 +507,13 @@ def _inspect_path(model: str, out, *, tokens: int = 2048, text=None, random_ids:
         extra = {"cache": str(lm.path), "training_seed": lm.info["config"]["seed"],
                  **{k: lm.info[k] for k in ("train_seconds", "heldout_loss", "unigram_loss", "bigram_loss", "params")}}
     else:
+        parse_layers(layers)  # the options about the model's structure are checked before its weights load
+        if text is not None:
+            _check_text(model, text)
         net, tok = load_model(model, trust_remote_code=trust_remote_code, seed=seed,
                               dtype=DTYPES[dtype] if dtype else None, device=device, device_map=device_map,
-                              notes=notes)
+                              notes=notes, check=lambda skeleton: find_routers(
+                                  skeleton, router_path=router_path, layers=layers, top_k=top_k, _where="inspect"))
         vocab = vocab_size(net)
         if text is not None:
             ids = encode_text(text, tok, vocab, max_tokens=tokens)
@@ -549,6 +560,25 @@ def _inspect_path(model: str, out, *, tokens: int = 2048, text=None, random_ids:
                                                         router_path=router_path, top_k=top_k, seed=seed,
                                                         progress=progress)
     return ins, paths + write_inspection(ins, out)
+
+
+def _check_text(model: str, text) -> None:
+    """``--text`` before any weight loads: the file exists (or names a held-out text, ``softhard:prose``) and the
+    model directory has a tokenizer."""
+    from .zoo.texts import TEXT_PREFIX, text_kind
+
+    if str(text).startswith(TEXT_PREFIX) and not Path(text).exists():
+        try:
+            text_kind(text)
+        except ValueError as e:
+            raise InspectError(str(e).replace("parameter of heldout_text", "parameter of inspect")) from None
+    elif not Path(text).exists():
+        raise InspectError(f"--text {text}: no such file or directory.")
+    p = Path(model)
+    if p.is_dir() and not any((p / f).is_file() for f in ("tokenizer.json", "tokenizer_config.json",
+                                                            "tokenizer.model", "vocab.json")):
+        raise InspectError(f"--text needs a tokenizer, and {model} has no tokenizer (no tokenizer.json, "
+                           f"tokenizer_config.json, tokenizer.model or vocab.json): give --random-ids instead.")
 
 
 def compare_rows(labels: list[str], inspections: list[Inspection]) -> list[dict]:

@@ -381,8 +381,9 @@ class Empirical(Law):
     def __init__(self, samples, *, device=None, dtype: torch.dtype = DTYPE):
         dtype, device = _setup(dtype, device, "Empirical")
         x = as_tensor(samples, "samples", "Empirical", dtype=dtype, device=device)
-        if x.ndim != 2 or x.shape[0] < 1:
-            fail("samples", "Empirical", "an array of shape (N, d) with N >= 1", f"shape {tuple(x.shape)}")
+        if x.ndim != 2 or x.shape[0] < 1 or x.shape[1] < 1:
+            fail("samples", "Empirical", "an array of shape (N, d) with N >= 1 and d >= 1",
+                 f"shape {tuple(x.shape)}")
         check_finite(x, "samples", "Empirical")
         self.points = x
         self.d, self.qmc_dim = x.shape[1], 1

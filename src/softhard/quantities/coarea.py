@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 
-from .._validate import check_float, check_grid, check_int
+from .._validate import check_float, check_grid, check_int, fail
 from ..closed.boundary import (
     interface_constant_closed,
     interface_constant_seconds,
@@ -32,7 +32,7 @@ from ..estimators.reducer import Estimate, draw, sample_mean
 from ..estimators.registry import PILOT_INDICATORS, Call, Quantity
 from ..estimators.score_space import thin_law
 from ..model.gates import top_two
-from ..model.routers import check_pair, score_gradient
+from ..model.routers import LinearRouter, check_pair, score_gradient
 from .door import exact_guard, finish, is_gaussian, is_linear_gaussian, logits_of, router_call, sampler
 from .sampled import input_seconds, input_view, score_seconds, score_view, space_of
 
@@ -139,6 +139,11 @@ def coarea_constant(router, law, pair=(0, 1), *, method: str = "auto", n: int | 
     method = COAREA_CONSTANT.check_method(method, where)
     call = router_call(where, router, law, None, n, seed, target_rel_error, sampling, **_options(where, bandwidth))
     call.options["pair"] = check_pair(pair, call.model.num_experts, where)
+    if isinstance(call.model, LinearRouter):
+        i, j = call.options["pair"]
+        if bool((call.model.weight[i] == call.model.weight[j]).all()):
+            fail("pair", where, "two experts whose scores differ somewhere (g_ij = a_i − a_j is not constant)",
+                 f"{(i, j)}: rows {i} and {j} of the router's weight are equal")
     return COAREA_CONSTANT.estimate(call, method)
 
 

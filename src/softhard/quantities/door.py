@@ -48,6 +48,7 @@ def router_call(where: str, router, law, grid, n, seed, target_rel_error, kw: di
     if r.d is not None and r.d != law.d:
         fail("law", where, f"a law on R^{r.d} (the router's input dimension)", f"a law on R^{law.d}")
     s, extra = _sampling(where, n, seed, target_rel_error, dict(kw))
+    _probe(where, law, ("router", r, "logits"))
     return Call(where, r, law, grid, None, {**options, **extra}, s)
 
 
@@ -71,7 +72,27 @@ def moe_call(where: str, moe, law, grid, teacher, n, seed, target_rel_error, kw:
         fail("law", where, f"a law on R^{moe.d} (the MoE's input dimension)", f"a law on R^{law.d}")
     t = _teacher(teacher, moe, law, where)
     s, extra = _sampling(where, n, seed, target_rel_error, dict(kw))
+    _probe(where, law, ("moe", moe.router, "router logits"), ("moe", moe.experts, "expert outputs"))
     return Call(where, moe, law, grid, t, {**options, **extra}, s)
+
+
+PROBE = 64  # draws on which a user's router and experts are tried at the door
+
+
+def _probe(where: str, law, *parts) -> None:
+    """Evaluate each ``(param, module, what)`` of ``parts`` on :data:`PROBE` draws of the law (a fixed seed, no global
+    RNG touched): a router or experts giving NaN or inf there is the user's mistake, reported naming ``param``
+    and ``where`` (a value that is non-finite only at rarer points is still caught where the terms are summed)."""
+    from ..estimators.reducer import draw
+
+    x = draw(law, PROBE, 0)
+    for param, module, what in parts:
+        with torch.no_grad():
+            out = module(x)
+        if isinstance(out, torch.Tensor) and out.is_floating_point() and not bool(torch.isfinite(out).all()):
+            bad = out[~torch.isfinite(out)].flatten()[:3].tolist()
+            fail(param, where, f"a model with finite {what} on inputs drawn from the law",
+                 f"non-finite {what} such as {bad} on {PROBE} draws")
 
 
 def _teacher(teacher, moe: MoE, law, where: str) -> Teacher:
@@ -114,12 +135,14 @@ def width_grid(values, where: str) -> tuple[torch.Tensor, bool]:
     return check_grid(values, "widths", where, low=0.0).to(torch.float64), False
 
 
-def logits_of(router, x: torch.Tensor, where: str) -> torch.Tensor:
-    """Router logits at trusted inputs, as float64 ``(N, K)``; a non-finite logit is an error naming ``where``."""
+def logits_of(router, x: torch.Tensor, where: str, param: str = "router") -> torch.Tensor:
+    """Router logits at trusted inputs, as float64 ``(N, K)``; a non-finite logit is an error naming ``param`` (the
+    user's router, or the MoE that holds it) and ``where``."""
     a = router(x).to(torch.float64)
     if not bool(torch.isfinite(a).all()):
-        raise FloatingPointError(f"{where}: the router returned non-finite logits (NaN or inf) on inputs drawn from "
-                                 "the law")
+        bad = a[~torch.isfinite(a)].flatten()[:3].tolist()
+        fail(param, where, "a router whose logits are finite on inputs drawn from the law",
+             f"non-finite logits such as {bad}")
     return a
 
 

@@ -23,8 +23,8 @@ import numpy as np
 
 from .figures import pyplot, savefig
 
-__all__ = ["figure_flips", "flips_section", "compare_routing_figure", "render_compare_routing_report",
-           "write_compare_routing_report"]
+__all__ = ["figure_flips", "flips_section", "compare_routing_figure", "compare_routing_cells",
+           "render_compare_routing_report", "write_compare_routing_report"]
 
 
 def _f(v) -> float:
@@ -145,6 +145,54 @@ def flips_section(out, table) -> list[str]:
     return parts
 
 
+def _est(v: float, se: float, fmt: str = ".4f") -> str:
+    """``v ± se``; an exact 0 as ``0``; ``± not estimable`` where the error needs two sequences."""
+    if v == 0 and se == 0:
+        return "0"
+    if not np.isfinite(se):
+        return f"{v:{fmt}} (± not estimable: one sequence)"
+    return f"{v:{fmt}} ± {se:.2g}"
+
+
+def compare_routing_cells(row: dict) -> dict[str, str]:
+    """One row of ``compare_routing.csv`` as words, never ``nan``: ``mismatch``, ``near_ties``, ``genuine``,
+    ``predicted``, ``ratio`` and ``noise_scale``.
+
+    With no mismatch in the ``N`` tokens the rate is bounded, not estimated: below :math:`3/N` at 95 % (the
+    rule of three, :math:`1 - (1 - 3/N)^N \approx 1 - e^{-3} = 0.95`, for independent tokens; :math:`3/U` over
+    ``U`` sequences if whole sequences flip together), and the near-tie share and predicted/measured are not
+    defined. Quantities that need scores on a side with expert ids only (and no ``--score-noise``) read
+    "not computed"."""
+    n = int(row["tokens"])
+    m, m_se = _f(row.get("mismatch")), _f(row.get("mismatch_stderr"))
+    units = int(row.get("sequences") or 0)
+    cells = {}
+    if m == 0:
+        seq = f"; < {3 / units:.2g} if whole sequences flip together" if units > 3 else ""
+        cells["mismatch"] = f"no mismatches in {n} tokens: rate < {3 / n:.2g} at 95 % (3/N{seq})"
+    else:
+        cells["mismatch"] = _est(m, m_se)
+    nocalc = "not computed (no score noise: see the note)"
+    if m == 0:
+        cells["near_ties"] = "not defined: no mismatches"
+    elif np.isfinite(_f(row.get("near_tie_share"))):
+        cells["near_ties"] = _est(_f(row["near_tie_share"]), _f(row.get("near_tie_share_stderr")), ".3g")
+    else:
+        cells["near_ties"] = nocalc
+    for key, name in (("genuine", "genuine"), ("predicted_mismatch", "predicted")):
+        v = _f(row.get(key))
+        cells[name] = _est(v, _f(row.get(f"{key}_stderr"))) if np.isfinite(v) else nocalc
+    if m == 0:
+        cells["ratio"] = "not defined: no mismatches"
+    elif np.isfinite(_f(row.get("ratio"))):
+        cells["ratio"] = _est(_f(row["ratio"]), _f(row.get("ratio_stderr")), ".3g")
+    else:
+        cells["ratio"] = nocalc
+    s = _f(row.get("noise_scale"))
+    cells["noise_scale"] = f"{s:.3g}" if np.isfinite(s) else "not measured"
+    return cells
+
+
 def compare_routing_figure(out) -> Path:
     """Draw ``out/compare_routing.png`` from ``out/compare_routing.json``; returns its path."""
     out = Path(out)
@@ -204,9 +252,9 @@ def render_compare_routing_report(out) -> str:
         parts.append(f'<p class="note">Note: {esc(str(note))}</p>')
     parts.append(tab(["layer", "tokens", "mismatch", "near-tie share", "genuine", "predicted", "predicted / measured",
                       "noise scale", "grid"],
-                     [[r["layer"], r["tokens"], _pm(r, "mismatch"), _pm(r, "near_tie_share"), _pm(r, "genuine"),
-                       _pm(r, "predicted_mismatch"), _pm(r, "ratio"), f"{_f(r['noise_scale']):.3g}", r.get("grid", "")]
-                      for r in rows]))
+                     [[r["layer"], r["tokens"]] + [c[k] for k in ("mismatch", "near_ties", "genuine", "predicted",
+                                                                   "ratio", "noise_scale")] + [r.get("grid", "")]
+                      for r, c in ((r, compare_routing_cells(r)) for r in rows)]))
     png = out / "compare_routing.png"
     if png.is_file():
         parts.append(f'<img alt="compare" src="data:image/png;base64,{base64.b64encode(png.read_bytes()).decode()}">')

@@ -22,6 +22,7 @@ are removed when an output set is opened. One command at a time may write to ``O
 from __future__ import annotations
 
 import contextlib
+import errno
 import hashlib
 import json
 import os
@@ -30,12 +31,15 @@ import secrets
 import shutil
 from pathlib import Path
 
-__all__ = ["OutputError", "OutputSet", "check_output_dir", "recover", "read_manifest", "sha256_file"]
+from .journal import JOURNAL, STAGE_NAME, interrupted
 
+__all__ = ["OutputError", "OutputSet", "check_output_dir", "recover", "read_manifest", "sha256_file", "verify",
+           "interrupted", "DISK_ERRNOS"]
+
+# errors of a full or read-only disk: the set is not written, the command says so in one line
+DISK_ERRNOS = frozenset({errno.ENOSPC, errno.EDQUOT, errno.EFBIG, errno.EROFS, errno.EIO})
 MANIFEST = "manifest.json"
-JOURNAL = ".publish.json"
 LOCK = ".softhard.lock"
-_STAGE = re.compile(r"^\.staging-[0-9a-z-]+$")
 _TMP = re.compile(r"^\..+\.[^.]+\.tmp$")  # atomic_write's temporary names: .NAME.XXXX.tmp
 
 
@@ -106,14 +110,34 @@ def _replay(out: Path, stage: Path, journal: dict) -> None:
     shutil.rmtree(stage, ignore_errors=True)
 
 
+def verify(out: str | os.PathLike) -> list[str]:
+    """What is wrong with the output set in ``out``, one line each (empty: complete and as written): a cut
+    publication (:func:`interrupted`), files listed in ``manifest.json`` that are missing, or whose size or
+    SHA-256 differ from it (changed after softhard wrote them)."""
+    out, problems = Path(out), []
+    for name, moved, total in interrupted(out):
+        problems.append(f"{out} is incomplete: a command was interrupted while publishing its files ({moved} of "
+                        f"{total} moved; {name}); the next softhard command on {out} completes it")
+    for entry in read_manifest(out)["files"]:
+        if not isinstance(entry, dict) or not isinstance(entry.get("path"), str):
+            continue
+        p = out / entry["path"]
+        if not p.is_file():
+            problems.append(f"{entry['path']} is listed in manifest.json but missing")
+        elif p.stat().st_size != entry.get("bytes") or sha256_file(p) != entry.get("sha256"):
+            problems.append(f"{entry['path']} differs from manifest.json (changed after softhard wrote it)")
+    return problems
+
+
 def recover(out: str | os.PathLike) -> list[str]:
     """Finish or discard what an interrupted command left in ``out``: replay journaled stages, remove the
     others and stale temporaries. Returns a line per action (for the log). Call it holding the lock."""
     out, done = Path(out), []
     if not out.is_dir():
         return done
+    cut = {name: (moved, total) for name, moved, total in interrupted(out)}
     for entry in sorted(out.iterdir()):
-        if entry.is_dir() and _STAGE.match(entry.name):
+        if entry.is_dir() and STAGE_NAME.match(entry.name):
             try:
                 journal = json.loads((entry / JOURNAL).read_text(encoding="utf-8"))
             except (OSError, ValueError):
@@ -121,7 +145,9 @@ def recover(out: str | os.PathLike) -> list[str]:
                 done.append(f"removed the unfinished stage {entry.name}")
             else:
                 _replay(out, entry, journal)
-                done.append(f"completed the interrupted publication {entry.name}")
+                moved, total = cut.get(entry.name, (0, 0))
+                done.append(f"{out} was incomplete: an interrupted command had published {moved} of the {total} "
+                            f"files of its set; completed it ({entry.name})")
         elif entry.is_file() and _TMP.match(entry.name):
             entry.unlink(missing_ok=True)
             done.append(f"removed the stale temporary {entry.name}")
@@ -189,6 +215,7 @@ class OutputSet:
         self._created: list[Path] = []
         self._lock: _Lock | None = None
         self._published = False
+        self._had_set = False
 
     # -- opening and closing
     def __enter__(self) -> "OutputSet":
@@ -203,19 +230,31 @@ class OutputSet:
         except OSError as e:
             raise OutputError(f"output directory {self.out} cannot be created: {e.strerror or e}") from None
         self._created = missing  # deepest first
+        self._had_set = (self.out / MANIFEST).is_file()
         self._lock = _Lock(self.out / LOCK)
         try:
             self._lock.acquire()
             self.recovered = recover(self.out)
             self.stage = self.out / f".staging-{os.getpid()}-{secrets.token_hex(4)}"
             self.stage.mkdir()
-        except BaseException:
+        except BaseException as e:
             self._close(failed=True)
+            if isinstance(e, OSError) and e.errno in DISK_ERRNOS:
+                raise self._disk_error(e) from e
             raise
         return self
 
     def __exit__(self, exc_type, exc, tb) -> None:
         self._close(failed=exc_type is not None or not self._published)
+        if isinstance(exc, OSError) and exc.errno in DISK_ERRNOS:  # a full disk: the old set is left as it was
+            raise self._disk_error(exc) from exc
+
+    def _disk_error(self, exc: OSError) -> OutputError:
+        if self._published:  # after the commit point: the journal finishes it
+            return OutputError(f"cannot finish publishing to {self.out}: {exc.strerror or exc} (the new set is "
+                               f"committed: the next softhard command on {self.out} completes it)")
+        kept = "the previous set is left as it was" if self._had_set else "nothing was left behind"
+        return OutputError(f"cannot write to {self.out}: {exc.strerror or exc} ({kept})")
 
     def _close(self, failed: bool) -> None:
         if self.stage is not None and not self._published:

@@ -21,7 +21,7 @@ import tomllib
 from pathlib import Path
 from typing import Callable
 
-from ..experiments import MIN_SAMPLES, REGISTRY, did_you_mean, get, make_config
+from ..experiments import MAX_SAMPLES, MIN_SAMPLES, REGISTRY, did_you_mean, get, make_config
 from ..results.outputs import OutputError, OutputSet, check_output_dir
 
 # this module is imported by the command line before the arguments are checked: numpy, torch and the
@@ -36,7 +36,7 @@ TABLES = tuple(REGISTRY)
 SUMMARY_COLUMNS = {
     "table1": ["tau", "boundary_mass", "boundary_mass_exact", "risk_gap", "risk_gap_exact", "gap_over_tau"],
     "table1_limit": ["tau", "gap_over_tau", "gap_over_tau_exact", "G1", "mass_over_2w", "mass_over_2w_exact"],
-    "table1_multi": ["K", "tau", "boundary_mass", "boundary_mass_exact", "risk_gap", "gap_over_tau"],
+    "table1_multi": ["K", "tau", "boundary_mass", "boundary_mass_exact", "risk_gap", "risk_gap_exact", "gap_over_tau"],
     "table2": ["offset", "boundary_mass", "boundary_mass_exact", "risk_gap", "risk_gap_exact", "flip_rate"],
     "table3": ["tau", "final_risk", "final_alignment", "router_norm", "boundary_mass", "gate_entropy"],
 }
@@ -101,9 +101,10 @@ def plan(out: str | os.PathLike = "results", only: str | None = None, samples: i
     The cheap checks come first (table names, ``--samples``, ``--seed``, the output path), then the config
     file and each table's ``Config`` (which imports the diagnostics)."""
     names = _select(only)
-    if samples is not None and (isinstance(samples, bool) or not isinstance(samples, int) or samples < MIN_SAMPLES):
-        raise ReproduceError(f"--samples must be an integer >= {MIN_SAMPLES} (Monte Carlo draws per estimate), "
-                             f"got {samples}")
+    if samples is not None and (isinstance(samples, bool) or not isinstance(samples, int)
+                                or not MIN_SAMPLES <= samples <= MAX_SAMPLES):
+        raise ReproduceError(f"--samples must be an integer in [{MIN_SAMPLES}, 2**{MAX_SAMPLES.bit_length() - 1}] "
+                             f"(Monte Carlo draws per estimate), got {samples}")
     if seed is not None and (isinstance(seed, bool) or not isinstance(seed, int) or not 0 <= seed < 2 ** 63):
         raise ReproduceError(f"--seed must be an integer in [0, 2**63), got {seed}")
     try:
@@ -113,11 +114,11 @@ def plan(out: str | os.PathLike = "results", only: str | None = None, samples: i
     where = f"config file {config}" if config is not None else "config"
     overrides = _load_config(Path(config) if config is not None else None)
     configs = {}
-    for name in names:
-        ov = dict(overrides.get(name, {}))
-        if samples is not None:
+    for name in [*names, *(t for t in overrides if t not in names)]:  # every section of the file is checked,
+        ov = dict(overrides.get(name, {}))                           # also those of tables not run now
+        if name in names and samples is not None:
             ov["samples"] = samples
-        if seed is not None:
+        if name in names and seed is not None:
             ov["seed"] = seed
         try:
             cfg = make_config(name, ov)
@@ -127,7 +128,8 @@ def plan(out: str | os.PathLike = "results", only: str | None = None, samples: i
             v = getattr(cfg, f.name)
             if (f.name == "samples" or f.name.endswith("_samples")) and isinstance(v, int) and v < MIN_SAMPLES:
                 raise ReproduceError(f"{where}, [{name}]: {f.name} must be >= {MIN_SAMPLES}, got {v}")
-        configs[name] = cfg
+        if name in names:
+            configs[name] = cfg
     return Plan(Path(out), tuple(names), configs)
 
 
@@ -158,6 +160,7 @@ def reproduce(out: str | os.PathLike = "results", only: str | None = None, sampl
     from .compare import join_paper
 
     vers = versions()
+    computed_at = _now()
     timings: dict[str, float] = {}
     tables = {}
     t_all = time.perf_counter()
@@ -175,7 +178,8 @@ def reproduce(out: str | os.PathLike = "results", only: str | None = None, sampl
                 timings[name] = time.perf_counter() - t0
                 run_meta = {"config": cfg, "seed": cfg.seed, "samples": cfg.samples, "softhard_version": __version__,
                             "seconds": timings[name], "python": vers["python"], "versions": vers,
-                            "produced_by": name}
+                            "produced_by": name, "computed_at": computed_at,
+                            "computed_by": command or "softhard.runs.reproduce.reproduce"}
                 table.meta.update(run_meta)
                 for extra in table.extras.values():  # the extras carry the same provenance
                     for k, v in run_meta.items():
@@ -184,7 +188,7 @@ def reproduce(out: str | os.PathLike = "results", only: str | None = None, sampl
                 with s.owner(name):
                     write_table(table, s.stage)
                 tables[name] = table
-            _render_into(s, set(p.names), command)
+            _render_into(s, set(p.names), command, from_disk=False)
             manifest = {"softhard_version": __version__, "tables_last_run": list(p.names),
                         "seconds_last_run": {**timings, "total": time.perf_counter() - t_all}, "versions": vers}
             paths = s.publish(manifest)
@@ -196,27 +200,73 @@ def reproduce(out: str | os.PathLike = "results", only: str | None = None, sampl
     return paths
 
 
-def _render_into(s: OutputSet, changed: set[str] | None, command: str | None) -> None:
-    """Render the figures whose tables changed (all when ``changed`` is None), then the report, in the stage."""
+def _now() -> str:
+    import datetime
+
+    return datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
+
+
+def _render_into(s: OutputSet, changed: set[str] | None, command: str | None, from_disk: bool,
+                 notes: list[str] = ()) -> None:
+    """Render the figures whose tables changed (all when ``changed`` is None), then the report, in the stage.
+
+    ``from_disk``: the tables were read back from files (``render``), so a table that cannot be read or drawn
+    is the files' fault: a :class:`ReproduceError` naming the file, instead of a traceback. ``notes``: what the
+    reader found wrong with the set (written at the top of the page)."""
     from ..experiments.paper import PAPER
     from ..report.figures import FIGURE_INPUTS, FIGURES, render_figure
     from ..report.reproduction import write_report
-    from ..results.io import read_table
+    from ..results.io import TableError, read_table
     from .compare import join_paper
 
+    tables = {}
+    for path in sorted(s.stage.glob("table*.json")):
+        try:
+            t = read_table(path)
+            if from_disk:
+                _check_numbers(t)
+        except TableError as e:
+            raise ReproduceError(f"{e}; run 'softhard reproduce --only {_owner(path.stem)}' to write it again") \
+                from None
+        if t.name in PAPER:  # in memory: the readings of this version, also for tables of an earlier one
+            join_paper(t)
+        tables[t.name] = t
     for name in FIGURES:
         inputs = FIGURE_INPUTS.get(name, (name,))
         if (s.stage / f"{name}.json").exists() and (changed is None or changed & set(inputs)):
             with s.owner(f"figures of {name}"):
-                render_figure(name, s.stage)
-    tables = {}
-    for path in sorted(s.stage.glob("table*.json")):
-        t = read_table(path)
-        if t.name in PAPER:  # in memory: the readings of this version, also for tables of an earlier one
-            join_paper(t)
-        tables[t.name] = t
+                try:
+                    render_figure(name, s.stage)
+                except (ValueError, TypeError, KeyError, IndexError) as e:
+                    if not from_disk:
+                        raise
+                    raise ReproduceError(f"cannot draw the figures of {name} from {s.out / (name + '.json')}: "
+                                         f"{type(e).__name__}: {' '.join(str(e).split())[:160]} (a table changed "
+                                         f"after softhard wrote it?); run 'softhard reproduce --only "
+                                         f"{_owner(name)}' to write it again") from None
     with s.owner("report"):
-        write_report(s.stage, tables, command=command)
+        write_report(s.stage, tables, command=command, notes=list(notes))
+
+
+def _owner(name: str) -> str:
+    """The diagnostic that writes table ``name`` (``table3`` for ``table3_trajectory``)."""
+    return max((t for t in REGISTRY if name == t or name.startswith(t + "_")), key=len, default=name)
+
+
+def _check_numbers(t) -> None:
+    """The columns that hold numbers (the paper's symbols and their qualified forms) hold numbers or nothing."""
+    from ..results.io import TableError
+    from ..results.labels import SYMBOLS
+
+    for c in t.columns:
+        base = next((c[: -len(x)] for x in ("_stderr", "_exact", "_first_order", "_paper_z", "_paper")
+                     if c.endswith(x)), c)
+        if base not in SYMBOLS:
+            continue
+        for i, r in enumerate(t.rows):
+            v = r.get(c)
+            if not (v is None or isinstance(v, (int, float)) and not isinstance(v, bool)):
+                raise TableError(f"table {t.name}: row {i}, column {c!r} holds {v!r}, not a number")
 
 
 def render_all(out: str | os.PathLike, echo: Callable[[str], None] = print, command: str | None = None) -> list[Path]:
@@ -225,18 +275,27 @@ def render_all(out: str | os.PathLike, echo: Callable[[str], None] = print, comm
     out = Path(out)
     if not out.is_dir():
         raise ReproduceError(f"{out} is not a directory written by 'softhard reproduce'")
-    tables = sorted(p.name for p in out.iterdir() if p.suffix in (".json", ".csv") and p.stem.startswith("table"))
-    if not any(p.endswith(".json") and p[:-5] in REGISTRY for p in tables):
-        raise ReproduceError(f"no tables found in {out} (expected files like table1.json)")
-    from ..results.outputs import read_manifest
+    from ..results.outputs import interrupted, read_manifest, verify
 
-    keep = {k: v for k, v in read_manifest(out).items() if k != "files"}
+    found = [p.name for p in out.iterdir() if p.suffix == ".json" and p.stem in REGISTRY]
+    if not found and not interrupted(out):  # checked before the lock and the clean-up touch the directory
+        raise ReproduceError(f"no tables found in {out} (expected files like table1.json)")
     try:
-        with OutputSet(out) as s:
+        with OutputSet(out) as s:  # takes the lock; completes a publication an interrupted command cut
             for line in s.recovered:
                 echo(line)
+            notes = [p for p in verify(out) if "differs from manifest" in p or "missing" in p]
+            for line in notes:
+                echo(f"warning: {line}")
+            tables = sorted(p.name for p in out.iterdir() if p.suffix in (".json", ".csv")
+                            and p.stem.startswith("table"))
+            if not any(p.endswith(".json") and p[:-5] in REGISTRY for p in tables):
+                raise ReproduceError(f"no tables found in {out} (expected files like table1.json)")
+            keep = {k: v for k, v in read_manifest(out).items() if k != "files"}
             s.link_existing(tables)  # tables written without a manifest are seen too
-            _render_into(s, None, command)
+            _render_into(s, None, command, from_disk=True,
+                         notes=[*(f"{line}." for line in s.recovered if "incomplete" in line), *notes])
+            keep["rendered_at"], keep["rendered_by"] = _now(), command or "softhard.runs.reproduce.render_all"
             return s.publish(keep)
     except OutputError as e:
         raise ReproduceError(str(e)) from None

@@ -34,6 +34,7 @@ import itertools
 import json
 import math
 import os
+import re
 import sys
 import threading
 import time
@@ -46,7 +47,7 @@ from typing import Any, Callable, Iterable, Iterator
 import numpy as np
 
 from .._validate import check_float, check_int, fail
-from ..experiments import REGISTRY, get, make_config
+from ..experiments import REGISTRY, ROW_FIELDS, get, make_config
 from ..results.io import atomic_write, to_jsonable
 from ..results.store import FORMATS, Damaged, read_parts, write_part
 from ..results.table import Table
@@ -116,7 +117,7 @@ class SweepSummary:
 # ---------------------------------------------------------------------------------------------- spec
 
 
-def load_spec(source: str | os.PathLike | dict) -> SweepSpec:
+def load_spec(source: str | os.PathLike | dict, *, _where: str = "load_spec") -> SweepSpec:
     """Read and validate a sweep spec (a TOML file, or the same content as a dict).
 
     .. code-block:: toml
@@ -138,9 +139,14 @@ def load_spec(source: str | os.PathLike | dict) -> SweepSpec:
     ``taus``, ``*_taus``, ``*_tau_*``) must be > 0 and sample counts (``samples``, ``*_samples``) >= 1, so that
     a mistyped spec fails here, before any cell runs, instead of storing NaN rows.
 
+    A registered diagnostic's cell must give one row: each list that makes the rows of its table
+    (``offsets`` of table2, ``taus`` of table1, :data:`softhard.experiments.ROW_FIELDS`) needs one value per
+    cell — an axis, or one value in ``[fixed]``; a spec that leaves such a list at its default fails here.
+
     Raises:
         SpecError: one line for an unreadable file, bad TOML, an unknown key, experiment or parameter,
-            a wrong type, a value out of range, an empty or repeated axis.
+            a wrong type, a value out of range, an empty or repeated axis, a cell that would give several rows.
+            Errors name ``load_spec`` (``softhard sweep`` on the command line).
     """
     name = "sweep spec"
     if not isinstance(source, (dict, str, os.PathLike)):
@@ -155,8 +161,12 @@ def load_spec(source: str | os.PathLike | dict) -> SweepSpec:
             raise SpecError(f"{name}: not valid TOML ({e})") from None
     try:
         return _parse(source)
-    except (ValueError, TypeError) as e:
-        raise SpecError(f"{name}: {e}") from None
+    except (ValueError, TypeError) as e:  # the template names the function the user called
+        msg = _TEMPLATE.sub(lambda m: f"The '{m.group(1)}' parameter of {_where} must be", str(e), count=1)
+        raise SpecError(f"{name}: {msg}") from None
+
+
+_TEMPLATE = re.compile(r"The '([^']+)' parameter of .+? must be")
 
 
 def _parse(doc: dict) -> SweepSpec:
@@ -205,7 +215,24 @@ def _parse(doc: dict) -> SweepSpec:
             cells.append(Cell(cid, experiment, params, seed, labels, table))
     if len({c.id for c in cells}) < len(cells):
         fail("axes", WHERE, "axes whose values give distinct cells (1 and 1.0 are one value)", axes)
+    if experiment in REGISTRY:
+        _one_row(experiment, table or experiment, cells, axes)
     return SweepSpec(experiment, fixed, axes, seeds, table, fmt, tuple(log_axes), tuple(cells))
+
+
+def _one_row(experiment: str, table: str, cells: list[Cell], axes: dict) -> None:
+    """Every cell of a registered diagnostic gives one row of ``table`` (see :func:`load_spec`)."""
+    fields = ROW_FIELDS.get(table, ())
+    if fields is None:
+        fail("table", WHERE, f"a table with one row per cell ({table} has one row per step of the run)", table)
+    default = get(experiment).Config()
+    for cell in cells[:1]:  # the cells differ only in the axes, each of which sets one value
+        for f in fields:
+            value = cell.params.get(f, getattr(default, f, ()))
+            if isinstance(value, (list, tuple)) and len(value) != 1:
+                hint = "the default" if f not in cell.params else "one cell"
+                fail(f, WHERE, f"one value per cell, as an axis or in [fixed] ({table} gives one row per value of {f}"
+                     f"{'; the spec has no axes' if not axes else ''})", f"{list(value)} ({hint})")
 
 
 def _mapping(value, key: str) -> dict:
@@ -524,18 +551,40 @@ def _processes(cells: list[Cell], workers: int) -> Iterator[dict]:
         pool.shutdown(wait=True, cancel_futures=True)
 
 
-def _dask(cells: list[Cell], scheduler: str | None, workers: int | None) -> Iterator[dict]:
+CONNECT_SECONDS = 20  # how long run_sweep tries to reach a Dask scheduler
+
+
+def _dask_client(scheduler: str | None, workers: int | None):
+    """``(client, cluster)``: connected before anything is written, so that an unreachable scheduler leaves no
+    file behind (an ``OSError`` naming the address, one line)."""
     try:
-        from distributed import Client, LocalCluster, as_completed
+        from distributed import Client, LocalCluster
     except ImportError:  # pragma: no cover - dask is part of softhard[sweep]
         raise ImportError("Dask executors need dask[distributed]: pip install 'softhard[sweep]'") from None
     import logging
 
     cluster = None
-    if scheduler is None:
-        cluster = LocalCluster(n_workers=workers, threads_per_worker=1, processes=True, dashboard_address=None,
-                               silence_logs=logging.ERROR)
-    client = Client(cluster if cluster is not None else scheduler)
+    logger = logging.getLogger("distributed")
+    level = logger.level
+    logger.setLevel(logging.CRITICAL)  # its retries and warnings are not for the user: the one line below is
+    try:
+        if scheduler is None:
+            cluster = LocalCluster(n_workers=workers, threads_per_worker=1, processes=True, dashboard_address=None,
+                                   silence_logs=logging.ERROR)
+        return Client(cluster if cluster is not None else scheduler, timeout=CONNECT_SECONDS), cluster
+    except (OSError, TimeoutError, ValueError, TypeError) as e:
+        if cluster is not None:
+            cluster.close()
+        where = f"the Dask scheduler at {scheduler}" if scheduler is not None else "a local Dask cluster"
+        raise OSError(f"cannot reach {where}: {' '.join(str(e).split())}") from None
+    finally:
+        logger.setLevel(level)
+
+
+def _dask(cells: list[Cell], connected) -> Iterator[dict]:
+    from distributed import as_completed
+
+    client, cluster = connected
     try:
         futures = {client.submit(run_cell, c, key=f"softhard-cell-{c.id}"): c for c in cells}
         for fut in as_completed(futures):
@@ -545,6 +594,13 @@ def _dask(cells: list[Cell], scheduler: str | None, workers: int | None) -> Iter
         client.close()
         if cluster is not None:
             cluster.close()
+
+
+def _close(connected) -> None:
+    client, cluster = connected
+    client.close()
+    if cluster is not None:
+        cluster.close()
 
 
 def _outcome(fut, cell: Cell) -> dict:
@@ -585,11 +641,45 @@ def run_sweep(spec: SweepSpec | str | os.PathLike, out: str | os.PathLike, *, wo
         fail("scheduler", "run_sweep", "used alone (not with workers or dask_local)", scheduler)
     batch = check_int(batch, "batch", "run_sweep", low=1)
     flush_seconds = check_float(flush_seconds, "flush_seconds", "run_sweep", low=0.0)
+    out, t0 = _path(out, "out", "run_sweep"), time.perf_counter()
+    connected = _dask_client(scheduler, workers) if scheduler is not None or dask_local else None
+    store = _store(out)
+    created = [p for p in (store, out, *out.absolute().parents) if not p.exists()][::-1]
+    try:
+        store.mkdir(parents=True, exist_ok=True)
+        return _run(spec, out, store, connected, workers, fresh, progress, batch, flush_seconds, t0)
+    except BaseException:
+        if connected is not None:
+            with _suppress():
+                _close(connected)
+        _remove_empty(out, store, created)
+        raise
+
+
+def _suppress():
+    import contextlib
+
+    return contextlib.suppress(Exception)
+
+
+def _remove_empty(out: Path, store: Path, created: list[Path]) -> None:
+    """After a failed first run into a new directory (a full disk, a crash before any cell was stored): remove
+    what this run created and left empty, so that nothing but finished cells ever stays behind."""
+    if out.absolute() not in [c.absolute() for c in created] or any(store.glob("part-*")):
+        return
+    for p in (store, out):
+        for tmp in [*p.glob(".*.tmp"), p / "sweep.json"] if p.is_dir() else []:
+            tmp.unlink(missing_ok=True)
+    for d in reversed(created):  # deepest first; stops at the first that is not empty
+        try:
+            d.rmdir()
+        except OSError:
+            break
+
+
+def _run(spec, out, store, connected, workers, fresh, progress, batch, flush_seconds, t0) -> SweepSummary:
     from .. import __version__
 
-    out, t0 = _path(out, "out", "run_sweep"), time.perf_counter()
-    store = _store(out)
-    store.mkdir(parents=True, exist_ok=True)
     if fresh:
         for p in [*store.glob("part-*"), *store.glob(".part-*.tmp")]:
             p.unlink()
@@ -600,8 +690,10 @@ def run_sweep(spec: SweepSpec | str | os.PathLike, out: str | os.PathLike, *, wo
     cached = len(spec.cells) - len(pending)
     if not pending:
         records: Iterable[dict] = ()
-    elif scheduler is not None or dask_local:
-        records = _dask(pending, scheduler, workers)
+        if connected is not None:
+            _close(connected)
+    elif connected is not None:
+        records = _dask(pending, connected)
     elif workers is not None:
         records = _processes(pending, workers)
     else:
