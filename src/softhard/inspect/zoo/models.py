@@ -352,6 +352,12 @@ def zoo_table(*, small: bool = False, cache_dir=None, train: bool = False, progr
         for kind, v in kinds.items():
             row |= {f"{kind}_loss": v["loss"], f"{kind}_loss_stderr": v["loss_stderr"],
                     f"{kind}_bigram": v["bigram_loss"]}
-        row["load_max_ratio"] = max(info.get("heldout_load_max_ratio") or [float("nan")])
+        loads = info.get("heldout_load_max_ratio")
+        if not loads:  # a cache trained before the load was recorded
+            from .train import heldout_ids, heldout_load
+
+            loads = heldout_load(lm.model, heldout_ids(lm, info["config"]["heldout_bytes"]),
+                                 info["config"]["seq_len"])
+        row["load_max_ratio"] = max(loads)
         rows.append(row)
     return rows
