@@ -47,6 +47,7 @@ from .._validate import check_grid, check_int, fail
 from ..estimators.kernel import density_at_zero, kernel, kernel_bandwidth
 from ..estimators.reducer import Estimate, mean_estimate, resolve_seed
 from ..model.gates import top_two
+from .digits import DIGITS
 from .hooks import read_routers
 from .layouts import InspectError, RouterSite, find_routers
 from .loading import Batch
@@ -536,8 +537,6 @@ def harden_inspected(model_name: str, net, batches: list[Batch], out, *, taus=No
                      top_k: int | None = None, seed=0, progress: bool = False) -> tuple[dict, list[Path]]:
     """:func:`harden` for ``softhard inspect --harden``: the task loss of the model (``softhard:digits``: the
     labels; a causal LM: the next token), the files of :func:`write_hardening`; returns ``(summary, paths)``."""
-    from .runner import DIGITS
-
     if model_name == DIGITS:
         from .digits import digits_data
 
