@@ -15,8 +15,9 @@ from pathlib import Path
 
 DOC = Path(__file__).resolve().parents[1] / "docs" / "inspect.md"
 BEGIN, END = "<!-- families:begin (scripts/inspect_families.py) -->", "<!-- families:end -->"
-HEADER = ("| family | model class built | status | MoE layers | agreement | routing rule (as identified) | note |\n"
-          "|---|---|---|---|---|---|---|")
+HEADER = ("| family | model class built | status | MoE layers | agreement | checked against | weights agree | "
+          "routing rule (as identified) | note |\n"
+          "|---|---|---|---|---|---|---|---|---|")
 
 
 def table() -> str:

@@ -41,8 +41,14 @@ def quiet_transformers():
 
 @pytest.fixture(scope="session")
 def zoo_cache(tmp_path_factory):
-    """An empty model cache for the zoo's test-sized models (one per test process, as on CI)."""
-    return tmp_path_factory.mktemp("softhard-zoo-cache")
+    """The model cache of the zoo's test-sized models: ``$SOFTHARD_CACHE`` when set (trained once, then read back;
+    the cache key holds the whole configuration, so they never stand in for the full-size models), else an empty
+    folder per test process (as on CI, where each is trained in seconds)."""
+    import os
+    from pathlib import Path
+
+    env = os.environ.get("SOFTHARD_CACHE")
+    return Path(env) if env else tmp_path_factory.mktemp("softhard-zoo-cache")
 
 
 @pytest.fixture(scope="session")

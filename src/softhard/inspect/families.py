@@ -43,12 +43,14 @@ NOT_TOKEN_MOE = {
 _NOTES = {
     "dbrx": "transformers 5.23's DbrxAttention reads attn_config.rope_theta and clip_qkv, which the default "
             "DbrxAttentionConfig lacks: the tiny config sets them (real checkpoints carry them)",
-    "nllb_moe": "the block hands its experts the one-hot top-1 mask, not expert indices: agreement is against "
-                "the router's own top-2 choice (combine weights)",
+    "nllb_moe": "transformers 5.23's NllbMoeExperts one-hot encodes again the top-1 mask its block hands it, so "
+                "experts 0 and 1 compute every token, weighted by the router's top-2 and top-1 probabilities",
     "phimoe": "selection: top-2 of the logits in eval mode; weights by the model's sparsemixer",
     "doge": "product-key experts: the K = n² scores are sums x_i + y_j of two sub-key logits",
     "deepseek_v4": "the tiny model's layers are hash layers (token id -> experts): margin infinite, β = 0",
     "switch_transformers": "encoder-decoder; tokens beyond an expert's capacity are dropped (counted)",
+    "axk2": "the tiny config sets n_group=4, topk_group=2 (the grouped routing of the larger A.X-K2 releases); the "
+            "groups left out are masked with 0.0, not -inf, as the model does",
 }
 
 # size fields shrunk in every (sub)configuration, when the configuration has them
@@ -82,11 +84,10 @@ _FILL_NONE = ("num_experts_per_tok", "head_dim", "num_experts", "n_routed_expert
 _GROUPS = {"n_group": 4, "topk_group": 2}
 # per-family keyword overrides (after the generic shrinking)
 _PYRAMID = {"num_hidden_layers": 4, "hidden_sizes": [8, 8, 16, 32], "depths": [1, 1, 1, 1]}
-_HYBRID = {"layer_types": ["linear_attention", "full_attention"]}
 _OVERRIDES: dict[str, dict] = {
     "switch_transformers": {"num_sparse_encoder_layers": 1, "num_sparse_decoder_layers": 1},
     "beam": {"mlp_layer_types": ["dense", "sparse"]},
-    "qwen3_next": _HYBRID, "qwen3_5_moe": {"text_config": _HYBRID},
+    "axk2": {"n_group": 4, "topk_group": 2},
     "deepseek_ocr2": {"text_config": {"mlp_layer_types": ["dense", "sparse"]}},
     "gemma4": {"text_config": {"enable_moe_block": True, "num_experts": 8, "top_k_experts": 2,
                                "moe_intermediate_size": 32}},
@@ -107,10 +108,9 @@ _OVERRIDES: dict[str, dict] = {
     "ernie4_5_vl_moe": {"text_config": {"rope_parameters": {"rope_type": "default", "rope_theta": 500000.0,
                                                            "mrope_section": [1, 1, 2]}}},
     "nemotron_h_omni": {"vision_config": {"video_temporal_patch_size": 2}},
-    "qwen4_exp": {"text_config": {**_HYBRID, "indexer_n_heads": 2, "indexer_kv_heads": 1, "indexer_head_dim": 8,
+    "qwen4_exp": {"text_config": {"indexer_n_heads": 2, "indexer_kv_heads": 1, "indexer_head_dim": 8,
                                   "indexer_budget": 8, "indexer_compress_ratio": 2}},
     "zaya": {"num_experts_per_tok": 1},
-    "kimi_linear": _HYBRID,
     "bailing_hybrid": {"layer_group_size": 2},
     "glm4v_moe": {"text_config": {"rope_parameters": {"rope_type": "default", "rope_theta": 10000.0,
                                                       "mrope_section": [1, 1, 0], "partial_rotary_factor": 0.5}}},
@@ -334,17 +334,27 @@ def build_tiny(fam: Family | str, seed: int = 0, bias_scale: float = 0.05, overr
 
 
 def check_family(fam: Family | str, workdir=None, seed: int = 0, tokens: int = 48, overrides: dict | None = None,
-                 keep: bool = False):
+                 keep: bool = False, seq_len: int = 1, batch_size: int = 1):
     """Build, save, reload, run and check one family. Returns ``{"family", "status", "rule", "layers",
-    "agreement", "note", "model_class"}`` where status is ``supported``, ``unsupported``, ``not built`` or
-    ``no-moe``; with ``keep`` also ``(model, sites, batch)`` (``None`` when not built)."""
+    "agreement", "weight_agreement", "truth", "note", "model_class"}`` where status is ``supported``,
+    ``unsupported``, ``not built`` or ``no-moe``; with ``keep`` also ``(model, sites, batch)`` (``None`` when not
+    built; ``batch`` all the tokens as two sequences).
+
+    The ``tokens`` random tokens run as batches of ``batch_size`` sequences of ``seq_len`` (default one token per
+    forward, the hardest case for identifying a rule): the rules are identified as ``softhard inspect`` does (as
+    many forwards as it takes, :func:`softhard.inspect.layouts.identify_rule`), then every batch runs again and
+    softhard's selection is compared, token by token, with the experts that really computed the token
+    (``truth = "experts"``: :func:`softhard.inspect.hooks.experts_truth`), or with the router's returned selection
+    where the experts cannot be watched (``truth = "router output"``); ``weight_agreement`` is the share of tokens
+    whose returned weights equal the identified weight map."""
     from .hooks import RouterCapture
-    from .layouts import InspectError, find_routers
+    from .layouts import InspectError, find_routers, settle
     from .loading import load_model, token_batches, vocab_size
+    from .stats import weights_agree
 
     fam = fam if isinstance(fam, Family) else family(fam)
     row = {"family": fam.name, "model_class": fam.model_class, "status": "unsupported", "rule": "", "layers": 0,
-           "agreement": float("nan"), "note": ""}
+           "agreement": float("nan"), "weight_agreement": float("nan"), "truth": "", "note": ""}
     kept = (None, None, None)
 
     def done():
@@ -373,39 +383,65 @@ def check_family(fam: Family | str, workdir=None, seed: int = 0, tokens: int = 4
             row["status"] = "no-moe" if "has no MoE layers" in str(e) else "unsupported"
             return done()
         ids = torch.randint(0, vocab_size(model), (tokens,), generator=torch.Generator().manual_seed(seed))
-        batch = token_batches(model, ids, tokens // 2, 2)[0]
-        got, truth = {}, {}
-        with handed_selection(sites, truth):
-            try:
-                with RouterCapture(sites, lambda site, routed, args: got.setdefault(site.index, []).append(
-                        (routed, site.rule.select(routed.logits, routed.token_ids)))), torch.no_grad():
-                    model(**batch.inputs)
-            except Exception as e:  # noqa: BLE001
-                row["note"] = f"{type(e).__name__}: {_line(e)}"
-                return done()
-        kept = (model, sites, batch)
-        agree, n = 0, 0
-        for s in sites:
-            for j, (routed, mine) in enumerate(got.get(s.index, [])):
-                ref = truth.get(s.index, [])
-                handed = j < len(ref) and ref[j].shape == mine.shape and not s.rule.zero_experts
-                if not routed.observed and not handed:
+        batches = token_batches(model, ids, seq_len, batch_size)
+        got = {}
+        try:
+            with torch.no_grad():
+                with RouterCapture(sites, lambda site, routed, args: None):  # identification, as inspect does
+                    for b in batches:
+                        if not any(s.rule is None or not s.identified for s in sites):
+                            break
+                        model(**b.inputs)
+                settle(sites)
+                with RouterCapture(sites, lambda site, routed, args: got.setdefault(site.index, []).append(routed)):
+                    for b in batches:
+                        model(**b.inputs)
+        except Exception as e:  # noqa: BLE001
+            row["note"] = f"{type(e).__name__}: {_line(e)}"
+            return done()
+        kept = (model, sites, token_batches(model, ids, max(1, tokens // 2), 2)[0])  # all tokens, for re-runs
+        agree = n = w_agree = w_n = 0
+        sources = set()
+        for s, routed in ((s, r) for s in sites for r in got.get(s.index, [])):
+            with torch.no_grad():
+                mine = s.rule.select(routed.logits, routed.token_ids).cpu()
+                if routed.truth is not None:
+                    t = routed.truth.cpu()
+                    mem = torch.zeros_like(t).scatter(1, mine.clamp_min(0), True)
+                    ok = (mem == t).all(-1) | (bool(s.rule.capacity) & (t <= mem).all(-1))
+                    sources.add("experts")
+                elif routed.observed:
+                    own = torch.sort(routed.selected.cpu(), -1).values
+                    ok = (mine == own).all(-1) | (own < 0).any(-1)
+                    sources.add("router output")
+                else:
                     continue
-                own = torch.sort((ref[j] if handed else routed.selected).to(mine.device), -1).values
-                ok = (mine == own).all(-1) | (own < 0).any(-1)
                 agree += int(ok.sum())
                 n += ok.numel()
+                sel = routed.selected
+                kept_rows = (sel >= 0).all(-1)
+                if routed.weights is not None and s.rule.weights not in (None, "block", "sparsemixer") and bool(
+                        kept_rows.any()):
+                    wa = weights_agree(s.rule, routed.logits[kept_rows], sel[kept_rows], routed.weights[kept_rows])
+                    w_agree += int(wa.sum())
+                    w_n += wa.numel()
         called = [s for s in sites if s.rule is not None]
         row.update(layers=len(called), rule=called[0].rule.describe() if called else "",
-                   agreement=agree / n if n else float("nan"))
+                   agreement=agree / n if n else float("nan"), weight_agreement=w_agree / w_n if w_n else float("nan"),
+                   truth=" and ".join(sorted(sources)))
         if not called:
             row["note"] = "no router was called on text input"
         elif n == 0:
             row.update(status="supported", note="selection not observable (the router returns logits only)")
-        elif agree == n:
+        elif agree == n and (w_n == 0 or w_agree == w_n):
             row["status"] = "supported"
+        elif agree < n:
+            row["note"] = f"softhard's selection differs from the experts' on {n - agree} of {n} tokens"
         else:
-            row["note"] = f"softhard's selection differs from the model's on {n - agree} of {n} tokens"
+            row["note"] = f"the returned weights differ from the identified weight map on {w_n - w_agree} of {w_n} tokens"
+        amb = [f"layer {s.index}: {s.rule_note}" for s in called if s.rule_note]
+        if amb:
+            row["note"] = "; ".join(x for x in (row["note"], "ambiguous rule: " + "; ".join(amb)) if x)
         if row["status"] == "supported" and called and not called[0].rule.weights:
             row["note"] = "weights not identified: no temperature re-routing"
         if row["status"] == "supported" and fam.name in _NOTES:
@@ -470,8 +506,11 @@ def table_line(row: dict) -> str:
               "unsupported": "unsupported"}[row["status"]]
     agree = row["agreement"]
     agree = "" if agree != agree else f"{agree:.3g}"
+    wagree = row.get("weight_agreement", float("nan"))
+    wagree = "" if wagree != wagree else f"{wagree:.3g}"
     cells = [f"`{row['family']}`", f"`{row['model_class']}`" if row["model_class"] else "", status,
-             str(row["layers"] or ""), agree, row["rule"].replace("|", "/"), row["note"].replace("|", "/")]
+             str(row["layers"] or ""), agree, row.get("truth", ""), wagree, row["rule"].replace("|", "/"),
+             row["note"].replace("|", "/")]
     return "| " + " | ".join(cells) + " |"
 
 
@@ -483,5 +522,5 @@ def table_summary(rows: list[dict]) -> str:
     ok = sum(r["status"] == "supported" for r in rows)
     none = sum(r["status"] == "no-moe" for r in rows)
     return (f"transformers {transformers.__version__} has **{n} MoE families**; softhard supports **{ok}** of them "
-            f"(its selection equals the model's own on every token of a tiny saved model); {none} are not "
-            f"token-routed MoEs; {n - ok - none} are not supported.")
+            f"(its selection equals what the experts compute on every token of a tiny saved model, one token per "
+            f"forward); {none} are not token-routed MoEs; {n - ok - none} are not supported.")

@@ -67,7 +67,7 @@ from .._validate import fail
 from .rules import RoutingRule, score_function
 
 __all__ = ["InspectError", "Layout", "RouterSite", "Routed", "LAYOUTS", "find_routers", "parse_layers",
-           "identify_rule", "language_model"]
+           "identify_rule", "settle", "language_model", "IDENTIFY_MIN_TOKENS", "IDENTIFY_MAX_TOKENS"]
 
 
 class InspectError(ValueError):
@@ -82,14 +82,16 @@ def _fail(param: str, where: str, rule: str, value) -> None:
 class Routed:
     """One router call, read: ``logits (N, K)`` in the router's dtype, the model's selection ``(N, k)`` (``-1``
     where a token is dropped), the weights ``(N, k)`` when returned, the token ids ``(N,)`` when the router
-    takes them (hash routing), and whether the selection was read from the model (``observed``) or computed by
-    the rule (a router returning logits only)."""
+    takes them (hash routing), whether the selection was read from the model (``observed``) or computed by
+    the rule (a router returning logits only), and ``truth (N, K)`` bool: the experts seen computing each token
+    (filled by :class:`softhard.inspect.hooks.RouterCapture` after the block ran; ``None`` when not observable)."""
 
     logits: torch.Tensor
     selected: torch.Tensor
     weights: torch.Tensor | None = None
     token_ids: torch.Tensor | None = None
     observed: bool = True
+    truth: torch.Tensor | None = None
 
 
 @dataclass(frozen=True)
@@ -115,6 +117,8 @@ class RouterSite:
         rule: the :class:`~softhard.inspect.rules.RoutingRule`, identified at the first call.
         config: the (text) config of the model, when it has one.
         user_top_k: ``k`` given by the user for a router whose block declares none.
+        identified: whether the rule is settled (:func:`identify_rule`); rule_note: why a settled rule is still
+            ambiguous ("" when it is not).
     """
 
     index: int
@@ -129,13 +133,27 @@ class RouterSite:
     config: object | None = None
     user_top_k: int | None = None
     slots: dict = field(default_factory=dict)
+    identified: bool = False
+    rule_note: str = ""
+
+    def observe(self, routed: Routed, truth: torch.Tensor | None) -> None:
+        """After the block ran on a call read while the rule was not settled: what its experts computed
+        (``truth (N, K)`` bool or ``None``) joins the evidence, and the rule is revised."""
+        ev = self.slots.get("evidence")
+        if ev is None or self.identified:
+            return
+        ev.add_truth(routed, truth)
+        self.rule, self.rule_note = ev.rule(self, False)
+        self.identified = ev.decided
+        if self.identified:
+            self.slots.pop("evidence", None)
 
     def read(self, args, output) -> Routed:
         """Read one forward call of the router (identifying the format and the rule at the first call)."""
         if self.layout is UNREAD:
             self.layout = _detect(self, args, output)
         routed = self.layout.parse(self, args, output)
-        if self.rule is None:
+        if self.rule is None or not self.identified:
             self.rule = identify_rule(self, args, output, routed)
             self.num_experts, self.top_k = self.rule.num_experts, self.rule.k
         if not routed.observed:
@@ -650,63 +668,108 @@ def _declared_scores(site) -> list[str]:
     return out
 
 
-def _identify_weights(rule_kw, logits, sel, w, candidates):
-    """``(psi, normalize, scale (K,) or None)`` such that ``w = scale[idx] · u(a)`` slot by slot, for the candidate
-    weight map ``u`` that fits best (largest relative spread of ``w / u`` within an expert below a tolerance set by
-    the weights' dtype); ``(None, False, None)`` when none fits."""
-    K = logits.shape[1]
-    a = logits.to(torch.float64)
+IDENTIFY_MIN_TOKENS = 16  # a rule is settled from at least this many tokens (fewer only when the input ends)
+IDENTIFY_MAX_TOKENS = 4096  # evidence kept per layer; a rule still ambiguous by then is settled with a note
+_FILLS = (-math.inf, 0.0)  # what the experts of the groups left out are masked with (AXK2: 0.0)
+
+
+def _weight_levels(rule_kw, a, sel, w, candidates):
+    """Per candidate weight map ``(psi, normalize)``: the simplest form that fits the returned weights ``w (N, k)``
+    slot by slot — level 0: ``w = u(a)``; 1: ``w = c·u(a)``, one constant; 2: ``w = c_i·u_i(a)``, one constant per
+    expert; ``None``: none — with ``(level, scale (K,) or None, u on the slots)``."""
+    K = a.shape[1]
     wd = w.dtype
     w = w.to(torch.float64)
     ok = (sel >= 0) & (sel < K) & (w != 0) & torch.isfinite(w)
-    if not bool(ok.any()):
-        return None, False, None
     tol = max(1e-4, 4 * torch.finfo(wd).eps)
-    best = None
-    for order, (psi, norm) in enumerate((p, n) for p in candidates for n in (True, False)):
+    out = []
+    for psi, norm in ((p, n) for p in candidates for n in (True, False)):
         try:
-            rule = RoutingRule(**{**rule_kw, "weights": psi, "normalize": norm})
-            u = rule.weight_shape(a, sel.clamp(0, K - 1))
+            u = RoutingRule(**{**rule_kw, "weights": psi, "normalize": norm}).weight_shape(a, sel.clamp(0, K - 1))
         except (ValueError, TypeError):
             continue
         r = w / u
         good = ok & torch.isfinite(r) & (u > 0)
         if not bool(good.any()):
             continue
-        scale = torch.full((K,), math.nan, dtype=torch.float64)
-        spread = 0.0
-        for e in torch.unique(sel[good]).tolist():
-            re = r[good & (sel == e)]
-            lo, hi = float(re.min()), float(re.max())
-            spread = max(spread, (hi - lo) / max(abs(hi), abs(lo), 1e-300))
-            scale[e] = float(re.median())
-        if spread <= tol and (best is None or spread < best[0] * 0.5):
-            best = (spread, psi, norm, scale)
-    if best is None:
-        return None, False, None
-    _, psi, norm, scale = best
-    seen = scale[~torch.isnan(scale)]
-    lo, hi = float(seen.min()), float(seen.max())
-    if hi - lo <= tol * max(abs(hi), abs(lo)):  # one constant (the model's float rounding aside)
-        c = float(seen.median())
-        return psi, norm, None if abs(c - 1) <= tol else torch.full((K,), c, dtype=torch.float64)
-    return psi, norm, torch.where(torch.isnan(scale), seen.median(), scale)
+        rg = r[good]
+
+        def spread(v):
+            lo, hi = float(v.min()), float(v.max())
+            return (hi - lo) / max(abs(hi), abs(lo), 1e-300)
+
+        if float((rg - 1).abs().max()) <= tol:
+            out.append(((psi, norm), 0, None, u))
+        elif spread(rg) <= tol:
+            out.append(((psi, norm), 1, torch.full((K,), float(rg.median()), dtype=torch.float64), u))
+        else:
+            scale = torch.full((K,), math.nan, dtype=torch.float64)
+            fits = True
+            for e in torch.unique(sel[good]).tolist():
+                re = r[good & (sel == e)]
+                if spread(re) > tol:
+                    fits = False
+                    break
+                scale[e] = float(re.median())
+            if fits:
+                seen = scale[~torch.isnan(scale)]
+                out.append(((psi, norm), 2, torch.where(torch.isnan(scale), seen.median(), scale), u))
+    return out, ok, tol
 
 
-def _probe_scores(site, args, bias_where, rule_kw, candidates, logits):
-    """The candidate score maps whose selection matches the router's own under random selection biases."""
+def _identify_weights(rule_kw, logits, sel, w, candidates, final: bool = False):
+    """``(psi, normalize, scale (K,) or None, decided, note)``: the weight map of the simplest form that fits the
+    returned weights (:func:`_weight_levels`). It is *decided* when exactly one candidate fits at the lowest level
+    (or the candidates that fit there give the same weights, e.g. normalised over ``k = 1``) and the data can tell
+    that level from the simpler ones: two slots for one constant, two experts seen twice each for per-expert
+    constants. With ``final`` the best guess is returned (first in candidate order) with a note when it is not
+    decided."""
+    a = logits.to(torch.float64)
+    fits, ok, tol = _weight_levels(rule_kw, a, sel, w, candidates)
+    if not fits:
+        n = int(ok.sum())
+        return None, False, None, n >= 2, "no weight map fits the returned weights"
+    best = min(f[1] for f in fits)
+    at = [f for f in fits if f[1] == best]
+    u0 = at[0][3]
+    same = all(torch.allclose(f[3], u0, rtol=tol, atol=0) and f[1] == best for f in at)
+    slots = int(ok.sum())
+    counts = torch.bincount(sel[ok].clamp(0, a.shape[1] - 1).reshape(-1), minlength=a.shape[1])
+    enough = {0: slots >= 1, 1: slots >= 2, 2: int((counts >= 2).sum()) >= 2}[best]
+    decided = enough and (len(at) == 1 or same)
+    (psi, norm), level, scale, _ = at[0]
+    note = ""
+    if not decided:
+        names = ", ".join(f"{p}{' normalised' if n else ''}" for (p, n), *_ in at)
+        note = (f"weights: {len(at)} maps fit equally ({names}) on {slots} slots" if len(at) > 1 and not same else
+                f"weights: too few slots ({slots}) to tell the form apart")
+    if scale is not None:
+        seen = scale[~torch.isnan(scale)]
+        lo, hi = float(seen.min()), float(seen.max())
+        if hi - lo <= tol * max(abs(hi), abs(lo)):
+            c = float(seen.median())
+            scale = None if abs(c - 1) <= tol else torch.full((a.shape[1],), c, dtype=torch.float64)
+    return psi, norm, scale, decided, note
+
+
+def _probe_call(site, args, bias_where, rule_kw, alive, logits, gen) -> list:
+    """The candidates ``(scores, fill)`` of ``alive`` whose selection matches the router's own on this call under
+    random selection biases (one per candidate score map, plus one shifted below every score when the groups left
+    out could be masked with 0, which tells the two masks apart)."""
     K = logits.shape[1]
-    alive = list(dict.fromkeys(candidates))
-    g = torch.Generator().manual_seed(20240611)
-    for phi in list(alive):
-        spread = float(score_function(phi)(logits.to(torch.float64)).std()) or 1.0
-        probe = torch.randn(K, generator=g, dtype=torch.float64) * spread
+    probes = []
+    for phi in dict.fromkeys(c[0] for c in alive):
+        sc = score_function(phi)(logits.to(torch.float64))
+        spread = float(sc.std()) or 1.0
+        probes.append(torch.randn(K, generator=gen, dtype=torch.float64) * spread)
+        if len({c[1] for c in alive}) > 1:
+            probes.append(probes[-1] - (float(sc.max()) + 2 * spread + 1.0))
+    for probe in probes:
         kind, where = bias_where
         with torch.no_grad():
             if kind == "arg":
                 ref = args[where]
-                p = probe.to(ref).reshape(ref.shape)
-                pargs = tuple(p if i == where else v for i, v in enumerate(args))
+                pargs = tuple(probe.to(ref).reshape(ref.shape) if i == where else v for i, v in enumerate(args))
                 out = site.router.forward(*pargs)
             else:
                 saved = where.detach().clone()
@@ -715,69 +778,180 @@ def _probe_scores(site, args, bias_where, rule_kw, candidates, logits):
                     out = site.router.forward(*args)
                 finally:
                     where.copy_(saved)
-        seen = site.layout.parse(site, args, out).selected
-        seen = torch.sort(seen, -1).values
-        keep = []
-        for cand in alive:
-            r = RoutingRule(**{**rule_kw, "scores": cand, "bias": probe.to(logits.device)})
-            if torch.equal(r.select(logits, _token_ids(args)).to(seen.device), seen):
-                keep.append(cand)
+            seen = torch.sort(site.layout.parse(site, args, out).selected, -1).values
+            keep = []
+            for phi, fill in alive:
+                r = RoutingRule(**{**rule_kw, "scores": phi, "group_fill": fill, "bias": probe.to(logits.device)})
+                if torch.equal(r.select(logits, _token_ids(args)).to(seen.device), seen):
+                    keep.append((phi, fill))
         alive = keep
         if len(alive) <= 1:
             break
     return alive
 
 
-def identify_rule(site: RouterSite, args, output, routed: Routed) -> RoutingRule:
-    """The :class:`RoutingRule` of a router from what it declares and what it did on one call (module
-    docstring). Raises :class:`InspectError` when the router output does not fit any rule."""
-    r, block, cfg = site.router, site.block, site.config
-    logits = routed.logits
-    K = logits.shape[1]
-    if routed.observed:
-        k = routed.selected.shape[1]
-    else:
-        k = _first_attr([block, r, cfg], _K_NAMES) or site.user_top_k or 1
-    n_exp = _first_attr([getattr(block, "experts", None)], ("num_experts",))
-    zero = K - n_exp if isinstance(n_exp, int) and 0 < n_exp < K else 0
-    kw = dict(num_experts=K, k=min(k, K), zero_experts=zero, capacity=site.layout.name in ("switch-top1", "nllb-top2"))
-    if site.layout.name == "product-key":
-        zero = kw["zero_experts"] = 0
-    source = [f"{type(r).__name__} ({site.layout.name} output)"]
-    table = _find_hash_table(r, k)
-    if table is not None and routed.token_ids is not None:
-        kw["hash_table"] = table
-        source.append("hash table")
-    method = getattr(r, "topk_method", None)
-    G, t = _first_attr([r], _GROUP_NAMES), _first_attr([r], ("topk_group",))
-    if G and t and G > 1 and K % G == 0 and method in (None, "noaux_tc", "group_limited_greedy"):
-        kw.update(n_group=G, topk_group=t, group_top=1 if method == "group_limited_greedy" else min(2, K // G))
-        source.append(f"groups n_group={G}, topk_group={t}" + (f", {method}" if method else ""))
-    bias, bias_where = (None, None) if table is not None else _find_bias(site, args, K)
-    declared = _declared_scores(site)
-    if routed.weights is not None and site.layout.name not in ("logits", "product-key"):
-        psi, norm, scale = _identify_weights(kw, logits, routed.selected, routed.weights,
-                                             list(dict.fromkeys(declared + ["softmax", "sigmoid"])))
-    else:
-        psi, norm, scale = "block", False, None
-    if psi is None and hasattr(sys.modules.get(type(r).__module__), "sparsemixer"):
-        psi = "sparsemixer"
-    kw.update(weights=psi, normalize=norm, weight_scale=scale)
-    named = psi if psi not in (None, "block", "sparsemixer") else None
-    if bias is not None:
-        cands = [c for c in [named, *declared, "sigmoid", "softmax", "logits"] if c]
-        alive = _probe_scores(site, args, bias_where, kw, cands, logits)
-        kw["scores"] = alive[0] if alive else (named or "logits")
-        kw["bias"] = bias
-        source.append(f"selection bias ({'argument' if bias_where[0] == 'arg' else 'buffer'}), scores "
-                      f"{'probed' if alive else 'NOT identified by probing'}")
-    else:
-        kw["scores"] = named or (declared[0] if declared else "logits")
-    try:
-        rule = RoutingRule(**kw, source="; ".join(source))
-    except (ValueError, TypeError) as e:
-        raise InspectError(f"layer {site.index} ({site.name}): cannot describe its routing: {e}") from None
+class _Evidence:
+    """What the router calls of one layer have shown so far (:func:`identify_rule`): the declared structure (read
+    once), the returned weights (up to :data:`IDENTIFY_MAX_TOKENS` tokens), the score maps and group masks still
+    consistent with every probe, and what the experts were seen to compute."""
+
+    def __init__(self, site, args, routed):
+        r, block, cfg = site.router, site.block, site.config
+        K = routed.logits.shape[1]
+        if routed.observed:
+            k = routed.selected.shape[1]
+        else:
+            k = _first_attr([block, r, cfg], _K_NAMES) or site.user_top_k or 1
+        n_exp = _first_attr([getattr(block, "experts", None)], ("num_experts",))
+        zero = K - n_exp if isinstance(n_exp, int) and 0 < n_exp < K else 0
+        kw = dict(num_experts=K, k=min(k, K), zero_experts=zero,
+                  capacity=site.layout.name in ("switch-top1", "nllb-top2"))
+        if site.layout.name == "product-key":
+            kw["zero_experts"] = 0
+        source = [f"{type(r).__name__} ({site.layout.name} output)"]
+        table = _find_hash_table(r, k)
+        if table is not None and routed.token_ids is not None:
+            kw["hash_table"] = table
+            source.append("hash table")
+        method = getattr(r, "topk_method", None)
+        G, t = _first_attr([r], _GROUP_NAMES), _first_attr([r], ("topk_group",))
+        if G and t and G > 1 and K % G == 0 and method in (None, "noaux_tc", "group_limited_greedy"):
+            kw.update(n_group=G, topk_group=t, group_top=1 if method == "group_limited_greedy" else min(2, K // G))
+            source.append(f"groups n_group={G}, topk_group={t}" + (f", {method}" if method else ""))
+        self.kw, self.source = kw, source
+        self.bias, self.bias_where = (None, None) if table is not None else _find_bias(site, args, K)
+        self.declared = _declared_scores(site)
+        self.read_weights = routed.weights is not None and site.layout.name not in ("logits", "product-key")
+        grouped = kw.get("n_group", 1) > 1 and kw.get("topk_group", 1) < kw.get("n_group", 1)
+        if self.bias is not None:
+            phis = list(dict.fromkeys([*self.declared, "sigmoid", "softmax", "logits"]))
+            self.alive = [(phi, fill) for phi in phis for fill in (_FILLS if grouped else _FILLS[:1])]
+        else:
+            self.alive = None
+        self.gen = torch.Generator().manual_seed(20240611)
+        self.tokens = self.kept = 0
+        self.a, self.sel, self.w = [], [], []
+        self.fixed, self.truth_tokens = None, 0  # experts seen computing every token, when not the router's choice
+        self.truth_seen = 0  # tokens whose block has run since (truth observed or not)
+        self.decided = False
+
+    def add(self, site, args, routed) -> None:
+        n = routed.logits.shape[0]
+        self.tokens += n
+        if self.read_weights and self.kept < IDENTIFY_MAX_TOKENS:
+            take = min(n, IDENTIFY_MAX_TOKENS - self.kept)
+            self.a.append(routed.logits[:take].detach().to(torch.float64).cpu())
+            self.sel.append(routed.selected[:take].detach().cpu())
+            self.w.append(routed.weights[:take].detach().cpu())
+            self.kept += take
+        if self.alive is not None and len(self.alive) > 1:
+            kw = {**self.kw, "weights": None}
+            self.alive = _probe_call(site, args, self.bias_where, kw, self.alive, routed.logits, self.gen)
+
+    def add_truth(self, routed, truth: torch.Tensor | None) -> None:
+        """After the block ran: ``truth (N, K)`` bool, the experts seen computing each token (``None``: not
+        observable). A set that is the same for every token (up to capacity drops) and is not the router's own
+        choice is a fixed selection (NLLB-MoE in transformers 5.23); two different such sets, or a union larger
+        than ``k``, rule it out."""
+        n = routed.logits.shape[0]
+        self.truth_seen += n
+        if truth is None or self.fixed == "no":
+            return
+        seen = truth.any(-1)
+        rows = truth[seen]
+        if not rows.shape[0]:
+            return
+        union = rows.any(0)
+        sel = routed.selected.to(truth.device)
+        mine = torch.zeros_like(truth).scatter(1, sel.clamp_min(0), True) & (sel >= 0).any(-1, keepdim=True)
+        if not bool((mine[seen] != rows).any()):
+            return  # the experts compute the router's choice: no evidence of a fixed set
+        if int(union.sum()) > self.kw["k"] or float((rows == union).all(-1).float().mean()) < 0.5:
+            self.fixed = "no"
+            return
+        cand = tuple(torch.nonzero(union).reshape(-1).tolist())
+        if self.fixed is None or self.fixed == cand:
+            self.fixed = cand
+            self.truth_tokens += int(rows.shape[0])
+        else:
+            self.fixed = "no"
+
+    def rule(self, site, final: bool) -> tuple[RoutingRule, str]:
+        kw = dict(self.kw)
+        notes = []
+        declared = self.declared
+        if self.a:
+            a, sel, w = torch.cat(self.a), torch.cat(self.sel), torch.cat(self.w)
+            psi, norm, scale, w_ok, note = _identify_weights(kw, a, sel, w,
+                                                             list(dict.fromkeys(declared + ["softmax", "sigmoid"])))
+        else:
+            psi, norm, scale, w_ok, note = "block", False, None, True, ""
+        if psi is None and hasattr(sys.modules.get(type(site.router).__module__), "sparsemixer"):
+            psi, w_ok, note = "sparsemixer", True, ""
+        if note:
+            notes.append(note)
+        kw.update(weights=psi, normalize=norm, weight_scale=scale)
+        named = psi if psi not in (None, "block", "sparsemixer") else None
+        s_ok = True
+        source = list(self.source)
+        if self.bias is not None:
+            order = [c for c in [named, *declared, "sigmoid", "softmax", "logits"] if c]
+            alive = sorted(self.alive, key=lambda c: (order.index(c[0]) if c[0] in order else len(order),
+                                                      _FILLS.index(c[1])))
+            s_ok = len(alive) <= 1
+            if len(alive) > 1:
+                notes.append(f"selection: {len(alive)} score maps fit every probe ("
+                             f"{', '.join(f'{p}' + ('' if f == -math.inf else ' fill 0') for p, f in alive)})")
+            kw["scores"], kw["group_fill"] = alive[0] if alive else (named or "logits", -math.inf)
+            kw["bias"] = self.bias
+            source.append(f"selection bias ({'argument' if self.bias_where[0] == 'arg' else 'buffer'}), scores "
+                          f"{'probed' if alive else 'NOT identified by probing'}")
+        else:
+            kw["scores"] = named or (declared[0] if declared else "logits")
+        if isinstance(self.fixed, tuple) and (self.truth_tokens >= IDENTIFY_MIN_TOKENS or final):
+            kw["fixed_experts"] = self.fixed
+            source.append("the experts compute a fixed set (observed)")
+        decided = w_ok and s_ok and self.tokens >= IDENTIFY_MIN_TOKENS
+        if site.slots.get("truth_mode"):  # the experts are watched: settle only after they were seen on enough
+            decided = decided and self.truth_seen >= IDENTIFY_MIN_TOKENS
+        source.append(f"identified from {self.tokens} tokens" + ("" if decided else
+                                                                 f" ({'; '.join(notes) or 'too few tokens'})"))
+        try:
+            rule = RoutingRule(**kw, source="; ".join(source))
+        except (ValueError, TypeError) as e:
+            raise InspectError(f"layer {site.index} ({site.name}): cannot describe its routing: {e}") from None
+        self.decided = decided or final or self.tokens >= IDENTIFY_MAX_TOKENS
+        return rule, "; ".join(notes) if not decided else ""
+
+
+def identify_rule(site: RouterSite, args, output, routed: Routed, *, final: bool = False) -> RoutingRule:
+    """The :class:`RoutingRule` of a router from what it declares and what it has done so far (module
+    docstring). Each call adds its evidence (the returned weights, the probes of the selection); the rule is
+    *settled* (``site.identified``) once the evidence tells the candidates apart and at least
+    :data:`IDENTIFY_MIN_TOKENS` tokens were seen (or ``final``, or :data:`IDENTIFY_MAX_TOKENS`); until then the
+    best rule so far is returned. Raises :class:`InspectError` when the router output does not fit any rule."""
+    ev = site.slots.get("evidence")
+    if ev is None:
+        ev = site.slots["evidence"] = _Evidence(site, args, routed)
+    ev.add(site, args, routed)
+    rule, note = ev.rule(site, final)
+    site.identified = ev.decided
+    site.rule_note = note
+    if site.identified and not site.slots.get("truth_mode"):
+        site.slots.pop("evidence", None)
     return rule
+
+
+def settle(sites, *, final: bool = True) -> None:
+    """Settle the rules of ``sites`` from the evidence seen so far (the input has ended): a rule still ambiguous
+    is kept as the best guess and says so in ``site.rule_note``."""
+    for s in sites:
+        ev = s.slots.get("evidence")
+        if ev is None or s.identified:
+            continue
+        s.rule, s.rule_note = ev.rule(s, final)
+        s.identified = True
+        s.slots.pop("evidence", None)
 
 
 # ----------------------------------------------------------------------------------------------

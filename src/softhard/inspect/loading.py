@@ -411,13 +411,32 @@ def split_tokens(ids: torch.Tensor, seq_len: int, batch_size: int) -> list[torch
 def token_batches(model, ids: torch.Tensor, seq_len: int = 64, batch_size: int = 8,
                   device: str | torch.device | None = None) -> list[Batch]:
     """Batches of ``ids`` for a transformers model (inputs on ``device``, default the model's first parameter's);
-    an encoder–decoder model gets the same ids on both sides."""
+    an encoder–decoder model gets the same ids on both sides. A model whose forward takes ``use_cache`` runs
+    without a KV cache (``use_cache=False``): measurement needs none, and the default cache of hybrid models fails
+    when none of their layers is an attention layer."""
     enc_dec = bool(getattr(getattr(model, "config", None), "is_encoder_decoder", False))
     if device is None:
         first = next(iter(model.parameters()), None)
         device = first.device if first is not None and first.device.type != "meta" else "cpu"
+    extra = {"use_cache": False} if _takes(model, "use_cache") else {}
     out = []
     for b in split_tokens(ids, seq_len, batch_size):
         x = b.to(device)
-        out.append(Batch({"input_ids": x, **({"decoder_input_ids": x} if enc_dec else {})}, b))
+        out.append(Batch({"input_ids": x, **({"decoder_input_ids": x} if enc_dec else {}), **extra}, b))
     return out
+
+
+def _takes(model, name: str) -> bool:
+    """Whether ``model.forward`` takes the keyword ``name``: by name, or through ``**kwargs`` when the model's
+    config (or its text config) has the attribute ``name`` (transformers passes such keywords down)."""
+    import inspect
+
+    try:
+        params = inspect.signature(model.forward).parameters
+    except (TypeError, ValueError):
+        return False
+    if name in params:
+        return True
+    cfg = getattr(model, "config", None)
+    return any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values()) and any(
+        hasattr(c, name) for c in (cfg, getattr(cfg, "text_config", None)) if c is not None)

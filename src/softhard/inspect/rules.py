@@ -9,7 +9,12 @@ A :class:`RoutingRule` describes one MoE layer's routing decision from the route
 - *selection*: top-k of :math:`s`; group-limited top-k (the experts split into ``n_group`` contiguous groups,
   a group scores the sum of its ``group_top`` best scores — 2 for DeepSeek-V3, 1 (the max) for DeepSeek-V2's
   ``group_limited_greedy`` — and only the best ``topk_group`` groups compete); hash routing (a fixed table
-  ``token id -> experts``); with ``capacity`` the model may drop tokens after choosing (Switch, NLLB);
+  ``token id -> experts``); a *fixed* set of experts for every token (``fixed_experts``: NLLB-MoE as
+  transformers 5.23 computes it, whose block one-hot encodes again the top-1 mask it hands its experts, so that
+  experts 0 and 1 compute every token and the router only sets their weights); the groups left out are masked
+  with :math:`-\infty` or, as AXK2 does, with ``group_fill = 0`` (so an expert of an excluded group can still be
+  chosen when the allowed scores are below 0); with ``capacity`` the model may drop tokens after choosing
+  (Switch, NLLB);
   ``zero_experts`` of the ``K`` candidates are identity/skip experts (LongCat, ZAYA);
 - *weights*: :math:`w_i = c_i\,u_i(a)` on the selected set :math:`S`, with :math:`u = \psi(a)` (``softmax`` over
   all experts, ``sigmoid``, ...) optionally normalised over :math:`S`, and per-expert constants :math:`c_i`
@@ -125,6 +130,9 @@ class RoutingRule:
         bias: selection bias ``b (K,)`` or ``None`` (a live reference to the model's buffer).
         n_group, topk_group, group_top: group-limited selection (``n_group = 1``: plain top-k).
         hash_table: ``(V, k)`` integer table ``token id -> experts`` for hash routing, else ``None``.
+        fixed_experts: the experts that compute every token whatever the scores (the selection has no decision:
+            ``m = +inf``), else ``None``.
+        group_fill: the score given to the experts of the groups left out (``-inf``; AXK2: ``0.0``).
         capacity: the model may drop a token after selecting (expert capacity).
         zero_experts: how many of the ``K`` candidates (the last ones) are identity/skip experts.
         weights: weight map :math:`\psi` (``"softmax"`` over all K, ``"sigmoid"``, ...), ``"sparsemixer"``, or
@@ -142,6 +150,8 @@ class RoutingRule:
     topk_group: int = 1
     group_top: int = 2
     hash_table: torch.Tensor | None = None
+    fixed_experts: tuple | None = None
+    group_fill: float = -math.inf
     capacity: bool = False
     zero_experts: int = 0
     weights: str | None = "softmax"
@@ -161,8 +171,14 @@ class RoutingRule:
             fail("n_group", where, f"a divisor of num_experts={K}", G)
         check_int(self.topk_group, "topk_group", where, 1, G)
         check_int(self.group_top, "group_top", where, 1, K // G)
-        if self.grouped and self.k > self.topk_group * (K // G):
+        if self.grouped and self.k > self.topk_group * (K // G) and self.group_fill == -math.inf:
             fail("k", where, f"at most topk_group * experts per group = {self.topk_group * (K // G)}", self.k)
+        if self.fixed_experts is not None:
+            fixed = tuple(self.fixed_experts)
+            if not fixed or len(set(fixed)) != len(fixed) or not all(
+                    isinstance(e, int) and 0 <= e < K for e in fixed):
+                fail("fixed_experts", where, f"distinct expert indices in [0, {K - 1}]", self.fixed_experts)
+            self.fixed_experts = tuple(sorted(fixed))
 
     # -- what decides the selection ------------------------------------------------------------
     @property
@@ -172,16 +188,18 @@ class RoutingRule:
 
     @property
     def selection(self) -> str:
-        """``"hash"``, ``"group_topk"`` or ``"topk"``."""
-        return "hash" if self.hash_table is not None else "group_topk" if self.grouped else "topk"
+        """``"hash"``, ``"fixed"``, ``"group_topk"`` or ``"topk"``."""
+        if self.hash_table is not None:
+            return "hash"
+        return "fixed" if self.fixed_experts is not None else "group_topk" if self.grouped else "topk"
 
     @property
     def margin_space(self) -> str:
         """``"logits"`` when the selection depends on the order of the scores only (no bias, no sums of scores),
         else ``"scores"`` (:math:`s = \\phi(a) + b`); ``"none"`` for hash routing."""
-        if self.hash_table is not None:
+        if self.hash_table is not None or self.fixed_experts is not None:
             return "none"
-        sums = self.grouped and self.group_top > 1
+        sums = self.grouped and (self.group_top > 1 or self.group_fill != -math.inf)
         return "scores" if self.bias is not None or sums else "logits"
 
     def selection_scores(self, logits: torch.Tensor) -> torch.Tensor:
@@ -198,14 +216,20 @@ class RoutingRule:
             if token_ids is None:
                 fail("token_ids", "RoutingRule.select", "the token ids (N,) for hash routing", None)
             return torch.sort(self.hash_table.to(token_ids.device)[token_ids.reshape(-1)].long(), -1).values
+        if self.fixed_experts is not None:
+            return torch.tensor(self.fixed_experts, device=logits.device).expand(logits.shape[0], -1)
         s = self.selection_scores(logits)
         if self.grouped:
-            N, K = s.shape
-            G, M = self.n_group, K // self.n_group
-            g = s.view(N, G, M).topk(self.group_top, dim=-1).values.sum(-1)
-            keep = torch.zeros_like(g, dtype=torch.bool).scatter(1, torch.topk(g, self.topk_group, -1).indices, True)
-            s = s.masked_fill(~keep.repeat_interleave(M, dim=1), -math.inf)
+            s = self._group_masked(s)
         return torch.sort(torch.topk(s, self.k, dim=-1).indices, -1).values
+
+    def _group_masked(self, s: torch.Tensor) -> torch.Tensor:
+        """Scores ``(N, K)`` with the experts of the groups left out set to ``group_fill``."""
+        N, K = s.shape
+        G, M = self.n_group, K // self.n_group
+        g = s.view(N, G, M).topk(self.group_top, dim=-1).values.sum(-1)
+        keep = torch.zeros_like(g, dtype=torch.bool).scatter(1, torch.topk(g, self.topk_group, -1).indices, True)
+        return s.masked_fill(~keep.repeat_interleave(M, dim=1), self.group_fill)
 
     def margin_scores(self, logits: torch.Tensor) -> torch.Tensor:
         """The vector on which the decision margin is measured, float64 ``(N, K)`` (see ``margin_space``)."""
@@ -218,10 +242,13 @@ class RoutingRule:
     def margin(self, logits: torch.Tensor) -> torch.Tensor:
         r"""Decision margin :math:`m` ``(N,)`` float64 (module docstring); ``+inf`` for hash routing."""
         s = self.margin_scores(logits)
-        if self.hash_table is not None:
+        if self.hash_table is not None or self.fixed_experts is not None:
             return torch.full(s.shape[:-1], math.inf, dtype=torch.float64, device=s.device)
         if self.grouped:
-            return group_topk_margin(s, self.k, self.n_group, self.topk_group, self.group_top)
+            m = group_topk_margin(s, self.k, self.n_group, self.topk_group, self.group_top)
+            if self.group_fill != -math.inf:  # an excluded expert at the fill value can enter (docs/routing_rules.md)
+                m = torch.minimum(m, topk_gap(self._group_masked(s), self.k))
+            return m
         return topk_gap(s, self.k)
 
     # -- what weights the chosen experts ---------------------------------------------------------
@@ -241,12 +268,17 @@ class RoutingRule:
         the top 2); weights sigmoid(a)[S] normalised``."""
         if self.hash_table is not None:
             sel = f"hash routing: {self.k} experts fixed by the token id"
+        elif self.fixed_experts is not None:
+            sel = (f"experts {{{', '.join(map(str, self.fixed_experts))}}} for every token (the router's top-{self.k} "
+                   f"of {'a' if self.scores == 'logits' else self.scores + '(a)'} sets only their weights)")
         else:
             phi = "a" if self.scores == "logits" else f"{self.scores}(a)"
             sel = f"top-{self.k} of {phi}{' + bias' if self.bias is not None else ''}"
             if self.grouped:
                 gs = "max" if self.group_top == 1 else f"sum of the top {self.group_top}"
                 sel += f" within the best {self.topk_group} of {self.n_group} groups (group score: {gs})"
+                if self.group_fill != -math.inf:
+                    sel += f", the others' scores set to {self.group_fill:g}"
         if self.capacity:
             sel += ", then expert capacity (tokens may be dropped)"
         if self.zero_experts:

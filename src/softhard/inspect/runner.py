@@ -4,8 +4,11 @@ r"""Inspect a model layer by layer: capture, statistics, sensitivity, flip rates
 ``softhard inspect`` calls (load a local model directory or ``softhard:digits``, make batches, inspect,
 write ``layers.csv``, ``summary.json``, per-layer PNGs and ``report.html``).
 
-A first forward (untimed) reads every router once, which identifies its routing rule
-(:func:`softhard.inspect.layouts.identify_rule`). Then per batch: one forward without hooks and one with the
+First forwards (untimed) read the routers until each routing rule is identified from enough tokens
+(:func:`softhard.inspect.layouts.identify_rule`; usually the first batch); every batch, these included, is then
+inspected, and the rule is re-checked on every call against what the experts compute (``agreement``) and the
+weights the router returns (``weight_agreement``); a layer whose rule stops agreeing is reported (``rule_checks``
+in the metadata, and a note). Then per batch: one forward without hooks and one with the
 capture hooks (in alternating order), both timed in CPU seconds of the process. ``hook_overhead`` is
 ``(Σ hooked − Σ plain) / Σ plain`` over the whole run — the cost of the capture (margins, statistics and the
 flip-rate re-routing) relative to the model's own forward — and is left out (``None``, with the reason) when the
@@ -30,7 +33,7 @@ from .._validate import check_float, check_grid, check_int
 from ..estimators.reducer import resolve_seed
 from .digits import DIGITS
 from .hooks import PERTURBATIONS, RouterCapture, block_generator, capture_block_outputs, perturb_hidden
-from .layouts import InspectError, find_routers, parse_layers
+from .layouts import InspectError, find_routers, parse_layers, settle
 from .loading import DTYPES, Batch, encode_text, load_model, token_batches, vocab_size
 from .sensitivity import Sensitivity, final_output
 from .stats import LayerStats
@@ -144,8 +147,17 @@ def inspect_model(model, batches: Iterable[Batch], *, describe: Callable | None 
     first = next(it, None)
     if first is None:
         raise InspectError("no tokens to inspect (the batch list is empty).")
-    with RouterCapture(sites, lambda site, routed, args: None):  # reads every router once: identifies the rules
+    ident = [first]  # the rules are identified from as many batches as it takes (layouts.identify_rule), then
+    with RouterCapture(sites, lambda site, routed, args: None):  # every batch is inspected, these ones included
         _forward(model, first)
+        while any(s.rule is not None and not s.identified for s in sites):
+            nxt = next(it, None)
+            if nxt is None:
+                break
+            ident.append(nxt)
+            _forward(model, nxt)
+    settle(sites)
+    it = _chain(ident[1:], it)
     unread = [s for s in sites if s.rule is None]
     sites = [s for s in sites if s.rule is not None]
     if not sites:
@@ -214,9 +226,32 @@ def inspect_model(model, batches: Iterable[Batch], *, describe: Callable | None 
         "cpu_seconds_plain_forward": cpu_plain, "cpu_seconds_hooked_forward": cpu_hooked,
         "hook_overhead": overhead, "hook_overhead_stderr": overhead_se, "hook_overhead_note": note,
         "routers_not_called": [s.name for s in unread] + silent,
+        "rule_checks": _rule_checks(sites, stats),
         "versions": _versions(),
     }
     return Inspection(rows, layers_out, meta, tokens)
+
+
+def _rule_checks(sites, stats) -> list[str]:
+    """One line per layer whose rule was settled ambiguous, or that stopped agreeing with what its experts compute
+    (selection) or with the weights the router returns, on the calls after it was identified."""
+    out = []
+    for s in sites:
+        st = stats[s.index]
+        if st.n == 0:
+            continue
+        lab = f"layer {s.index} ({s.name})"
+        if s.rule_note:
+            out.append(f"{lab}: the rule is ambiguous on these tokens ({s.rule_note}); the first candidate is used")
+        a, w = st.agreement.estimate(), st.weight_agreement.estimate()
+        src = "the experts that computed each token" if st.agreement_source["experts"] else "the router's output"
+        if a.n and a.value < 1:
+            out.append(f"{lab}: the identified rule ({s.rule.describe()}) selects as {src} on {a.value:.1%} of "
+                       f"{a.n} tokens only")
+        if w.n and w.value < 1:
+            out.append(f"{lab}: the returned weights equal the identified weight map on {w.value:.1%} of {w.n} "
+                       f"tokens only")
+    return out
 
 
 def _overhead(pairs: list[tuple[float, float]]) -> tuple[float | None, float | None, str | None]:
@@ -240,7 +275,10 @@ def _overhead(pairs: list[tuple[float, float]]) -> tuple[float | None, float | N
 
 
 def _chain(first, it):
-    yield first
+    if isinstance(first, list):
+        yield from first
+    else:
+        yield first
     yield from it
 
 
@@ -308,7 +346,9 @@ def _layer_details(site, r: dict, sens, taus, ids_all, describe) -> dict:
         "hist": {k: np.asarray(v).tolist() for k, v in r["hist"].items()},
         "hist_logit": {k: np.asarray(v).tolist() for k, v in r["hist_logit"].items()},
         "load": r["load"].tolist(), "nearest": near, "sensitivity": sens_rows,
-        "agreement": r["agreement"].as_dict(), "dropped": r["dropped"].as_dict(),
+        "agreement": r["agreement"].as_dict(), "agreement_source": r["agreement_source"],
+        "weight_agreement": r["weight_agreement"].as_dict(), "rule_note": site.rule_note,
+        "dropped": r["dropped"].as_dict(),
         "flip_rate": r["flip_rate"].as_dict(), "flip_bound": r["flip_bound"].as_dict(),
         "quantiles": {str(q): list(v) for q, v in r["quantiles"].items()}, "reservoir": r["reservoir"],
     }
@@ -331,7 +371,8 @@ def _row(site, r: dict, lay: dict, taus, tie_widths, dense) -> dict:
         "tail_alpha_stderr": tail.alpha_stderr,
         "entropy": r["entropy"].value, "entropy_stderr": r["entropy"].stderr,
         "load_max_ratio": float(load.max() * len(load)), "load_entropy": load_entropy,
-        "agreement": r["agreement"].value, "dropped": r["dropped"].value,
+        "agreement": r["agreement"].value, "agreement_source": r["agreement_source"],
+        "weight_agreement": r["weight_agreement"].value, "dropped": r["dropped"].value,
     }
     widths = r["widths"]
     for wv in tie_widths:
@@ -540,7 +581,8 @@ def _inspect_path(model: str, out, *, tokens: int = 2048, text=None, random_ids:
                         progress=progress, measure_overhead=measure_overhead, save_tokens=save_tokens)
     source = "digits" if model == DIGITS else "text" if text is not None else "random-ids" if (
         random_ids or not zoo) else "heldout"
-    ins.meta.update(model=str(model), source=source, notes=notes, wall_seconds=time.perf_counter() - t0, **extra)
+    ins.meta.update(model=str(model), source=source, notes=notes + ins.meta.get("rule_checks", []),
+                    wall_seconds=time.perf_counter() - t0, **extra)
     paths = []
     if perturbations:  # issue 20 item 1: flips predicted beside measured
         from .hooks import read_routers

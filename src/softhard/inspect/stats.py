@@ -17,8 +17,12 @@ model's ``k``:
 - the margin-tail fit :math:`\mu(m \le t) \approx C t^\alpha` (Assumption 4.2), from
   :func:`softhard.estimators.fits.fit_margin_tail`;
 - routing entropy :math:`-\sum_k \pi_k \log \pi_k` of :math:`\pi = \mathrm{softmax}(a)` (nats), expert load
-  (share of the model's token–slot assignments per expert), ``agreement`` (share of tokens whose selection by
-  the rule equals the model's own; ``nan`` when the router returns logits only), dropped tokens;
+  (share of the token–slot assignments per expert, counted on the experts that computed each token where they
+  are watched), ``agreement`` (share of tokens whose selection by the rule equals the set of experts that really
+  computed the token — watched on the experts, :func:`softhard.inspect.hooks.experts_truth` — or, where they
+  cannot be watched, the router's own returned selection; ``nan`` when neither is seen; ``agreement_source``
+  says which), ``weight_agreement`` (share of tokens whose returned weights equal the rule's
+  :math:`c_i u_i(a)` to float precision: the weights re-checked on every call), dropped tokens;
 - the tokens nearest to a tie: the ``nearest`` smallest :math:`m` with their positions;
 - under a perturbation of the router's input (``hooks.perturb_hidden``), the flip rate of the rule's selected
   set and the share of tokens with :math:`m \le \operatorname{osc}(\delta s)`, :math:`\delta s` the change of
@@ -43,7 +47,7 @@ from ..model.gates import gate_entropy
 from .layouts import Routed, RouterSite
 from .rules import topk_gap
 
-__all__ = ["StreamMean", "LayerStats", "selection_changed"]
+__all__ = ["StreamMean", "LayerStats", "selection_changed", "weights_agree"]
 
 
 class StreamMean:
@@ -97,6 +101,8 @@ class LayerStats:
         self.widths = np.asarray(widths, dtype=np.float64)
         self.beta, self.beta_logit = StreamMean(), StreamMean()
         self.entropy, self.agreement, self.dropped = StreamMean(), StreamMean(), StreamMean()
+        self.weight_agreement = StreamMean()
+        self.agreement_source = {"experts": 0, "router output": 0}
         self.flip, self.flip_bound = StreamMean(), StreamMean()
         self.load = None
         self.n = 0
@@ -127,12 +133,26 @@ class LayerStats:
         sel = routed.selected.to(logits.device)
         ok = (sel >= 0).all(dim=-1)
         self.dropped.add((~ok).to(torch.float64))
-        if routed.observed:
-            mine = rule.select(logits, routed.token_ids).to(sel.device)
-            self.agreement.add((~selection_changed(mine, sel) & ok | ~ok & _kept_agree(mine, sel)).to(torch.float64))
         if self.load is None:
             self.load = np.zeros(rule.num_experts, dtype=np.int64)
-        self.load += np.bincount(sel[sel >= 0].cpu().numpy(), minlength=rule.num_experts)[:rule.num_experts]
+        truth = routed.truth
+        if truth is not None:  # what the experts really computed
+            mine = rule.select(logits, routed.token_ids).cpu()
+            t = truth.cpu()
+            mem = torch.zeros_like(t).scatter(1, mine.clamp_min(0), True)
+            agree = (mem == t).all(-1) | (bool(rule.capacity) & (t <= mem).all(-1))
+            self.agreement.add(agree.to(torch.float64))
+            self.agreement_source["experts"] += int(t.shape[0])
+            self.load += t.sum(0).numpy().astype(np.int64)[:rule.num_experts]
+        else:
+            if routed.observed:
+                mine = rule.select(logits, routed.token_ids).to(sel.device)
+                self.agreement.add((~selection_changed(mine, sel) & ok | ~ok & _kept_agree(mine, sel)).to(
+                    torch.float64))
+                self.agreement_source["router output"] += int(sel.shape[0])
+            self.load += np.bincount(sel[sel >= 0].cpu().numpy(), minlength=rule.num_experts)[:rule.num_experts]
+        if routed.weights is not None and rule.weights not in (None, "block", "sparsemixer") and bool(ok.any()):
+            self.weight_agreement.add(weights_agree(rule, logits[ok], sel[ok], routed.weights[ok]).to(torch.float64))
         mm = np.stack([m.cpu().numpy(), dk.cpu().numpy()], axis=1)
         self._reservoir_add(mm)
         self._nearest_add(mm[:, 0], np.asarray(token_index))
@@ -199,6 +219,9 @@ class LayerStats:
         return {
             "n": self.n, "widths": self.widths, "beta": self.beta.estimate(), "beta_logit": self.beta_logit.estimate(),
             "entropy": self.entropy.estimate(), "agreement": self.agreement.estimate(),
+            "agreement_source": ("experts" if self.agreement_source["experts"] else "router output"
+                                 if self.agreement_source["router output"] else ""),
+            "weight_agreement": self.weight_agreement.estimate(),
             "dropped": self.dropped.estimate(), "flip_rate": self.flip.estimate(),
             "flip_bound": self.flip_bound.estimate(), "load": load / max(1, load.sum()),
             "reservoir": res.shape[0],
@@ -208,6 +231,21 @@ class LayerStats:
             "hist": _histogram(m), "hist_logit": _histogram(dk),
             "nearest": [(float(v), int(i)) for v, i in self._near],
         }
+
+
+def weights_agree(rule, logits: torch.Tensor, selected: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
+    r"""Per row ``(N,)`` bool: whether the returned ``weights (N, k)`` on ``selected (N, k)`` equal the rule's
+    :math:`c_i\,u_i(a)` (``weight_scale`` and ``weight_shape``) within the precision of the weights' dtype
+    (relative ``max(1e-4, 8 eps)``); slots of weight 0 (skip experts) are left out."""
+    a = logits.to(torch.float64)
+    idx = selected.clamp(0, rule.num_experts - 1)
+    want = rule.weight_shape(a, idx)
+    if rule.weight_scale is not None:
+        want = want * rule.weight_scale.to(want)[idx]
+    w = weights.reshape(want.shape).to(torch.float64)
+    tol = max(1e-4, 8 * torch.finfo(weights.dtype).eps)
+    close = (w - want).abs() <= tol * torch.maximum(w.abs(), want.abs()) + 1e-30
+    return (close | (w == 0)).all(-1)
 
 
 def _kept_agree(mine: torch.Tensor, sel: torch.Tensor) -> torch.Tensor:

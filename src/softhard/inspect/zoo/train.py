@@ -47,7 +47,7 @@ from .corpus import byte_ids, byte_tokenizer, corpus_fingerprint, stdlib_corpus
 from .texts import TEXT_KINDS, heldout_text, text_info
 
 __all__ = ["Arch", "TrainedLM", "config_key", "train_lm", "cached_lm", "cache_root", "heldout_losses",
-           "byte_baselines", "heldout_loss", "router_modules", "heldout_ids"]
+           "byte_baselines", "heldout_loss", "heldout_load", "router_modules", "heldout_ids"]
 
 
 @dataclass(frozen=True)
@@ -178,7 +178,7 @@ def heldout_loss(model, ids: torch.Tensor, seq_len: int) -> tuple[float, float, 
 
 
 @torch.no_grad()
-def _heldout_load(model, ids: torch.Tensor, seq_len: int) -> list[float]:
+def heldout_load(model, ids: torch.Tensor, seq_len: int) -> list[float]:
     """Per MoE layer, ``K × the largest share`` of the token–slot assignments on ``ids`` (1 = perfectly even)."""
     routers = router_modules(model)
     counts = [torch.zeros(r.num_experts, dtype=torch.float64) for _, r in routers]
@@ -275,7 +275,7 @@ def train_lm(arch: Arch, config, *, progress: bool = False) -> tuple[torch.nn.Mo
         model.eval()
         loss, se, n = heldout_loss(model, held, config.seq_len)
         kinds = heldout_losses(model, config.seq_len, config.heldout_bytes, train)
-        loads = _heldout_load(model, held, config.seq_len)
+        loads = heldout_load(model, held, config.seq_len)
     finally:
         balance.close()
         torch.set_num_threads(threads)
