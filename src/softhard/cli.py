@@ -256,6 +256,18 @@ def inspect_cmd(
                                                         "beside its first-order prediction (docs/hardening.md)"),
     harden_taus: str = typer.Option("1,0.5,0.2,0.1,0.05,0.02,0.01,0.005,0.002,0.001", "--harden-taus",
                                     help="router temperatures in (0, 1] of the hardening curve"),
+    harden_path: str = typer.Option("auto", "--harden-path", help="tempering path: auto, logits (the rule's weight "
+                                                                   "map at a/tau) or weights (w^(1/tau), sum held)"),
+    max_tie_tokens: int = typer.Option(512, "--max-tie-tokens", help="rows per layer within the bandwidth that get a "
+                                                                     "tie contrast (--harden)"),
+    topk: bool = typer.Option(False, "--topk", help="also the loss of cutting each top-k layer to k-1, ..., 1, "
+                                                    "predicted and measured, and a per-layer k per expert-FLOP budget "
+                                                    "(topk.csv, docs/hardening.md)"),
+    topk_tokens: int = typer.Option(256, "--topk-tokens", help="rows per layer that get a contrast of dropping "
+                                                               "(--topk)"),
+    model_seed: Optional[int] = typer.Option(None, "--model-seed", help="training seed of a model trained here "
+                                                                        "(softhard:tiny-lm: 0; softhard:digits: "
+                                                                        "--seed)"),
     debug: bool = typer.Option(False, "--debug", help="show the traceback of an error"),
 ) -> None:
     """Router margins, boundary mass and soft-vs-hard sensitivity of an MoE model, layer by layer."""
@@ -273,7 +285,9 @@ def inspect_cmd(
               router_path=router_path, top_k=top_k, seq_len=seq_len, batch_size=batch_size, taus=grid["taus"],
               tie_widths=grid["tie-widths"], perturbation=None if perturb == "none" else perturb, noise=noise,
               seed=seed, dtype=dtype, device=device, device_map=device_map, measure_overhead=overhead, dense=dense,
-              save_tokens=save_tokens, progress=progress, harden=harden, harden_taus=grid["harden-taus"])
+              save_tokens=save_tokens, progress=progress, harden=harden, harden_taus=grid["harden-taus"],
+              harden_path=harden_path, max_tie_tokens=max_tie_tokens, topk=topk, topk_tokens=topk_tokens,
+              model_seed=model_seed)
     try:
         if len(models) > 1 or compare:
             if len(models) < 2:
@@ -297,6 +311,8 @@ def inspect_cmd(
             typer.echo(f"note: {note}")
         if "hardening" in m:
             typer.echo(f"hardening: {m['hardening']['verdict']}")
+        if "topk" in m:
+            typer.echo(f"topk: {m['topk']['verdict']}")
     typer.echo(f"-> {out}")
     for p in paths:
         typer.echo(f"wrote {p}")

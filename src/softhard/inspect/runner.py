@@ -371,10 +371,10 @@ def write_inspection(ins: Inspection, out) -> list[Path]:
     return paths
 
 
-def _digits(tokens: int, seed: int, batch_size: int):
+def _digits(tokens: int, seed: int, batch_size: int, model_seed: int | None = None):
     from .digits import train_digits_moe
 
-    res = train_digits_moe(seed)
+    res = train_digits_moe(seed if model_seed is None else model_seed)
     x = res.x[:tokens]
     idx = torch.arange(x.shape[0])
     batches = [Batch({"x": x[i:i + batch_size]}, idx[i:i + batch_size, None]) for i in range(0, x.shape[0], batch_size)]
@@ -407,7 +407,8 @@ def _inspect_path(model: str, out, *, tokens: int = 2048, text=None, random_ids:
                  perturbation: str | None = "fp16", noise: float = 1e-3, seed: int = 0, dtype: str | None = None,
                  device: str | None = None, device_map: str | None = None, measure_overhead: bool = True,
                  dense: bool = True, save_tokens: bool = False, progress: bool = False, harden: bool = False,
-                 harden_taus=None) -> tuple[Inspection, list[Path]]:
+                 harden_taus=None, harden_path: str = "auto", max_tie_tokens: int = 512, topk: bool = False,
+                 topk_tokens: int = 256, model_seed: int | None = None) -> tuple[Inspection, list[Path]]:
     """Inspect a local model directory (or ``"softhard:digits"``: the digits MoE trained here, or
     ``"softhard:tiny-lm"``: the language MoE trained here and cached, :mod:`.tinylm`) and write the files of
     :func:`write_inspection` into ``out``. Returns the inspection and the written paths.
@@ -418,8 +419,12 @@ def _inspect_path(model: str, out, *, tokens: int = 2048, text=None, random_ids:
     first ``tokens`` images of the seeded order, for the tiny LM its held-out text by default. ``dtype``
     (``float32``, ``bfloat16``, ``float16``), ``device`` and ``device_map`` are passed to
     :func:`~softhard.inspect.loading.load_model`. ``harden``: also the hardening curve
-    (:func:`softhard.inspect.hardening.harden`, at ``harden_taus``), written as ``hardening.csv``/``.json``/
-    ``.png`` and a section of the report. User errors raise
+    (:func:`softhard.inspect.hardening.harden`, at ``harden_taus``, along ``harden_path``, with at most
+    ``max_tie_tokens`` contrasted rows per layer within the bandwidth), written as ``hardening.csv``/``.json``/
+    ``.png`` and a section of the report; ``topk``: also the price of cutting top-k
+    (:func:`softhard.inspect.price.topk.price_topk`, ``topk_tokens`` contrasted rows per layer), written as
+    ``topk.csv`` and ``topk_budget.csv``. ``model_seed``: the training seed of a model trained here
+    (``softhard:tiny-lm``: default 0; ``softhard:digits``: default ``seed``). User errors raise
     :class:`InspectError`.
     """
     if model in (DIGITS, TINY_LM) and layers not in (None, ""):  # their MoE layers are known before any training
@@ -441,6 +446,13 @@ def _inspect_path(model: str, out, *, tokens: int = 2048, text=None, random_ids:
         taus = check_grid(taus, "taus", "inspect", 0.0, True).tolist() if len(taus) else []
         tie_widths = check_grid(tie_widths, "tie_widths", "inspect").tolist() if len(tie_widths) else []
         noise = check_float(noise, "noise", "inspect", 0.0, math.inf)
+        max_tie_tokens = check_int(max_tie_tokens, "max_tie_tokens", "inspect")
+        topk_tokens = check_int(topk_tokens, "topk_tokens", "inspect")
+        if model_seed is not None:
+            model_seed = check_int(model_seed, "model_seed", "inspect", low=0)
+        if harden_path not in ("auto", "logits", "weights"):
+            raise InspectError(f"The 'harden_path' parameter of inspect must be one of ('auto', 'logits', "
+                               f"'weights'). Got {harden_path!r}.")
         if harden and harden_taus is not None and (not len(harden_taus) or max(
                 check_grid(harden_taus, "harden_taus", "inspect", 0.0, True).tolist()) > 1):
             raise InspectError(f"The 'harden_taus' parameter of inspect must be temperatures in (0, 1]. "
@@ -462,7 +474,7 @@ def _inspect_path(model: str, out, *, tokens: int = 2048, text=None, random_ids:
     if model == DIGITS:
         if text is not None:
             raise InspectError(f"{DIGITS} reads images, not text: drop --text.")
-        net, batches, describe, extra = _digits(tokens, seed, batch_size)
+        net, batches, describe, extra = _digits(tokens, seed, batch_size, model_seed)
         if dtype is not None or device not in (None, "cpu") or device_map is not None:
             notes.append(f"{DIGITS} runs in float64 on the CPU: --dtype/--device/--device-map ignored")
     elif model == TINY_LM:  # issue 12 item 5
@@ -470,7 +482,8 @@ def _inspect_path(model: str, out, *, tokens: int = 2048, text=None, random_ids:
 
         if dtype is not None or device not in (None, "cpu") or device_map is not None:
             notes.append(f"{TINY_LM} runs in float32 on the CPU: --dtype/--device/--device-map ignored")
-        lm = tinylm.tiny_lm(tinylm.DEFAULT, progress=progress)
+        cfg = tinylm.DEFAULT if model_seed is None else dataclasses.replace(tinylm.DEFAULT, seed=model_seed)
+        lm = tinylm.tiny_lm(cfg, progress=progress)
         net = lm.model
         if text is not None:
             ids = encode_text(text, lm.tokenizer, 256, max_tokens=tokens)[:tokens]
@@ -511,7 +524,17 @@ def _inspect_path(model: str, out, *, tokens: int = 2048, text=None, random_ids:
 
         ins.meta["hardening"], paths = harden_inspected(model, net, batches, out, taus=harden_taus, layers=layers,
                                                         router_path=router_path, top_k=top_k, seed=seed,
-                                                        progress=progress)
+                                                        max_tie_tokens=max_tie_tokens, path=harden_path,
+                                                        model_seed=model_seed, progress=progress)
+    if topk:  # issue 20 item 3: cutting top-k priced
+        from .price.topk import topk_inspected
+
+        ins.meta["topk"], more = topk_inspected(model, net, batches, out, layers=layers, router_path=router_path,
+                                                top_k=top_k, seed=seed, sample_tokens=topk_tokens,
+                                                model_seed=model_seed, progress=progress)
+        paths += more
+    if model_seed is not None:
+        ins.meta["model_seed"] = model_seed
     return ins, paths + write_inspection(ins, out)
 
 
