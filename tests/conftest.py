@@ -46,3 +46,28 @@ def quiet_transformers():
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         yield
+
+
+@pytest.fixture(scope="session")
+def zoo_cache(tmp_path_factory):
+    """An empty model cache for the zoo's test-sized models (one per test process, as on CI)."""
+    return tmp_path_factory.mktemp("softhard-zoo-cache")
+
+
+@pytest.fixture(scope="session")
+def deepseek_lm_small(zoo_cache):
+    """``softhard:deepseek-lm`` in its test configuration (``zoo.models.DEEPSEEK_SMALL``), trained once per test
+    process."""
+    pytest.importorskip("transformers")
+    from softhard.inspect.zoo.models import zoo_lm
+
+    return zoo_lm("softhard:deepseek-lm", small=True, cache_dir=zoo_cache)
+
+
+@pytest.fixture(scope="session")
+def qwen_lm_small(zoo_cache):
+    """``softhard:qwen-lm`` in its test configuration (``zoo.models.QWEN_SMALL``), trained once per test process."""
+    pytest.importorskip("transformers")
+    from softhard.inspect.zoo.models import zoo_lm
+
+    return zoo_lm("softhard:qwen-lm", small=True, cache_dir=zoo_cache)

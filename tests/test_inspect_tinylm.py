@@ -14,6 +14,7 @@ from typer.testing import CliRunner  # noqa: E402
 from softhard.cli import app  # noqa: E402
 from softhard.inspect import load_model  # noqa: E402
 from softhard.inspect import tinylm  # noqa: E402
+from softhard.inspect.zoo import corpus  # noqa: E402
 from softhard.inspect.tinylm import SMALL, corpus_fingerprint, stdlib_corpus, tiny_lm, train_tiny_lm  # noqa: E402
 
 QUICK = dataclasses.replace(SMALL, steps=12, heldout_bytes=2048)  # seconds: for determinism and the cache
@@ -24,7 +25,7 @@ def test_byte_tokenizer_ids_are_utf8_bytes():
     text = "déjà vu:\n\tdef f(x): return x ∑ 🙂"
     ids = tok(text, add_special_tokens=False)["input_ids"]
     assert ids == list(text.encode("utf-8")) and tok.decode(ids) == text
-    assert len(set(tinylm._byte_chars().values())) == 256
+    assert len(set(corpus.byte_chars().values())) == 256
 
 
 def test_corpus_is_fixed_and_split():

@@ -223,12 +223,14 @@ def landscape(
 @app.command("inspect")
 def inspect_cmd(
     models: list[str] = typer.Argument(..., help="local model directories (config.json [+ safetensors]), "
-                                                 "softhard:digits or softhard:tiny-lm; several: checkpoints of one "
-                                                 "model side by side"),
+                                                 "softhard:digits, or a model of the zoo trained here: "
+                                                 "softhard:tiny-lm, softhard:deepseek-lm, softhard:qwen-lm (each "
+                                                 "also @SEED); several: checkpoints of one model side by side"),
     out: Path = typer.Option(..., "--out", help="output directory"),
     tokens: int = typer.Option(2048, "--tokens", help="tokens (images for softhard:digits) to inspect"),
-    text: Optional[Path] = typer.Option(None, "--text", help="texts to tokenize: a UTF-8 file, .jsonl, .parquet or a "
-                                                             "dataset saved to disk (needs a tokenizer)"),
+    text: Optional[Path] = typer.Option(None, "--text", help="texts to tokenize: a UTF-8 file, .jsonl, .parquet, a "
+                                                             "dataset saved to disk, or held-out text softhard:prose, "
+                                                             "softhard:code or softhard:legal (needs a tokenizer)"),
     random_ids: bool = typer.Option(False, "--random-ids", help="uniform random token ids (default without --text)"),
     layers: Optional[str] = typer.Option(None, "--layers", help="MoE layer indices, e.g. 0,2,5-7 (default all)"),
     trust_remote_code: bool = typer.Option(False, "--trust-remote-code", help="allow the model directory's code"),
@@ -265,9 +267,6 @@ def inspect_cmd(
                                                     "(topk.csv, docs/hardening.md)"),
     topk_tokens: int = typer.Option(256, "--topk-tokens", help="rows per layer that get a contrast of dropping "
                                                                "(--topk)"),
-    model_seed: Optional[int] = typer.Option(None, "--model-seed", help="training seed of a model trained here "
-                                                                        "(softhard:tiny-lm: 0; softhard:digits: "
-                                                                        "--seed)"),
     debug: bool = typer.Option(False, "--debug", help="show the traceback of an error"),
 ) -> None:
     """Router margins, boundary mass and soft-vs-hard sensitivity of an MoE model, layer by layer."""
@@ -286,8 +285,7 @@ def inspect_cmd(
               tie_widths=grid["tie-widths"], perturbation=None if perturb == "none" else perturb, noise=noise,
               seed=seed, dtype=dtype, device=device, device_map=device_map, measure_overhead=overhead, dense=dense,
               save_tokens=save_tokens, progress=progress, harden=harden, harden_taus=grid["harden-taus"],
-              harden_path=harden_path, max_tie_tokens=max_tie_tokens, topk=topk, topk_tokens=topk_tokens,
-              model_seed=model_seed)
+              harden_path=harden_path, max_tie_tokens=max_tie_tokens, topk=topk, topk_tokens=topk_tokens)
     try:
         if len(models) > 1 or compare:
             if len(models) < 2:

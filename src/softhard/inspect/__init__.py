@@ -6,8 +6,9 @@ margins), :mod:`.layouts` (finding routers, reading them, identifying their rule
 :mod:`.hooks` (capture), :mod:`.stats` (streaming per-layer statistics), :mod:`.sensitivity`,
 :mod:`.monitor` (training-time monitor), :mod:`.digits` (a small MoE trained on scikit-learn's digits),
 :mod:`.loading` (safe loading, token batches), :mod:`.runner` (:func:`inspect_model`, the files),
-:mod:`.tinylm` (``softhard:tiny-lm``, a language MoE trained and cached here) and :mod:`.hardening` (the model's
-loss as routing is made harder, beside its first-order prediction).
+:mod:`.tinylm` (``softhard:tiny-lm``, a language MoE trained and cached here), :mod:`.zoo` (the zoo of language MoEs
+trained here — tiny-lm, DeepSeek-V3-style, Qwen3-style — and the held-out prose, code and legal text they are judged
+on) and :mod:`.hardening` (the model's loss as routing is made harder, beside its first-order prediction).
 transformers is imported only when a model directory is loaded.
 """
 
@@ -22,9 +23,11 @@ from .runner import Inspection, inspect_model, inspect_path, inspect_paths, writ
 from .sensitivity import Sensitivity, relative_change
 from .stats import LayerStats, StreamMean
 from .tinylm import TinyLM, TinyLMConfig, tiny_lm
+from .zoo import heldout_text, list_zoo, zoo_lm, zoo_table
 
 __all__ = ["DigitsMoE", "TopKMoE", "train_digits_moe", "RouterCapture", "perturb_hidden", "LAYOUTS", "InspectError",
            "RouterSite", "Routed", "find_routers", "identify_rule", "RoutingRule", "group_topk_margin", "topk_gap",
            "Batch", "load_model", "RoutingMonitor", "Inspection", "inspect_model", "inspect_path", "inspect_paths",
            "write_inspection", "Sensitivity", "relative_change", "LayerStats", "StreamMean", "Hardening", "harden",
-           "label_loss", "lm_loss", "write_hardening", "TinyLM", "TinyLMConfig", "tiny_lm"]
+           "label_loss", "lm_loss", "write_hardening", "TinyLM", "TinyLMConfig", "tiny_lm",
+           "heldout_text", "list_zoo", "zoo_lm", "zoo_table"]

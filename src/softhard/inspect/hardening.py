@@ -731,10 +731,10 @@ def _verdict(rows: list[dict], meta: dict) -> str:
 
 def harden_inspected(model_name: str, net, batches: list[Batch], out, *, taus=None, layers=None, router_path=None,
                      top_k: int | None = None, seed=0, max_tie_tokens: int = 512, path: str = "auto",
-                     model_seed: int | None = None, progress: bool = False) -> tuple[dict, list[Path]]:
+                     progress: bool = False) -> tuple[dict, list[Path]]:
     """:func:`harden` for ``softhard inspect --harden``: the task loss of the model (``softhard:digits``: the
     labels; a causal LM: the next token), the files of :func:`write_hardening`; returns ``(summary, paths)``."""
-    loss = task_loss(model_name, net, batches, seed if model_seed is None else model_seed, "--harden")
+    loss = task_loss(model_name, net, batches, seed, "--harden")
     h = harden(net, batches, loss, taus=DEFAULT_TAUS if taus is None else taus, layers=layers,
                router_path=router_path, top_k=top_k, seed=seed, max_tie_tokens=max_tie_tokens, path=path,
                progress=progress)

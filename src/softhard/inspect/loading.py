@@ -12,7 +12,9 @@ fills it from the (memory-mapped) safetensors, so the peak memory is about the m
 ``device_map="auto"`` (accelerate) spreads a model larger than one device over the devices and the CPU.
 
 Inputs (:func:`read_texts`): a UTF-8 text file, a JSON-lines file (one ``{"text": ...}`` or string per line),
-a parquet file (its ``text`` column, read batch by batch) or a dataset saved by ``datasets.save_to_disk``.
+a parquet file (its ``text`` column, read batch by batch), a dataset saved by ``datasets.save_to_disk``, or one of
+softhard's held-out texts by name (``softhard:prose``, ``softhard:code``, ``softhard:legal``;
+:mod:`softhard.inspect.zoo.texts`).
 Texts are tokenised one at a time and the stream stops at the requested number of tokens.
 """
 
@@ -210,7 +212,18 @@ def vocab_size(model) -> int:
 def read_texts(path) -> Iterator[str]:
     """The texts of ``path``, one at a time: a UTF-8 text file (one text), a ``.jsonl`` file (a ``text`` field or a
     string per line), a ``.parquet`` file (its ``text`` column, or its first string column), or a directory saved
-    by ``datasets`` (``save_to_disk``; needs the ``datasets`` package). Raises :class:`InspectError`."""
+    by ``datasets`` (``save_to_disk``; needs the ``datasets`` package), or a held-out text by name
+    (``softhard:prose``, ``softhard:code``, ``softhard:legal``: :func:`softhard.inspect.zoo.texts.heldout_text`).
+    Raises :class:`InspectError`."""
+    from .zoo.texts import TEXT_PREFIX, heldout_text
+
+    if str(path).startswith(TEXT_PREFIX) and not Path(path).exists():
+        try:
+            text = heldout_text(str(path))
+        except ValueError as e:
+            raise InspectError(str(e).replace("parameter of heldout_text", "parameter of inspect")) from None
+        yield text
+        return
     p = Path(path)
     if p.is_dir():
         if not any((p / f).is_file() for f in ("dataset_info.json", "state.json", "dataset_dict.json")):

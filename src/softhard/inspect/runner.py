@@ -15,7 +15,6 @@ plain forwards took less than :data:`MIN_CPU_SECONDS` in all. Then the sensitivi
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import math
 import time
@@ -38,7 +37,7 @@ __all__ = ["Inspection", "inspect_model", "inspect_path", "inspect_paths", "comp
            "default_widths", "DIGITS", "TINY_LM", "MIN_CPU_SECONDS"]
 
 DIGITS = "softhard:digits"
-TINY_LM = "softhard:tiny-lm"  # the language MoE trained and cached by softhard (.tinylm)
+TINY_LM = "softhard:tiny-lm"  # the first language MoE trained and cached by softhard (.tinylm; the zoo: .zoo.models)
 MIN_CPU_SECONDS = 0.5  # plain-forward CPU time below which the hook overhead is not reported
 
 
@@ -371,10 +370,10 @@ def write_inspection(ins: Inspection, out) -> list[Path]:
     return paths
 
 
-def _digits(tokens: int, seed: int, batch_size: int, model_seed: int | None = None):
+def _digits(tokens: int, seed: int, batch_size: int):
     from .digits import train_digits_moe
 
-    res = train_digits_moe(seed if model_seed is None else model_seed)
+    res = train_digits_moe(seed)
     x = res.x[:tokens]
     idx = torch.arange(x.shape[0])
     batches = [Batch({"x": x[i:i + batch_size]}, idx[i:i + batch_size, None]) for i in range(0, x.shape[0], batch_size)]
@@ -408,30 +407,34 @@ def _inspect_path(model: str, out, *, tokens: int = 2048, text=None, random_ids:
                  device: str | None = None, device_map: str | None = None, measure_overhead: bool = True,
                  dense: bool = True, save_tokens: bool = False, progress: bool = False, harden: bool = False,
                  harden_taus=None, harden_path: str = "auto", max_tie_tokens: int = 512, topk: bool = False,
-                 topk_tokens: int = 256, model_seed: int | None = None) -> tuple[Inspection, list[Path]]:
-    """Inspect a local model directory (or ``"softhard:digits"``: the digits MoE trained here, or
-    ``"softhard:tiny-lm"``: the language MoE trained here and cached, :mod:`.tinylm`) and write the files of
+                 topk_tokens: int = 256) -> tuple[Inspection, list[Path]]:
+    """Inspect a local model directory (or ``"softhard:digits"``: the digits MoE trained here, or a language MoE
+    of the zoo trained here and cached, ``"softhard:tiny-lm"``, ``"softhard:deepseek-lm"``, ``"softhard:qwen-lm"``,
+    each also ``@SEED``: :mod:`.zoo.models`) and write the files of
     :func:`write_inspection` into ``out``. Returns the inspection and the written paths.
 
     ``tokens`` tokens are read from ``text`` (a text, JSON-lines or parquet file or a saved dataset, see
     :func:`softhard.inspect.loading.read_texts`; needs the model's tokenizer) or drawn uniformly from the
     vocabulary with ``seed`` (``random_ids``, the default without ``text``); for the digits model they are the
-    first ``tokens`` images of the seeded order, for the tiny LM its held-out text by default. ``dtype``
+    first ``tokens`` images of the seeded order, for the zoo's models their held-out docstrings by default. ``dtype``
     (``float32``, ``bfloat16``, ``float16``), ``device`` and ``device_map`` are passed to
     :func:`~softhard.inspect.loading.load_model`. ``harden``: also the hardening curve
     (:func:`softhard.inspect.hardening.harden`, at ``harden_taus``, along ``harden_path``, with at most
     ``max_tie_tokens`` contrasted rows per layer within the bandwidth), written as ``hardening.csv``/``.json``/
     ``.png`` and a section of the report; ``topk``: also the price of cutting top-k
     (:func:`softhard.inspect.price.topk.price_topk`, ``topk_tokens`` contrasted rows per layer), written as
-    ``topk.csv`` and ``topk_budget.csv``. ``model_seed``: the training seed of a model trained here
-    (``softhard:tiny-lm``: default 0; ``softhard:digits``: default ``seed``). User errors raise
-    :class:`InspectError`.
+    ``topk.csv`` and ``topk_budget.csv``. User errors raise :class:`InspectError`.
     """
-    if model in (DIGITS, TINY_LM) and layers not in (None, ""):  # their MoE layers are known before any training
-        from .digits import MOE_LAYERS
-        from .tinylm import DEFAULT
+    from .zoo.models import parse_zoo_name, zoo_config
 
-        count = MOE_LAYERS if model == DIGITS else DEFAULT.layers
+    try:
+        zoo = parse_zoo_name(model)
+    except ValueError as e:
+        raise InspectError(str(e)) from None
+    if (model == DIGITS or zoo) and layers not in (None, ""):  # their MoE layers are known before any training
+        from .digits import MOE_LAYERS
+
+        count = MOE_LAYERS if model == DIGITS else zoo_config(*zoo).layers
         wanted = parse_layers(layers)
         if wanted and max(wanted) >= count:
             raise InspectError(f"The 'layers' parameter of inspect must be MoE layer indices in [0, {count - 1}]. "
@@ -448,8 +451,6 @@ def _inspect_path(model: str, out, *, tokens: int = 2048, text=None, random_ids:
         noise = check_float(noise, "noise", "inspect", 0.0, math.inf)
         max_tie_tokens = check_int(max_tie_tokens, "max_tie_tokens", "inspect")
         topk_tokens = check_int(topk_tokens, "topk_tokens", "inspect")
-        if model_seed is not None:
-            model_seed = check_int(model_seed, "model_seed", "inspect", low=0)
         if harden_path not in ("auto", "logits", "weights"):
             raise InspectError(f"The 'harden_path' parameter of inspect must be one of ('auto', 'logits', "
                                f"'weights'). Got {harden_path!r}.")
@@ -474,26 +475,26 @@ def _inspect_path(model: str, out, *, tokens: int = 2048, text=None, random_ids:
     if model == DIGITS:
         if text is not None:
             raise InspectError(f"{DIGITS} reads images, not text: drop --text.")
-        net, batches, describe, extra = _digits(tokens, seed, batch_size, model_seed)
+        net, batches, describe, extra = _digits(tokens, seed, batch_size)
         if dtype is not None or device not in (None, "cpu") or device_map is not None:
             notes.append(f"{DIGITS} runs in float64 on the CPU: --dtype/--device/--device-map ignored")
-    elif model == TINY_LM:  # issue 12 item 5
-        from . import tinylm
+    elif zoo:  # issue 12 item 5, issue 20 item 5: the language MoEs trained and cached here
+        from .zoo.models import zoo_lm
+        from .zoo.train import heldout_ids
 
         if dtype is not None or device not in (None, "cpu") or device_map is not None:
-            notes.append(f"{TINY_LM} runs in float32 on the CPU: --dtype/--device/--device-map ignored")
-        cfg = tinylm.DEFAULT if model_seed is None else dataclasses.replace(tinylm.DEFAULT, seed=model_seed)
-        lm = tinylm.tiny_lm(cfg, progress=progress)
+            notes.append(f"{model} runs in float32 on the CPU: --dtype/--device/--device-map ignored")
+        lm = zoo_lm(model, zoo_config(*zoo), progress=progress)
         net = lm.model
         if text is not None:
             ids = encode_text(text, lm.tokenizer, 256, max_tokens=tokens)[:tokens]
         elif random_ids:
             ids = torch.randint(0, 256, (tokens,), generator=torch.Generator().manual_seed(seed))
         else:
-            ids = tinylm.heldout_ids(lm, tokens)
+            ids = heldout_ids(lm, tokens)
         batches, describe = token_batches(net, ids, seq_len, batch_size), _token_describer(lm.tokenizer)
-        extra = {"cache": str(lm.path), **{k: lm.info[k] for k in ("train_seconds", "heldout_loss", "unigram_loss",
-                                                                     "bigram_loss", "params")}}
+        extra = {"cache": str(lm.path), "training_seed": lm.info["config"]["seed"],
+                 **{k: lm.info[k] for k in ("train_seconds", "heldout_loss", "unigram_loss", "bigram_loss", "params")}}
     else:
         net, tok = load_model(model, trust_remote_code=trust_remote_code, seed=seed,
                               dtype=DTYPES[dtype] if dtype else None, device=device, device_map=device_map,
@@ -516,7 +517,7 @@ def _inspect_path(model: str, out, *, tokens: int = 2048, text=None, random_ids:
                         seed=seed,
                         progress=progress, measure_overhead=measure_overhead, save_tokens=save_tokens)
     source = "digits" if model == DIGITS else "text" if text is not None else "random-ids" if (
-        random_ids or model != TINY_LM) else "heldout"
+        random_ids or not zoo) else "heldout"
     ins.meta.update(model=str(model), source=source, notes=notes, wall_seconds=time.perf_counter() - t0, **extra)
     paths = []
     if harden:  # issue 12 item 4: the hardening curve, before the report that shows it
@@ -525,16 +526,14 @@ def _inspect_path(model: str, out, *, tokens: int = 2048, text=None, random_ids:
         ins.meta["hardening"], paths = harden_inspected(model, net, batches, out, taus=harden_taus, layers=layers,
                                                         router_path=router_path, top_k=top_k, seed=seed,
                                                         max_tie_tokens=max_tie_tokens, path=harden_path,
-                                                        model_seed=model_seed, progress=progress)
+                                                        progress=progress)
     if topk:  # issue 20 item 3: cutting top-k priced
         from .price.topk import topk_inspected
 
         ins.meta["topk"], more = topk_inspected(model, net, batches, out, layers=layers, router_path=router_path,
                                                 top_k=top_k, seed=seed, sample_tokens=topk_tokens,
-                                                model_seed=model_seed, progress=progress)
+                                                progress=progress)
         paths += more
-    if model_seed is not None:
-        ins.meta["model_seed"] = model_seed
     return ins, paths + write_inspection(ins, out)
 
 

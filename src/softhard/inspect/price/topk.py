@@ -440,11 +440,10 @@ def topk_verdict(p: TopKPrice) -> str:
 
 
 def topk_inspected(model_name: str, net, batches: list[Batch], out, *, layers=None, router_path=None, top_k=None,
-                   seed=0, sample_tokens: int = 256, model_seed: int | None = None,
-                   progress: bool = False) -> tuple[dict, list[Path]]:
+                   seed=0, sample_tokens: int = 256, progress: bool = False) -> tuple[dict, list[Path]]:
     """:func:`price_topk` for ``softhard inspect --topk`` (the loss of :func:`softhard.inspect.hardening.task_loss`);
     writes :func:`write_topk`'s files, returns ``(summary, paths)``."""
-    loss = task_loss(model_name, net, batches, seed if model_seed is None else model_seed, "--topk")
+    loss = task_loss(model_name, net, batches, seed, "--topk")
     p = price_topk(net, batches, loss, layers=layers, router_path=router_path, top_k=top_k, seed=seed,
                    sample_tokens=sample_tokens, progress=progress)
     p.meta["model"] = str(model_name)
