@@ -221,3 +221,23 @@ def test_whole_curve_prediction_on_digits(digits):
         assert lay["G1"] in (lay["G1_h"], lay["G1_h2"], lay["G1_h4"]) and lay["G1_stderr"] >= lay["G1_h_stderr"] * 0
         assert lay["G1_stderr"] >= lay["G1_bandwidth_spread"]
     assert "first order G1*tau" in h.meta["verdict"] and "target" in h.meta["verdict"]
+
+
+# ----------------------------------------------------------------------------------------------
+# every family priced (a sample; scripts/price_families.py runs them all into docs/hardening.md)
+
+
+@pytest.mark.parametrize("name, status, path", [
+    ("llama4", "priced", "weights"),  # sigmoid(a)[S] not renormalised, masked-scores format
+    ("doge", "priced", "logits"),  # product keys: per-row temperatures on the sub-key halves
+    ("switch_transformers", "refused", ""),  # k = 1: already hard
+])
+def test_families_priced_or_refused_with_the_reason(name, status, path, quiet_transformers):
+    from softhard.inspect.price.families import price_family
+
+    row = price_family(name, tokens=256)
+    assert (row["status"], row["path"]) == (status, path), row["note"]
+    if status == "priced":
+        assert math.isfinite(row["G1"]) and row["hard_minus_shipped"] != 0
+    else:
+        assert "already hard routing" in row["note"] and "costs exactly 0" in row["note"]

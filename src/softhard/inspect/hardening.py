@@ -64,6 +64,7 @@ DEFAULT_TAUS = (1.0, 0.5, 0.2, 0.1, 0.05, 0.02, 0.01, 0.005, 0.002, 0.001)
 U_HARD = 100.0  # hard rows: every scaled margin Δ/τ is 100, the others' weights are below e^-100
 ACTIVE_U = 5.0  # a row is "near a tie at τ" when Δ <= 5τ (the runner-up keeps a weight >= e^-5 / (1 + e^-5))
 MIN_EFFECTIVE = 30  # fewer effective sequences than this: the mean rests on a handful of heavy-tailed terms
+TIE_SHARE = 0.05  # more exactly tied rows than this in a layer: said in the verdict
 AGREE_SE = 2.0  # "the prediction holds at τ": |measured − predicted| <= 2 paired standard errors
 FIRST_ORDER_TARGET = ((0.02, 0.1), (0.8, 1.25))  # issue 20: τ range, band of measured / predicted
 CURVE_TARGET = ((0.2, 1.0), (0.75, 1.33))
@@ -206,7 +207,7 @@ def _effective(sums: np.ndarray) -> float:
 
 
 def harden(model, batches: list[Batch], loss: Callable, *, taus=DEFAULT_TAUS, layers=None, router_path=None,
-           top_k: int | None = None, nodes: int = 6, max_tie_tokens: int = 512, curve_tokens: int = 64,
+           top_k: int | None = None, nodes: int = 6, max_tie_tokens: int = 512, curve_tokens: int = 128,
            replica_tokens: int = 8192, path: str = "auto", seed=0, progress: bool = False) -> Hardening:
     r"""The model's own loss as its routing is made harder, measured and predicted (module docstring).
 
@@ -346,6 +347,12 @@ def harden(model, batches: list[Batch], loss: Callable, *, taus=DEFAULT_TAUS, la
                             "whole curve": _target(rows, "curve_ratio", CURVE_TARGET)}
     meta["holds_at"] = {"first order": _spans(rows, "first_order_holds"), "whole curve": _spans(rows, "curve_holds")}
     meta["verdict"] = _verdict(rows, meta)
+    tied = [(lay["layer"], lay["exact_ties"] / lay["router_rows"]) for lay in layer_rows
+            if lay["router_rows"] and lay["exact_ties"] > TIE_SHARE * lay["router_rows"]]
+    if tied:  # rows whose selected experts weigh exactly the same have no hard limit along the path
+        meta["verdict"] += "; " + ", ".join(f"layer {i}: {sh:.0%}" for i, sh in tied) + (
+            " of the router rows give their top two experts exactly equal weight: no tempering path separates them, "
+            "so they stay as shipped (hard model included)")
     return Hardening(rows, layer_rows, meta)
 
 
@@ -608,7 +615,7 @@ def _estimate(taus, l_ship, l_hard, curves, idx, lays, sites, paths, u, omega, r
         L, site = lays[i], next(s for s in sites if s.index == i)
         g = block(9 + 8 * n + 7)
         row = {"layer": i, "module": site.name, "rule": site.rule.describe(), "path": paths[i],
-               "router_rows": int(L["d"].size), "bandwidth": L["h"]}
+               "router_rows": int(L["d"].size), "exact_ties": int((L["d"] == 0).sum()), "bandwidth": L["h"]}
         if ok[i]:
             h_used = BANDWIDTHS[chosen[i]] * L["h"]
             d = L["d"]

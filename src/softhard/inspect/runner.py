@@ -15,6 +15,7 @@ plain forwards took less than :data:`MIN_CPU_SECONDS` in all. Then the sensitivi
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 import time

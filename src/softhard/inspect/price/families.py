@@ -6,7 +6,7 @@ reloaded, its routing rule identified and checked against the model's own select
 
 - τ = 1 is the model as shipped, exactly (``tau1_max_abs_change == 0``);
 - the hard model differs from the shipped one (``hard_minus_shipped != 0``), and the curve reaches it:
-  :math:`|L_{\tau_{min}} - L_0| \le 10^{-2}\,|L_1 - L_0| + 10^{-6}` at :math:`\tau_{min} = 10^{-5}` (the
+  :math:`|L_{\tau_{min}} - L_0| \le 10^{-2}\,|L_1 - L_0| + 10^{-6}` at :math:`\tau_{min} = 10^{-7}` (the
   last term: float32 rounding of the losses);
 - the first-order constant is finite.
 
@@ -24,7 +24,7 @@ import torch
 
 __all__ = ["price_family", "price_table_line"]
 
-SCAN_TAUS = (1.0, 0.1, 0.01, 1e-5)
+SCAN_TAUS = (1.0, 0.1, 0.01, 1e-7)
 FLOAT_FLOOR = 1e-6  # nats: below this, mean loss differences of float32 models are rounding
 
 
@@ -85,6 +85,11 @@ def price_family(fam, *, seed: int = 0, tokens: int = 512, seq_len: int = 32, ba
         checks.append("the hard model equals the shipped one")
     elif abs(gap[min(SCAN_TAUS)]) > 1e-2 * abs(m["hard_minus_shipped"]) + FLOAT_FLOOR:
         checks.append(f"at tau = {min(SCAN_TAUS):g} the loss is {gap[min(SCAN_TAUS)]:.2g} from the hard one")
+    tied = [lay for lay in h.layers if lay["exact_ties"] > 0.05 * lay["router_rows"]]
+    if tied:
+        checks.append(f"{max(lay['exact_ties'] / lay['router_rows'] for lay in tied):.0%} of the router rows give "
+                      f"their top two experts exactly equal weight ({tied[0]['rule'].split('; ')[-1]}): no tempering "
+                      f"path separates them, so they have no hard limit")
     paths = sorted(set(m["paths"].values()))
     out.update(path="/".join(paths), G1=m["G1"], hard_minus_shipped=m["hard_minus_shipped"],
                layers=len(m["layers"]), status="priced" if not checks else "refused",
