@@ -587,6 +587,8 @@ def _logits_reweight(site, fn):
         logw = torch.where(new > 0, torch.log(new.clamp_min(torch.finfo(torch.float64).tiny)), -math.inf)
         b = torch.full_like(a64, -math.inf).scatter(1, sel, logw)
         b = torch.where(torch.isfinite(b), b, low).to(a.dtype)
+        if new.requires_grad:  # a gradient through the weights (the prices' linear contrasts): no shortcut
+            return b.reshape(out.shape)
         same = (new == w).all(-1, keepdim=True)  # rows left as they were: the logits themselves, bit for bit
         return torch.where(same, a, b).reshape(out.shape)
 

@@ -71,7 +71,11 @@ def price_family(fam, *, seed: int = 0, tokens: int = 512, seq_len: int = 32, ba
     try:
         h = harden(model, batches, loss, taus=SCAN_TAUS, max_tie_tokens=32, curve_tokens=8, seed=seed)
     except InspectError as e:
-        out.update(status="refused", note=str(e).split(": ", 1)[-1])
+        note = str(e).split(": ", 1)[-1]
+        if "router rows per token" in note or "rows for" in note:
+            note += (" Its router is called on more rows than the forward has tokens (a block-diffusion decoder routes "
+                     "its canvas), so the rows cannot be paired with next-token losses")
+        out.update(status="refused", note=note)
         return out
     except Exception as e:  # noqa: BLE001 - recorded in the table
         out.update(status="refused", note=f"{type(e).__name__} while hardening: {str(e).splitlines()[0][:160]}")

@@ -20,12 +20,15 @@ dropping*), summing over rows as in hardening (identity (1) of ``docs/hardening.
 .. math:: L_{k'} - L_k = \frac1{N_{pos}}\sum_s D_s + (\text{interactions})
           = \frac{N_{rows}}{N_{pos}}\int f_\delta(t)\,E[D \mid \delta = t]\,dt,
 
-and to first order in the removed share, :math:`D_s \approx \varepsilon_s\,\gamma_s`
-(:math:`\gamma` the loss's derivative along the removed share). The estimator bins the rows by δ (quantiles),
-estimates the contrast per unit removed share :math:`\bar\gamma_b = \sum D_s/\pi_s \big/ \sum \varepsilon_s/\pi_s`
-on a seeded sample of rows of one half of the sequences (each re-run with that row alone cut), and predicts
-:math:`\frac1{N_{pos}}\sum_r \varepsilon_r \bar\gamma_{b(r)}` on the other half — cross-fitted, errors by a
-delete-one-sequence jackknife paired with the measurement.
+and :math:`D_s = g_s + r_s`: its *linear contrast* :math:`g_s = \sum_i \partial\varphi/\partial w_{s,i}\,
+(w'_{s,i} - w_{s,i})` (the loss's derivative along the cut, every row's from one backward pass of the shipped
+model) and a remainder :math:`r_s`, second order in the removed weights. The estimator takes every row's
+:math:`g_s` and adds the mean remainder of its cut-margin bin (quantiles of δ), estimated on a seeded sample of
+rows of the *other* half of the sequences (each re-run with that row alone cut, Horvitz–Thompson weighted):
+:math:`\frac1{N_{pos}}\sum_r (g_r + \bar r_{b(r)})` — cross-fitted, errors by a delete-one-sequence jackknife
+paired with the measurement. (A trained router sits near a stationary point of its loss, so :math:`\sum g` is
+small and the remainder carries the price; :math:`g` is a control variate that removes the rows' first-order
+noise from the sampled contrasts.)
 
 **A per-layer k for a budget.** Expert FLOPs per token are proportional to :math:`\sum_\ell k_\ell` (routed
 experts of one size; shared experts are not cut). For a budget ``B`` the allocation minimising the predicted
@@ -169,6 +172,50 @@ def _select(inputs: dict, unit: torch.Tensor, B: int) -> dict:
     return {k: v[unit] if isinstance(v, torch.Tensor) and v.ndim and v.shape[0] == B else v for k, v in inputs.items()}
 
 
+def _clean_pass(model, batch: Batch, loss: Callable, cut, levels) -> tuple[torch.Tensor, dict]:
+    r"""The shipped model on ``batch`` with the gradient of its summed loss with respect to every selected weight:
+    returns the per-token losses ``(B, P)`` and, per ``(layer, k')``, a list over router calls of ``(delta, eps,
+    g)`` ``(N,)`` each — the cut margin, the removed share, and the *linear contrast* :math:`g_s = \sum_i
+    \partial\varphi/\partial w_{s,i}\,(w'_{s,i} - w_{s,i})` of cutting row s alone to ``k'`` (the first-order
+    term of :math:`D_s`). The model's parameters get no gradient; the outputs are the shipped ones (every weight
+    multiplied by 1; bit for bit, except through a router returning logits alone, which is handed log-weights)."""
+    calls = {s.index: [] for s in cut}
+
+    def hook(site):
+        def fn(a, sel, w):
+            lam = torch.ones_like(w, requires_grad=True)
+            calls[site.index].append((lam, a.detach(), sel.detach(), w.detach()))
+            return w * lam
+        return fn
+
+    params = [p for p in model.parameters() if p.requires_grad]
+    for p in params:
+        p.requires_grad_(False)
+    try:
+        with torch.enable_grad(), contextlib.ExitStack() as st:
+            for s in cut:
+                st.enter_context(s.reweight(hook(s)))
+            losses = loss(batch, model(**batch.inputs)).to(torch.float64)
+            lams = [c[0] for v in calls.values() for c in v]
+            grads = torch.autograd.grad(losses.sum(), lams, allow_unused=True)
+    finally:
+        for p in params:
+            p.requires_grad_(True)
+    grad_of = {id(lam): g for lam, g in zip(lams, grads)}
+    rec = {}
+    for s in cut:
+        for lam, a, sel, w in calls[s.index]:
+            g = grad_of[id(lam)]
+            g = torch.zeros_like(w) if g is None else g.to(torch.float64)
+            for kk in levels[s.index]:
+                d, e = cut_margin(s.rule, a, sel, w, kk)
+                new = cut_weights(s.rule, a, sel, w, kk)
+                ratio = torch.where(w != 0, new / torch.where(w != 0, w, 1.0), 1.0)
+                lin = (g * (ratio - 1)).sum(-1)
+                rec.setdefault((s.index, kk), []).append((d.cpu().numpy(), e.cpu().numpy(), lin.cpu().numpy()))
+    return losses.detach().cpu(), rec
+
+
 def _single_cuts(model, batch: Batch, loss, sites, i, rows: np.ndarray, ks: list[int], k: int,
                  replica_tokens: int) -> np.ndarray:
     """:math:`D_s(k')`, ``(len(rows), len(ks))``: the loss change of each row's sequence when that row alone is
@@ -232,20 +279,11 @@ def price_topk(model, batches: list[Batch], loss: Callable, *, layers=None, rout
     idx = [s.index for s in cut]
     K = {s.index: s.rule.k for s in cut}
     levels = {i: list(range(K[i] - 1, 0, -1)) for i in idx}
-    # 1. the clean pass: every row's cut margin at each k' (and the shipped losses)
+    # 1. the clean pass, with the gradient: every row's cut margin at each k', its linear contrast, the losses
     margins = {(i, kk): [] for i in idx for kk in levels[i]}
     shares = {(i, kk): [] for i in idx for kk in levels[i]}
+    linear = {(i, kk): [] for i in idx for kk in levels[i]}
     shipped = []
-    rec = {}
-
-    def recorder(site):
-        def fn(a, sel, w):
-            for kk in levels[site.index]:
-                d, e = cut_margin(site.rule, a, sel, w, kk)
-                rec.setdefault((site.index, kk), []).append((d.cpu().numpy(), e.cpu().numpy()))
-            return w
-        return fn
-
     bar = None
     n_meas = len(batches) * (1 + sum(len(v) for v in levels.values()))
     if progress:
@@ -253,11 +291,8 @@ def price_topk(model, batches: list[Batch], loss: Callable, *, layers=None, rout
 
         bar = tqdm(total=n_meas, desc="topk: measured cuts", unit="fwd", leave=False)
     for batch in batches:
-        rec.clear()
-        with contextlib.ExitStack() as st:
-            for s in cut:
-                st.enter_context(s.reweight(recorder(s)))
-            shipped.append(_forward(model, batch, loss))
+        losses, rec = _clean_pass(model, batch, loss, cut, levels)
+        shipped.append(losses)
         for key in margins:
             d = np.concatenate([x[0] for x in rec[key]])
             if d.size != batch.ids.numel():
@@ -265,6 +300,7 @@ def price_topk(model, batches: list[Batch], loss: Callable, *, layers=None, rout
                                    f"pricing needs one router row per token.")
             margins[key].append(d)
             shares[key].append(np.concatenate([x[1] for x in rec[key]]))
+            linear[key].append(np.concatenate([x[2] for x in rec[key]]))
         if bar is not None:
             bar.update(1)
     # 2. measured: each layer alone at each k'
@@ -303,13 +339,14 @@ def price_topk(model, batches: list[Batch], loss: Callable, *, layers=None, rout
             if rows.size:
                 D[i][offsets[b] + rows] = _single_cuts(model, batch, loss, cut, i, rows, levels[i], K[i],
                                                        replica_tokens)
-    # 4. per-sequence sums, cross-fitted ratio estimator by cut-margin bins, jackknife
+    # 4. per-sequence sums; the linear contrasts of every row plus the cross-fitted mean residual of the sampled
+    #    rows' contrasts (D - g) in cut-margin bins; jackknife
     fold = sequence_folds(n_seq, seed)
     keys = list(margins)
     blocks = [segment_sums(np.ones(n_pos), pos_starts)[:, None]]
     for (i, kk) in keys:
         j = levels[i].index(kk)
-        delta, eps = np.concatenate(margins[(i, kk)]), np.concatenate(shares[(i, kk)])
+        delta, g = np.concatenate(margins[(i, kk)]), np.concatenate(linear[(i, kk)])
         fin = np.isfinite(delta)
         edges = np.quantile(delta[fin], np.linspace(0, 1, CUT_BINS + 1)[1:-1]) if fin.any() else np.zeros(0)
         b = np.where(fin, np.searchsorted(edges, delta, side="right"), 0)
@@ -317,13 +354,13 @@ def price_topk(model, batches: list[Batch], loss: Callable, *, layers=None, rout
         onehot[np.arange(n_rows), b] = 1.0
         w = np.where(take[i], 1.0 / prob, 0.0)
         blocks += [segment_sums(flat(measured[(i, kk)]) - l_ship, pos_starts)[:, None],
-                   segment_sums(onehot * eps[:, None], row_starts),
-                   segment_sums(onehot * (D[i][:, j] * w)[:, None], row_starts),
-                   segment_sums(onehot * (eps * w)[:, None], row_starts)]
+                   segment_sums(g, row_starts)[:, None],
+                   segment_sums(onehot, row_starts),
+                   segment_sums(onehot * ((D[i][:, j] - g) * w)[:, None], row_starts)]
     X = np.concatenate(blocks, 1)
     S = crossfit_stats(X, fold)
     d = X.shape[1]
-    per = 1 + 3 * CUT_BINS
+    per = 2 + 2 * CUT_BINS
 
     def fn(tot):
         A, B = tot[:, :d], tot[:, d:]
@@ -332,16 +369,15 @@ def price_topk(model, batches: list[Batch], loss: Callable, *, layers=None, rout
         for n in range(len(keys)):
             o = 1 + n * per
             meas = (A[:, o] + B[:, o]) / npos
-            ea, eb = A[:, o + 1:o + 1 + CUT_BINS], B[:, o + 1:o + 1 + CUT_BINS]
-            da, db = A[:, o + 1 + CUT_BINS:o + 1 + 2 * CUT_BINS], B[:, o + 1 + CUT_BINS:o + 1 + 2 * CUT_BINS]
-            sa, sb = A[:, o + 1 + 2 * CUT_BINS:o + per], B[:, o + 1 + 2 * CUT_BINS:o + per]
+            lin = (A[:, o + 1] + B[:, o + 1]) / npos
+            ca, cb = A[:, o + 2:o + 2 + CUT_BINS], B[:, o + 2:o + 2 + CUT_BINS]
+            ra, rb = A[:, o + 2 + CUT_BINS:o + per], B[:, o + 2 + CUT_BINS:o + per]
             with np.errstate(divide="ignore", invalid="ignore"):
-                ga = np.where(sa > 0, da / np.where(sa > 0, sa, 1), np.nan)
-                gb = np.where(sb > 0, db / np.where(sb > 0, sb, 1), np.nan)
-                gp = np.where(sa + sb > 0, (da + db) / np.where(sa + sb > 0, sa + sb, 1), 0.0)
-            ga, gb = np.where(np.isnan(ga), gp, ga), np.where(np.isnan(gb), gp, gb)
-            pred = ((ea * gb).sum(1) + (eb * ga).sum(1)) / npos
-            out += [meas, pred, meas - pred]
+                pooled = np.where(ca + cb > 0, (ra + rb) / np.where(ca + cb > 0, ca + cb, 1), 0.0)
+                ma = np.where(ca > 0, ra / np.where(ca > 0, ca, 1), pooled)
+                mb = np.where(cb > 0, rb / np.where(cb > 0, cb, 1), pooled)
+            pred = lin + ((ca * mb).sum(1) + (cb * ma).sum(1)) / npos
+            out += [meas, pred, meas - pred, lin]
         return np.stack(out, 1)
 
     est = jackknife(S, fn)
@@ -349,14 +385,16 @@ def price_topk(model, batches: list[Batch], loss: Callable, *, layers=None, rout
     site_of = {st.index: st for st in cut}
     rows, costs = [], {i: {K[i]: 0.0} for i in idx}
     for n, (i, kk) in enumerate(keys):
-        mv, pv = float(v[3 * n]), float(v[3 * n + 1])
+        mv, pv = float(v[4 * n]), float(v[4 * n + 1])
         delta = np.concatenate(margins[(i, kk)])
         pe = mean_estimate(flat(measured[(i, kk)]) - l_ship)
         rows.append({"layer": i, "module": site_of[i].name, "k": K[i], "k_cut": kk, "measured": mv,
-                     "measured_stderr": pe.stderr, "measured_stderr_seq": float(s[3 * n]), "predicted": pv,
-                     "predicted_stderr": float(s[3 * n + 1]), "diff_stderr": float(s[3 * n + 2]),
+                     "measured_stderr": pe.stderr, "measured_stderr_seq": float(s[4 * n]), "predicted": pv,
+                     "predicted_stderr": float(s[4 * n + 1]), "diff_stderr": float(s[4 * n + 2]),
                      "ratio": mv / pv if pv else math.nan,
-                     "agrees": bool(abs(mv - pv) <= 2 * float(s[3 * n + 2])),
+                     "agrees": bool(abs(mv - pv) <= 2 * float(s[4 * n + 2])),
+                     "predicted_linear": float(v[4 * n + 3]), "predicted_linear_stderr": float(s[4 * n + 3]),
+                     "removed_share_mean": float(np.concatenate(shares[(i, kk)]).mean()),
                      "cut_margin_median": float(np.median(delta[np.isfinite(delta)])) if np.isfinite(delta).any()
                      else math.inf, "contrasted": int(take[i].sum())})
         costs[i][kk] = pv
@@ -365,9 +403,10 @@ def price_topk(model, batches: list[Batch], loss: Callable, *, layers=None, rout
             "router_rows": n_rows, "sequences": n_seq, "sample_tokens": sample_tokens, "seed": seed,
             "shipped_loss": float(l_ship.mean()), "cut_bins": CUT_BINS,
             "definition": "layer cut to its k' best-ranked selected experts (by selection score), weights "
-                          "renormalised where the rule renormalises; predicted = cross-fitted ratio estimator of "
-                          "the single-row contrasts of dropping per unit removed share, in cut-margin bins; "
-                          "errors: delete-one-sequence jackknife, paired"}
+                          "renormalised where the rule renormalises; predicted = every row's linear contrast (the "
+                          "loss's gradient along the cut) + the cross-fitted mean remainder (single-row contrast of "
+                          "dropping minus its linear contrast) of its cut-margin bin; errors: delete-one-sequence "
+                          "jackknife, paired"}
     return TopKPrice(rows, budgets, meta)
 
 
