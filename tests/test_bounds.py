@@ -129,3 +129,76 @@ def test_margin_tail_linear_gaussian_and_zeros():
         sh.fit_margin_tail([-0.1, 0.2, 0.3])
     with pytest.raises(ValueError, match=TEMPLATE):
         sh.fit_margin_tail(np.linspace(0.1, 1, 50), t_max=0.05)
+
+
+def _binary(m=0.4, s=1.3):
+    """A binary linear router whose score g = a_1 − a_2 ~ N(m, s²) under N(0, I_2)."""
+    return sh.LinearRouter([[s / 2, 0.0], [-s / 2, 0.0]], [m / 2, -m / 2]), sh.Gaussian.standard(2)
+
+
+def test_margin_slope_constant_bounds_beta_and_tends_to_2_psi0():
+    """Prop. 3.7's C_1 on (0, w0]: sup_w β(w)/w ≤ C_1 (β by SciPy), equality as w0 → 0 (= 2 C_Σ, Prop. 3.5)."""
+    from scipy.stats import norm
+
+    r, law = _binary()
+    for w0 in (0.05, 0.5, 2.0):
+        C1 = sh.margin_slope_constant(r, law, w0)
+        w = np.linspace(1e-6, w0, 2001)
+        beta = norm.cdf((w - 0.4) / 1.3) - norm.cdf((-w - 0.4) / 1.3)
+        assert np.max(beta / w) <= C1 * (1 + 1e-12)
+        assert C1 == pytest.approx(2 * norm.pdf(max(0.4 - w0, 0.0) / 1.3) / 1.3, rel=1e-13)
+    assert sh.margin_slope_constant(r, law, 0.0) == pytest.approx(2 * float(sh.interface_constant(r, law).value),
+                                                                  rel=1e-12)
+    # K = 3: β_pair(w) ≤ C_1 w against plain sampling of the smallest pairwise separation (2.12)
+    W = np.array([[1.0, 0.0], [-0.5, 0.8], [-0.5, -0.8]])
+    r3 = sh.LinearRouter(W, [0.1, 0.0, -0.1])
+    x = np.random.default_rng(0).normal(size=(1 << 18, 2))
+    a = x @ W.T + np.array([0.1, 0.0, -0.1])
+    delta = np.min(np.abs(a[:, [0, 0, 1]] - a[:, [1, 2, 2]]), 1)
+    for w in (0.05, 0.2):
+        ind = delta <= w
+        assert ind.mean() - 5 * ind.std() / math.sqrt(len(ind)) <= sh.margin_slope_constant(r3, law, 0.2) * w
+
+
+def test_corollary44_bound_holds_against_the_exact_gap():
+    """Cor. 4.4 with constant experts (|Y|, |h_k| ≤ B): the bound ≥ |L_τ − L_0|, the gap by SciPy quadrature."""
+    from scipy import integrate
+    from scipy.stats import norm
+
+    r, law = _binary()
+    c1, c2, B = 0.8, -0.5, 0.8
+    taus = np.array([0.003, 0.03, 0.3])
+    bound = sh.corollary44_bound(r, law, taus, B=B, w0=0.5)
+    for t, bd in zip(taus, bound):
+        # realizable teacher (the hard model itself): L_τ − L_0 = (c1 − c2)² E[σ(−|g|/τ)²]
+        gap = integrate.quad(lambda g: norm.pdf(g, 0.4, 1.3) * ((c1 - c2) * math.exp(-np.logaddexp(0, abs(g) / t))) ** 2,
+                             -12, 12, points=[0.0], limit=400, epsabs=1e-14)[0]
+        assert 0 < gap <= bd, (t, gap, bd)
+    C1 = sh.margin_slope_constant(r, law, 0.5)
+    assert bound == pytest.approx(8 * B * B * (C1 * taus + np.exp(-0.5 / taus)), rel=1e-14)
+
+
+def test_lemma57_constant_against_the_ambiguity_mass():
+    """Lemma 5.7: m_ε(τ) ≤ C_ε τ for τ ≤ w0/λ_ε, and m_ε(τ)/τ → C_ε (first order), K = 2 by SciPy; K = 3 sampled."""
+    from scipy.stats import norm
+
+    r, law = _binary()
+    eps = 0.1
+    lam = math.log((1 - eps) / eps)
+    first, unif = sh.lemma57_constant(r, law, eps), sh.lemma57_constant(r, law, eps, w0=0.5)
+    for t in (1e-5, 0.01, 0.5 / lam):
+        m = norm.cdf((lam * t - 0.4) / 1.3) - norm.cdf((-lam * t - 0.4) / 1.3)  # K = 2: m_ε(τ) = μ(|g| < λτ)
+        assert m <= unif * t * (1 + 1e-12)
+    t = 1e-5
+    assert (norm.cdf((lam * t - 0.4) / 1.3) - norm.cdf((-lam * t - 0.4) / 1.3)) / t == pytest.approx(first, rel=1e-8)
+    W = np.array([[1.0, 0.0], [-0.5, 0.8], [-0.5, -0.8]])
+    r3 = sh.LinearRouter(W, [0.1, 0.0, -0.1])
+    x = np.random.default_rng(1).normal(size=(1 << 17, 2))
+    a = (x @ W.T + np.array([0.1, 0.0, -0.1])) / 0.05
+    p = np.exp(a - a.max(1, keepdims=True))
+    amb = (p / p.sum(1, keepdims=True)).max(1) < 1 - eps
+    lam3 = lam + math.log(2)
+    C = sh.lemma57_constant(r3, law, eps, w0=lam3 * 0.05)
+    assert amb.mean() - 5 * amb.std() / math.sqrt(len(amb)) <= C * 0.05
+    with pytest.raises(TypeError, match="'router' parameter of lemma57_constant must be a LinearRouter"):
+        sh.lemma57_constant(lambda x: x, law)

@@ -137,3 +137,23 @@ def test_bad_input_raises_with_template():
         sh.coarea_constant(wavy, sh.Gaussian.standard(2), method="kernel", pair=(0, 3), n=100)
     with pytest.raises(ValueError, match=TEMPLATE):
         sh.interface_diagnostic(router, law, n=10)
+
+
+def test_level_set_profile_at_nonzero_levels():
+    """ψ_ij(s) (3.8) for s ≠ 0: the exact form against SciPy's normal density of g_ij(X) (a mixture), the kernel
+    estimate against it within 5 standard errors, and ψ_ij(0) = coarea_constant."""
+    r3, _ = k3_router()
+    law = sh.GaussianMixture([0.3, 0.7], [[0.5, 0.0, 0.1], [-0.3, 0.4, 0.0]],
+                             [[[1, 0.2, 0], [0.2, 1, 0.1], [0, 0.1, 0.5]], [[0.6, 0, 0], [0, 0.9, 0], [0, 0, 0.4]]])
+    s = np.array([-1.5, -0.4, 0.0, 0.7, 2.0])
+    est = sh.level_set_profile(r3, law, s, (0, 2))
+    v, c = (t.numpy() if hasattr(t, "numpy") else t for t in pair_score(r3, (0, 2)))
+    ref = sum(w * stats.norm.pdf(s, loc=float(v @ m.numpy()) + c, scale=math.sqrt(float(v @ S.numpy() @ v)))
+              for w, m, S in zip([0.3, 0.7], [comp.mean for comp in law.components], [comp.cov for comp in law.components]))
+    assert est.method == "exact" and np.allclose(est.value, ref, rtol=1e-13, atol=0)
+    assert float(sh.level_set_profile(r3, law, 0.0, (0, 2)).value) == pytest.approx(
+        float(sh.coarea_constant(r3, law, (0, 2)).value), rel=1e-14)
+    ker = sh.level_set_profile(r3, law, s, (0, 2), method="kernel", n=1 << 17, seed=3)
+    assert ker.value.shape == (5,) and np.all(np.abs(ker.value - ref) <= 5 * ker.stderr)
+    with pytest.raises(ValueError, match="'levels' parameter of level_set_profile must be"):
+        sh.level_set_profile(r3, law, [0.0, float("nan")])

@@ -76,14 +76,16 @@ def test_inspection_of_the_trained_router(trained):
 
 
 def test_monitor_logs_every_n_steps_without_changing_outputs(trained, tmp_path):
+    from softhard.inspect.io import ScalarLog
+
     model = trained.model
     x, y = trained.x[:200], trained.y[:200]
     with torch.no_grad():
         plain = model(x)
     path = tmp_path / "routing.csv"
+    log = ScalarLog()
     opt = torch.optim.SGD(model.parameters(), lr=0.0)  # lr 0: the model stays as trained
-    with pytest.warns(UserWarning, match="tensorboard"), RoutingMonitor(model, path, every=2,
-                                                                        tensorboard=tmp_path / "tb") as mon:
+    with RoutingMonitor(model, path, every=2, writers=log, max_expert_keys=3) as mon:
         for _ in range(5):
             out = model(x)
             torch.nn.functional.cross_entropy(out, y).backward()
@@ -97,8 +99,17 @@ def test_monitor_logs_every_n_steps_without_changing_outputs(trained, tmp_path):
     assert math.isfinite(mon.overhead) and mon.overhead > 0
     for r in rows:
         assert int(r["tokens"]) == 200
-        assert 0 <= float(r["near_tie_w0.01"]) <= float(r["near_tie_w0.1"]) <= float(r["near_tie_w1"]) <= 1
-        assert 0 <= float(r["margin_q0.01"]) <= float(r["margin_q0.1"]) <= float(r["margin_q0.5"])
+        assert (0 <= float(r["boundary_mass_w0.01"]) <= float(r["boundary_mass_w0.1"])
+                <= float(r["boundary_mass_w1"]) <= 1)
+        assert 0 <= float(r["margin_p1"]) <= float(r["margin_p10"]) <= float(r["margin_p50"])
+        assert 1 <= float(r["load_imbalance"]) <= 4 and 0 <= float(r["load_min"]) <= 1
+        assert "expert0_load" not in r  # 4 experts > max_expert_keys = 3: summaries only
+        # the same values under moe/<metric>_layer_<i>, i the block index in the module path (blocks.<i>.gate)
+        i = int(r["log_layer"])
+        assert r["module"] == f"blocks.{i}.gate"
+        for key in ("boundary_mass_w0.1", "margin_p10", "pred_flip_rate_bf16", "load_imbalance", "soft_hard_gap"):
+            assert (int(r["step"]), float(r[key])) in log[f"moe/{key}_layer_{i}"]
+    assert not any(k.endswith("_stderr") or "overhead" in k or "tokens" in k for k in log.scalars)
     # the logged soft-vs-hard gap is the dense sensitivity of the block on the same tokens
     sites = find_routers(model)
     sens = Sensitivity(sites, [1.0], dense=True)

@@ -188,6 +188,34 @@ def test_topk_price_on_digits(digits):
     assert b["budget"] == 2 and b["allocation"] == "1,1" and b["chosen_minus_uniform"] == 0.0
 
 
+def test_linear_contrast_is_the_derivative_along_the_cut(digits):
+    """``predicted_linear`` (every row's gradient term, one backward pass through the router hooks) against an
+    independent reference: a central finite difference of a hand-written forward, every row of one layer moved
+    along the cut, ``w + ε (w' − w)``, ``w`` the softmax of the top-2 logits, ``w'`` hard top-1."""
+    model, x, y = digits.model, digits.x[:300], digits.y[:300]
+    idx = torch.arange(300)
+    p = price_topk(model, [Batch({"x": x[:150]}, idx[:150, None]), Batch({"x": x[150:]}, idx[150:, None])],
+                   label_loss(digits.y), sample_tokens=8, seed=0)
+
+    def total(layer, eps):
+        h = torch.tanh(model.embed(x))
+        for i, b in enumerate(model.blocks):
+            a = b.gate(h)
+            top = torch.topk(a, 2, dim=-1)
+            w = torch.zeros_like(a).scatter(1, top.indices, torch.softmax(top.values, -1))
+            if i == layer:
+                w = w + eps * (torch.nn.functional.one_hot(a.argmax(-1), a.shape[-1]).to(a) - w)
+            e = torch.stack([ex(h) for ex in b.experts], dim=1)
+            h = h + (w[:, :, None] * e).sum(1)
+        return torch.nn.functional.cross_entropy(model.head(h), y, reduction="sum").item()
+
+    with torch.no_grad():
+        fd = [(total(i, 1e-5) - total(i, -1e-5)) / 2e-5 / 300 for i in (0, 1)]
+    for r, want in zip(p.rows, fd):
+        assert r["predicted_linear"] == pytest.approx(want, rel=1e-6, abs=1e-13)
+    assert min(abs(v) for v in fd) > 1e-6  # nonzero derivatives (small: the router is trained), so it can fail
+
+
 # ----------------------------------------------------------------------------------------------
 # the whole-curve prediction and cross-fitting
 

@@ -69,6 +69,7 @@ def cases():
     add("coarea_constant", "K=3 callable", lambda **kw: sh.coarea_constant(as_callable(r3, 3), law3, (0, 2), **kw),
         exact_of(lin))
     add("coarea_sum", "K=3 linear", lambda **kw: sh.coarea_sum(r3, law3, **kw))
+    add("level_set_profile", "K=3 linear", lambda **kw: sh.level_set_profile(r3, law3, [-0.5, 0.3], (0, 2), **kw))
     add("interface_constant", "K=3 linear", lambda **kw: sh.interface_constant(r3, law3, **kw))
     add("risk_gap", "7.1 design", lambda **kw: sh.risk_gap(moe, law, taus, **kw))
     add("gap_slope", "7.1 design", lambda **kw: sh.gap_slope(moe, law, **kw))

@@ -15,13 +15,18 @@ from softhard import (
     LinearRouter,
     MLPRouter,
     MoE,
+    ParamSpace,
     PartitionTeacher,
     Uniform,
+    UnitLinearRouter,
     binary_problem,
+    hard_derivatives,
     hard_risk,
     profiled_hard_risk,
     shape_derivative,
     shape_gradient,
+    shape_hessian,
+    shape_hessian_matrix,
     voronoi3_problem,
 )
 from softhard.closed import moments
@@ -355,3 +360,148 @@ def test_bad_input():
         profiled_hard_risk(r3, t3, Gaussian.standard(3))
     with pytest.raises(ValueError, match="'bandwidth' parameter"):
         shape_gradient(_router(3, 0), prob.teacher, prob.law, method="mc", bandwidth=0.0)
+
+
+# ------------------------------------------------------------------------------------------------
+# Second variation (docs/shape_derivative.md §7): central finite differences of the exact hard risk
+
+
+def _fd_mixed(L, x0, e1, e2, h):
+    """Central second difference of L at x0 along (e1, e2), step h (error O(h²))."""
+    return (L(x0 + h * e1 + h * e2) - L(x0 + h * e1 - h * e2) - L(x0 - h * e1 + h * e2) + L(x0 - h * e1 - h * e2)) / (
+        4 * h * h)
+
+
+def _richardson(L, x0, e1, e2, h=5e-4):
+    """Richardson-extrapolated central second difference (error O(h⁴))."""
+    return (4 * _fd_mixed(L, x0, e1, e2, h / 2) - _fd_mixed(L, x0, e1, e2, h)) / 3
+
+
+CASES_H = {
+    "binary": ([[0.8, 0.3], [-0.2, 0.1]], [0.3, -0.1], [[1.0, 0.5], [-0.7, -1.2]], [0.4, -0.6]),
+    "voronoi3": ([[0.9, 0.2], [-0.5, 0.7], [-0.3, -0.8]], [0.1, -0.2, 0.15], [[1.0, 0.5], [-0.7, -1.2], [0.3, 0.2]],
+                 [0.4, -0.6, 0.1]),
+}
+
+
+@pytest.mark.parametrize("name", ["binary", "voronoi3"])
+def test_shape_hessian_matches_finite_differences(name):
+    """K = 2 and K = 3 (with a triple junction and teacher crossings): exact second variation vs central FD."""
+    prob = PROBLEMS[name]()
+    W, b, E, c = (np.array(v, dtype=float) for v in CASES_H[name])
+    K, d = W.shape
+    ex = LinearExperts(E, c)
+    router = LinearRouter(torch.tensor(W), torch.tensor(b))
+    sv = shape_hessian_matrix(router, prob.teacher, prob.law, ex)
+    assert sv.hessian.shape == (K * (d + 1),) * 2 and sv.asymmetry < 1e-12
+
+    def L(vec):
+        r = LinearRouter(torch.tensor(vec[:K * d].reshape(K, d)), torch.tensor(vec[K * d:]))
+        return float(hard_risk(MoE(r, ex), prob.teacher, prob.law, method="exact").value)
+
+    x0 = np.concatenate([W.ravel(), b])
+    rng = np.random.default_rng(7)
+    for _ in range(2):
+        e1, e2 = rng.normal(size=len(x0)), rng.normal(size=len(x0))
+        fd = _richardson(L, x0, e1, e2)
+        assert abs(e1 @ sv.hessian @ e2 - fd) <= 1e-6 * (1 + abs(fd)), (e1 @ sv.hessian @ e2, fd)
+        g_fd = (L(x0 + 1e-5 * e1) - L(x0 - 1e-5 * e1)) / 2e-5
+        assert abs(sv.gradient @ e1 - g_fd) <= 1e-6 * (1 + abs(g_fd))
+    # the directional form, both slots
+    dW, db = torch.tensor(rng.normal(size=(K, d))), torch.tensor(rng.normal(size=K))
+    dW2, db2 = torch.tensor(rng.normal(size=(K, d))), torch.tensor(rng.normal(size=K))
+    h12 = shape_hessian(router, prob.teacher, prob.law, (dW, db), (dW2, db2), experts=ex)
+    h21 = shape_hessian(router, prob.teacher, prob.law, {"weight": dW2, "bias": db2}, (dW, db), experts=ex)
+    v1, v2 = np.concatenate([dW.numpy().ravel(), db.numpy()]), np.concatenate([dW2.numpy().ravel(), db2.numpy()])
+    assert h12 == pytest.approx(v1 @ sv.hessian @ v2, rel=1e-12) and h12 == pytest.approx(h21, rel=1e-10)
+
+
+def test_profiled_second_variation_and_the_binary_saddle():
+    """Assumption 5.14: the profiled Hessian (full tangent (η, Dθ*η)) vs FD of the exact profiled risk, through a
+    UnitLinearRouter under a mixture law; at the binary problem's saddle it has a negative eigenvalue."""
+    prob = voronoi3_problem()
+    mix = GaussianMixture([0.4, 0.6], [[0.3, -0.2], [-0.4, 0.5]],
+                          [[[1.0, 0.2], [0.2, 0.6]], [[0.7, -0.1], [-0.1, 1.2]]])
+    W, b = np.array(CASES_H["voronoi3"][0]), np.array(CASES_H["voronoi3"][1])
+    router = UnitLinearRouter(torch.tensor(W), torch.tensor(b), scale=1.7)
+    sv = shape_hessian_matrix(router, prob.teacher, mix, profiled=True)
+
+    def Lp(vec):
+        r = UnitLinearRouter(torch.tensor(vec[:6].reshape(3, 2)), torch.tensor(vec[6:]), scale=1.7)
+        return float(profiled_hard_risk(r, prob.teacher, mix).risk.value)
+
+    x0 = np.concatenate([W.ravel(), b])
+    e1, e2 = np.random.default_rng(3).normal(size=(2, 9))
+    fd = _richardson(Lp, x0, e1, e2)
+    assert abs(e1 @ sv.hessian @ e2 - fd) <= 1e-6 * (1 + abs(fd))
+    # the fixed-expert Hessian at the profiled experts is larger (profiling only lowers the curvature)
+    fixed = shape_hessian_matrix(router, prob.teacher, mix)
+    assert np.linalg.eigvalsh(fixed.hessian - sv.hessian).min() > -1e-9
+    bp = binary_problem()
+    sad = shape_hessian_matrix(bp.saddle().router, bp.teacher, bp.law, profiled=True)
+    eig = sad.eigenvalues()
+    assert eig[0] < -1.0 and eig[-1] > 0.05  # one descending direction (the mountain pass), one ascending
+    assert np.sum(np.abs(eig) < 1e-10) == 4  # the gauge (3) and the scale of W: exact invariances
+
+
+def test_hard_derivatives_in_parameter_space():
+    """Gradient and Hessian of L_0 in all parameters (router raw + experts), against FD of the exact risk."""
+    prob = binary_problem()
+    student = prob.student(seed=3)
+    space = ParamSpace(student)
+    g, H = hard_derivatives(student, prob.teacher, prob.law)
+    v0 = space.vector().numpy()
+
+    def L(v):
+        return float(hard_risk(space.load(torch.tensor(v)), prob.teacher, prob.law, method="exact").value)
+
+    e1, e2 = np.random.default_rng(0).normal(size=(2, len(v0)))
+    fd = _richardson(L, v0, e1, e2)
+    assert abs(e1 @ H @ e2 - fd) <= 1e-6 * (1 + abs(fd))
+    assert abs(g @ e1 - (L(v0 + 1e-5 * e1) - L(v0 - 1e-5 * e1)) / 2e-5) <= 1e-6
+
+
+def test_shape_hessian_refuses_where_it_does_not_exist():
+    prob = binary_problem()
+    ts = prob.teacher_student()  # the student interface is the teacher's: a kink
+    with pytest.raises(ValueError, match="coincides with a teacher interface"):
+        shape_hessian_matrix(ts.router, prob.teacher, prob.law, ts.experts)
+    with pytest.raises(ValueError, match="coincides with a teacher interface"):
+        hard_derivatives(ts, prob.teacher, prob.law)
+    # a K = 3 student whose triple junction lies on a teacher interface: a degenerate junction
+    vp = voronoi3_problem()
+    WT, bT = vp.teacher.moe.router.weight.numpy(), vp.teacher.moe.router.bias.numpy()
+    n01, c01 = WT[0] - WT[1], bT[0] - bT[1]
+    p = -c01 * n01 / (n01 @ n01)  # a point of the teacher line between cells 0 and 1
+    W = np.array([[1.0, 0.2], [-0.4, 0.9], [-0.5, -0.8]])
+    b = np.array([0.0, (W[0] - W[1]) @ p, (W[0] - W[2]) @ p])  # all three logits tie at p
+    with pytest.raises(ValueError, match="degenerate junction"):
+        shape_hessian_matrix(LinearRouter(W, b), vp.teacher, vp.law, LinearExperts(np.eye(3, 2), [0.0, 0.1, 0.2]))
+    with pytest.raises(TypeError, match="'experts' parameter of shape_hessian_matrix must be None when profiled"):
+        shape_hessian_matrix(ts.router, prob.teacher, prob.law, ts.experts, profiled=True)
+    with pytest.raises(TypeError, match="'router' parameter of shape_hessian must be a LinearRouter"):
+        shape_hessian(MLPRouter(2, 2, (4,), seed=0), prob.teacher, prob.law, (torch.zeros(2, 2), torch.zeros(2)))
+    r = _router(2, 0)
+    with pytest.raises(ValueError, match="'direction2' parameter of shape_hessian must be tensors"):
+        shape_hessian(r, prob.teacher, prob.law, (torch.zeros(2, 2), torch.zeros(2)), (torch.zeros(3, 2),
+                                                                                       torch.zeros(2)))
+
+
+def test_product_moments_match_monte_carlo():
+    """closed.moments.product_moment (order 4 over a slab, a rank-deficient factor) against plain sampling."""
+    rng = np.random.default_rng(0)
+    mean, L = rng.normal(size=3), np.tril(rng.normal(size=(3, 3)))
+    L[:, 0] = 0.0
+    A = rng.normal(size=(1, 3))
+    A = np.concatenate([A, -2 * A])
+    alpha = np.array([0.3, 0.4])
+    F = rng.normal(size=(3, 4, 4))
+    val, tied = moments.product_moment(mean, L, F, A, alpha)
+    z = rng.normal(size=(400_000, 3))
+    x = mean + z @ L.T
+    xt = np.c_[x, np.ones(len(x))]
+    ind = np.all(x @ A.T + alpha > 0, 1)
+    for k in range(3):
+        t = np.prod(xt @ F[k].T, 1) * ind
+        assert abs(val[k] - t.mean()) <= 5 * t.std() / math.sqrt(len(t)), (val[k], t.mean())
+    assert not tied

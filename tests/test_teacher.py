@@ -1,5 +1,6 @@
 """Teachers, students, recovery modulo relabelling and the Lemma 5.5 / Prop. 5.8 decomposition."""
 
+import itertools
 import math
 
 import numpy as np
@@ -13,12 +14,15 @@ from softhard import (
     LinearExperts,
     MoE,
     PartitionTeacher,
+    Uniform,
     UnitLinearRouter,
+    admissible_matching,
     binary_problem,
     draw,
     get_problem,
     hard_risk,
     make_student,
+    misrouting_bound,
     recovery,
     risk_decomposition,
     shape_gradient,
@@ -160,3 +164,73 @@ def test_make_student_kinds_and_bad_input():
         recovery(make_student(2, 2), voronoi3_problem().teacher, voronoi3_problem().law)
     with pytest.raises(ValueError, match="'eps' parameter of risk_decomposition"):
         risk_decomposition(make_student(2, 2), binary_problem().teacher, binary_problem().law, 0.1, eps=0.7)
+
+
+def _near_masses_numpy(student, teacher, x, eta):
+    """μ(Ω_k ∩ {|h_j − h*_k| < η}) by plain NumPy on the sample x (an independent reading of (5.15))."""
+    xn = x.numpy()
+    WT, bT = teacher.moe.router.weight.numpy(), teacher.moe.router.bias.numpy()
+    cell = np.argmax(xn @ WT.T + bT, 1)
+    E, c = student.experts.weight.detach().numpy(), student.experts.bias.detach().numpy()
+    ET, cT = teacher.moe.experts.weight.numpy(), teacher.moe.experts.bias.numpy()
+    h, hs = xn @ E.T + c, xn @ ET.T + cT
+    out = np.zeros((len(WT), len(E), len(xn)))
+    for k in range(len(WT)):
+        for j in range(len(E)):
+            out[k, j] = (cell == k) & (np.abs(h[:, j] - hs[:, k]) < eta)
+    return out
+
+
+def test_admissible_matching_exact_against_sampling():
+    """Assumption 5.11's (η, c₀): the exact polyhedral masses against NumPy sampling, and σ minimises the worst
+    off-matching mass over all matchings (brute force in the test)."""
+    prob = voronoi3_problem()
+    student = prob.student(seed=4)
+    m = admissible_matching(student, prob.teacher, prob.law, 0.5, method="exact")
+    x = draw(prob.law, 1 << 17, 11)
+    ind = _near_masses_numpy(student, prob.teacher, x, 0.5)
+    mc, se = ind.mean(-1), ind.std(-1) / math.sqrt(ind.shape[-1])
+    assert np.all(np.abs(m.near.value - mc) <= 5 * se + 1e-12)
+    worst = {p: max(m.near.value[k, j] for k in range(3) for j in range(3) if j != p[k])
+             for p in itertools.permutations(range(3))}
+    assert m.sigma == min(worst, key=worst.get) and float(m.c0.value) == pytest.approx(min(worst.values()))
+    assert float(m.c0.value) > 0  # linear experts cross the teacher's somewhere: c₀ = 0 is only a limit
+    sampled = admissible_matching(student, prob.teacher, sample=x, eta=0.5)
+    assert sampled.sigma == m.sigma and abs(float(sampled.c0.value) - float(m.c0.value)) <= 5 * sampled.c0.stderr
+
+
+def test_misrouting_bound_lemma_5_16():
+    """(5.11)–(5.15) on one sample: μ(M) by NumPy, (5.12) and (5.13) hold, (5.14) holds where |h_k| ≤ B."""
+    prob = voronoi3_problem()
+    student = prob.student(seed=4)
+    law = Uniform([-2.0, -2.0], [2.0, 2.0])  # bounded inputs: |h_k| ≤ B holds for affine experts
+    x = draw(law, 1 << 14, 5)
+    tau, eps, eta = 0.1, 0.02, 1.5
+    B = float((x.abs().sum(1).max()) * student.experts.weight.abs().max() + student.experts.bias.abs().max()) + 1
+    res = misrouting_bound(student, prob.teacher, tau=tau, eps=eps, eta=eta, B=B, sample=x)
+    # μ(M) and the residual on M, independently
+    a = student.logits(x).detach().numpy()
+    pi = np.exp((a - a.max(1, keepdims=True)) / tau)
+    pi /= pi.sum(1, keepdims=True)
+    cell = np.argmax(x.numpy() @ prob.teacher.moe.router.weight.numpy().T + prob.teacher.moe.router.bias.numpy(), 1)
+    sigma = np.array(res.matching.sigma)
+    conf = pi >= 1 - eps
+    conf[np.arange(len(a)), sigma[cell]] = False
+    inM = conf.any(1)
+    assert float(res.mass.value) == pytest.approx(inM.mean(), abs=1e-15) and inM.mean() > 0.05
+    h = student.expert_outputs(x).detach().numpy()
+    f = (pi * h).sum(1)
+    fs = prob.teacher.signal(x).numpy()
+    assert float(res.residual.value) == pytest.approx(np.mean((fs - f) ** 2 * inM), rel=1e-12)
+    K = 3
+    assert res.lower <= float(res.residual.value) + 1e-12  # (5.12)
+    assert float(res.mass.value) <= res.mass_bound  # (5.13)
+    assert res.confidence_ratio <= 1 and float(res.bound_violated.value) == 0  # (5.14)
+    assert res.mass_bound == pytest.approx(float(res.excess.value) / (eta - 2 * B * eps) ** 2
+                                           + K * (K - 1) * float(res.matching.c0.value)) or eta <= 2 * B * eps
+    small = misrouting_bound(student, prob.teacher, tau=tau, eps=eps, eta=eta, B=1.0, sample=x)
+    assert float(small.bound_violated.value) > 0.5  # B = 1 is no bound for these experts: reported, not hidden
+    with pytest.raises(ValueError, match="'eps' parameter of misrouting_bound must be"):
+        misrouting_bound(student, prob.teacher, tau=tau, eps=0.7, eta=eta, B=B, sample=x)
+    with pytest.raises(ValueError, match="'eta' parameter of admissible_matching must be"):
+        admissible_matching(student, prob.teacher, sample=x, eta=-1.0)

@@ -216,8 +216,15 @@ def landscape(
     kinds = [f"{r['kind']}{'' if r['teacher_equivalent'] else ' (not teacher-equivalent)'} at tau={r['tau']:g}"
              for r in table.rows]
     typer.echo("critical points: " + "; ".join(kinds))
-    typer.echo(f"uniform gap exponent {table.meta['gamma_alpha']:.3f} (predicted 1); "
-               f"recovery error slope {table.meta['recovery_slope']:.2f} in tau")
+    m = table.meta
+    exact = "" if m.get("gamma_alpha_exact") is None else f", exact {m['gamma_alpha_exact']:.4f}"
+    typer.echo(f"uniform gap exponent {m['gamma_alpha']:.3f} ± {m['gamma_alpha_stderr']:.3f}{exact} (predicted 1); "
+               f"recovery error slope {m['recovery_slope']:.2f} in tau")
+    if m.get("argmin_rate") is not None:
+        typer.echo(f"argmin L_tau -> argmin L_0 on a segment: rate {m['argmin_rate']:.2f}, "
+                   f"{'converges' if m['argmin_converges'] else 'FAILS the rule'} (landscape_argmin)")
+    elif m.get("argmin_note"):
+        typer.echo(f"argmin test {m['argmin_note']}")
 
 
 @app.command("inspect")
@@ -246,8 +253,14 @@ def inspect_cmd(
     taus: str = typer.Option("0.25,0.5,1,2", "--taus", help="router temperatures for the sensitivity ('' for none)"),
     dense: bool = typer.Option(True, "--dense/--no-dense", help="also run each block fully dense (sensitivity)"),
     tie_widths: str = typer.Option("0.01,0.1", "--tie-widths", help="widths w of the 'within w of a tie' columns"),
-    perturb: str = typer.Option("fp16", "--perturb", help="flip-rate perturbation: fp16, noise or none"),
+    perturb: str = typer.Option("fp16", "--perturb", help="changes whose flips are predicted beside measured "
+                                "(flips.csv): comma-separated bf16, fp16, fp8 (router compute), int8-router, "
+                                "int4-router, int8, int4 (whole model; optimum-quanto), noise; or none"),
     noise: float = typer.Option(1e-3, "--noise", help="relative size of the Gaussian noise (--perturb noise)"),
+    quantize: Optional[str] = typer.Option(None, "--quantize", help="int8 or int4: inspect the model with its "
+                                           "weights quantized (optimum-quanto, weight-only)"),
+    calibration: float = typer.Option(0.125, "--calibration", help="share of the sequences on which whole-model "
+                                      "int8/int4 errors are calibrated (left out of their flips.csv rows)"),
     seed: int = typer.Option(0, "--seed", help="seed (random ids, random weights, noise, sampling)"),
     overhead: bool = typer.Option(True, "--overhead/--no-overhead", help="time plain forwards to report the hook "
                                                                           "overhead (doubles the capture's cost)"),
@@ -255,7 +268,8 @@ def inspect_cmd(
     compare: bool = typer.Option(False, "--compare", help="compare the checkpoints (implied by several MODELS)"),
     progress: bool = typer.Option(True, "--progress/--no-progress", help="progress bar per batch"),
     harden: bool = typer.Option(False, "--harden", help="also the model's loss as routing is made harder (tau -> 0), "
-                                                        "beside its first-order prediction (docs/hardening.md)"),
+                                                        "beside its first-order and whole-curve predictions "
+                                                        "(hardening.csv, docs/hardening.md)"),
     harden_taus: str = typer.Option("1,0.5,0.2,0.1,0.05,0.02,0.01,0.005,0.002,0.001", "--harden-taus",
                                     help="router temperatures in (0, 1] of the hardening curve"),
     harden_path: str = typer.Option("auto", "--harden-path", help="tempering path: auto, logits (the rule's weight "
@@ -280,9 +294,23 @@ def inspect_cmd(
     except ValueError:
         _die(f"--taus, --tie-widths and --harden-taus take comma-separated numbers; got {taus!r}, {tie_widths!r} "
              f"and {harden_taus!r}")
+    from .inspect.price.flips import parse_perturbations
+
+    try:
+        kinds = parse_perturbations(perturb)
+    except InspectError as e:
+        _die(str(e))
+    if quantize not in (None, "int8", "int4"):
+        _die(f"--quantize must be int8 or int4, got {quantize!r}")
+    if not 0 < calibration < 1:
+        _die(f"--calibration must be a share in (0, 1), got {calibration}")
+    # layers.csv's flip_rate perturbs the router's input only: the fp16 round trip of the hidden state, or noise
+    legacy = "fp16" if "fp16" in kinds else "noise" if "noise" in kinds else None
     kw = dict(tokens=tokens, text=text, random_ids=random_ids, layers=layers, trust_remote_code=trust_remote_code,
               router_path=router_path, top_k=top_k, seq_len=seq_len, batch_size=batch_size, taus=grid["taus"],
-              tie_widths=grid["tie-widths"], perturbation=None if perturb == "none" else perturb, noise=noise,
+              tie_widths=grid["tie-widths"], perturbation=legacy, perturbations=kinds, calibration=calibration,
+              quantize=quantize,
+              noise=noise,
               seed=seed, dtype=dtype, device=device, device_map=device_map, measure_overhead=overhead, dense=dense,
               save_tokens=save_tokens, progress=progress, harden=harden, harden_taus=grid["harden-taus"],
               harden_path=harden_path, max_tie_tokens=max_tie_tokens, topk=topk, topk_tokens=topk_tokens)
@@ -307,11 +335,50 @@ def inspect_cmd(
         typer.echo(f"{m['model']}: {m['layers']} MoE layers, {m['tokens']} tokens, {oh}")
         for note in m.get("notes", []):
             typer.echo(f"note: {note}")
+        for kind, v in (m.get("flips") or {}).items():
+            typer.echo(f"flips {kind}: " + (v.get("note", "") if v.get("mean_ratio") is None else
+                       f"predicted/measured {v['mean_ratio']:.3g} averaged over {v['layers']} layers (per layer "
+                       f"{v['min_ratio']:.3g}-{v['max_ratio']:.3g}): targets {'hold' if v['holds'] else 'FAIL'}"))
         if "hardening" in m:
             typer.echo(f"hardening: {m['hardening']['verdict']}")
         if "topk" in m:
             typer.echo(f"topk: {m['topk']['verdict']}")
     typer.echo(f"-> {out}")
+    for p in paths:
+        typer.echo(f"wrote {p}")
+
+
+@app.command("compare-routing")
+def compare_routing_cmd(
+    a: Path = typer.Argument(..., metavar="A", help="reference dump: tokens.npz (softhard inspect --save-tokens), "
+                             "router logits (.safetensors), a Megatron-Core router trace (.jsonl or folder) or "
+                             "routed expert ids (.npy/.npz/.jsonl)"),
+    b: Path = typer.Argument(..., metavar="B", help="the other run's dump of the same tokens (same formats)"),
+    out: Path = typer.Option(..., "--out", help="output directory"),
+    top_k: Optional[int] = typer.Option(None, "--top-k", help="experts per token of dumps without a selection "
+                                        "(router logits), or the k of flat expert-id dumps"),
+    num_layers: Optional[int] = typer.Option(None, "--num-layers", help="MoE layers of a flat expert-id dump"),
+    probabilities: bool = typer.Option(False, "--probabilities", help="the dumped router_logits are probabilities "
+                                       "(read as log p)"),
+    score_noise: Optional[float] = typer.Option(None, "--score-noise", help="relative score noise for a side with "
+                                                "expert ids only (nothing to measure it from)"),
+) -> None:
+    """Two router dumps of the same tokens, layer by layer: mismatch rate, the share of mismatches at near ties,
+    genuine disagreements and the mismatch predicted from the margins (docs/compare_routing.md)."""
+    from .inspect import InspectError
+    from .inspect.io.compare import compare_routing
+
+    try:
+        rows, meta, paths = compare_routing(a, b, out, top_k=top_k, num_layers=num_layers,
+                                            probabilities=probabilities, score_noise=score_noise)
+    except InspectError as e:
+        _die(str(e))
+    for note in meta["notes"]:
+        typer.echo(f"note: {note}")
+    for r in rows:
+        typer.echo(f"layer {r['layer']}: {r['tokens']} tokens, mismatch {r['mismatch']:.4f} ± "
+                   f"{r['mismatch_stderr']:.2g}, near ties {r['near_tie_share']:.3g}, genuine {r['genuine']:.4f}, "
+                   f"predicted {r['predicted_mismatch']:.4f} (ratio {r['ratio']:.3g} ± {r['ratio_stderr']:.2g})")
     for p in paths:
         typer.echo(f"wrote {p}")
 

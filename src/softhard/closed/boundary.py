@@ -19,7 +19,8 @@ from ..model.routers import LinearRouter, check_pair
 from .normal import (ABSEPS, gauss_legendre, gaussian_components, interval_mass, linear_moments,
                      orthant_probability, orthant_with_bound, phi, score_law, to_numpy)
 
-__all__ = ["PAIRWISE_MAX_K", "COAREA_FORM_WIDTH", "pair_score", "pair_density_at_zero", "boundary_mass_exact",
+__all__ = ["PAIRWISE_MAX_K", "COAREA_FORM_WIDTH", "pair_score", "pair_density_at_zero", "pair_density",
+           "boundary_mass_exact",
            "boundary_mass_closed", "min_pair_sd", "interface_constant_exact", "interface_constant_closed",
            "flip_probability_exact"]
 
@@ -46,6 +47,27 @@ def pair_density_at_zero(router: LinearRouter, law, pair=(0, 1)) -> float:
         if s == 0.0:
             fail("router", "pair_density_at_zero", "a score g_ij with non-degenerate law (vᵀSv > 0)", "vᵀSv = 0")
         total += w * float(phi(m_g / s)) / s
+    return total
+
+
+def pair_density(router: LinearRouter, law, levels, pair=(0, 1)) -> np.ndarray:
+    r"""Level-set profile :math:`\psi_{ij}(s)` (3.8), exact, on a grid of levels s: the density of
+    :math:`g_{ij}(X)` at s (coarea formula, Lemma 3.6),
+
+    .. math:: \psi_{ij}(s) = \int_{\{g_{ij} = s\}} \frac{p}{|\nabla g_{ij}|}\,dH^{d-1}
+              = \sum_c \omega_c\, \varphi\big((s - m_{g,c})/s_c\big)/s_c
+
+    for a linear router and a Gaussian (mixture) law (:math:`\psi_{ij}(0)` is :func:`pair_density_at_zero`).
+    ``levels`` shape ``(S,)``; returns ``(S,)``.
+    """
+    v, c = pair_score(router, pair)
+    t = to_numpy(levels).reshape(-1)
+    total = np.zeros_like(t)
+    for w, comp in gaussian_components(law, "pair_density"):
+        m_g, s = score_law(v.detach(), c, comp)
+        if s == 0.0:
+            fail("router", "pair_density", "a score g_ij with non-degenerate law (vᵀSv > 0)", "vᵀSv = 0")
+        total += w * phi((t - m_g) / s) / s
     return total
 
 

@@ -24,13 +24,14 @@ The w-part contributes :math:`E[ww^\top] = I` to the terms with two w factors (o
 
 from __future__ import annotations
 
+import itertools
 import math
 
 import numpy as np
 
 from .normal import gauss_legendre, interval_moments, phi
 
-__all__ = ["SpanError", "region_moments"]
+__all__ = ["SpanError", "region_moments", "product_moment"]
 
 
 class SpanError(ValueError):
@@ -129,3 +130,97 @@ def region_moments(mean: np.ndarray, L: np.ndarray, A: np.ndarray, alpha: np.nda
     G = np.zeros((d + 1, r + 1))
     G[:d, :r], G[:d, r], G[d, r] = L, mean, 1.0
     return np.einsum("ia,jb,kc,abc->ijk", G, G, G, Tz), tied
+
+
+def _interval_moments4(lo: float, hi: float) -> np.ndarray:
+    r""":math:`\int_{lo}^{hi} t^k\varphi(t)\,dt`, k = 0..4 (``lo < hi``, ends may be ±inf):
+    :math:`\int t^4\varphi = [-t^3\varphi]_{lo}^{hi} + 3\int t^2\varphi`."""
+    m = interval_moments(lo, hi)
+    edge = sum(sgn * (t ** 3 * float(phi(t)) if math.isfinite(t) else 0.0) for sgn, t in ((1.0, lo), (-1.0, hi)))
+    return np.append(m, 3.0 * m[2] + edge)
+
+
+def _isserlis(alpha: np.ndarray, C: np.ndarray) -> np.ndarray:
+    r""":math:`E_\omega[\prod_i(\alpha_i(u) + \omega_i)]` as polynomials in u: ``alpha (B, n, 2)`` holds
+    :math:`\alpha_i = \alpha_{i0} + \alpha_{i1}u`, ``C (B, n, n)`` the covariance of the centred Gaussian ω;
+    returns coefficients ``(B, n + 1)`` (Isserlis: sum over partial pairings of the factors)."""
+    B, n, _ = alpha.shape
+
+    def poly(idx):
+        out = np.zeros((B, n + 1))
+        out[:, 0] = 1.0
+        for i in idx:
+            nxt = np.zeros_like(out)
+            nxt[:, :-1] += out[:, :-1] * alpha[:, i, :1]
+            nxt[:, 1:] += out[:, :-1] * alpha[:, i, 1:]
+            out = nxt
+        return out
+
+    total = poly(range(n))
+    for i, j in itertools.combinations(range(n), 2):
+        rest = [k for k in range(n) if k not in (i, j)]
+        total += C[:, i, j][:, None] * poly(rest)
+        if len(rest) == 2:  # the second pair of a full pairing of four factors (each pairing counted once)
+            if (i, j) < (rest[0], rest[1]):
+                total[:, 0] += C[:, i, j] * C[:, rest[0], rest[1]]
+    return total
+
+
+def product_moment(mean: np.ndarray, L: np.ndarray, factors: np.ndarray, A: np.ndarray, alpha: np.ndarray,
+                   tie: np.ndarray | None = None) -> tuple[np.ndarray, bool]:
+    r"""Gaussian moments of products of affine functions over a region cut by at most one direction.
+
+    .. math:: E\Big[\prod_{i=1}^n (f_i\cdot\tilde X)\;1\{AX + \alpha > 0\}\Big], \qquad X = m + Lz,\
+              z \sim N(0, I_r),\ \tilde x = (x, 1),\ n \le 4,
+
+    for a batch of factor lists ``factors (B, n, d+1)``; returns ``(values (B,), tied)``. Write
+    :math:`z = Qu + Pw` with Q the (at most one) direction the variable constraints cut (else
+    :class:`SpanError`) and w independent of u: each factor is :math:`\alpha_i(u) + \omega_i`, the
+    w-expectation is Isserlis' sum over pairings of the ω's, and the u-integral over the interval the
+    constraints leave is the closed form :math:`\int_{lo}^{hi} t^k\varphi`, k ≤ 4. Constant constraints are decided
+    as in :func:`region_moments` (``tied``: a constraint zero on the support decided by ``tie``). This is
+    what the second variation of the hard risk needs on an interface (``softhard.dynamics.shape``), where
+    order-4 moments appear and the contraction keeps the cost at ``O(B·n²·r)`` for any dimension.
+    """
+    factors = np.asarray(factors, dtype=np.float64)
+    B, n, _ = factors.shape
+    if n > 4:
+        raise ValueError(f"product_moment: at most 4 factors, got {n}")
+    d, r = L.shape
+    Az, off = A @ L, A @ mean + alpha
+    size = np.linalg.norm(A, axis=1) * max(np.linalg.norm(L, 2), 1e-300)
+    const = np.linalg.norm(Az, axis=1) <= 1e-11 * np.maximum(size, 1e-300)
+    scale = np.linalg.norm(A, axis=1) * (np.linalg.norm(mean) + np.linalg.norm(L, 2)) + np.abs(alpha)
+    zero = const & (np.abs(off) <= 1e-11 * np.maximum(scale, 1e-300))
+    tied = bool(zero.any())
+    holds = np.where(zero, (tie if tie is not None else -np.ones(len(A))) > 0, off > 0)
+    if np.any(const & ~holds):
+        return np.zeros(B), tied
+    Az, off = Az[~const], off[~const]
+    nrm = np.linalg.norm(Az, axis=1)
+    Az, off = Az / nrm[:, None], off / nrm
+    if len(Az):
+        _, sv, Vt = np.linalg.svd(Az)
+        q = int((sv > 1e-12 * sv[0]).sum())
+    else:
+        Vt, q = np.eye(r), 0
+    if q > 1:
+        raise SpanError(q)
+    Q, P = Vt[:q].T, Vt[q:].T
+    c = factors[:, :, :d] @ mean + factors[:, :, d]  # (B, n)
+    bz = factors[:, :, :d] @ L  # (B, n, r)
+    al = np.zeros((B, n, 2))
+    al[:, :, 0] = c
+    if q == 1:
+        al[:, :, 1] = (bz @ Q)[:, :, 0]
+        t = Az @ Q[:, 0]
+        lo = max([-o / ci for ci, o in zip(t, off) if ci > 0], default=-np.inf)
+        hi = min([-o / ci for ci, o in zip(t, off) if ci < 0], default=np.inf)
+        if not hi > lo:
+            return np.zeros(B), tied
+        mom = _interval_moments4(lo, hi)
+    else:
+        mom = np.array([1.0, 0.0, 1.0, 0.0, 3.0])
+    bw = bz @ P
+    coef = _isserlis(al, np.einsum("bir,bjr->bij", bw, bw))
+    return coef @ mom[:n + 1], tied

@@ -1,18 +1,18 @@
 r"""The soft-risk landscape of a teacher–student problem (paper §4.4, §5: Theorem 4.7, Theorem 5.17).
 
-- :class:`ParamSpace`: a student MoE's parameters as one flat vector, with the model's exact symmetries:
-  expert relabelling (the K! permutations) and the directions along which the risk cannot change (the
-  logit gauge :math:`a \to a + c(x)`, and the scale of a :class:`~softhard.dynamics.teacher.UnitLinearRouter`).
-- :class:`Objective`: :math:`L_\tau(\theta) = \frac1N\sum_i (f^*(x_i) - f_\tau(x_i;\theta))^2 + \sigma^2` (5.3)
-  on one fixed sample (``estimate.draw``), with its gradient and full Hessian (``torch.func``, float64).
+- :class:`~softhard.dynamics.params.ParamSpace`, :class:`~softhard.dynamics.params.Objective`: the flat parameter
+  vector with its symmetries, and :math:`L_\tau` on a fixed sample (re-exported here).
 - :func:`critical_points`: critical points from many starts (L-BFGS descent and/or a Levenberg–Marquardt
   Newton iteration on :math:`\nabla L_\tau = 0`), their Hessian spectra on the complement of the symmetry
   directions, the classification minimum / strict saddle / degenerate, grouping modulo relabelling and
-  gauge, and whether each hard partition is teacher-equivalent (Theorem 5.17, Lemma 5.15).
+  gauge, and whether each hard partition is teacher-equivalent (Theorem 5.17, Lemma 5.15); where the exact
+  second variation exists, the profiled hard Hessian's smallest eigenvalue (Assumption 5.14), which confirms a
+  hard saddle independently of the soft Hessian.
 - :func:`minima_path`: the minimiser of :math:`L_\tau` followed as τ decreases, with its recovery error.
-- :func:`uniform_gap`: Γ-convergence evidence (Theorem 4.7): :math:`\sup_{\theta\in F}|L_\tau - L_0|` over a
-  compact family F against τ with a fitted exponent α (Cor. 4.4 predicts α = 1), and
-  :math:`\arg\min_F L_\tau` tracked against :math:`\arg\min_F L_0`.
+- :func:`transfer_modulus`: ω(τ) of Assumption 5.13, :math:`|\nabla L_\tau - \nabla L_0|` and
+  :math:`\lVert\nabla^2 L_\tau - \nabla^2 L_0\rVert` at the critical points of the population :math:`L_\tau`
+  followed as τ decreases, against the predicted rate τ.
+- Γ-evidence (:mod:`softhard.dynamics.gamma`, re-exported): :func:`uniform_gap`, :func:`argmin_path`.
 - :func:`run_landscape`: one ready-made problem end to end, as tables (``softhard landscape``).
 """
 
@@ -35,191 +35,17 @@ from ..estimators.reducer import Estimate, draw, monte_carlo, resolve_seed
 from ..model.experts import LinearExperts, MLPExperts
 from ..model.laws import as_law
 from ..model.moe import MoE, as_teacher, hard_from, soft_from
-from ..model.routers import LinearRouter, MLPRouter
+from ..closed.normal import gaussian_components, quadrature
+from ..model.routers import LinearRouter, MLPRouter, UnitLinearRouter, effective_linear
 from ..results.table import Table, loglog_fit
-from .shape import hard_risk, supports_exact
-from .teacher import PROBLEMS, PartitionTeacher, Problem, UnitLinearRouter, get_problem, recovery
+from .gamma import ArgminPath, GammaResult, argmin_path, random_family, uniform_gap
+from .params import Objective, ParamSpace, space_of
+from .shape import hard_derivatives, hard_risk, shape_hessian_matrix, supports_exact
+from .teacher import PROBLEMS, PartitionTeacher, Problem, get_problem, recovery
 
 __all__ = ["ParamSpace", "Objective", "hessian", "CriticalPoint", "Landscape", "critical_points", "minima_path",
-           "random_family", "GammaResult", "uniform_gap", "run_landscape"]
-
-
-class ParamSpace:
-    r"""Flat parameter vector of a student MoE and the action of its symmetries.
-
-    Known parts: routers LinearRouter, UnitLinearRouter, MLPRouter (gauge on the output layer); experts
-    LinearExperts, MLPExperts (every parameter's leading axis indexes the experts). Only trainable
-    parameters (``named_parameters``) are in the vector; ``p`` is its length.
-    """
-
-    def __init__(self, moe: MoE):
-        if not isinstance(moe, MoE):
-            fail("moe", "ParamSpace", "a softhard MoE", type(moe).__name__, TypeError)
-        r, e = moe.router, moe.experts
-        if not isinstance(r, (LinearRouter, UnitLinearRouter, MLPRouter)) or not isinstance(e, (LinearExperts,
-                                                                                                MLPExperts)):
-            fail("moe", "ParamSpace", "an MoE with a Linear/UnitLinear/MLP router and Linear/MLP experts",
-                 f"{type(r).__name__} + {type(e).__name__}", TypeError)
-        self.moe = moe
-        self.K = moe.num_experts
-        named = list(moe.named_parameters())
-        if not named:
-            fail("moe", "ParamSpace", "an MoE with trainable parameters", "none")
-        self.names = [n for n, _ in named]
-        self.shapes = [p.shape for _, p in named]
-        self.sizes = [p.numel() for _, p in named]
-        self.offsets = np.concatenate([[0], np.cumsum(self.sizes)]).tolist()
-        self.p = int(self.offsets[-1])
-        last = f"router.net.{len(r.net) - 1}." if isinstance(r, MLPRouter) else "router."
-        self._expert_axis = [n.startswith("experts.") or n.startswith(last) for n in self.names]
-        self._gauge = [n for n in self.names if n.startswith(last)]  # logits layer: a -> a + c(x)
-        self._radial = "router.weight" if isinstance(r, UnitLinearRouter) and "router.weight" in self.names else None
-
-    def vector(self, moe: MoE | None = None) -> torch.Tensor:
-        """The flat parameters ``(p,)`` of ``moe`` (default: the template)."""
-        m = self.moe if moe is None else moe
-        params = dict(m.named_parameters())
-        return torch.cat([params[n].detach().reshape(-1).to(DTYPE) for n in self.names])
-
-    def split(self, vec: torch.Tensor) -> dict[str, torch.Tensor]:
-        return {n: vec[a:b].reshape(s) for n, s, a, b in zip(self.names, self.shapes, self.offsets, self.offsets[1:])}
-
-    def load(self, vec) -> MoE:
-        """A copy of the template with parameters ``vec``."""
-        m = copy.deepcopy(self.moe)
-        with torch.no_grad():
-            for n, t in self.split(torch.as_tensor(vec, dtype=DTYPE)).items():
-                m.get_parameter(n).copy_(t)
-        return m
-
-    def forward(self, vec: torch.Tensor, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """Logits and expert outputs ``(N, K)`` at parameters ``vec`` (functional, differentiable)."""
-        d = self.split(vec)
-        rp = {n[7:]: t for n, t in d.items() if n.startswith("router.")}
-        ep = {n[8:]: t for n, t in d.items() if n.startswith("experts.")}
-        return functional_call(self.moe.router, rp, (x,)), functional_call(self.moe.experts, ep, (x,))
-
-    def permute(self, vec: torch.Tensor, perm) -> torch.Tensor:
-        """Relabel the experts: new expert ``k`` is old expert ``perm[k]`` (router and experts together)."""
-        idx = torch.as_tensor(list(perm), dtype=torch.long)
-        d = self.split(vec)
-        return torch.cat([(d[n][idx] if ax else d[n]).reshape(-1) for n, ax in zip(self.names, self._expert_axis)])
-
-    def canonical(self, vec: torch.Tensor) -> torch.Tensor:
-        """Gauge-fixed parameters: logits layer centred over experts; a unit router's weight of unit norm."""
-        d = self.split(vec)
-        for n in self._gauge:
-            d[n] = d[n] - d[n].mean(0)
-        if self._radial is not None:
-            d[self._radial] = d[self._radial] / torch.linalg.norm(d[self._radial])
-        return torch.cat([d[n].reshape(-1) for n in self.names])
-
-    def null_directions(self, vec: torch.Tensor) -> torch.Tensor:
-        r"""Orthonormal basis ``(p, r)`` of exact invariance directions at ``vec``.
-
-        The gauge :math:`a \to a + c` (adding the same row/entry to every expert's row of the logits layer)
-        leaves :math:`L_\tau` invariant everywhere, so the Hessian vanishes on it; the radial direction of a
-        unit router's weight is an invariance too, and at a critical point :math:`H\,W = -\nabla L = 0`.
-        """
-        cols = []
-        for n in self._gauge:
-            a, s = self.offsets[self.names.index(n)], self.shapes[self.names.index(n)]
-            for j in range(int(np.prod(s[1:])) if len(s) > 1 else 1):
-                v = torch.zeros(self.p, dtype=DTYPE)
-                block = torch.zeros(s, dtype=DTYPE).reshape(s[0], -1)
-                block[:, j] = 1.0
-                v[a:a + block.numel()] = block.reshape(-1)
-                cols.append(v)
-        if self._radial is not None:
-            i = self.names.index(self._radial)
-            v = torch.zeros(self.p, dtype=DTYPE)
-            v[self.offsets[i]:self.offsets[i + 1]] = vec[self.offsets[i]:self.offsets[i + 1]]
-            cols.append(v)
-        if not cols:
-            return torch.zeros(self.p, 0, dtype=DTYPE)
-        Q, R = torch.linalg.qr(torch.stack(cols, 1))
-        return Q[:, torch.abs(torch.diagonal(R)) > 1e-12]
-
-    def complement(self, vec: torch.Tensor) -> torch.Tensor:
-        """Orthonormal basis ``(p, p - r)`` of the directions orthogonal to :meth:`null_directions`."""
-        N = self.null_directions(vec)
-        Q, _ = torch.linalg.qr(torch.cat([N, torch.eye(self.p, dtype=DTYPE)], 1), mode="complete")
-        return Q[:, N.shape[1]:]
-
-    def distance(self, v1: torch.Tensor, v2: torch.Tensor) -> float:
-        """Euclidean distance of the canonical forms, minimised over the K! relabellings of ``v2``."""
-        c1 = self.canonical(v1)
-        return min(float(torch.linalg.norm(c1 - self.canonical(self.permute(v2, p))))
-                   for p in itertools.permutations(range(self.K)))
-
-
-def _chunk(p: int, n: int) -> int:
-    return max(512, min(n, (1 << 21) // max(p, 1)))
-
-
-class Objective:
-    r"""Empirical soft risk on a fixed sample ``x (N, d)``:
-
-    .. math:: L_\tau(\theta) = \frac1N\sum_{i=1}^N \big(f^*(x_i) - f_\tau(x_i;\theta)\big)^2 + \sigma^2
-              \quad (2.5),\ (5.3)
-
-    and the hard risk :math:`L_0` of the same parameters on the same sample. Differentiable in ``vec``.
-    """
-
-    def __init__(self, space: ParamSpace, teacher, x: torch.Tensor, tau: float, where: str = "Objective"):
-        if not isinstance(teacher, PartitionTeacher):
-            fail("teacher", where, "a PartitionTeacher", type(teacher).__name__, TypeError)
-        if teacher.d != space.moe.d:
-            fail("teacher", where, f"a teacher on R^{space.moe.d} like the student", f"a teacher on R^{teacher.d}")
-        x = check_inputs(x, space.moe.d, where, "sample").to(DTYPE)
-        self.space, self.x, self.teacher, self.where = space, x, teacher, where
-        self.tau = check_float(tau, "tau", where, 0.0, math.inf)
-        with torch.no_grad():
-            self.fs = teacher.signal(x).to(DTYPE)
-            a, h = space.forward(space.vector(), x)
-        if not all(bool(torch.isfinite(t).all()) for t in (self.fs, a, h)):
-            fail("sample", where, "inputs on which the teacher and the model are finite", "non-finite outputs")
-        self.noise = float(teacher.noise_std) ** 2
-        self._t = torch.tensor([self.tau], dtype=DTYPE)
-        self._chunk = _chunk(space.p, len(x))
-
-    def _sum(self, vec, sl: slice) -> torch.Tensor:
-        a, h = self.space.forward(vec, self.x[sl])
-        return ((self.fs[sl] - soft_from(a, h, self._t, True)) ** 2).sum()
-
-    def _slices(self):
-        n = len(self.x)
-        return [slice(i, min(n, i + self._chunk)) for i in range(0, n, self._chunk)]
-
-    def loss(self, vec: torch.Tensor) -> torch.Tensor:
-        """:math:`L_\\tau` (a 0-d tensor, differentiable)."""
-        return sum(self._sum(vec, s) for s in self._slices()) / len(self.x) + self.noise
-
-    def grad(self, vec: torch.Tensor) -> torch.Tensor:
-        """:math:`\\nabla L_\\tau`, shape ``(p,)``."""
-        v = vec.detach().requires_grad_(True)
-        with torch.enable_grad():
-            (g,) = torch.autograd.grad(self.loss(v), v)
-        return g  # may be non-finite far out; the searches reject such steps
-
-    def hessian(self, vec: torch.Tensor) -> torch.Tensor:
-        """:math:`\\nabla^2 L_\\tau`, shape ``(p, p)``, float64 (sum of per-chunk Hessians)."""
-        H = sum(torch.func.hessian(self._sum)(vec, s) for s in self._slices()) / len(self.x)
-        return self._finite(H, "Hessian", "1/τ²")
-
-    def _finite(self, t: torch.Tensor, what: str, growth: str) -> torch.Tensor:
-        """``t``, or a ValueError naming τ: derivatives of :math:`L_\\tau` grow like ``growth`` at the
-        interfaces and overflow float64 for τ near its smallest numbers."""
-        if not bool(torch.isfinite(t).all()):
-            fail("tau", self.where, f"large enough for a finite float64 {what} of L_tau (it grows like {growth} "
-                 "near the interfaces; it overflows at these parameters)", self.tau)
-        return t
-
-    def hard_loss(self, vec: torch.Tensor) -> float:
-        """:math:`L_0` of the same parameters on the same sample."""
-        with torch.no_grad():
-            a, h = self.space.forward(vec, self.x)
-            return float(((self.fs - hard_from(a, h)) ** 2).mean()) + self.noise
+           "random_family", "GammaResult", "uniform_gap", "ArgminPath", "argmin_path", "Transfer",
+           "transfer_modulus", "profiled_min_eigenvalue", "run_landscape"]
 
 
 def _check_memory(p: int, max_bytes: int, where: str) -> None:
@@ -236,7 +62,7 @@ def hessian(moe: MoE, teacher, sample, tau: float, *, max_bytes: int = 1 << 31) 
     ``max_bytes`` (matrix plus eigen-solver copy, :math:`16p^2` bytes) is refused with a ``ValueError``
     that states the size it would need. Parameter order: :class:`ParamSpace` ``(moe)``.
     """
-    space = _space(moe, "hessian")
+    space = space_of(moe, "hessian")
     _check_memory(space.p, check_int(max_bytes, "max_bytes", "hessian"), "hessian")
     return Objective(space, teacher, sample, tau, "hessian").hessian(space.vector())
 
@@ -367,16 +193,6 @@ def _teacher_equivalent(moe: MoE, teacher, law, x, tol: float):
     return rec, float(rec.misrouted_mass.value) <= tol
 
 
-def _space(moe, where: str) -> ParamSpace:
-    """:class:`ParamSpace` of ``moe``, its errors naming ``where``."""
-    if not isinstance(moe, MoE):
-        fail("moe", where, "a softhard MoE", type(moe).__name__, TypeError)
-    try:
-        return ParamSpace(moe)
-    except (TypeError, ValueError) as e:
-        raise type(e)(str(e).replace("of ParamSpace", f"of {where}")) from None
-
-
 def _starts(starts, space: ParamSpace, where: str) -> list[torch.Tensor]:
     rule = f"a non-empty list of MoEs like the template or finite vectors of length {space.p}"
     if isinstance(starts, MoE):
@@ -437,7 +253,7 @@ def critical_points(moe: MoE, teacher, sample, tau: float, starts, *, law=None, 
         a :class:`Landscape`.
     """
     where = "critical_points"
-    space = _space(moe, where)
+    space = space_of(moe, where)
     _check_memory(space.p, check_int(max_bytes, "max_bytes", where), where)
     if not isinstance(method, str) or method not in ("descent", "newton"):
         fail("method", where, "one of 'descent', 'newton'", method)
@@ -489,7 +305,7 @@ def minima_path(moe: MoE, teacher, sample, taus, *, law=None, tol: float = 1e-9,
     gradient norm, so it can be told apart).
     """
     where = "minima_path"
-    space = _space(moe, where)
+    space = space_of(moe, where)
     t = sorted(check_grid(taus, "taus", where, low=0.0, low_open=True).tolist(), reverse=True)
     tol, max_iter, newton_iter, equivalence_tol = _search_options(where, tol, max_iter, newton_iter, equivalence_tol)
     law = None if law is None else as_law(law, where, space.moe.d)
@@ -501,127 +317,234 @@ def minima_path(moe: MoE, teacher, sample, taus, *, law=None, tol: float = 1e-9,
     return out
 
 
-def random_family(moe: MoE, size: int, radius: float, seed: int = 0) -> torch.Tensor:
-    r"""A compact family: ``moe``'s parameters θ₀ and ``size − 1`` points of the box
-    :math:`\theta_0 + [-r, r]^p` (uniform, seeded). Shape ``(size, p)``."""
-    where = "random_family"
-    space = _space(moe, where)
-    size = check_int(size, "size", where)
-    r = check_float(radius, "radius", where, 0.0, math.inf, low_open=False)
-    g = torch.Generator().manual_seed(check_seed_value(seed, where))
-    box = (2 * torch.rand(size - 1, space.p, generator=g, dtype=DTYPE) - 1) * r
-    v0 = space.vector()
-    return torch.cat([v0[None], v0[None] + box])
+def _router_null(router) -> np.ndarray:
+    """Orthonormal basis ``(p_r, q)`` of a linear router's raw invariance directions: the logit gauge (the same
+    vector added to every weight row, the same number to every bias) and, for a UnitLinearRouter, the scale of W."""
+    W = router.weight.detach().to(DTYPE)
+    K, d = W.shape
+    cols = []
+    for j in range(d):
+        v = torch.zeros(K, d + 1, dtype=DTYPE)
+        v[:, j] = 1.0
+        cols.append(torch.cat([v[:, :d].reshape(-1), v[:, d]]))
+    cols.append(torch.cat([torch.zeros(K * d, dtype=DTYPE), torch.ones(K, dtype=DTYPE)]))
+    if isinstance(router, UnitLinearRouter):
+        cols.append(torch.cat([W.reshape(-1), torch.zeros(K, dtype=DTYPE)]))
+    Q, R = torch.linalg.qr(torch.stack(cols, 1))
+    return Q[:, torch.abs(torch.diagonal(R)) > 1e-12].numpy()
+
+
+def _reason(e: Exception) -> str:
+    """A refusal's rule and value as one line: "needs <rule>; here <value>"."""
+    rule, _, got = str(e).partition(" must be ")[2].partition(". Got ")
+    return f"needs {rule}; here {got.rstrip('.')}" if rule else str(e)
+
+
+def profiled_min_eigenvalue(moe: MoE, teacher, law) -> tuple[float | None, str]:
+    r"""Smallest eigenvalue of the exact profiled hard Hessian :math:`\nabla^2_\varphi L_0^{prof}` at ``moe``'s router
+    (Assumption 5.14, :func:`~softhard.dynamics.shape.shape_hessian_matrix` with ``profiled=True``) on the
+    complement of the router's gauge and scale directions: negative at a hard saddle, found without the soft
+    Hessian. ``(None, reason)`` where it does not exist (a kink, a degenerate junction, no exact method)."""
+    if not supports_exact(moe.router, teacher, law):
+        return None, "no exact second variation for this router, teacher and law"
+    try:
+        sv = shape_hessian_matrix(moe.router, teacher, law, profiled=True)
+    except ValueError as e:
+        return None, _reason(e)
+    P = _router_null(moe.router)
+    Q, _ = np.linalg.qr(np.concatenate([P, np.eye(len(P))], 1), mode="complete")
+    return float(sv.eigenvalues(Q[:, P.shape[1]:])[0]), ""
+
+
+def _plane_rule(law, student, teacher_line, tau: float, nodes: int) -> tuple[torch.Tensor, torch.Tensor]:
+    r"""A product Gauss–Legendre rule ``(x (N, 2), w (N,))`` for :math:`E[F(X)]`, X a Gaussian (mixture) on ℝ²,
+    for integrands with a layer of width τ along the student line :math:`v\cdot x + c = 0` and a jump along the
+    teacher line: in whitened coordinates :math:`(u_1, u_2)` with :math:`u_1` across the student line, the
+    inner :math:`u_1` integral is split at the student line, at :math:`\pm 2^k` layer widths (k ≤ 7) and where the
+    teacher line crosses, the outer :math:`u_2` integral at the crossing point of the two lines and
+    :math:`\pm 2^k` layer widths around it; pieces of length ≤ 1 on [−4, 4] and ≤ 2 out to ±8 (the mass
+    beyond is below 1e-14)."""
+    (v, c), (vt, ct) = student, teacher_line
+    xs, ws = [], []
+    base = np.array([-8.0, -6.0, -4.0, -3.0, -2.0, -1.0, 0.0, 1.0, 2.0, 3.0, 4.0, 6.0, 8.0])
+    layers = 2.0 ** np.arange(0, 8)
+    for weight, comp in gaussian_components(law, "transfer_modulus"):
+        mean, L = comp.mean.numpy(), comp.scale_tril.numpy()
+        al, be = L.T @ v, float(v @ mean + c)
+        n1 = al / np.linalg.norm(al)
+        n2 = np.array([-n1[1], n1[0]])
+        s0, tp = -be / np.linalg.norm(al), tau / np.linalg.norm(al)
+        at, bt = L.T @ vt, float(vt @ mean + ct)
+        a1, a2 = float(at @ n1), float(at @ n2)
+        brk2 = list(base)
+        if abs(a2) > 1e-12 * np.linalg.norm(at):
+            u2x = -(bt + a1 * s0) / a2
+            wid = tp * abs(a1 / a2) if abs(a1) > 0 else 0.0
+            brk2 += [u2x] + ([u2x + sg * wid * k for sg in (-1, 1) for k in layers] if wid > 0 else [])
+        u2, w2 = quadrature(-8.0, 8.0, brk2, nodes)
+        brk1 = np.concatenate([base, [s0], s0 + tp * layers, s0 - tp * layers])
+        for uu, ww in zip(u2, w2):
+            extra = [-(a2 * uu + bt) / a1] if abs(a1) > 1e-12 * np.linalg.norm(at) else []
+            u1, w1 = quadrature(-8.0, 8.0, np.concatenate([brk1, extra]), nodes)
+            z = u1[:, None] * n1 + uu * n2
+            xs.append(mean + z @ L.T)
+            ws.append(weight * ww * w1 * np.exp(-0.5 * (u1 ** 2 + uu ** 2)) / (2 * math.pi))
+    return torch.as_tensor(np.concatenate(xs), dtype=DTYPE), torch.as_tensor(np.concatenate(ws), dtype=DTYPE)
 
 
 @dataclass(frozen=True)
-class GammaResult:
-    r"""Γ-convergence evidence on a family F (Theorem 4.7).
+class Transfer:
+    r"""ω(τ) of Assumption 5.13 along a path of critical points of the population :math:`L_\tau`.
 
     Attributes:
-        taus: ``(T,)``; hard: :math:`L_0` per member, Estimate ``(P,)``; gap: :math:`L_\tau - L_0`,
-            Estimate ``(P, T)`` (paired on one sample).
-        sup_gap, sup_gap_stderr: :math:`\max_F |L_\tau - L_0|` and the standard error of the maximising
-            entry, ``(T,)``.
-        alpha, alpha_stderr: fitted exponent of ``sup_gap`` against τ (log–log least squares).
-        argmin_hard: index of :math:`\arg\min_F L_0`; argmin_soft: :math:`\arg\min_F L_\tau` per τ, ``(T,)``;
-        excess_hard: :math:`L_0(\arg\min L_\tau) - \min_F L_0`, ``(T,)``; distance: parameter distance of the
-        two argmins modulo relabelling and gauge, ``(T,)``.
+        taus: ``(T,)`` decreasing; points: the critical points (canonical parameter vectors ``(T, p)``).
+        omega_grad: :math:`|P(\nabla L_\tau - \nabla L_0)|` ``(T,)``; omega_hess: :math:`\lVert P(\nabla^2 L_\tau -
+            \nabla^2 L_0)P\rVert_2` ``(T,)``, P the projection off the symmetry directions; NaN where
+            :math:`L_0` has no second variation (``hard_note``).
+        grad_norm: :math:`|\nabla L_\tau|` at the points (the continuation's residual).
+        soft_min_eigenvalue, hard_min_eigenvalue: smallest eigenvalues of the projected soft and hard Hessians.
+        quadrature_error: the change of :math:`(\nabla L_\tau, \nabla^2 L_\tau)` (max-abs) when the rule has 4 more
+            nodes per piece, the accuracy of the soft side (NaN if not checked); nodes: the rule's size.
+        rate_grad, rate_hess: log–log slopes of ω against τ (over the finite values); predicted: 1.
+        hard_note: per τ, why :math:`L_0` has no second variation there ("" where it has).
     """
 
     taus: np.ndarray
-    hard: Estimate
-    gap: Estimate
-    sup_gap: np.ndarray
-    sup_gap_stderr: np.ndarray
-    alpha: float
-    alpha_stderr: float
-    argmin_hard: int
-    argmin_soft: np.ndarray
-    excess_hard: np.ndarray
-    distance: np.ndarray
+    points: np.ndarray
+    omega_grad: np.ndarray
+    omega_hess: np.ndarray
+    grad_norm: np.ndarray
+    soft_min_eigenvalue: np.ndarray
+    hard_min_eigenvalue: np.ndarray
+    quadrature_error: np.ndarray
+    nodes: int
+    rate_grad: float
+    rate_hess: float
+    hard_note: tuple[str, ...]
+    predicted: float = 1.0
 
-    def table(self, name: str = "landscape_gamma") -> Table:
-        rows = [{"tau": float(t), "sup_gap": float(s), "sup_gap_stderr": float(se), "argmin_soft": int(a),
-                 "argmin_hard": self.argmin_hard, "excess_hard_risk": float(e), "argmin_distance": float(dd)}
-                for t, s, se, a, e, dd in zip(self.taus, self.sup_gap, self.sup_gap_stderr, self.argmin_soft,
-                                              self.excess_hard, self.distance)]
-        return Table(name, list(rows[0]), rows, {"alpha": self.alpha, "alpha_stderr": self.alpha_stderr,
-                                                  "family_size": int(np.shape(self.hard.value)[0]),
-                                                  "n": self.gap.n, "seed": self.gap.seed})
+    def table(self, name: str = "landscape_transfer") -> Table:
+        rows = [{"tau": float(t), "omega_grad": float(g), "omega_hess": float(h), "grad_norm": float(gn),
+                 "soft_min_eigenvalue": float(se), "hard_min_eigenvalue": float(he), "quadrature_error": float(q),
+                 "hard_note": note}
+                for t, g, h, gn, se, he, q, note in zip(self.taus, self.omega_grad, self.omega_hess, self.grad_norm,
+                                                        self.soft_min_eigenvalue, self.hard_min_eigenvalue,
+                                                        self.quadrature_error, self.hard_note)]
+        return Table(name, list(rows[0]), rows, {"rate_grad": self.rate_grad, "rate_hess": self.rate_hess,
+                                                 "predicted_rate": self.predicted, "nodes": self.nodes})
 
 
-def uniform_gap(moe: MoE, teacher, law, family, taus, *, n: int = 1 << 17, seed=0, method: str = "mc",
-                progress: bool = False) -> GammaResult:
-    r"""Uniform soft–hard gap over a compact family and the argmin tracking (Theorem 4.7, Cor. 4.4).
+def transfer_modulus(moe: MoE, teacher, law, taus, *, follow: str = "saddle", nodes: int = 6, tol: float = 1e-10,
+                     newton_iter: int = 40, rounds: int = 6, check: bool = True) -> Transfer:
+    r"""ω(τ) of Assumption 5.13 [recon]: the soft-to-hard transfer of gradient and Hessian at critical points.
 
-    .. math:: \sup_{\theta\in F} |L_\tau(\theta) - L_0(\theta)| \le C\tau^\alpha, \qquad
-              L_\tau - L_0 = E[(f^*-f_\tau)^2 - (f^*-f_0)^2]
+    .. math:: \omega_1(\tau) = |\nabla L_\tau(\theta_\tau) - \nabla L_0(\theta_\tau)|, \qquad
+              \omega_2(\tau) = \lVert\nabla^2 L_\tau(\theta_\tau) - \nabla^2 L_0(\theta_\tau)\rVert_2
 
-    estimated for every member and τ from the same draws (paired, one reducer), then
-    :math:`\log\sup|\cdot|` is fitted against :math:`\log\tau` (``experiments.loglog_fit``, weighted by the
-    standard errors) — α = 1 for regular interfaces (Cor. 4.4).
+    at the critical point :math:`\theta_\tau` of the population :math:`L_\tau` followed from ``moe`` as τ decreases
+    (``follow="saddle"``: Newton only, so a saddle stays a saddle; ``"minimum"``: descent first, as
+    :func:`minima_path`), both projected off the symmetry directions. The soft side is the population risk by a
+    product Gauss–Legendre rule adapted to the student's layer and the teacher's jump (its accuracy is
+    reported), the hard side exact (:func:`~softhard.dynamics.shape.hard_derivatives`). Where the interfaces are
+    transverse, :math:`L_\tau = L_0 + \tau G_1 + O(\tau^2)` with smooth :math:`G_1`, so ω = O(τ): the fitted rates
+    are checked against 1. At a teacher-equivalent minimum of a realizable teacher :math:`L_0` has a kink (its
+    one-sided slopes do not vanish), so Assumption 5.13 cannot hold there: ω is NaN where the exact second
+    variation is refused, and does not go to 0 where the interface is only near the teacher's.
+
+    Exact-enough for a binary student with a linear (or unit-linear) router and affine experts, a binary linear
+    teacher and a Gaussian (mixture) law on ℝ² (the binary problem); other models are refused.
 
     Args:
-        moe: template student; family: flat parameter vectors ``(P, p)`` (:func:`random_family`).
-        teacher, law: the problem; taus: ``(T,)`` temperatures (at least 3 for the fit).
-        n, seed, method: the Monte Carlo stream (``"mc"`` or ``"qmc"``).
+        moe: the start (e.g. ``binary_problem().saddle()``); teacher, law: the problem; taus: ``(T,)`` (>= 3).
+        follow: ``"saddle"`` or ``"minimum"``; nodes: Gauss–Legendre nodes per piece; tol, newton_iter: the
+            continuation; rounds: rule rebuilds per τ (the rule follows the moving interface); check: measure the
+            rule's accuracy with 4 more nodes per piece (``quadrature_error``; NaN when off).
     """
-    where = "uniform_gap"
-    space = _space(moe, where)
+    where = "transfer_modulus"
+    space = space_of(moe, where)
     teacher = as_teacher(teacher, space.moe, where)
-    fam = as_tensor(family, "family", where, dtype=DTYPE)
-    if fam.ndim != 2 or fam.shape[0] < 1 or fam.shape[1] != space.p:
-        fail("family", where, f"an array of shape (P, {space.p}) with P >= 1", f"shape {tuple(fam.shape)}")
-    check_finite(fam, "family", where)
-    t = check_grid(taus, "taus", where, low=0.0, low_open=True)
-    if len(set(t.tolist())) < 3:
-        fail("taus", where, "at least 3 distinct temperatures for the exponent fit", t)
     law = as_law(law, where, space.moe.d)
-    if not isinstance(method, str) or method not in ("mc", "qmc"):
-        fail("method", where, "one of 'mc', 'qmc'", method)
-    check_int(n, "n", where)
-    check_seed(seed, where)
-    with torch.no_grad():  # a member whose model overflows would only surface as NaN terms deep in the reducer
-        probe = law.sample(64, torch.Generator().manual_seed(0))
-        for i, v in enumerate(fam):
-            if not all(bool(torch.isfinite(z).all()) for z in space.forward(v, probe)):
-                fail("family", where, "parameter vectors at which the model's logits and outputs are finite",
-                     f"member {i} gives non-finite values")
-    P, T = len(fam), len(t)
+    t = np.sort(check_grid(taus, "taus", where, low=0.0, low_open=True).numpy())[::-1].copy()
+    if len(set(t.tolist())) < 3:
+        fail("taus", where, "at least 3 distinct temperatures for the rate fit", t)
+    if not isinstance(follow, str) or follow not in ("saddle", "minimum"):
+        fail("follow", where, "one of 'saddle', 'minimum'", follow)
+    nodes, newton_iter, rounds = (check_int(nodes, "nodes", where, low=2), check_int(newton_iter, "newton_iter", where),
+                                  check_int(rounds, "rounds", where))
+    tol = check_float(tol, "tol", where, 0.0, math.inf)
+    tl = effective_linear(teacher.moe.router) if isinstance(teacher, PartitionTeacher) else None
+    if (space.moe.d != 2 or space.K != 2 or tl is None or teacher.num_cells != 2
+            or not supports_exact(space.moe.router, teacher, law)):
+        fail("moe", where, "a binary student with a linear or unit-linear router and LinearExperts, with a binary "
+             "linear teacher and a Gaussian (mixture) law on R^2", f"K = {space.K}, d = {space.moe.d}", TypeError)
+    vt = (tl[0][0] - tl[0][1]).detach().numpy()
+    ct = float(tl[1][0] - tl[1][1])
 
-    def terms(x):
-        fs = teacher.signal(x)
-        cols = []
-        for v in fam:
-            a, h = space.forward(v, x)
-            r0 = (fs - hard_from(a, h)) ** 2
-            cols += [r0[:, None] + teacher.noise_std ** 2, (fs[:, None] - soft_from(a, h, t)) ** 2 - r0[:, None]]
-        return torch.cat(cols, 1)
+    def rule(vec, tau, m):
+        W, b = (t.detach() for t in effective_linear(space.load(vec).router))
+        return _plane_rule(law, ((W[0] - W[1]).numpy(), float(b[0] - b[1])), (vt, ct), tau, m)
 
-    est = monte_carlo(terms, law, n, seed, method=method, progress=progress, desc="uniform gap")
-    val, se = np.asarray(est.value).reshape(P, T + 1), np.asarray(est.stderr).reshape(P, T + 1)
-    hard = Estimate(val[:, 0], se[:, 0], est.n, est.method, est.seed)
-    gap = Estimate(val[:, 1:], se[:, 1:], est.n, est.method, est.seed)
-    top = np.argmax(np.abs(gap.value), axis=0)
-    sup = np.abs(gap.value)[top, np.arange(T)]
-    sup_se = gap.stderr[top, np.arange(T)]
-    fit = loglog_fit(t.numpy(), sup, sup_se)
-    soft = hard.value[:, None] + gap.value
-    i0, isoft = int(np.argmin(hard.value)), np.argmin(soft, axis=0)
-    return GammaResult(t.numpy(), hard, gap, sup, sup_se, fit["slope"], fit["slope_stderr"], i0, isoft,
-                       hard.value[isoft] - hard.value[i0],
-                       np.array([space.distance(fam[i0], fam[j]) for j in isoft]))
+    v = space.vector()
+    cols = {k: [] for k in ("points", "og", "oh", "gn", "se", "he", "qe", "note")}
+    n_nodes = 0
+    for tau in t:
+        for _ in range(rounds):
+            x, w = rule(v, tau, nodes)
+            obj = Objective(space, teacher, x, tau, where, weights=w)
+            start = _descend(obj, v, tol, 500) if follow == "minimum" else v
+            nv, gn = _newton(obj, start, tol, newton_iter)
+            nv = space.canonical(nv)
+            moved = float(torch.linalg.norm(nv - space.canonical(v)))
+            v = nv
+            if moved <= 1e-6 * tau * (1 + float(torch.linalg.norm(v))):  # the rule was built at (almost) v
+                break
+        n_nodes = len(w)
+        gs, Hs = obj.grad(v).numpy(), obj.hessian(v).numpy()
+        qe = math.nan
+        if check:
+            x2, w2 = rule(v, tau, nodes + 4)
+            obj2 = Objective(space, teacher, x2, tau, where, weights=w2)
+            qe = max(float(np.abs(obj2.grad(v).numpy() - gs).max()),
+                     float(np.abs(obj2.hessian(v).numpy() - Hs).max()))
+        B = space.complement(v).numpy()
+        cols["points"].append(v.numpy())
+        cols["gn"].append(float(np.linalg.norm(gs)))
+        cols["se"].append(float(np.linalg.eigvalsh(B.T @ Hs @ B)[0]))
+        cols["qe"].append(qe)
+        try:
+            gh, Hh = hard_derivatives(space.load(v), teacher, law)
+            cols["og"].append(float(np.linalg.norm(B.T @ (gs - gh))))
+            cols["oh"].append(float(np.linalg.norm(B.T @ (Hs - Hh) @ B, 2)))
+            cols["he"].append(float(np.linalg.eigvalsh(B.T @ Hh @ B)[0]))
+            cols["note"].append("")
+        except ValueError as e:
+            cols["og"].append(math.nan)
+            cols["oh"].append(math.nan)
+            cols["he"].append(math.nan)
+            cols["note"].append(_reason(e))
+    og, oh = np.array(cols["og"]), np.array(cols["oh"])
+
+    def rate(y):
+        ok = np.isfinite(y) & (y > 0)
+        return loglog_fit(t[ok], y[ok])["slope"] if ok.sum() >= 3 else math.nan
+
+    return Transfer(t, np.stack(cols["points"]), og, oh, np.array(cols["gn"]), np.array(cols["se"]),
+                    np.array(cols["he"]), np.array(cols["qe"]), n_nodes, rate(og), rate(oh), tuple(cols["note"]))
 
 
-def _cp_rows(land: Landscape) -> list[dict]:
-    return [{"tau": land.tau, "point": i, "kind": cp.kind, "loss": cp.loss, "hard_loss": cp.hard_loss,
-             "grad_norm": cp.grad_norm, "min_eigenvalue": cp.min_eigenvalue,
-             "negative_eigenvalues": cp.negative, "teacher_equivalent": cp.teacher_equivalent,
-             "expert_error": float(cp.recovery.expert_error.value),
-             "misrouted_mass": float(cp.recovery.misrouted_mass.value), "dead_experts": cp.dead_experts,
-             "starts": len(cp.starts)}
-            for i, cp in enumerate(land.points)]
+def _cp_rows(land: Landscape, teacher, law) -> list[dict]:
+    rows = []
+    for i, cp in enumerate(land.points):
+        hard, note = (None, "teacher-equivalent: L_0 has a kink at the teacher partition, so its second variation "
+                      "at a point next to it says nothing") if cp.teacher_equivalent else \
+            profiled_min_eigenvalue(land.moe(i), teacher, law)
+        rows.append({"tau": land.tau, "point": i, "kind": cp.kind, "loss": cp.loss, "hard_loss": cp.hard_loss,
+                     "grad_norm": cp.grad_norm, "min_eigenvalue": cp.min_eigenvalue,
+                     "negative_eigenvalues": cp.negative, "teacher_equivalent": cp.teacher_equivalent,
+                     "expert_error": float(cp.recovery.expert_error.value),
+                     "misrouted_mass": float(cp.recovery.misrouted_mass.value), "dead_experts": cp.dead_experts,
+                     "starts": len(cp.starts), "hard_profiled_min_eigenvalue": hard, "hard_note": note})
+    return rows
 
 
 @contextlib.contextmanager
@@ -655,7 +578,13 @@ def run_landscape(problem: str | Problem = "binary", *, taus=(0.2, 0.1, 0.05), s
        :math:`L_0(\theta_\tau) - \min L_0` (exact when the problem allows it).
     4. ``landscape_gamma``: :func:`uniform_gap` on a compact family: the teacher-equivalent student and a
        random box around it (``gamma_family``, ``gamma_radius``; ``gamma_samples`` draws, default
-       ``16·samples``).
+       ``16·samples``, in 16 replicate groups for the exponent's error; the exact exponent where it exists).
+    5. ``landscape_argmin`` (binary problem: exact risks): :func:`argmin_path` on the segment from the
+       teacher-equivalent student (t = 0, argmin L₀) through the minimiser of the largest path τ (t = 1),
+       t ∈ [−0.5, 1.5], over ``path_taus``; its verdict is in the meta.
+
+    Critical points carry ``hard_profiled_min_eigenvalue`` (:func:`profiled_min_eigenvalue`: exact, where the
+    second variation exists; a hard saddle confirmed without the soft Hessian) or ``hard_note`` (why not).
 
     It runs torch single-threaded (restored afterwards): the work is many small tensor operations, for
     which intra-op threads only add overhead — 45 s against 462 s for ``voronoi3`` with two threads on a
@@ -685,7 +614,7 @@ def run_landscape(problem: str | Problem = "binary", *, taus=(0.2, 0.1, 0.05), s
                     land.points.append(cp)
             land.failed += sad.failed
             land.n_starts += sad.n_starts
-        rows += _cp_rows(land)
+        rows += _cp_rows(land, prob.teacher, prob.law)
         spectra += [{"tau": tau, "point": i, "kind": cp.kind, "teacher_equivalent": cp.teacher_equivalent,
                      "eigenvalue": float(e)} for i, cp in enumerate(land.points) for e in cp.eigenvalues]
     cols = list(rows[0]) if rows else ["tau", "point", "kind"]
@@ -703,10 +632,18 @@ def run_landscape(problem: str | Problem = "binary", *, taus=(0.2, 0.1, 0.05), s
     fam = random_family(template, gamma_family, gamma_radius, seed)
     gamma = uniform_gap(template, prob.teacher, prob.law, fam, gamma_taus, n=gamma_samples, seed=seed,
                         progress=progress)
+    argmin, argmin_note = None, ""
+    try:
+        argmin = argmin_path(template, prob.teacher, prob.law, space.load(path[0].params), path_taus, span=(-0.5, 1.5))
+    except TypeError as e:  # no exact risks for this problem
+        argmin_note = "not run: " + str(e).split(". Got ")[0].split(" must be ")[-1]
     meta = {"problem": prob.name, "description": prob.description, "seed": seed, "samples": samples,
             "path_samples": path_samples, "starts": starts, "parameters": ParamSpace(template).p,
             "recovery_slope": rec_fit["slope"], "recovery_slope_stderr": rec_fit["slope_stderr"],
             "gamma_alpha": gamma.alpha, "gamma_alpha_stderr": gamma.alpha_stderr, "alpha_predicted": 1.0,
+            "gamma_alpha_exact": gamma.alpha_exact, "gamma_alpha_z": gamma.alpha_z,
+            "argmin_rate": None if argmin is None else argmin.rate,
+            "argmin_converges": None if argmin is None else argmin.converges, "argmin_note": argmin_note,
             "seconds": time.perf_counter() - t0}
     table = Table("landscape", cols, rows, meta)
     table.extras["landscape_minima"] = Table("landscape_minima", list(prow[0]), prow,
@@ -714,4 +651,6 @@ def run_landscape(problem: str | Problem = "binary", *, taus=(0.2, 0.1, 0.05), s
     table.extras["landscape_spectra"] = Table("landscape_spectra", ["tau", "point", "kind", "teacher_equivalent",
                                                                     "eigenvalue"], spectra, {"problem": prob.name})
     table.extras["landscape_gamma"] = gamma.table()
+    if argmin is not None:
+        table.extras["landscape_argmin"] = argmin.table()
     return table

@@ -16,6 +16,7 @@ Shapes: inputs ``x (N, d)``; logits and expert outputs ``(N, K)``; signals ``(N,
 
 from __future__ import annotations
 
+import itertools
 import math
 from dataclasses import dataclass, field
 from typing import Callable
@@ -25,72 +26,20 @@ import torch
 from scipy.optimize import linear_sum_assignment
 
 from .._validate import DTYPE, as_tensor, check_float, check_inputs, check_int, check_seed, check_seed_value, fail
-from ..estimators.reducer import Estimate, mean_estimate, monte_carlo
+from ..closed.moments import SpanError, region_moments
+from ..closed.normal import gaussian_components
+from ..estimators.reducer import Estimate, draw, mean_estimate, monte_carlo
 from ..model.experts import LinearExperts, MLPExperts
 from ..model.laws import Gaussian, Law, as_law
 from ..model.moe import HardTeacher, MoE, soft_from
-from ..model.routers import LinearRouter, MLPRouter, Router, set_affine
+from ..model.routers import LinearRouter, MLPRouter, UnitLinearRouter, effective_linear
+from .shape import exact_cell_moments, profiled_hard_risk, shape_gradient
 
 __all__ = ["UnitLinearRouter", "PartitionTeacher", "make_student", "Problem", "binary_problem", "voronoi3_problem",
-           "PROBLEMS", "get_problem", "Recovery", "recovery", "Decomposition", "risk_decomposition"]
+           "PROBLEMS", "get_problem", "Recovery", "recovery", "Decomposition", "risk_decomposition", "Matching",
+           "admissible_matching", "Misrouting", "misrouting_bound"]
 
 EPS_2TAU = 1.0 / (1.0 + math.e ** 2)  # the tolerance ε whose width w_{τ,ε} is 2τ (2.15)
-
-
-class UnitLinearRouter(Router):
-    r"""Linear router of fixed score scale: a compact router family on which τ has a meaning.
-
-    .. math:: a(x) = s\,\sqrt{(K-1)/2}\;\frac{W_c}{\lVert W_c\rVert_F}\,x + (b - \bar b\,\mathbf 1),
-              \qquad W_c = W - \mathbf 1\,\bar w^\top
-
-    (:math:`\bar w`, :math:`\bar b` the means over experts), so that the root mean square over pairs of
-    :math:`|\nabla g_{ij}|` equals ``scale`` :math:`s`, because
-    :math:`\sum_{i<j}|w_i - w_j|^2 = K\lVert W_c\rVert_F^2`; for ``K = 2``, :math:`|\nabla g| = s`.
-    Without a fixed scale, :math:`L_\tau(\lambda W) = L_{\tau/\lambda}(W)` and a realizable soft risk has
-    no finite minimiser. The raw ``weight`` is invariant under :math:`W \to \lambda W` (λ > 0) and
-    :math:`W \to W + \mathbf 1 w^\top`, ``bias`` under :math:`b \to b + c\mathbf 1` (the logit gauge).
-
-    Args:
-        weight: raw ``W``, shape ``(K, d)``, ``K >= 2``, not all rows equal.
-        bias: raw ``b``, shape ``(K,)`` (zeros if ``None``).
-        scale: ``s > 0``.
-        trainable: register ``weight, bias`` as parameters (else buffers).
-    """
-
-    def __init__(self, weight, bias=None, *, scale: float = 1.0, trainable: bool = True):
-        super().__init__()
-        W = set_affine(self, weight, bias, "UnitLinearRouter", min_rows=2, trainable=trainable)
-        if float(torch.linalg.norm(W - W.mean(0))) == 0.0:
-            fail("weight", "UnitLinearRouter", "an array whose rows are not all equal", W)
-        self.scale = check_float(scale, "scale", "UnitLinearRouter", 0.0, math.inf)
-        self.num_experts, self.d = W.shape
-
-    def effective(self, weight=None, bias=None) -> tuple[torch.Tensor, torch.Tensor]:
-        """The effective linear logits ``(W_eff (K, d), b_eff (K,))``, differentiable in the raw ones
-        (``weight``/``bias`` replace the stored ones when given)."""
-        W = self.weight if weight is None else weight
-        b = self.bias if bias is None else bias
-        Wc = W - W.mean(0)
-        return (self.scale * math.sqrt((self.num_experts - 1) / 2) / torch.linalg.norm(Wc)) * Wc, b - b.mean()
-
-    def forward(self, x):
-        W, b = self.effective()
-        return x @ W.T + b
-
-    def as_linear(self) -> LinearRouter:
-        """A frozen :class:`~softhard.model.routers.LinearRouter` with the same logits."""
-        W, b = self.effective()
-        return LinearRouter(W.detach(), b.detach())
-
-
-def effective_linear(router, weight=None, bias=None) -> tuple[torch.Tensor, torch.Tensor] | None:
-    """``(W, b)`` of a LinearRouter or UnitLinearRouter (logits ``W x + b``), else ``None``; ``weight``/``bias``
-    replace the router's raw parameters when given."""
-    if isinstance(router, UnitLinearRouter):
-        return router.effective(weight, bias)
-    if isinstance(router, LinearRouter):
-        return (router.weight if weight is None else weight), (router.bias if bias is None else bias)
-    return None
 
 
 class PartitionTeacher(HardTeacher):
@@ -239,8 +188,6 @@ def binary_problem(noise_std: float = 0.0) -> Problem:
     def saddle() -> MoE:
         from scipy.optimize import root
 
-        from .shape import profiled_hard_risk, shape_gradient
-
         def router(z):
             v = torch.tensor([math.cos(z[0]), math.sin(z[0])], dtype=DTYPE)
             return LinearRouter.binary(v, float(z[1])), v
@@ -358,8 +305,6 @@ def recovery(student, teacher, law=None, *, sample=None, n: int = 1 << 16, seed=
     if not isinstance(method, str) or method not in ("mc", "exact"):
         fail("method", "recovery", "one of 'mc', 'exact'", method)
     if method == "exact":
-        from .shape import exact_cell_moments
-
         M = exact_cell_moments(student.router, teacher, as_law(law, "recovery"), "recovery")  # (K_S, K_T, d+1, d+1)
         theta = _affine(student.experts, "recovery")
         theta_t = _affine(teacher.moe.experts, "recovery")
@@ -481,3 +426,197 @@ def risk_decomposition(student, teacher, law=None, tau: float = 0.1, *, eps: flo
     est = _reduce(terms, law, n, seed, sample, progress)
     blk = lambda j: est[4 + j * KT: 4 + (j + 1) * KT]  # noqa: E731
     return Decomposition(t, e, est[0], est[1], est[2], est[3], blk(0), blk(1), blk(2), blk(3), rec)
+
+
+# ------------------------------------------------------------------------------------------------
+# Assumption 5.11 (admissible matchings) and Lemma 5.16 (confidently misrouted mass); docs/landscape.md §4
+
+
+def _matchings(KT: int, KS: int, where: str):
+    count = math.perm(KS, KT)
+    if count > 40320:
+        fail("student", where, f"at most 40320 injective matchings of {KT} teacher cells into the experts",
+             f"{count} for K_T = {KT}, K_S = {KS}")
+    return itertools.permutations(range(KS), KT)
+
+
+@dataclass(frozen=True)
+class Matching:
+    r"""Constants of Assumption 5.11 (5.9) for one student and one η.
+
+    Attributes:
+        eta: η > 0; sigma: the admissible matching σ (teacher cell k ↦ student expert σ(k)) that makes
+            :math:`c_0` smallest; c0: :math:`\max_{k,\,j\ne\sigma(k)} \mu(\{x\in\Omega_k : |h_j - h^*_k| < \eta\})`
+            (an Estimate: the maximising entry with its standard error).
+        near: the masses :math:`\mu(\Omega_k \cap \{|h_j - h^*_k| < \eta\})`, Estimate ``(K_T, K_S)``.
+    """
+
+    eta: float
+    sigma: tuple[int, ...]
+    c0: Estimate
+    near: Estimate
+
+
+def admissible_matching(student, teacher, law=None, eta: float = 0.5, *, sample=None, n: int = 1 << 16, seed=0,
+                        method: str = "mc") -> Matching:
+    r"""The constants (η, c₀) of Assumption 5.11 [recon, (5.9)] for a student: the admissible matching.
+
+    .. math:: c_0(\eta) = \min_\sigma \max_{k,\ j\ne\sigma(k)}\ \mu\big(\{x\in\Omega_k : |h_j(x) - h^*_k(x)| < \eta\}\big)
+
+    over injective matchings σ of teacher cells to student experts (all of them, at most 40320): the mass of
+    the sets (5.15) on which a non-matched expert is within η of the teacher. :math:`c_0 = 0` is the limiting
+    case of Assumption 5.11; Lemma 5.16 pays :math:`K(K-1)c_0` for these sets.
+
+    Args:
+        student, teacher, law, sample, n, seed: as in :func:`recovery`; eta: η > 0.
+        method: ``"mc"`` (the masses from ``(law, n, seed)`` or ``sample``) or ``"exact"`` (affine student and
+            teacher experts, a linear teacher partition, a Gaussian (mixture) law whose cell and slab constraints
+            span at most two directions: Gaussian polyhedral masses, :func:`softhard.closed.moments.region_moments`).
+    """
+    where = "admissible_matching"
+    student, teacher = _check_pair(student, teacher, where)
+    eta = check_float(eta, "eta", where, 0.0, math.inf)
+    if not isinstance(method, str) or method not in ("mc", "exact"):
+        fail("method", where, "one of 'mc', 'exact'", method)
+    KT, KS = teacher.num_cells, student.num_experts
+    perms = list(_matchings(KT, KS, where))
+    if method == "exact":
+        law = as_law(law, where, teacher.d)
+        theta, theta_t = _affine(student.experts, where), _affine(teacher.moe.experts, where)
+        lin = effective_linear(teacher.moe.router)
+        if lin is None:
+            fail("teacher", where, "a linear partition for the exact method", type(teacher.moe.router).__name__,
+                 TypeError)
+        WT, bT = (t.detach().to(DTYPE).numpy() for t in lin)
+        d = WT.shape[1]
+        M = np.zeros((KT, KS))
+        for weight, comp in gaussian_components(law, where):
+            mean, L = comp.mean.numpy(), comp.scale_tril.numpy()
+            for k in range(KT):
+                others = [m for m in range(KT) if m != k]
+                rows, offs = WT[k] - WT[others], bT[k] - bT[others]
+                for j in range(KS):
+                    D = theta[j] - theta_t[k]  # h_j - h*_k = D·x̃; |D| < η: η - D > 0 and η + D > 0
+                    A = np.concatenate([rows, -D[None, :d], D[None, :d]])
+                    al = np.concatenate([offs, [eta - D[d], eta + D[d]]])
+                    try:
+                        T, _ = region_moments(mean, L, A, al)
+                    except SpanError as e:
+                        fail("law", where, "such that the cell and slab constraints span at most 2 directions for the "
+                                           "exact method (use method='mc')", f"{e.args[0]} directions")
+                    M[k, j] += weight * T[d, d, d]
+        near = Estimate(M, np.zeros_like(M), 0, "exact")
+    else:
+        law, sample = _law_or_sample(law, sample, n, seed, teacher.d, where)
+
+        def terms(x):
+            cell, h, hs = teacher.cell(x), student.expert_outputs(x), teacher.cell_experts(x)
+            onehot = torch.nn.functional.one_hot(cell, KT).to(h.dtype)  # (N, K_T)
+            close = ((h[:, None, :] - hs[:, :, None]).abs() < eta).to(h.dtype)  # (N, K_T, K_S): |h_j - h*_k| < η
+            return (onehot[:, :, None] * close).reshape(len(x), KT * KS)
+
+        est = _reduce(terms, law, n, seed, sample)
+        near = Estimate(np.asarray(est.value).reshape(KT, KS), np.asarray(est.stderr).reshape(KT, KS), est.n,
+                        est.method, est.seed)
+    V, S = np.asarray(near.value), np.asarray(near.stderr)
+
+    def worst(p):
+        mask = np.ones((KT, KS), bool)
+        mask[np.arange(KT), list(p)] = False
+        vals = np.where(mask, V, -np.inf)
+        return np.unravel_index(int(np.argmax(vals)), vals.shape)
+
+    best = min(perms, key=lambda p: (V[worst(p)], p))
+    k, j = worst(best)
+    c0 = Estimate(float(V[k, j]), float(S[k, j]), near.n, near.method, near.seed, {"cell": int(k), "expert": int(j)})
+    return Matching(eta, tuple(int(s) for s in best), c0, near)
+
+
+@dataclass(frozen=True)
+class Misrouting:
+    r"""Lemma 5.16 [recon] at one τ: the confidently misrouted set (5.11) and its mass bound (5.13).
+
+    Attributes:
+        tau, eps, eta, B: the parameters; matching: the admissible :class:`Matching` (σ and c₀) used.
+        mass: :math:`\mu(M_{\sigma,\varepsilon})` (5.11); residual: :math:`E[(f^* - f_\tau)^2 1_M]`;
+        excess: :math:`L_\tau - E[\xi^2] = E[(f^* - f_\tau)^2]`; all Estimates from one sample.
+        lower: (5.12) :math:`(\eta - 2B\varepsilon)_+^2(\mu(M) - K(K-1)c_0)`, a lower bound of ``residual``;
+        mass_bound: (5.13) :math:`(L_\tau - E\xi^2)/(\eta - 2B\varepsilon)_+^2 + K(K-1)c_0` (``inf`` when
+        :math:`\eta \le 2B\varepsilon`), an upper bound of ``mass``.
+        confidence_ratio: (5.14) on M, :math:`\max |f_\tau - h_j| / (2B\varepsilon)` over the sample's points of M
+            (≤ 1 when :math:`|h_k| \le B` there); bound_violated: :math:`\mu(\max_k|h_k| > B)`, the mass where the
+            hypothesis :math:`|h_k| \le B` (Assumption 4.3) fails (the bounds need it to be 0).
+    """
+
+    tau: float
+    eps: float
+    eta: float
+    B: float
+    matching: Matching
+    mass: Estimate
+    residual: Estimate
+    excess: Estimate
+    lower: float
+    mass_bound: float
+    confidence_ratio: float
+    bound_violated: Estimate
+
+
+def misrouting_bound(student, teacher, law=None, tau: float = 0.1, *, eps: float = 0.05, eta: float = 0.5,
+                     B: float, sample=None, n: int = 1 << 16, seed=0, matching: Matching | None = None) -> Misrouting:
+    r"""Lemma 5.16 [recon] (5.10)–(5.15): the confidently misrouted interior set and the bound on its mass.
+
+    .. math:: M_{\sigma,\varepsilon} = \bigcup_k \{x\in\Omega_k : \pi^\tau_j(x) \ge 1 - \varepsilon
+              \text{ for some } j\ne\sigma(k)\}\quad(5.11),
+
+    on M :math:`|f_\tau - h_j| \le (1-\pi_j)\max_l|h_l - h_j| \le 2B\varepsilon` (5.14); off the sets (5.15)
+    :math:`\{x\in\Omega_k : |h_j - h^*_k| < \eta\}` (mass ≤ c₀ each, at most K(K−1) of them) the residual is at
+    least :math:`\eta - 2B\varepsilon`, so
+
+    .. math:: E[(f^*-f_\tau)^2 1_M] \ge (\eta - 2B\varepsilon)_+^2\,(\mu(M) - K(K-1)c_0)\quad(5.12),\qquad
+              \mu(M) \le \frac{L_\tau - E\xi^2}{(\eta - 2B\varepsilon)_+^2} + K(K-1)c_0\quad(5.13).
+
+    σ and c₀ are those of :func:`admissible_matching` at η (or ``matching``); K is the student's expert count.
+    Everything is estimated from one sample (``(law, n, seed)`` or ``sample``), so (5.12) and (5.13) hold
+    exactly on it when :math:`|h_k| \le B` there (``bound_violated`` reports where not).
+
+    Args:
+        student, teacher, law, sample, n, seed: as in :func:`recovery`; tau: τ > 0; eps: ε ∈ (0, 1/2);
+        eta: η > 0; B: the bound :math:`|h_k| \le B` of Assumption 4.3 (B > 0).
+    """
+    where = "misrouting_bound"
+    student, teacher = _check_pair(student, teacher, where)
+    tau = check_float(tau, "tau", where, 0.0, math.inf)
+    eps = check_float(eps, "eps", where, 0.0, 0.5)
+    eta = check_float(eta, "eta", where, 0.0, math.inf)
+    B = check_float(B, "B", where, 0.0, math.inf)
+    law, sample = _law_or_sample(law, sample, n, seed, teacher.d, where)
+    if sample is None:  # one sample for everything, so the inequalities hold on it
+        sample = draw(law, n, seed)
+    if matching is None:
+        matching = admissible_matching(student, teacher, law, eta, sample=sample)
+    elif not isinstance(matching, Matching) or len(matching.sigma) != teacher.num_cells:
+        fail("matching", where, "a Matching of this teacher's cells (admissible_matching)", type(matching).__name__,
+             TypeError)
+    K = student.num_experts
+    sigma = torch.as_tensor(matching.sigma, dtype=torch.long)
+    x = sample
+    with torch.no_grad():
+        cell, fs = teacher.cell(x), teacher.signal(x)
+        a, h = student.logits(x), student.expert_outputs(x)
+        f = soft_from(a, h, torch.tensor([tau], dtype=DTYPE), scalar=True)
+        pi = torch.softmax((a - a.max(-1, keepdim=True).values) / tau, -1)
+        conf = pi >= 1 - eps  # (N, K): confident experts
+        conf[torch.arange(len(x)), sigma[cell]] = False  # ... other than the matched one
+        inM = conf.any(-1)
+        j = torch.argmax(pi, -1)  # on M the confident expert is the top one (1 - ε > 1/2)
+        r2 = (fs - f) ** 2
+        off = (f - h.gather(1, j[:, None])[:, 0]).abs()
+        ratio = float((off[inM] / (2 * B * eps)).max()) if bool(inM.any()) else 0.0
+        viol = (h.abs().max(-1).values > B).to(r2.dtype)
+        est = mean_estimate(torch.stack([inM.to(r2.dtype), r2 * inM, r2, viol], 1))
+    gap = max(eta - 2 * B * eps, 0.0)
+    c0 = float(matching.c0.value)
+    lower = gap ** 2 * (float(est[0].value) - K * (K - 1) * c0)
+    bound = float(est[2].value) / gap ** 2 + K * (K - 1) * c0 if gap > 0 else math.inf
+    return Misrouting(tau, eps, eta, B, matching, est[0], est[1], est[2], lower, bound, ratio, est[3])

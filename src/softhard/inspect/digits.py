@@ -28,9 +28,9 @@ from torch import nn
 from .._validate import DTYPE, check_int, check_seed
 from ..estimators.reducer import resolve_seed
 
-__all__ = ["TopKMoE", "DigitsMoE", "DigitsResult", "digits_data", "train_digits_moe"]
+__all__ = ["TopKMoE", "DigitsMoE", "DigitsResult", "digits_data", "train_digits_moe", "DIGITS"]
 
-
+DIGITS = "softhard:digits"  # the model name of this MoE in `softhard inspect` (runner and hardening share it)
 MOE_LAYERS = 2  # MoE layers of softhard:digits (known before training, so --layers is checked first)
 
 

@@ -28,6 +28,7 @@ import torch
 
 from .._validate import check_float, check_grid, check_int
 from ..estimators.reducer import resolve_seed
+from .digits import DIGITS
 from .hooks import PERTURBATIONS, RouterCapture, block_generator, capture_block_outputs, perturb_hidden
 from .layouts import InspectError, find_routers, parse_layers
 from .loading import DTYPES, Batch, encode_text, load_model, token_batches, vocab_size
@@ -37,7 +38,6 @@ from .stats import LayerStats
 __all__ = ["Inspection", "inspect_model", "inspect_path", "inspect_paths", "compare_rows", "write_inspection",
            "default_widths", "DIGITS", "TINY_LM", "MIN_CPU_SECONDS"]
 
-DIGITS = "softhard:digits"
 TINY_LM = "softhard:tiny-lm"  # the first language MoE trained and cached by softhard (.tinylm; the zoo: .zoo.models)
 MIN_CPU_SECONDS = 0.5  # plain-forward CPU time below which the hook overhead is not reported
 
@@ -202,6 +202,9 @@ def inspect_model(model, batches: Iterable[Batch], *, describe: Callable | None 
         rows.append(_row(s, r, lay, taus, tie_widths, dense))
         if save_tokens:
             tokens.update({f"layer{s.index:02d}_{k}": v for k, v in st.tokens().items()})
+    if save_tokens and tokens:  # the token stream, to align two dumps (softhard compare-routing)
+        tokens["token_ids"] = torch.cat([i.reshape(-1) for i in ids_all]).numpy().astype(np.int64)
+        tokens["sequence_length"] = np.array([ids_all[0].shape[-1] if ids_all[0].ndim > 1 else 1], dtype=np.int64)
     overhead, overhead_se, note = _overhead(pairs) if measure_overhead else (None, None, "not measured (--no-overhead)")
     cpu_plain, cpu_hooked = (sum(p for p, _ in pairs), sum(h for _, h in pairs)) if pairs else (None, None)
     meta = {
@@ -408,7 +411,8 @@ def _inspect_path(model: str, out, *, tokens: int = 2048, text=None, random_ids:
                  device: str | None = None, device_map: str | None = None, measure_overhead: bool = True,
                  dense: bool = True, save_tokens: bool = False, progress: bool = False, harden: bool = False,
                  harden_taus=None, harden_path: str = "auto", max_tie_tokens: int = 512, topk: bool = False,
-                 topk_tokens: int = 256) -> tuple[Inspection, list[Path]]:
+                 topk_tokens: int = 256, perturbations=(), calibration: float = 0.125,
+                 quantize: str | None = None) -> tuple[Inspection, list[Path]]:
     """Inspect a local model directory (or ``"softhard:digits"``: the digits MoE trained here, or a language MoE
     of the zoo trained here and cached, ``"softhard:tiny-lm"``, ``"softhard:deepseek-lm"``, ``"softhard:qwen-lm"``,
     each also ``@SEED``: :mod:`.zoo.models`) and write the files of
@@ -424,9 +428,17 @@ def _inspect_path(model: str, out, *, tokens: int = 2048, text=None, random_ids:
     ``max_tie_tokens`` contrasted rows per layer within the bandwidth), written as ``hardening.csv``/``.json``/
     ``.png`` and a section of the report; ``topk``: also the price of cutting top-k
     (:func:`softhard.inspect.price.topk.price_topk`, ``topk_tokens`` contrasted rows per layer), written as
-    ``topk.csv`` and ``topk_budget.csv``. User errors raise :class:`InspectError`.
+    ``topk.csv`` and ``topk_budget.csv``. ``perturbations``: kinds of
+    :data:`softhard.inspect.price.flips.PRICED` whose flips are predicted beside measured
+    (:func:`softhard.inspect.price.flips.price_flips`; whole-model kinds calibrated on the first ``calibration``
+    share of the sequences), written as ``flips.csv``/``.json``/``.png`` and a section of the report.
+    ``quantize``: ``"int8"``/``"int4"`` inspects the model with its weights quantized
+    (:func:`softhard.inspect.price.flips.quantized_model`). User errors raise :class:`InspectError`.
     """
+    from .price.flips import parse_perturbations
     from .zoo.models import parse_zoo_name, zoo_config
+
+    perturbations = parse_perturbations(perturbations)
 
     try:
         zoo = parse_zoo_name(model)
@@ -483,10 +495,10 @@ def _inspect_path(model: str, out, *, tokens: int = 2048, text=None, random_ids:
         from .zoo.models import zoo_lm
         from .zoo.train import heldout_ids
 
-        if dtype is not None or device not in (None, "cpu") or device_map is not None:
-            notes.append(f"{model} runs in float32 on the CPU: --dtype/--device/--device-map ignored")
+        if device not in (None, "cpu") or device_map is not None:
+            notes.append(f"{model} runs on the CPU: --device/--device-map ignored")
         lm = zoo_lm(model, zoo_config(*zoo), progress=progress)
-        net = lm.model
+        net = lm.model if dtype is None else lm.model.to(DTYPES[dtype])
         if text is not None:
             ids = encode_text(text, lm.tokenizer, 256, max_tokens=tokens)[:tokens]
         elif random_ids:
@@ -512,6 +524,13 @@ def _inspect_path(model: str, out, *, tokens: int = 2048, text=None, random_ids:
         describe = _token_describer(tok)
         extra = {"dtype": str(next(net.parameters()).dtype).replace("torch.", ""),
                  "device": str(next(net.parameters()).device)}
+    if quantize is not None:
+        if quantize not in ("int8", "int4"):
+            raise InspectError(f"The 'quantize' parameter of inspect must be int8 or int4. Got {quantize!r}.")
+        from .price.flips import quantized_model
+
+        net = quantized_model(net, 8 if quantize == "int8" else 4)
+        notes.append(f"weights quantized to {quantize} (optimum-quanto, weight-only, dequantized)")
     t0 = time.perf_counter()
     ins = inspect_model(net, batches, describe=describe, layers=layers, router_path=router_path, top_k=top_k,
                         taus=taus, dense=dense, tie_widths=tie_widths, perturbation=perturbation, noise=noise,
@@ -521,6 +540,17 @@ def _inspect_path(model: str, out, *, tokens: int = 2048, text=None, random_ids:
         random_ids or not zoo) else "heldout"
     ins.meta.update(model=str(model), source=source, notes=notes, wall_seconds=time.perf_counter() - t0, **extra)
     paths = []
+    if perturbations:  # issue 20 item 1: flips predicted beside measured
+        from .hooks import read_routers
+        from .price.flips import price_flips, write_flips
+
+        sites = read_routers(net, find_routers(net, router_path=router_path, layers=layers, top_k=top_k),
+                             batches[0].inputs)
+        frows, fmeta = price_flips(net, batches, sites, perturbations, noise=noise, seed=seed,
+                                   calibration=calibration, progress=progress)
+        fmeta.update(model=str(model), source=source)
+        ins.meta["flips"] = fmeta["verdicts"]
+        paths += write_flips(frows, fmeta, out)
     if harden:  # issue 12 item 4: the hardening curve, before the report that shows it
         from .hardening import harden_inspected
 

@@ -138,15 +138,20 @@ class LayerStats:
         self._nearest_add(mm[:, 0], np.asarray(token_index))
         self.n += mm.shape[0]
         if self._tokens is not None:
-            self._tokens.append((np.asarray(token_index), mm, sel.cpu().numpy()))
+            scores = rule.margin_scores(logits).to(torch.float32).cpu().numpy()
+            self._tokens.append((np.asarray(token_index), mm, sel.cpu().numpy(), scores))
 
     def tokens(self) -> dict:
-        """Every token seen (with ``keep_tokens``): ``index (n,)``, ``margin (n,)``, ``logit_margin (n,)`` and
-        ``selected (n, k)``."""
+        r"""Every token seen (with ``keep_tokens``): ``index (n,)``, ``margin (n,)``, ``logit_margin (n,)``,
+        ``selected (n, k)``, ``scores (n, K)`` (float32: the vector the margin is measured on — the logits, or the
+        biased scores :math:`\phi(a) + b`) and ``rule (4,)``: ``k, n_group, topk_group, group_top`` of the
+        selection on those scores (what ``softhard compare-routing`` needs to re-select and re-measure)."""
         if not self._tokens:
             return {}
-        idx, mm, sel = (np.concatenate(x) for x in zip(*self._tokens))
-        return {"index": idx, "margin": mm[:, 0], "logit_margin": mm[:, 1], "selected": sel}
+        idx, mm, sel, scores = (np.concatenate(x) for x in zip(*self._tokens))
+        r = self.site.rule
+        return {"index": idx, "margin": mm[:, 0], "logit_margin": mm[:, 1], "selected": sel, "scores": scores,
+                "rule": np.array([r.k, r.n_group, r.topk_group, r.group_top], dtype=np.int64)}
 
     def update_flips(self, routed: Routed, perturbed: Routed) -> None:
         """Add the rule's selections and scores before and after perturbing the router's input."""

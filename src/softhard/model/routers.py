@@ -5,6 +5,7 @@ Any ``torch.nn.Module`` or callable with that signature is accepted through :fun
 
 from __future__ import annotations
 
+import math
 from typing import Callable
 
 import numpy as np
@@ -13,8 +14,8 @@ from torch import nn
 
 from .._validate import DTYPE, as_tensor, check_finite, check_float, check_inputs, check_int, check_seed_value, fail
 
-__all__ = ["Router", "LinearRouter", "MLPRouter", "as_router", "score_difference", "score_gradient", "set_affine",
-           "cast_to_module", "probe_module", "check_pair"]
+__all__ = ["Router", "LinearRouter", "MLPRouter", "UnitLinearRouter", "effective_linear", "as_router",
+           "score_difference", "score_gradient", "set_affine", "cast_to_module", "probe_module", "check_pair"]
 
 
 class Router(nn.Module):
@@ -207,3 +208,59 @@ def check_pair(pair, K: int, where: str) -> tuple[int, int]:
     if not (0 <= i < K and 0 <= j < K and i != j):
         fail("pair", where, f"two distinct indices in [0, {K - 1}]", pair)
     return i, j
+
+
+class UnitLinearRouter(Router):
+    r"""Linear router of fixed score scale: a compact router family on which τ has a meaning.
+
+    .. math:: a(x) = s\,\sqrt{(K-1)/2}\;\frac{W_c}{\lVert W_c\rVert_F}\,x + (b - \bar b\,\mathbf 1),
+              \qquad W_c = W - \mathbf 1\,\bar w^\top
+
+    (:math:`\bar w`, :math:`\bar b` the means over experts), so that the root mean square over pairs of
+    :math:`|\nabla g_{ij}|` equals ``scale`` :math:`s`, because
+    :math:`\sum_{i<j}|w_i - w_j|^2 = K\lVert W_c\rVert_F^2`; for ``K = 2``, :math:`|\nabla g| = s`.
+    Without a fixed scale, :math:`L_\tau(\lambda W) = L_{\tau/\lambda}(W)` and a realizable soft risk has
+    no finite minimiser. The raw ``weight`` is invariant under :math:`W \to \lambda W` (λ > 0) and
+    :math:`W \to W + \mathbf 1 w^\top`, ``bias`` under :math:`b \to b + c\mathbf 1` (the logit gauge).
+
+    Args:
+        weight: raw ``W``, shape ``(K, d)``, ``K >= 2``, not all rows equal.
+        bias: raw ``b``, shape ``(K,)`` (zeros if ``None``).
+        scale: ``s > 0``.
+        trainable: register ``weight, bias`` as parameters (else buffers).
+    """
+
+    def __init__(self, weight, bias=None, *, scale: float = 1.0, trainable: bool = True):
+        super().__init__()
+        W = set_affine(self, weight, bias, "UnitLinearRouter", min_rows=2, trainable=trainable)
+        if float(torch.linalg.norm(W - W.mean(0))) == 0.0:
+            fail("weight", "UnitLinearRouter", "an array whose rows are not all equal", W)
+        self.scale = check_float(scale, "scale", "UnitLinearRouter", 0.0, math.inf)
+        self.num_experts, self.d = W.shape
+
+    def effective(self, weight=None, bias=None) -> tuple[torch.Tensor, torch.Tensor]:
+        """The effective linear logits ``(W_eff (K, d), b_eff (K,))``, differentiable in the raw ones
+        (``weight``/``bias`` replace the stored ones when given)."""
+        W = self.weight if weight is None else weight
+        b = self.bias if bias is None else bias
+        Wc = W - W.mean(0)
+        return (self.scale * math.sqrt((self.num_experts - 1) / 2) / torch.linalg.norm(Wc)) * Wc, b - b.mean()
+
+    def forward(self, x):
+        W, b = self.effective()
+        return x @ W.T + b
+
+    def as_linear(self) -> LinearRouter:
+        """A frozen :class:`~softhard.model.routers.LinearRouter` with the same logits."""
+        W, b = self.effective()
+        return LinearRouter(W.detach(), b.detach())
+
+
+def effective_linear(router, weight=None, bias=None) -> tuple[torch.Tensor, torch.Tensor] | None:
+    """``(W, b)`` of a LinearRouter or UnitLinearRouter (logits ``W x + b``), else ``None``; ``weight``/``bias``
+    replace the router's raw parameters when given."""
+    if isinstance(router, UnitLinearRouter):
+        return router.effective(weight, bias)
+    if isinstance(router, LinearRouter):
+        return (router.weight if weight is None else weight), (router.bias if bias is None else bias)
+    return None

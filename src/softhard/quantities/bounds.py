@@ -30,15 +30,19 @@ import math
 import numpy as np
 import torch
 
-from .._validate import check_float, check_int, fail
+from .._validate import check_float, check_grid, check_int, fail
+from ..closed.boundary import pair_score
+from ..closed.normal import gaussian_components, phi, score_law
 from ..estimators.reducer import Estimate, sample_mean
 from ..estimators.registry import Call, Quantity
 from ..model.gates import tail_sum
 from ..model.moe import hard_from, soft_from
-from .door import finish, moe_call, temperature_grid
+from .mass import EPS_2TAU
+from .door import finish, is_linear_gaussian, moe_call, temperature_grid
 
 __all__ = ["theorem45_constant", "gap_certificate", "local_gap_certificate", "cauchy_schwarz_bound",
-           "GAP_CERTIFICATE", "LOCAL_GAP_CERTIFICATE", "CAUCHY_SCHWARZ_BOUND"]
+           "margin_slope_constant", "corollary44_bound", "lemma57_constant", "GAP_CERTIFICATE",
+           "LOCAL_GAP_CERTIFICATE", "CAUCHY_SCHWARZ_BOUND"]
 
 GAP_CERTIFICATE = Quantity("gap_certificate")
 LOCAL_GAP_CERTIFICATE = Quantity("local_gap_certificate")
@@ -210,3 +214,79 @@ def _delta_method(est: Estimate) -> Estimate:
 
 
 _register_samplers(CAUCHY_SCHWARZ_BOUND, _cs_terms, _delta_method)
+
+
+def _pair_sup(router, law, w0: float, where: str) -> float:
+    r""":math:`\sum_{i<j}\sup_{|s|\le w_0}\psi_{ij}(s)` for a linear router under a Gaussian (mixture) law (per
+    component the normal density's largest value on the interval; summed over components, an upper bound of
+    the mixture's, equal for one component)."""
+    if not is_linear_gaussian(router, law):
+        fail("router", where, "a LinearRouter under a Gaussian or GaussianMixture law (the constant needs the "
+             "closed-form level-set profiles ψ_ij)", type(router).__name__, TypeError)
+    K = router.num_experts
+    total = 0.0
+    for i in range(K):
+        for j in range(i + 1, K):
+            v, c = pair_score(router, (i, j))
+            for w, comp in gaussian_components(law, where):
+                m_g, s = score_law(v.detach(), c, comp)
+                if s == 0.0:
+                    fail("router", where, "scores g_ij with non-degenerate laws (vᵀSv > 0)", f"pair ({i}, {j})")
+                total += w * float(phi(max(abs(m_g) - w0, 0.0) / s)) / s
+    return total
+
+
+def margin_slope_constant(router, law, w0: float) -> float:
+    r"""The constant :math:`C_1` of Prop. 3.7 on :math:`(0, w_0]`: :math:`\beta(w) \le \beta_{pair}(w) \le C_1 w`.
+
+    .. math:: \beta_{pair}(w) \le \sum_{i<j}\mu(|g_{ij}| \le w) = \sum_{i<j}\int_{-w}^{w}\psi_{ij}(s)\,ds
+              \le 2w\sum_{i<j}\sup_{|s|\le w_0}\psi_{ij}(s) =: C_1 w \qquad (0 < w \le w_0)
+
+    with :math:`\psi_{ij}(s)` the level-set profile (3.8) (:func:`softhard.quantities.coarea.level_set_profile`),
+    exact for a LinearRouter under a Gaussian (mixture) law. As :math:`w_0 \to 0`,
+    :math:`C_1 \to 2\sum_{i<j}\psi_{ij}(0)` (= :math:`2C_\Sigma` for K = 2, Prop. 3.5). Derivation:
+    ``docs/landscape.md`` §5.
+    """
+    where = "margin_slope_constant"
+    w0 = check_float(w0, "w0", where, 0.0, math.inf, low_open=False)
+    return 2.0 * _pair_sup(router, law, w0, where)
+
+
+def corollary44_bound(router, law, taus, *, B: float, w0: float) -> np.ndarray:
+    r"""The explicit gap bound of Cor. 4.4 [recon] for squared loss with :math:`|Y|, |h_k| \le B` (Assumption 4.3):
+
+    .. math:: |L_\tau - L_0| \le 8B^2(K-1)\big(C_1\tau + e^{-w_0/\tau}\big)
+
+    from :math:`|(Y-f_\tau)^2 - (Y-f_0)^2| \le 4B|f_\tau - f_0|`, :math:`|f_\tau - f_0| \le 2B(1 - \pi_{max})
+    \le 2B(K-1)e^{-\Delta/\tau}` (Lemma 4.1) and the layer-cake formula
+    :math:`E[e^{-\Delta/\tau}] = \int_0^\infty \tau^{-1}e^{-w/\tau}\beta(w)\,dw \le C_1\tau + e^{-w_0/\tau}` with
+    :math:`\beta(w) \le C_1 w` on :math:`(0, w_0]` (:func:`margin_slope_constant`; the mass beyond :math:`w_0` is
+    bounded by 1). Linear router, Gaussian (mixture) law; ``taus`` ``(T,)``; returns ``(T,)``.
+    """
+    where = "corollary44_bound"
+    B = check_float(B, "B", where, 0.0, math.inf, low_open=False)
+    w0 = check_float(w0, "w0", where, 0.0, math.inf)
+    t = check_grid(taus, "taus", where, low=0.0, low_open=True).double().numpy()
+    C1 = 2.0 * _pair_sup(router, law, w0, where)
+    return 8 * B * B * (router.num_experts - 1) * (C1 * t + np.exp(-w0 / t))
+
+
+def lemma57_constant(router, law, eps: float = EPS_2TAU, *, w0: float | None = None) -> float:
+    r"""The constant :math:`C_\varepsilon` of Lemma 5.7 [recon], :math:`m_\varepsilon(\tau) \le C_\varepsilon\tau`.
+
+    With :math:`\lambda_\varepsilon = \log((1-\varepsilon)/\varepsilon) + \log(K-1)`, Remark 5.4 gives
+    :math:`m_\varepsilon(\tau) \le \mu(\Delta < \lambda_\varepsilon\tau) \le \beta_{pair}(\lambda_\varepsilon\tau)`, so by
+    :func:`margin_slope_constant`
+
+    .. math:: m_\varepsilon(\tau) \le 2\lambda_\varepsilon\tau\sum_{i<j}\sup_{|s|\le\lambda_\varepsilon\tau}\psi_{ij}(s).
+
+    ``w0=None``: the first-order constant :math:`C_\varepsilon = 2\lambda_\varepsilon\sum_{i<j}\psi_{ij}(0)`
+    (:math:`\limsup_{\tau\to0} m_\varepsilon(\tau)/\tau \le C_\varepsilon`, equality for K = 2);
+    ``w0``: a constant valid for every :math:`\tau \le w_0/\lambda_\varepsilon`,
+    :math:`2\lambda_\varepsilon\sum_{i<j}\sup_{|s|\le w_0}\psi_{ij}(s)`. Linear router, Gaussian (mixture) law.
+    """
+    where = "lemma57_constant"
+    eps = check_float(eps, "eps", where, 0.0, 0.5)
+    w0 = 0.0 if w0 is None else check_float(w0, "w0", where, 0.0, math.inf)
+    sup = _pair_sup(router, law, w0, where)
+    return 2.0 * (math.log((1 - eps) / eps) + math.log(router.num_experts - 1)) * sup

@@ -16,8 +16,8 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 
-from .._validate import check_float, check_int
-from ..closed.boundary import interface_constant_closed, pair_density_at_zero
+from .._validate import check_float, check_grid, check_int
+from ..closed.boundary import interface_constant_closed, pair_density, pair_density_at_zero
 from ..closed.risk import ENTROPY_CONSTANT
 from ..estimators.fits import fit_margin_tail
 from ..estimators.kernel import kernel, kernel_estimate, pilot_bandwidths
@@ -26,12 +26,14 @@ from ..estimators.reducer import Estimate, draw, sample_mean
 from ..estimators.registry import Call, Quantity
 from ..model.gates import top_two
 from ..model.routers import check_pair, score_gradient
-from .door import is_gaussian, is_linear_gaussian, logits_of, router_call, sampler
+from .door import finish, is_gaussian, is_linear_gaussian, logits_of, router_call, sampler
 
 __all__ = ["coarea_constant", "coarea_sum", "interface_constant", "entropy_slope", "interface_diagnostic",
-           "InterfaceDiagnostic", "COAREA_CONSTANT", "COAREA_SUM", "INTERFACE_CONSTANT"]
+           "level_set_profile", "InterfaceDiagnostic", "COAREA_CONSTANT", "COAREA_SUM", "INTERFACE_CONSTANT",
+           "LEVEL_SET_PROFILE"]
 
 COAREA_CONSTANT = Quantity("coarea_constant")
+LEVEL_SET_PROFILE = Quantity("level_set_profile")
 COAREA_SUM = Quantity("coarea_sum")
 INTERFACE_CONSTANT = Quantity("interface_constant")
 
@@ -98,6 +100,60 @@ def _coarea_kernel(c: Call) -> Estimate:
     h = _bandwidth(c, g)
     return kernel_estimate(sample_mean(lambda x: kernel(g(x), h, False), c.law, sampler(c, "mc"), c.sampling),
                            h, False)
+
+
+def level_set_profile(router, law, levels, pair=(0, 1), *, method: str = "auto", n: int | None = None, seed=0,
+                      target_rel_error: float | None = None, bandwidth: float | None = None, **sampling) -> Estimate:
+    r"""Level-set profile :math:`\psi_{ij}(s)` of Assumption 3.4 / Lemma 3.6 (3.8) at levels s ≠ 0 too: by the
+    coarea formula, the density of :math:`g_{ij}(X) = a_i(X) - a_j(X)` at s.
+
+    .. math:: \psi_{ij}(s) = \int_{\{g_{ij} = s\}} \frac{p}{|\nabla g_{ij}|}\, dH^{d-1}
+              = \lim_{w\to0}\frac{\mu(|g_{ij} - s| \le w)}{2w}
+
+    Assumption 3.4 asks it finite for :math:`|s| \le r_0` and continuous at 0; :func:`coarea_constant` is s = 0.
+
+    Args:
+        router: any router; law: any law on ℝ^d; levels: s, a float or ``(S,)``; pair: ``(i, j)``.
+        method: ``"auto"``, ``"exact"`` (linear router, Gaussian (mixture) law: a normal density per component,
+            :func:`softhard.closed.boundary.pair_density`), ``"kernel"`` (any router and law: the Epanechnikov kernel
+            estimate at every s from one sample, one bandwidth from the first block unless ``bandwidth`` is given).
+        n, seed, target_rel_error, sampling keywords: as in :func:`softhard.boundary_mass`.
+
+    Returns:
+        :class:`~softhard.estimators.reducer.Estimate` of shape ``(S,)`` (a float for a scalar ``levels``).
+    """
+    where = "level_set_profile"
+    method = LEVEL_SET_PROFILE.check_method(method, where)
+    scalar = isinstance(levels, (int, float)) and not isinstance(levels, bool)
+    grid = check_grid([levels] if scalar else levels, "levels", where, low=-math.inf).to(torch.float64)
+    call = router_call(where, router, law, grid, n, seed, target_rel_error, sampling, **_options(where, bandwidth))
+    call.options["pair"] = check_pair(pair, call.model.num_experts, where)
+    return finish(LEVEL_SET_PROFILE.estimate(call, method), scalar)
+
+
+@LEVEL_SET_PROFILE.register("exact", applies=lambda c: None if is_linear_gaussian(c.model, c.law) else
+                            "a LinearRouter and a Gaussian or GaussianMixture law", cost=lambda c: 1e-4, exact=True,
+                            summary="(3.14) at s: a normal density per component")
+def _profile_exact(c: Call) -> Estimate:
+    return Estimate.exact(pair_density(c.model, c.law, c.grid, c.options["pair"]), "pair_density (3.8), (3.14)")
+
+
+@LEVEL_SET_PROFILE.register("kernel", applies=lambda c: None, summary="kernel density of g_ij at each s")
+def _profile_kernel(c: Call) -> Estimate:
+    i, j = c.options["pair"]
+
+    def g(x):
+        a = logits_of(c.model, x, c.where)
+        return a[:, i] - a[:, j]
+
+    h = _bandwidth(c, g)
+    s = c.grid
+
+    def terms(x):
+        u = g(x)
+        return kernel(u[:, None] - s.to(u)[None, :], h, False)
+
+    return kernel_estimate(sample_mean(terms, c.law, sampler(c, "mc"), c.sampling), h, False)
 
 
 def coarea_sum(router, law, *, method: str = "auto", n: int | None = None, seed=0,

@@ -15,6 +15,7 @@ import math
 from pathlib import Path
 
 from ..results.io import atomic_write
+from .fig_flips import flips_section
 from .fig_hardening import hardening_section
 
 __all__ = ["write_report", "render_report", "write_compare_report", "render_compare_report"]
@@ -164,6 +165,7 @@ def render_report(out) -> str:
                                                      for part in ("block", "final")] for r in rows]))
     else:
         parts.append("<p>Not run (--taus '' and no dense run).</p>")
+    parts += flips_section(out, _table)  # issue 20 item 1: written when --perturb priced flips
     if "hardening" in meta:  # issue 12 item 4: this run measured the hardening curve
         parts += hardening_section(out, _table)
     for lay in summary["layers"]:

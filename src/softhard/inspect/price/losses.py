@@ -7,6 +7,7 @@ from typing import Callable
 
 import torch
 
+from ..digits import DIGITS
 from ..layouts import InspectError
 from ..loading import Batch
 from ..sensitivity import final_output
@@ -37,8 +38,6 @@ def label_loss(labels: torch.Tensor) -> Callable:
 def task_loss(model_name: str, net, batches: list[Batch], data_seed: int, option: str) -> Callable:
     """The loss a price is measured in for ``softhard inspect``: the labels of ``softhard:digits`` (in the order of
     ``data_seed``), the next token of a causal language model; :class:`InspectError` for any other model."""
-    from ..runner import DIGITS
-
     if model_name == DIGITS:
         from ..digits import digits_data
 
