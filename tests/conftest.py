@@ -28,6 +28,15 @@ def tiny_lm_small(tmp_path_factory):
     return tiny_lm(SMALL, cache_dir=tmp_path_factory.mktemp("softhard-cache"))
 
 
+@pytest.fixture(scope="session")
+def digits_moe():
+    """``softhard:digits`` (the digits MoE, seed 0), trained once per test process."""
+    pytest.importorskip("sklearn")
+    from softhard.inspect import train_digits_moe
+
+    return train_digits_moe(0)
+
+
 @pytest.fixture
 def quiet_transformers():
     """transformers without its log lines, progress bars and warnings (tiny random models warn a lot)."""

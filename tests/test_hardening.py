@@ -14,7 +14,7 @@ import torch
 
 pytest.importorskip("sklearn")
 
-from softhard.inspect import InspectError, RoutingRule, find_routers, train_digits_moe  # noqa: E402
+from softhard.inspect import InspectError, RoutingRule, find_routers  # noqa: E402
 from softhard.inspect.digits import DigitsMoE  # noqa: E402
 from softhard.inspect.hardening import LayerTemperature as LT  # noqa: E402
 from softhard.inspect.hardening import (_node_differences, check_hardenable, harden, label_loss,  # noqa: E402
@@ -25,8 +25,8 @@ from softhard.inspect.tinylm import heldout_ids  # noqa: E402
 
 
 @pytest.fixture(scope="module")
-def digits():
-    return train_digits_moe(0)
+def digits(digits_moe):
+    return digits_moe
 
 
 def _read_sites(model, x):
@@ -170,7 +170,11 @@ def test_hardening_curve_on_small_tiny_lm(tiny_lm_small):
     h = harden(lm.model, batches, lm_loss, taus=(1.0, 0.5, 0.1, 0.02, 0.01, 1e-4), seed=0)
     _check_curve(h, small_taus=(0.02, 0.01), carried=True)
     assert h.meta["tokens"] == 128 * 63 and h.meta["exact_ties"] == 0
-    assert "differ by" in h.meta["verdict"]
+    assert h.meta["crossfit"] and h.meta["folds"] == [64, 64]
+    assert h.meta["verdict"].startswith("first order G1*tau holds at tau = ")
+    # the whole curve, from τ = 1 down: within 5 paired standard errors at every τ
+    for r in h.rows:
+        assert abs(r["gap"] - r["predicted_curve"]) <= 5 * r["curve_diff_stderr"]
 
 
 def test_hardening_curve_on_digits(digits):
@@ -192,24 +196,29 @@ def test_hardening_is_seeded(digits):
 def test_bad_input(digits):
     top1 = DigitsMoE(top_k=1, seed=0).eval()
     batch = _batches(digits)[:1]
-    with pytest.raises(InspectError, match=r"layer 0 \(blocks.0.gate\) routes to one expert \(k = 1\)"):
+    with pytest.raises(InspectError, match=r"every MoE layer routes to one expert \(k = 1\): the model is already "
+                                           r"hard routing .* costs exactly 0"):
         harden(top1, batch, label_loss(digits.y))
     for taus in ((2.0,), (0.0,), ()):
         with pytest.raises(InspectError, match="'taus' parameter of harden"):
             harden(digits.model, batch, label_loss(digits.y), taus=taus)
     site = _read_sites(digits.model, digits.x[:8])[0]
     assert refusal(site) is None and site.rule.weights == "block"  # the block's softmax over its top-2 logits
-    # DeepSeek-V3's rule: top-2 of sigmoid(a) + bias, weights sigmoid(a)[S] normalised
+    # a block that weights by sigmoid(a) after a biased selection, behind a router returning logits alone: its
+    # weights are neither tempered to hard routing at a/τ nor settable row by row
     site.rule = RoutingRule(num_experts=4, k=2, scores="sigmoid", bias=torch.zeros(4), weights="sigmoid")
-    with pytest.raises(InspectError, match=r"has weights sigmoid\(a/τ\), whose τ → 0 limit is not hard top-1"):
+    with pytest.raises(InspectError, match=r"its weights sigmoid\(a/τ\) do not tend to hard top-1 routing .* and its "
+                                           r"logits format does not let its weights be set row by row"):
         check_hardenable([site])
     site.rule = RoutingRule(num_experts=4, k=2, weights="sparsemixer")
-    assert "sparsemixer, whose τ → 0 limit is not hard top-1" in refusal(site)
+    assert refusal(site) is None and refusal(site, "logits").startswith("its weights PhiMoE's sparsemixer")
     site.rule = RoutingRule(num_experts=4, k=2, weights=None)
-    assert "could not identify" in refusal(site)
+    assert refusal(site, "logits") == "its weight map was not identified"
     # softmax over all experts, not renormalised, with a biased selection: the largest logit may be left out
     site.rule = RoutingRule(num_experts=4, k=2, bias=torch.zeros(4), weights="softmax", normalize=False)
     assert "may leave out the largest logit" in refusal(site)
+    with pytest.raises(InspectError, match="'path' parameter of harden"):
+        harden(digits.model, batch, label_loss(digits.y), path="hard")
     with pytest.raises(InspectError, match="empty"):
         harden(digits.model, [], label_loss(digits.y))
     with pytest.raises(ValueError, match="'u' parameter of routing"):
@@ -228,10 +237,16 @@ def test_too_few_tokens_for_a_density_is_said(digits):
     assert math.isnan(h.meta["G1"]) and h.meta["verdict"].startswith("no prediction: a layer has too few")
 
 
-def test_a_real_sigmoid_router_is_refused_by_its_rule(tmp_path):
-    pytest.importorskip("transformers")
+def test_a_real_sigmoid_router_is_priced_along_its_weights(tmp_path, quiet_transformers):
+    """DeepSeek-V3's rule (sigmoid weights after a biased, group-limited selection): σ(a/τ) has no hard limit, so
+    the weights themselves are tempered with their sum held; τ = 1 is the model as shipped, τ → 0 is hard."""
     from softhard.inspect.families import check_family
 
-    _, model, _, batch = check_family("deepseek_v3", tmp_path, keep=True)
-    with pytest.raises(InspectError, match=r"harden: layer 0 \(.*\) has weights sigmoid\(a/τ\), whose τ → 0 limit"):
-        harden(model, [batch], lm_loss)
+    _, model, _, _ = check_family("deepseek_v3", tmp_path, keep=True)
+    ids = torch.randint(0, model.config.vocab_size, (512,), generator=torch.Generator().manual_seed(0))
+    h = harden(model, token_batches(model, ids, 32, 8), lm_loss, taus=(1.0, 0.1, 1e-5), max_tie_tokens=32,
+               curve_tokens=8)
+    assert set(h.meta["paths"].values()) == {"weights"} and h.meta["tau1_max_abs_change"] == 0.0
+    rows = {r["tau"]: r for r in h.rows}
+    assert h.meta["hard_minus_shipped"] != 0 and abs(rows[1e-5]["gap"]) < 1e-2 * abs(h.meta["hard_minus_shipped"])
+    assert math.isfinite(h.meta["G1"])

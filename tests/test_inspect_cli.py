@@ -174,6 +174,27 @@ def test_digits(dirs, tmp_path, monkeypatch):
     assert summary["layers"][0]["nearest"][0]["text"].startswith("digit ")
 
 
+def test_digits_priced(tmp_path, monkeypatch):
+    """--max-tie-tokens reaches the hardening, --topk writes topk.csv; a bad --harden-path is one line."""
+    import softhard.inspect.digits as digits
+
+    monkeypatch.setattr(digits, "train_digits_moe", functools.partial(digits.train_digits_moe, steps=40))
+    r = _run("softhard:digits", "--out", tmp_path, "--tokens", "600", "--batch-size", "300", "--taus", "",
+             "--no-dense", "--no-overhead", "--perturb", "none", "--seed", "1", "--harden", "--harden-taus", "1,0.1",
+             "--max-tie-tokens", "40", "--topk", "--topk-tokens", "100")
+    assert r.exit_code == 0, r.output
+    assert "hardening: " in r.output and "topk: " in r.output
+    hard = json.loads((tmp_path / "hardening.json").read_text())["meta"]
+    assert hard["max_tie_tokens"] == 40 and hard["seed"] == 1
+    lays = json.loads((tmp_path / "hardening_layers.json").read_text())["rows"]
+    assert all(lay["contrasted_near"] <= 40 + 5 * 40 ** 0.5 for lay in lays)
+    rows = list(csv.DictReader((tmp_path / "topk.csv").open()))
+    assert [(r["layer"], r["k"], r["k_cut"]) for r in rows] == [("0", "2", "1"), ("1", "2", "1")]
+    r = _run("softhard:digits", "--out", tmp_path / "bad", "--harden", "--harden-path", "hard")
+    assert r.exit_code == 2 and "'harden_path' parameter of inspect must be one of" in r.output
+    assert "Traceback" not in r.output
+
+
 def test_a_pickle_is_refused_without_being_read(dirs, tmp_path):
     r = _run(dirs["pickled"], "--out", tmp_path, "--tokens", "8")
     errors = [line for line in r.output.splitlines() if line.startswith("error:")]

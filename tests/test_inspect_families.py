@@ -87,9 +87,21 @@ def test_softhard_routes_as_the_model_does(name, tmp_path):
         # per-row temperatures (the hardening's): the same bits as one float, where the format takes them
         rows = s.temper(lambda a, sel: torch.full(a.shape[:1], 0.5, dtype=torch.float64))
         if rows is None:
-            assert s.layout.name in ("switch-top1", "product-key") or s.rule.weights == "sparsemixer"
+            assert s.layout.name == "switch-top1" or s.rule.weights == "sparsemixer"
         else:
             assert torch.equal(_run(model, batch, rows), _run(model, batch, s.temper(0.5)))
+    for s in sites:  # the weights set row by row (the prices' reweight): the weights handed back are the model
+        if s.rule is None:
+            continue
+        same = s.reweight(lambda a, sel, w: w)
+        if same is None:
+            assert s.layout.name in ("switch-top1", "product-key") or (
+                s.layout.name == "logits" and s.rule.margin_space != "logits")
+            continue
+        assert torch.equal(_run(model, batch, same), base)
+        if s.rule.k >= 2 and name not in TEMPER_FREE:  # halving every weight changes the output
+            assert not torch.equal(_run(model, batch, s.reweight(lambda a, sel, w: w * 0.5)), base) or \
+                s.layout.name == "logits"  # a block renormalising a softmax of log-weights: w/2 is w
 
 
 def test_deepseek_v3_with_a_trained_bias_and_groups(tmp_path):

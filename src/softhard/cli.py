@@ -395,9 +395,19 @@ def inspect_cmd(
     compare: bool = typer.Option(False, "--compare", help="Compare the checkpoints (implied by several MODELs)."),
     progress: bool = typer.Option(True, "--progress/--no-progress", help="Progress bar per batch."),
     harden: bool = typer.Option(False, "--harden", help="Also the model's loss as routing is made harder (tau -> "
-                                                        "0), beside its first-order prediction (docs/hardening.md)."),
+                                                        "0), beside its first-order and whole-curve predictions "
+                                                        "(hardening.csv, docs/hardening.md)."),
     harden_taus: str = typer.Option("1,0.5,0.2,0.1,0.05,0.02,0.01,0.005,0.002,0.001", "--harden-taus",
                                     metavar="LIST", help="Router temperatures in (0, 1] of the hardening curve."),
+    harden_path: str = typer.Option("auto", "--harden-path", metavar="PATH", help="Tempering path: auto, logits "
+                                    "(the rule's weight map at a/tau) or weights (w^(1/tau), sum held)."),
+    max_tie_tokens: int = typer.Option(512, "--max-tie-tokens", metavar="N", help="Rows per layer within the "
+                                       "bandwidth that get a tie contrast (--harden)."),
+    topk: bool = typer.Option(False, "--topk", help="Also the loss of cutting each top-k layer to k-1, ..., 1, "
+                                                    "predicted and measured, and a per-layer k per expert-FLOP "
+                                                    "budget (topk.csv, docs/hardening.md)."),
+    topk_tokens: int = typer.Option(256, "--topk-tokens", metavar="N", help="Rows per layer that get a contrast of "
+                                    "dropping (--topk)."),
     debug: bool = typer.Option(False, "--debug", help="Show the traceback of an error."),
 ) -> None:
     """Router margins, boundary mass and soft-vs-hard sensitivity of an MoE model, layer by layer.
@@ -444,7 +454,8 @@ def inspect_cmd(
               quantize=quantize,
               noise=noise,
               seed=seed, dtype=dtype, device=device, device_map=device_map, measure_overhead=overhead, dense=dense,
-              save_tokens=save_tokens, progress=progress, harden=harden, harden_taus=grid["harden-taus"])
+              save_tokens=save_tokens, progress=progress, harden=harden, harden_taus=grid["harden-taus"],
+              harden_path=harden_path, max_tie_tokens=max_tie_tokens, topk=topk, topk_tokens=topk_tokens)
     if len(models) < 2 and compare:
         _die("--compare needs at least two checkpoints")
     before = _tree(out)
@@ -492,6 +503,8 @@ def inspect_cmd(
                        f"{v['min_ratio']:.3g}-{v['max_ratio']:.3g}): targets {'hold' if v['holds'] else 'FAIL'}"))
         if "hardening" in m:
             typer.echo(f"hardening: {m['hardening']['verdict']}")
+        if "topk" in m:
+            typer.echo(f"topk: {m['topk']['verdict']}")
     typer.echo(f"-> {out}")
     for p in paths:
         typer.echo(f"wrote {p}")

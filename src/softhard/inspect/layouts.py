@@ -45,10 +45,21 @@ model's own at every call (``agreement``).
   tuple). ``tau`` may also be a callable ``tau(logits (N, K) float64, selected (N, k)) -> (N,)`` giving each
   router row its own temperature at every call (the hardening runs rows hard, or one row at a chosen
   temperature); formats whose weights are rescaled by that ratio (``triple`` with an identified weight map,
-  ``masked-scores``, ``nllb-top2``, ``jetmoe``) and ``logits`` take it, the others give ``None``;
+  ``masked-scores``, ``nllb-top2``, ``jetmoe``), ``logits`` and ``product-key`` take it, the others give
+  ``None``;
+- ``s.reweight(fn)`` — a context manager under which the block keeps the model's **own selection** and
+  weights its selected experts by ``fn(logits (N, K) float64, selected (N, k), weights (N, k) float64) ->
+  (N, k) float64`` (``weights``: what the model computed; ``selected``: ``-1`` where a slot is dropped). The
+  prices of a router change (:mod:`softhard.inspect.price`) are built on it: a tempering path of the weights
+  themselves, and cutting ``k``. Formats that return the weights (``triple`` with a weights slot,
+  ``masked-scores``, ``nllb-top2``, ``jetmoe``) take any ``fn``; ``logits`` (the block weights its top-k by a
+  softmax of their logits, renormalised) takes it by handing the block ``log fn(...)`` on the selection and
+  the lowest float elsewhere, so the block's softmax reproduces ``fn``'s weights up to their sum (exact for
+  weights that sum to 1); ``product-key`` and ``generic`` give ``None``. Returning ``weights`` unchanged gives
+  the model as shipped, bit for bit;
 - ``s.densify()`` — every (non-skip) expert active with the model's weight rule at ``k = K``, or ``None``.
 
-``s.layout.temper(s, tau)`` and ``s.layout.densify(s)`` are the same calls.
+``s.layout.temper(s, tau)``, ``s.layout.reweight(s, fn)`` and ``s.layout.densify(s)`` are the same calls.
 """
 
 from __future__ import annotations
@@ -97,12 +108,13 @@ class Routed:
 @dataclass(frozen=True)
 class Layout:
     """How to read (``parse(site, args, output) -> Routed``) and re-route (``temper(site, tau)``,
-    ``densify(site)``: context managers or ``None``) one router output format."""
+    ``densify(site)``, ``reweight(site, fn)``: context managers or ``None``) one router output format."""
 
     name: str
     parse: Callable
     temper: Callable
     densify: Callable
+    reweight: Callable | None = None
 
 
 @dataclass(eq=False)
@@ -179,6 +191,13 @@ class RouterSite:
         read (:func:`softhard.inspect.hooks.read_routers`)."""
         self._check_read("temper")
         return self.layout.temper(self, tau)
+
+    def reweight(self, fn):
+        """Context manager: the model's own selection, its weights replaced by ``fn(logits (N, K) float64,
+        selected (N, k), weights (N, k) float64) -> (N, k)`` (module docstring); or ``None`` when the format
+        cannot take them. The site must have been read (:func:`softhard.inspect.hooks.read_routers`)."""
+        self._check_read("reweight")
+        return None if self.layout.reweight is None else self.layout.reweight(self, fn)
 
     def densify(self):
         """Context manager: every expert active with the model's weight rule; or ``None``. The site must have
@@ -298,6 +317,21 @@ def _triple_temper(site, tau):
     return _replace_output(site.router, fn)
 
 
+def _triple_reweight(site, fn):
+    if site.rule is None or site.slots.get("weights") is None:
+        return None
+    wi, ii = site.slots["weights"], site.slots["index"]
+
+    def hook(args, out):
+        logits = _as_logits(site, out[0]).to(torch.float64)
+        w = out[wi]
+        idx = out[ii].reshape(logits.shape[0], -1).long()
+        new = fn(logits, idx, w.reshape(idx.shape).to(torch.float64)).to(w.dtype).reshape(w.shape)
+        return tuple(new if i == wi else v for i, v in enumerate(out))
+
+    return _replace_output(site.router, hook)
+
+
 def _triple_dense(site):
     rule = site.rule
     if rule is not None and rule.weights == "sparsemixer":
@@ -365,6 +399,22 @@ def _masked_temper(site, tau):
         return new, logits
 
     return _replace_output(site.router, fn)
+
+
+def _masked_reweight(site, fn):
+    if site.rule is None:
+        return None
+
+    def hook(args, out):
+        scores, logits = out
+        r = _masked_parse(site, args, out)
+        sel = r.selected
+        new = fn(r.logits.to(torch.float64), sel, r.weights.to(torch.float64))
+        sc = torch.zeros(r.logits.shape, dtype=torch.float64, device=new.device)
+        sc = sc.scatter(1, sel.clamp_min(0), torch.where(sel >= 0, new, 0.0))
+        return sc.to(scores.dtype).reshape(scores.shape), logits
+
+    return _replace_output(site.router, hook)
 
 
 def _masked_dense(site):
@@ -446,6 +496,22 @@ def _nllb_temper(site, tau):
     return _replace_output(site.router, fn)
 
 
+def _nllb_reweight(site, fn):
+    if site.rule is None:
+        return None
+
+    def hook(args, out):
+        mask, combine, logits = out
+        r = _nllb_parse(site, args, out)
+        sel = r.selected
+        new = fn(r.logits.to(torch.float64), sel, r.weights.to(torch.float64))
+        c = torch.zeros(r.logits.shape, dtype=torch.float64, device=new.device)
+        c = c.scatter(1, sel.clamp_min(0), torch.where(sel >= 0, new, 0.0))
+        return mask, c.to(combine.dtype).reshape(combine.shape), logits
+
+    return _replace_output(site.router, hook)
+
+
 # ----------------------------------------------------------------------------------------------
 # JetMoe: (sorted slots, token of each slot, gates, expert sizes, logits); top-k of the logits
 
@@ -483,6 +549,23 @@ def _jetmoe_temper(site, tau):
     return _replace_output(site.router, fn)
 
 
+def _jetmoe_reweight(site, fn):
+    if site.rule is None:
+        return None
+
+    def hook(args, out):
+        index_sorted, batch_index, gates, sizes, logits = out
+        r = _jetmoe_parse(site, args, out)
+        a, K = r.logits.to(torch.float64), r.logits.shape[1]
+        new = fn(a, r.selected, r.weights.to(torch.float64))
+        full = torch.zeros_like(a).scatter(1, r.selected, new)
+        expert_of_slot = torch.repeat_interleave(torch.arange(K, device=a.device),
+                                                 torch.as_tensor(sizes, device=a.device))
+        return index_sorted, batch_index, full[batch_index, expert_of_slot].to(gates.dtype), sizes, logits
+
+    return _replace_output(site.router, hook)
+
+
 # ----------------------------------------------------------------------------------------------
 # logits alone (the block selects), and a user module returning a tuple (``generic``)
 
@@ -503,6 +586,31 @@ def _logits_temper(site, tau):
         return (a / t.to(a.dtype)).reshape(out.shape)
 
     return _replace_output(site.router, fn)
+
+
+def _logits_reweight(site, fn):
+    """The block weights its top-k by the softmax of their logits: hand it ``log w'`` on the selection and the
+    lowest float elsewhere, so that it selects the same experts and weights them ``w' / sum(w')``."""
+    rule = site.rule
+    if rule is None or rule.margin_space != "logits":
+        return None
+
+    def hook(args, out):
+        a = out.reshape(-1, out.shape[-1])
+        a64 = a.to(torch.float64)
+        sel = rule.select(a, _token_ids(args))
+        w = torch.softmax(a64.gather(1, sel), dim=-1)
+        new = fn(a64, sel, w)
+        low = torch.finfo(a.dtype).min
+        logw = torch.where(new > 0, torch.log(new.clamp_min(torch.finfo(torch.float64).tiny)), -math.inf)
+        b = torch.full_like(a64, -math.inf).scatter(1, sel, logw)
+        b = torch.where(torch.isfinite(b), b, low).to(a.dtype)
+        if new.requires_grad:  # a gradient through the weights (the prices' linear contrasts): no shortcut
+            return b.reshape(out.shape)
+        same = (new == w).all(-1, keepdim=True)  # rows left as they were: the logits themselves, bit for bit
+        return torch.where(same, a, b).reshape(out.shape)
+
+    return _replace_output(site.router, hook)
 
 
 @contextlib.contextmanager
@@ -546,8 +654,24 @@ def _product_parse(site, args, out):
 
 
 def _product_temper(site, tau):
+    """Doge: divide the sub-key logits by τ, so every product score ``x_i + y_j`` is divided by τ. Per-row
+    temperatures divide the two sub-key halves of each product row (the block's ``view(2, N, n)``) by that
+    row's τ."""
     gate = getattr(site.router, "router_gate", None)
-    return None if gate is None or callable(tau) else _replace_output(gate, lambda args, out: out / tau)
+    if gate is None:
+        return None
+    if not callable(tau):
+        return _replace_output(gate, lambda args, out: out / tau)
+    rule = site.rule
+
+    def fn(args, out):
+        n = out.shape[-1] // 2
+        xy = out.reshape(2, -1, n)
+        a = (xy[0][:, :, None] + xy[1][:, None, :]).reshape(xy.shape[1], -1)
+        t = _row_tau(tau, a, rule.select(a))
+        return (xy / t.to(out.dtype)[None]).reshape(out.shape)
+
+    return _replace_output(gate, fn)
 
 
 def _product_dense(site):
@@ -568,12 +692,12 @@ UNREAD = Layout("unread", _unread_parse, _none, _none)
 LAYOUTS: dict[str, Layout] = {
     lay.name: lay
     for lay in [
-        Layout("triple", _triple_parse, _triple_temper, _triple_dense),
-        Layout("masked-scores", _masked_parse, _masked_temper, _masked_dense),
+        Layout("triple", _triple_parse, _triple_temper, _triple_dense, _triple_reweight),
+        Layout("masked-scores", _masked_parse, _masked_temper, _masked_dense, _masked_reweight),
         Layout("switch-top1", _switch_parse, _switch_temper, _switch_dense),
-        Layout("nllb-top2", _nllb_parse, _nllb_temper, _none),
-        Layout("jetmoe", _jetmoe_parse, _jetmoe_temper, _none),
-        Layout("logits", _logits_parse, _logits_temper, _logits_dense),
+        Layout("nllb-top2", _nllb_parse, _nllb_temper, _none, _nllb_reweight),
+        Layout("jetmoe", _jetmoe_parse, _jetmoe_temper, _none, _jetmoe_reweight),
+        Layout("logits", _logits_parse, _logits_temper, _logits_dense, _logits_reweight),
         Layout("product-key", _product_parse, _product_temper, _product_dense),
         Layout("generic", _generic_parse, _none, _none),
     ]

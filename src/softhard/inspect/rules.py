@@ -257,7 +257,12 @@ class RoutingRule:
         float64; the model's weights are :math:`c_i\,u_i(a)` (``weight_scale``). ``weights`` must be known."""
         if self.weights in (None, "sparsemixer", "block"):
             fail("weights", "RoutingRule.weight_shape", "an identified weight map", self.weights)
-        u = score_function(self.weights)(logits.to(torch.float64) / tau)
+        a = logits.to(torch.float64) / tau
+        if self.weights == "softmax" and self.normalize and idx is not None:
+            # softmax(a)[S] / sum over S is the softmax of the selected logits: computed on them alone, it does not
+            # underflow when the largest logit is not selected (a biased selection) and τ is small
+            return torch.softmax(a.gather(1, idx.clamp(0, self.num_experts - 1)), dim=-1)
+        u = score_function(self.weights)(a)
         u = u if idx is None else u.gather(1, idx.clamp(0, self.num_experts - 1))
         if self.normalize:
             u = u / u.sum(-1, keepdim=True)

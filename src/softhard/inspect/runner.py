@@ -451,7 +451,8 @@ def _inspect_path(model: str, out, *, tokens: int = 2048, text=None, random_ids:
                  perturbation: str | None = "fp16", noise: float = 1e-3, seed: int = 0, dtype: str | None = None,
                  device: str | None = None, device_map: str | None = None, measure_overhead: bool = True,
                  dense: bool = True, save_tokens: bool = False, progress: bool = False, harden: bool = False,
-                 harden_taus=None, perturbations=(), calibration: float = 0.125,
+                 harden_taus=None, harden_path: str = "auto", max_tie_tokens: int = 512, topk: bool = False,
+                 topk_tokens: int = 256, perturbations=(), calibration: float = 0.125,
                  quantize: str | None = None) -> tuple[Inspection, list[Path]]:
     """Inspect a local model directory (or ``"softhard:digits"``: the digits MoE trained here, or a language MoE
     of the zoo trained here and cached, ``"softhard:tiny-lm"``, ``"softhard:deepseek-lm"``, ``"softhard:qwen-lm"``,
@@ -464,8 +465,11 @@ def _inspect_path(model: str, out, *, tokens: int = 2048, text=None, random_ids:
     first ``tokens`` images of the seeded order, for the zoo's models their held-out docstrings by default. ``dtype``
     (``float32``, ``bfloat16``, ``float16``), ``device`` and ``device_map`` are passed to
     :func:`~softhard.inspect.loading.load_model`. ``harden``: also the hardening curve
-    (:func:`softhard.inspect.hardening.harden`, at ``harden_taus``), written as ``hardening.csv``/``.json``/
-    ``.png`` and a section of the report. ``perturbations``: kinds of
+    (:func:`softhard.inspect.hardening.harden`, at ``harden_taus``, along ``harden_path``, with at most
+    ``max_tie_tokens`` contrasted rows per layer within the bandwidth), written as ``hardening.csv``/``.json``/
+    ``.png`` and a section of the report; ``topk``: also the price of cutting top-k
+    (:func:`softhard.inspect.price.topk.price_topk`, ``topk_tokens`` contrasted rows per layer), written as
+    ``topk.csv`` and ``topk_budget.csv``. ``perturbations``: kinds of
     :data:`softhard.inspect.price.flips.PRICED` whose flips are predicted beside measured
     (:func:`softhard.inspect.price.flips.price_flips`; whole-model kinds calibrated on the first ``calibration``
     share of the sequences), written as ``flips.csv``/``.json``/``.png`` and a section of the report.
@@ -506,6 +510,11 @@ def _inspect_path(model: str, out, *, tokens: int = 2048, text=None, random_ids:
         taus = check_grid(taus, "taus", "inspect", 0.0, True).tolist() if len(taus) else []
         tie_widths = check_grid(tie_widths, "tie_widths", "inspect").tolist() if len(tie_widths) else []
         noise = check_float(noise, "noise", "inspect", 0.0, math.inf)
+        max_tie_tokens = check_int(max_tie_tokens, "max_tie_tokens", "inspect")
+        topk_tokens = check_int(topk_tokens, "topk_tokens", "inspect")
+        if harden_path not in ("auto", "logits", "weights"):
+            raise InspectError(f"The 'harden_path' parameter of inspect must be one of ('auto', 'logits', "
+                               f"'weights'). Got {harden_path!r}.")
         if harden and harden_taus is not None and (not len(harden_taus) or max(
                 check_grid(harden_taus, "harden_taus", "inspect", 0.0, True).tolist()) > 1):
             raise InspectError(f"The 'harden_taus' parameter of inspect must be temperatures in (0, 1]. "
@@ -600,7 +609,15 @@ def _inspect_path(model: str, out, *, tokens: int = 2048, text=None, random_ids:
 
         ins.meta["hardening"], paths = harden_inspected(model, net, batches, out, taus=harden_taus, layers=layers,
                                                         router_path=router_path, top_k=top_k, seed=seed,
+                                                        max_tie_tokens=max_tie_tokens, path=harden_path,
                                                         progress=progress)
+    if topk:  # issue 20 item 3: cutting top-k priced
+        from .price.topk import topk_inspected
+
+        ins.meta["topk"], more = topk_inspected(model, net, batches, out, layers=layers, router_path=router_path,
+                                                top_k=top_k, seed=seed, sample_tokens=topk_tokens,
+                                                progress=progress)
+        paths += more
     return ins, paths + write_inspection(ins, out)
 
 
