@@ -45,25 +45,29 @@ __all__ = ["kernel_bandwidth", "kernel", "kernel_estimate", "kernel_bound", "den
            "pilot_sample", "kernel_pilot", "KernelPilot", "MIN_HITS", "FewHits"]
 
 
-def kernel_bandwidth(values, n: int | None = None, one_sided: bool = False, *,
+def kernel_bandwidth(values, n: int | None = None, one_sided: bool = False, *, local: bool = True,
                      _where: str = "kernel_bandwidth") -> float:
     r"""The bandwidth rule :math:`h = \hat s\, N^{-1/4}` (module docstring); ``values`` of shape ``(N,)``.
 
     ``n`` is the sample size the estimate will use (default: ``len(values)``; a pilot sample may be
-    smaller than the final one). Errors name ``_where`` (the public function that needed the bandwidth).
+    smaller than the final one). ``local=False`` drops the local correction (:math:`\hat s` is the spread of the
+    sample, reflected about 0 when one-sided): for data whose density at 0 is not a Gaussian tail — the margins of
+    a trained model, where 0 is the edge of the support and the caller checks the bandwidth itself
+    (``inspect.hardening``: h, h/2, h/4). Errors name ``_where``
+    (the public function that needed the bandwidth).
     """
     where = _where
-    if not isinstance(one_sided, bool):
-        fail("one_sided", where, "a bool", one_sided, TypeError)
+    for name, flag in (("one_sided", one_sided), ("local", local)):
+        if not isinstance(flag, bool):
+            fail(name, where, "a bool", flag, TypeError)
     v = to_numpy(as_tensor(values, "values", where)).reshape(-1)
     if v.size < 2 or not np.isfinite(v).all():
         fail("values", where, "a sample of at least 2 finite values", values)
     n = v.size if n is None else check_int(n, "n", where)
     raw = _spread(v)
-    s = min(_spread(np.concatenate([v, -v])), raw) if one_sided else raw
-    med = float(np.median(v))
-    if raw > 0:  # far from the centre of the sample the density at 0 varies on the scale σ²/|median|
-        s /= math.sqrt(max(1.0, (med / raw) ** 2 - 1.0))
+    s = _spread(np.concatenate([v, -v])) if one_sided else raw
+    if local and raw > 0:  # far from the centre of the sample the density at 0 varies on the scale σ²/|median|
+        s = min(s, raw) / math.sqrt(max(1.0, (float(np.median(v)) / raw) ** 2 - 1.0))
     if not s > 0:
         fail("values", where, "a sample with a positive spread (sd and IQR > 0)", f"scale {s}")
     return s * float(n) ** -0.25

@@ -367,7 +367,7 @@ def _layer_contrasts(model, batches, loss, sites, paths, i, d, u, cap, curve_tok
     try:
         if int(finite.sum()) < 2:
             raise ValueError("fewer than two margins")
-        h = kernel_bandwidth(d[finite], one_sided=True)
+        h = kernel_bandwidth(d[finite], one_sided=True, local=False)  # the rule docs/hardening.md measured
         out["density0"] = density_at_zero(d[finite], bandwidth=h, one_sided=True)
     except ValueError:  # fewer than two margins, all equal, or fewer than two within h: no density at 0
         return out
