@@ -44,6 +44,7 @@ import torch.nn.functional as F
 
 from ..._validate import check_float, check_int, fail
 from ...closed.rounding import FORMATS, pair_flip_probability, rounding_variance, ulp
+from ...estimators.jackknife import paired_ratio, sequence_mean
 from ...estimators.reducer import Estimate, mean_estimate
 from ..layouts import InspectError, RouterSite
 from ..rules import RoutingRule, score_function
@@ -406,42 +407,6 @@ def predicted_flip_rate(hidden: torch.Tensor, weight: torch.Tensor, logits: torc
     if units is None:
         return mean_estimate(p.numpy())
     return sequence_mean(p.numpy(), np.asarray(units))
-
-
-# ----------------------------------------------------------------------------------------------
-# per-sequence means and the paired ratio
-
-
-def sequence_mean(values: np.ndarray, units: np.ndarray) -> Estimate:
-    r"""Mean of per-token ``values (N,)`` with the standard error over units (sequences) ``units (N,)``: the
-    ratio estimator :math:`\bar v = \sum_u V_u / \sum_u n_u` with
-    :math:`\mathrm{se}^2 = \frac{U}{U-1}\sum_u (V_u - \bar v n_u)^2 / (\sum_u n_u)^2` (:math:`V_u` the unit
-    sums, :math:`n_u` the unit sizes, :math:`U` the units)."""
-    v = np.asarray(values, dtype=np.float64)
-    _, u = np.unique(np.asarray(units), return_inverse=True)
-    if v.size == 0:
-        return Estimate(math.nan, math.nan, 0, "sample")
-    V = np.bincount(u, weights=v)
-    n = np.bincount(u).astype(np.float64)
-    mean = V.sum() / n.sum()
-    U = V.size
-    se = math.sqrt(U / (U - 1) * float(((V - mean * n) ** 2).sum())) / n.sum() if U > 1 else math.nan
-    return Estimate(float(mean), se, int(v.size), "sample", info={"units": int(U)}, dof=max(U - 1, 1))
-
-
-def paired_ratio(num: np.ndarray, den: np.ndarray, units: np.ndarray) -> tuple[float, float]:
-    r"""``(R, se)``: :math:`R = \sum_t x_t / \sum_t y_t` of paired per-token ``num`` and ``den`` with the
-    per-unit delta-method error :math:`\mathrm{se}^2 = \frac{U}{U-1}\sum_u (X_u - R Y_u)^2/(\sum_u Y_u)^2`
-    (the correlation of the two within a sequence is kept). ``(nan, nan)`` when the denominator is 0."""
-    x, y = np.asarray(num, np.float64), np.asarray(den, np.float64)
-    _, u = np.unique(np.asarray(units), return_inverse=True)
-    X, Y = np.bincount(u, weights=x), np.bincount(u, weights=y)
-    if Y.sum() <= 0:
-        return math.nan, math.nan
-    R = X.sum() / Y.sum()
-    U = X.size
-    se = math.sqrt(U / (U - 1) * float(((X - R * Y) ** 2).sum())) / Y.sum() if U > 1 else math.nan
-    return float(R), se
 
 
 # ----------------------------------------------------------------------------------------------
