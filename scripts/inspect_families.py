@@ -7,11 +7,12 @@ Usage: ``python scripts/inspect_families.py [--check]`` (``--check``: exit 1 if 
 
 from __future__ import annotations
 
-import re
 import sys
 import tempfile
 import warnings
 from pathlib import Path
+
+from doc_block import update
 
 DOC = Path(__file__).resolve().parents[1] / "docs" / "inspect.md"
 BEGIN, END = "<!-- families:begin (scripts/inspect_families.py) -->", "<!-- families:end -->"
@@ -37,16 +38,7 @@ def table() -> str:
 
 
 def main() -> int:
-    new = table()
-    text = DOC.read_text(encoding="utf-8")
-    pattern = re.compile(re.escape(BEGIN) + ".*?" + re.escape(END), re.S)
-    if "--check" in sys.argv:
-        found = pattern.search(text)
-        return 0 if found and found.group(0) == new else 1
-    text = pattern.sub(lambda m: new, text) if pattern.search(text) else text.rstrip("\n") + "\n\n" + new + "\n"
-    DOC.write_text(text, encoding="utf-8")
-    print(f"wrote the family table into {DOC}")
-    return 0
+    return update(DOC, BEGIN, END, table(), "--check" in sys.argv, "the family table")
 
 
 if __name__ == "__main__":

@@ -13,6 +13,8 @@ import re
 import sys
 from pathlib import Path
 
+from doc_block import update
+
 import numpy as np
 import torch
 
@@ -184,11 +186,7 @@ def table() -> str:
 
 def main() -> None:
     torch.set_num_threads(1)
-    text = DOC.read_text()
-    new = re.sub(re.escape(BEGIN) + ".*?" + re.escape(END), lambda _: f"{BEGIN}\n{table()}\n{END}", text, flags=re.S)
-    if "--check" in sys.argv[1:]:
-        sys.exit(0 if new == text else 1)
-    DOC.write_text(new)
+    sys.exit(update(DOC, BEGIN, END, f"{BEGIN}\n{table()}\n{END}", "--check" in sys.argv[1:], "the paper objects table"))
 
 
 if __name__ == "__main__":

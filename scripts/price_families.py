@@ -9,11 +9,12 @@ differs; families named: print their lines only).
 
 from __future__ import annotations
 
-import re
 import sys
 import time
 import warnings
 from pathlib import Path
+
+from doc_block import update
 
 DOC = Path(__file__).resolve().parents[1] / "docs" / "hardening.md"
 BEGIN, END = "<!-- prices:begin (scripts/price_families.py) -->", "<!-- prices:end -->"
@@ -58,16 +59,7 @@ def main() -> int:
     rs = rows(names or None)
     if names:
         return 0
-    new = table(rs)
-    text = DOC.read_text(encoding="utf-8")
-    pattern = re.compile(re.escape(BEGIN) + ".*?" + re.escape(END), re.S)
-    if "--check" in sys.argv:
-        found = pattern.search(text)
-        return 0 if found and found.group(0) == new else 1
-    text = pattern.sub(lambda m: new, text) if pattern.search(text) else text.rstrip("\n") + "\n\n" + new + "\n"
-    DOC.write_text(text, encoding="utf-8")
-    print(f"wrote the price table into {DOC}")
-    return 0
+    return update(DOC, BEGIN, END, table(rs), "--check" in sys.argv, "the price table")
 
 
 if __name__ == "__main__":

@@ -17,9 +17,10 @@ from __future__ import annotations
 
 import json
 import math
-import re
 import sys
 from pathlib import Path
+
+from doc_block import update
 
 DOC = Path(__file__).resolve().parents[1] / "docs" / "hardening.md"
 BEGIN, END = "<!-- zoo:begin (scripts/price_zoo.py) -->", "<!-- zoo:end -->"
@@ -159,13 +160,7 @@ def main() -> int:
     if sys.argv[1] == "run":
         run(root, sys.argv[3:] or MODELS)
         return 0
-    new = tables(root)
-    text = DOC.read_text(encoding="utf-8")
-    pattern = re.compile(re.escape(BEGIN) + ".*?" + re.escape(END), re.S)
-    text = pattern.sub(lambda m: new, text) if pattern.search(text) else text.rstrip("\n") + "\n\n" + new + "\n"
-    DOC.write_text(text, encoding="utf-8")
-    print(f"wrote the zoo tables into {DOC}")
-    return 0
+    return update(DOC, BEGIN, END, tables(root), False, "the zoo tables")
 
 
 if __name__ == "__main__":
