@@ -35,6 +35,7 @@ for _var in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):
 import argparse  # noqa: E402
 import json  # noqa: E402
 import math  # noqa: E402
+import sys  # noqa: E402
 import time  # noqa: E402
 from pathlib import Path  # noqa: E402
 
@@ -43,18 +44,9 @@ import numpy as np  # noqa: E402
 
 import softhard as sh  # noqa: E402
 
-mpmath.mp.dps = 50
-
-
-def mass_ref(a, b):
-    a, b = mpmath.mpf(a), mpmath.mpf(b)
-    return mpmath.ncdf(-a) - mpmath.ncdf(-b) if a > 0 else mpmath.ncdf(b) - mpmath.ncdf(a)
-
-
-def quad_scaled(f, pts, at):
-    """mpmath.quad with the integrand divided by its value at ``at`` (mpmath's error control is absolute)."""
-    c = f(at)
-    return mpmath.quad(f, pts) if c == 0 else c * mpmath.quad(lambda y: f(y) / c, pts)
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
+# the 50-digit references the tests check against (mpmath.mp.dps = 50 is set there)
+from test_closed_tails import ill_conditioned, k3_reference, mass_ref, quad_scaled  # noqa: E402
 
 
 def rel(value, ref) -> float:
@@ -88,40 +80,14 @@ def case_binary() -> list[dict]:
     return rows
 
 
-def _ill(d, cond, seed):
-    Q = np.linalg.qr(np.random.default_rng(seed).standard_normal((d, d)))[0]
-    S = Q @ np.diag(np.geomspace(1, 1 / cond, d)) @ Q.T
-    return (S + S.T) / 2
-
-
 def case_k3() -> list[dict]:
-    S = _ill(2, 1e10, 11)
+    S = ill_conditioned(2, 1e10, 11)
     lam, V = np.linalg.eigh(S)
     W = np.array([[1.0, 0.3], [-0.4, 1.0], [0.2, -0.8]]) @ np.stack([V[:, 1], V[:, 0] * 1e5])
-    L = mpmath.cholesky(mpmath.matrix(S.tolist()))
     w, rows = 0.02, []
     for lead in (0.0, 10.0, 20.0, 30.0, 40.0, 52.0):
         b = np.array([lead, 0.0, 0.1])
-        total = mpmath.mpf(0)
-        for i, j in ((0, 1), (0, 2), (1, 2)):
-            k = 3 - i - j
-            diff = [([mpmath.mpf(W[x, t]) - mpmath.mpf(W[y, t]) for t in range(2)], mpmath.mpf(b[x]) - mpmath.mpf(b[y]))
-                    for x, y in ((i, j), (i, k), (j, k))]
-            a = [L.T * mpmath.matrix(r) for r, _ in diff]
-            mu = [c for _, c in diff]
-            s0 = mpmath.norm(a[0])
-            e1 = a[0] / s0
-            e2 = mpmath.matrix([-e1[1], e1[0]])
-
-            def band(u, a=a, mu=mu, e1=e1, e2=e2):
-                lo, hi = -mpmath.inf, mpmath.inf
-                for r in (1, 2):
-                    p, q = (a[r].T * e1)[0], (a[r].T * e2)[0]
-                    t = -(mu[r] + p * u) / q
-                    lo, hi = (max(lo, t), hi) if q > 0 else (lo, min(hi, t))
-                return mpmath.npdf(u) * mass_ref(lo, hi) if hi > lo else mpmath.mpf(0)
-            u_lo, u_hi = (-w - mu[0]) / s0, (w - mu[0]) / s0
-            total += quad_scaled(band, mpmath.linspace(u_lo, u_hi, 9), (u_lo + u_hi) / 2)
+        total = k3_reference(W, b, np.zeros(2), S, w)
         v, bound, err = estimate(lambda: sh.boundary_mass(sh.LinearRouter(W, b), sh.Gaussian(np.zeros(2), S), w,
                                                           method="exact"))
         rows.append({"lead": lead, "reference": float(total), "value": v, "error_bound": bound, "exception": err,

@@ -188,19 +188,11 @@ def test_exact_binary_beta_against_50_digits_any_law(cond, z):
     assert float(abs(est.value - ref) / ref) < 1e-10 and within_bound(est.value, est.error_bound, ref)[0]
 
 
-@pytest.mark.parametrize("lead", [0.0, 30.0, 52.0])
-def test_rank_two_law_k3_in_two_dimensions_any_shape(lead):
-    """K = 3 in d = 2 (logits of rank 2, correlated, a law with condition number 1e10), from the bulk to β ≈ 1e-290:
-    β is exact to rounding. Reference: the coarea sum over the three interfaces, each a 1-d integral across its
-    band in 50 digits. (K = 3..6 with ranks 3..5 against 50-digit references: benchmarks/tail_accuracy.py.)"""
-    S = ill_conditioned(2, 1e10, 11)
-    lam, V = np.linalg.eigh(S)
-    W = np.array([[1.0, 0.3], [-0.4, 1.0], [0.2, -0.8]]) @ np.stack([V[:, 1], V[:, 0] * 1e5])  # rows to 1e5
-    b = np.array([lead, 0.0, 0.1])
-    m = np.zeros(2)
-    router, law = sh.LinearRouter(W, b), sh.Gaussian(m, S)
-    Sm, w = _mpm(S), 0.02
-    L = mpmath.cholesky(Sm)
+def k3_reference(W, b, m, S, w):
+    """β(w) of a K = 3 linear router ``W (3, 2)``, ``b (3,)`` under N(m, S) in d = 2, in 50 digits: the coarea sum
+    over the three interfaces, each a 1-d integral across its band (also the reference of
+    ``benchmarks/tail_accuracy.py``)."""
+    L = mpmath.cholesky(_mpm(S))
     total = mpmath.mpf(0)
     for i, j in ((0, 1), (0, 2), (1, 2)):
         k = 3 - i - j
@@ -223,6 +215,22 @@ def test_rank_two_law_k3_in_two_dimensions_any_shape(lead):
             return mpmath.npdf(u) * mass_ref(lo, hi) if hi > lo else mpmath.mpf(0)
         u_lo, u_hi = (-w - mu[0]) / s0, (w - mu[0]) / s0
         total += quad_scaled(band, mpmath.linspace(u_lo, u_hi, 9), (u_lo + u_hi) / 2)
+    return total
+
+
+@pytest.mark.parametrize("lead", [0.0, 30.0, 52.0])
+def test_rank_two_law_k3_in_two_dimensions_any_shape(lead):
+    """K = 3 in d = 2 (logits of rank 2, correlated, a law with condition number 1e10), from the bulk to β ≈ 1e-290:
+    β is exact to rounding. Reference: the coarea sum over the three interfaces, each a 1-d integral across its
+    band in 50 digits. (K = 3..6 with ranks 3..5 against 50-digit references: benchmarks/tail_accuracy.py.)"""
+    S = ill_conditioned(2, 1e10, 11)
+    lam, V = np.linalg.eigh(S)
+    W = np.array([[1.0, 0.3], [-0.4, 1.0], [0.2, -0.8]]) @ np.stack([V[:, 1], V[:, 0] * 1e5])  # rows to 1e5
+    b = np.array([lead, 0.0, 0.1])
+    m = np.zeros(2)
+    router, law = sh.LinearRouter(W, b), sh.Gaussian(m, S)
+    w = 0.02
+    total = k3_reference(W, b, m, S, w)
     est = sh.boundary_mass(router, law, w, method="exact")
     assert total > mpmath.mpf("1e-300") and float(abs(est.value - total) / total) < 1e-10
     assert within_bound(est.value, est.error_bound, total)[0]
