@@ -173,21 +173,17 @@ def compare_routing_cells(row: dict) -> dict[str, str]:
     else:
         cells["mismatch"] = _est(m, m_se)
     nocalc = "not computed (no score noise: see the note)"
-    if m == 0:
-        cells["near_ties"] = "not defined: no mismatches"
-    elif np.isfinite(_f(row.get("near_tie_share"))):
-        cells["near_ties"] = _est(_f(row["near_tie_share"]), _f(row.get("near_tie_share_stderr")), ".3g")
-    else:
-        cells["near_ties"] = nocalc
-    for key, name in (("genuine", "genuine"), ("predicted_mismatch", "predicted")):
+    for key, name, per_mismatch, fmt in (("near_tie_share", "near_ties", True, ".3g"),
+                                         ("genuine", "genuine", False, ".4f"),
+                                         ("predicted_mismatch", "predicted", False, ".4f"),
+                                         ("ratio", "ratio", True, ".3g")):
         v = _f(row.get(key))
-        cells[name] = _est(v, _f(row.get(f"{key}_stderr"))) if np.isfinite(v) else nocalc
-    if m == 0:
-        cells["ratio"] = "not defined: no mismatches"
-    elif np.isfinite(_f(row.get("ratio"))):
-        cells["ratio"] = _est(_f(row["ratio"]), _f(row.get("ratio_stderr")), ".3g")
-    else:
-        cells["ratio"] = nocalc
+        if per_mismatch and m == 0:  # a share of (or a ratio to) the mismatches
+            cells[name] = "not defined: no mismatches"
+        elif np.isfinite(v):
+            cells[name] = _est(v, _f(row.get(f"{key}_stderr")), fmt)
+        else:
+            cells[name] = nocalc
     s = _f(row.get("noise_scale"))
     cells["noise_scale"] = f"{s:.3g}" if np.isfinite(s) else "not measured"
     return cells
